@@ -1,0 +1,1 @@
+"""Runtimes that execute STAR's graphs behind one interface (see base.Backend)."""

@@ -1,0 +1,90 @@
+"""The PyTorch reference backend: eager modules, static KV cache written in place."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import StarConfig
+from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..model.tables import ScaleTables
+from ..model.text import TextEncoderModule
+from ..weights import StarModel
+
+
+class KVCache:
+    """Keys and values of every layer for the whole schedule, (L, rows, H, D) each, allocated once."""
+
+    def __init__(self, config: StarConfig, rows: int, dtype: torch.dtype, device: torch.device) -> None:
+        t = config.transformer
+        shape = (config.total_tokens, rows, t.heads, t.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
+        self.length = 0
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[1]
+
+    def past(self) -> list[torch.Tensor]:
+        """Views of the filled prefix: keys of every layer, then values."""
+        return [k[: self.length] for k in self.keys] + [v[: self.length] for v in self.values]
+
+    def append(self, new: list[torch.Tensor]) -> None:
+        """Write this scale's keys then values (l, rows, H, D) after the prefix."""
+        count = new[0].shape[0]
+        for dst, src in zip(self.keys + self.values, new):
+            dst[self.length : self.length + count].copy_(src)
+        self.length += count
+
+
+class TorchBackend:
+    """Runs the reference modules; ``dtype`` applies to the transformer and decoder."""
+
+    name = "torch"
+
+    def __init__(self, model: StarModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.config = model.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        model.to(self.device, dtype)
+        self.text_graph = TextEncoderModule(model.text_encoder)
+        self.context_graph = TextContextGraph(model.transformer)
+        self.step_graph = StepGraph(model.transformer)
+        self.update_graph = ScaleUpdateGraph(model.transformer, model.vqvae)
+        self.decoder_graph = DecoderGraph(model.vqvae)
+        self.cache: KVCache | None = None
+        self.text: list[torch.Tensor] = []
+
+    @torch.inference_mode()
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text_graph(input_ids.to(self.device), attention_mask.to(self.device))
+
+    @torch.inference_mode()
+    def begin(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        start, bias, *kv = self.context_graph(hidden.to(self.device), attention_mask.to(self.device), pooled.to(self.device))
+        self.text = [bias, *kv]
+        rows = 2 * hidden.shape[0]
+        if self.cache is None or self.cache.rows != rows:
+            self.cache = KVCache(self.config, rows, self.dtype, self.device)
+        self.cache.length = 0
+        return start
+
+    @torch.inference_mode()
+    def step(self, scale: int, x: torch.Tensor, tables: ScaleTables) -> torch.Tensor:
+        if self.cache is None:
+            raise RuntimeError("begin() must run before step()")
+        t = tables.to(self.device)
+        logits, *new = self.step_graph(x, t.rope_cos, t.rope_sin, *self.text, *self.cache.past())
+        self.cache.append(new)
+        return logits
+
+    @torch.inference_mode()
+    def update(
+        self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = tables.to(self.device)
+        return self.update_graph(tokens.to(self.device), f_hat, t.upsample, t.downsample, t.phi_weights, t.next_level)
+
+    @torch.inference_mode()
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return self.decoder_graph(f_hat.to(self.device))

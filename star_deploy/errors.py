@@ -1,0 +1,21 @@
+"""User-facing errors: each message says what is wrong and what to do."""
+
+
+class StarDeployError(Exception):
+    """An error the CLI reports as one line, without a traceback."""
+
+
+class WeightsError(StarDeployError):
+    """A checkpoint or weight directory is missing, unreadable or of the wrong model."""
+
+
+class ConfigError(StarDeployError):
+    """Settings are inconsistent with each other or with the weights."""
+
+
+class ArtifactError(StarDeployError):
+    """An exported artefact directory or engine is missing, stale or incompatible."""
+
+
+class BackendUnavailableError(StarDeployError):
+    """A runtime (onnxruntime, TensorRT, CUDA) needed by the chosen backend is missing."""

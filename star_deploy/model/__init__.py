@@ -1,0 +1,1 @@
+"""The PyTorch reference of STAR, state-dict compatible with the official release."""

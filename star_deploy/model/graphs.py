@@ -1,0 +1,72 @@
+"""The reference as five graphs with flat tensor I/O: what the torch backend runs and ONNX exports.
+
+Each module wraps the reference modules without re-implementing their math; the names and
+order of their arguments are those declared in ``star_deploy/graphs.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .transformer import StarTransformer, TextContext
+from .vqvae import StarVQVAE
+
+
+class TextContextGraph(nn.Module):
+    """(cond hidden (B,77,T), cond mask (B,77), pooled (2B,T)) -> start tokens, cross bias, cross K/V."""
+
+    def __init__(self, transformer: StarTransformer) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor, text_pooled: torch.Tensor):
+        ctx = self.transformer.text_context(text_hidden, attention_mask)
+        start = self.transformer.start_tokens(text_pooled)
+        return (start, ctx.bias, *ctx.keys, *ctx.values)
+
+
+class StepGraph(nn.Module):
+    """One scale of the transformer with explicit KV cache.
+
+    Inputs: x, rope_cos, rope_sin, cross_bias, cross_key.* , cross_value.*, past_key.*, past_value.*
+    Outputs: logits, new_key.*, new_value.*
+    """
+
+    def __init__(self, transformer: StarTransformer) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.depth = transformer.config.depth
+
+    def forward(self, x, rope_cos, rope_sin, cross_bias, *layer_tensors):
+        d = self.depth
+        groups = [list(layer_tensors[i * d : (i + 1) * d]) for i in range(4)]
+        text = TextContext(groups[0], groups[1], cross_bias)
+        logits, keys, values = self.transformer.step(x, rope_cos, rope_sin, text, groups[2], groups[3])
+        return (logits, *keys, *values)
+
+
+class ScaleUpdateGraph(nn.Module):
+    """(tokens, f_hat, upsample, downsample, phi_weights, next_level) -> (f_hat, next x (2B, l', C))."""
+
+    def __init__(self, transformer: StarTransformer, vqvae: StarVQVAE) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.vqvae = vqvae
+
+    def forward(self, tokens, f_hat, upsample, downsample, phi_weights, next_level):
+        f_hat, next_map = self.vqvae.update(tokens, f_hat, upsample, downsample, phi_weights)
+        lvl = self.transformer.lvl_embed(next_level)
+        x = self.transformer.embed_next(next_map, lvl)
+        return f_hat, torch.cat((x, x), dim=0)
+
+
+class DecoderGraph(nn.Module):
+    """f_hat (B, Cvae, P, P) -> image (B, 3, 16P, 16P) in [0, 1]."""
+
+    def __init__(self, vqvae: StarVQVAE) -> None:
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, f_hat):
+        return self.vqvae.decode(f_hat)

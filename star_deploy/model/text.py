@@ -1,0 +1,96 @@
+"""The CLIP text side: tokenizer and CLIPTextModel of the release's ``CLIP/`` folder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import MAX_TEXT_TOKENS, TextEncoderConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids and attention masks of rows [prompts..., "" x B], padded to 77."""
+
+    input_ids: torch.Tensor  # (2B, 77) int64
+    attention_mask: torch.Tensor  # (2B, 77) int64
+
+
+class PromptTokenizer:
+    """CLIPTokenizer padded to 77 with the tokenizer's pad token; long prompts are truncated."""
+
+    def __init__(self, tokenizer_dir: Path) -> None:
+        from transformers import CLIPTokenizer
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, truncation=False).input_ids)
+
+    def __call__(self, prompts: list[str]) -> Tokens:
+        """Conditional rows for ``prompts`` followed by one unconditional ("") row each."""
+        for prompt in prompts:
+            count = self.token_count(prompt)
+            if count > MAX_TEXT_TOKENS:
+                log.warning("prompt has %d tokens; CLIP reads the first %d: %r", count, MAX_TEXT_TOKENS, prompt[:60])
+        rows = list(prompts) + [""] * len(prompts)
+        enc = self.tokenizer(
+            rows, padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt"
+        )
+        return Tokens(enc.input_ids.long(), enc.attention_mask.long())
+
+
+def text_encoder_config(model: torch.nn.Module) -> TextEncoderConfig:
+    c = model.config
+    return TextEncoderConfig(
+        width=c.hidden_size,
+        layers=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        intermediate=c.intermediate_size,
+        vocab_size=c.vocab_size,
+        max_length=c.max_position_embeddings,
+        activation=c.hidden_act,
+    )
+
+
+def load_text_encoder(encoder_dir: Path) -> torch.nn.Module:
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel.from_pretrained(str(encoder_dir)).eval()
+
+
+def random_text_encoder(config: TextEncoderConfig, seed: int = 0) -> torch.nn.Module:
+    """A CLIPTextModel of ``config``'s shape with seeded random weights (benchmarks, tests)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    hf = CLIPTextConfig(
+        hidden_size=config.width,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        intermediate_size=config.intermediate,
+        vocab_size=config.vocab_size,
+        max_position_embeddings=config.max_length,
+        hidden_act=config.activation,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+    )
+    return CLIPTextModel(hf).eval()
+
+
+class TextEncoderModule(torch.nn.Module):
+    """CLIPTextModel as a graph: (input_ids, attention_mask) -> (hidden states, pooled)."""
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.clip(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state, out.pooler_output

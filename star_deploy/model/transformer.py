@@ -1,0 +1,244 @@
+"""The STAR transformer with an explicit per-scale ``step`` (KV cache in, new K/V out).
+
+State-dict names match the official checkpoint (``["trainer"]["var_wo_ddp"]``).
+KV layout everywhere: (sequence, rows, heads, head_dim), sequence-major, so that the
+cache prefix a step reads and the slot it writes are contiguous views of one buffer.
+Compute dtype follows the weights; LayerNorm statistics, the QK L2-norm, softmax, RoPE
+and the logits head always run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TransformerConfig
+
+MAX_SCALE_MUL = math.log(100.0)
+MASK_VALUE = -30000.0
+"""Additive bias on padded text tokens: exp() underflows to 0 in fp32, representable in fp16."""
+
+
+def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Affine-free LayerNorm computed in float32, returned in x's dtype."""
+    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2m, 2m+1) of x (N, l, H, D) by angles given as cos/sin (l, D/2)."""
+    shape = x.shape
+    pairs = x.float().reshape(*shape[:-1], shape[-1] // 2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.reshape(shape)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Softmax(q k^T + bias) v with scale 1, softmax in float32; q,k,v as (N, H, L, D)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float()
+    if bias is not None:
+        scores = scores + bias
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.proj = nn.Linear(width, width)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projections of x (N, l, C) as (N, l, H, D) each."""
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).to(x.dtype)
+        n, l, c = x.shape
+        qkv = F.linear(x, self.mat_qkv.weight, bias).view(n, l, 3, self.heads, c // self.heads)
+        return qkv.unbind(dim=2)
+
+    def scaled_q(self, q: torch.Tensor) -> torch.Tensor:
+        """L2-normalized q times the learned per-head scale; q as (N, H, l, D)."""
+        return l2_normalize(q) * self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attend over past + this scale; returns (output, new_k, new_v) in cache layout."""
+        q, k, v = self.qkv(x)
+        q = self.scaled_q(apply_rope(q, cos, sin).transpose(1, 2))
+        k = l2_normalize(apply_rope(k, cos, sin))
+        new_k, new_v = k.to(x.dtype).transpose(0, 1), v.transpose(0, 1)
+        keys = torch.cat((past_k, new_k), dim=0).permute(1, 2, 0, 3)
+        values = torch.cat((past_v, new_v), dim=0).permute(1, 2, 0, 3)
+        out = attention(q.to(x.dtype), keys, values, mask)
+        out = out.transpose(1, 2).reshape(x.shape)
+        return self.proj(out), new_k, new_v
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, width: int, text_width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.mat_q = nn.Linear(width, width, bias=False)
+        self.mat_kv = nn.Linear(text_width, 2 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.proj = nn.Linear(width, width)
+
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized keys and values of the text (B, Lt, T) as (B, H, Lt, D); once per prompt."""
+        b, lt, _ = text.shape
+        bias = torch.cat((self.zero_k_bias, self.v_bias)).to(text.dtype)
+        kv = F.linear(text, self.mat_kv.weight, bias).view(b, lt, 2, self.heads, -1)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return l2_normalize(k).to(text.dtype), v
+
+    def forward(self, x: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor, text_bias: torch.Tensor) -> torch.Tensor:
+        b, l, c = x.shape
+        q = F.linear(x, self.mat_q.weight, self.q_bias.to(x.dtype)).view(b, l, self.heads, -1)
+        scale = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
+        q = (l2_normalize(q.transpose(1, 2)) * scale).to(x.dtype)
+        out = attention(q, text_k, text_v, text_bias)
+        return self.proj(out.transpose(1, 2).reshape(b, l, c))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.eps = config.norm_eps
+        self.attn = SelfAttention(config.width, config.heads)
+        self.cross_attn = CrossAttention(config.width, config.text_width, config.heads)
+        self.ffn = FeedForward(config.width, config.mlp_width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: "TextContext",
+        layer: int,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attn_out, new_k, new_v = self.attn(layer_norm(x, self.eps), cos, sin, past_k, past_v, mask)
+        x = x + attn_out
+        x = x + cross_for_both_rows(self.cross_attn, layer_norm(x, self.eps), text, layer)
+        x = x + self.ffn(layer_norm(x, self.eps))
+        return x, new_k, new_v
+
+
+def cross_for_both_rows(module: CrossAttention, x: torch.Tensor, text: "TextContext", layer: int) -> torch.Tensor:
+    """Cross-attention of each prompt's conditional row, added to both of its CFG rows.
+
+    Rows are [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]. The official block broadcasts
+    the conditional row's cross-attention to the unconditional row (reference §5.1).
+    """
+    b = text.keys[layer].shape[0]
+    out = module(x[:b], text.keys[layer], text.values[layer], text.bias)
+    return out.repeat(x.shape[0] // b, 1, 1)
+
+
+@dataclass
+class TextContext:
+    """Per-prompt text state shared by every scale: cross K/V per layer and the mask bias."""
+
+    keys: list[torch.Tensor]  # each (B, H, Lt, D)
+    values: list[torch.Tensor]  # each (B, H, Lt, D)
+    bias: torch.Tensor  # (B, 1, 1, Lt) float32, MASK_VALUE on padding
+
+
+class StarTransformer(nn.Module):
+    """STAR's transformer. ``step`` runs one scale; ``text_context``/``start_tokens`` run once."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.width
+        self.pos_start = nn.Parameter(torch.zeros(1, 1, c))
+        self.word_embed = nn.Linear(config.cvae, c)
+        self.class_emb = nn.Embedding(1001, c)
+        self.lvl_embed = nn.Embedding(config.num_scales, c)
+        self.encoder_proj = nn.Linear(config.text_width, c)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.head_logits = nn.Linear(c, config.vocab_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.word_embed.weight.dtype
+
+    def text_context(self, hidden: torch.Tensor, mask: torch.Tensor) -> TextContext:
+        """Cross-attention K/V of the conditional prompts' hidden states (B, Lt, T)."""
+        hidden = hidden.to(self.dtype)
+        kv = [blk.cross_attn.text_kv(hidden) for blk in self.blocks]
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        bias = bias.masked_fill(mask == 0, MASK_VALUE)[:, None, None, :]
+        return TextContext([k for k, _ in kv], [v for _, v in kv], bias)
+
+    def start_tokens(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Scale-0 input (2B, 1, C) from the pooled text of rows [cond; uncond]."""
+        sos = self.encoder_proj(pooled.to(self.dtype))[:, None, :]
+        return sos + self.pos_start + self.lvl_embed.weight[0]
+
+    def embed_next(self, next_map: torch.Tensor, lvl: torch.Tensor) -> torch.Tensor:
+        """Next-scale input (B, l, C) from the area-downsampled f_hat (B, l, Cvae)."""
+        return self.word_embed(next_map.to(self.dtype)) + lvl.to(self.dtype)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits in float32 from a float32 LayerNorm and head."""
+        h = F.layer_norm(x.float(), x.shape[-1:], eps=self.config.norm_eps)
+        return F.linear(h, self.head_logits.weight.float(), self.head_logits.bias.float())
+
+    def step(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: TextContext,
+        past_keys: list[torch.Tensor],
+        past_values: list[torch.Tensor],
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """One scale: x (2B, l, C) over cached (S, 2B, H, D) -> logits (2B, l, V), new K/V."""
+        new_keys, new_values = [], []
+        for i, blk in enumerate(self.blocks):
+            x, k, v = blk(x, cos, sin, text, i, past_keys[i], past_values[i], mask)
+            new_keys.append(k)
+            new_values.append(v)
+        return self.logits(x), new_keys, new_values
+
+    def empty_cache(self, rows: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """A zero-length cache tensor for one layer's keys or values."""
+        t = self.config
+        return [torch.zeros(0, rows, t.heads, t.head_dim, dtype=self.dtype, device=device) for _ in range(t.depth)]
