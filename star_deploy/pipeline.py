@@ -98,7 +98,7 @@ class StarPipeline:
                     [sample(guided[i], sampling.top_k, sampling.top_p, generators[i]) for i in range(b)]
                 )
             t2 = self._sync()
-            f_hat, x = self.backend.update(k, tokens, f_hat, self.tables[k])
+            f_hat, x = self.backend.update(k, tokens.view(b, side, side), f_hat, self.tables[k])
             t3 = self._sync()
             times.steps.append(t1 - t0)
             times.sampling += t2 - t1

@@ -36,7 +36,7 @@ class Backend(Protocol):
     def update(
         self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add tokens (B, l) to f_hat (B, Cvae, P, P); return (f_hat, next input (2B, l', C))."""
+        """Add a token map (B, p, p) to f_hat (B, Cvae, P, P); return (f_hat, next input (2B, l', C))."""
         ...
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,9 @@ def text_encoder_config(model: torch.nn.Module) -> TextEncoderConfig:
 
 def load_text_encoder(encoder_dir: Path) -> torch.nn.Module:
     from transformers import CLIPTextModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     return CLIPTextModel.from_pretrained(str(encoder_dir)).eval()
 
 

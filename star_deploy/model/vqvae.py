@@ -151,14 +151,13 @@ class StarVQVAE(nn.Module):
         downsample: torch.Tensor,
         phi_weights: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add scale tokens (B, p*p) to f_hat (B, Cvae, P, P); return (f_hat, next map (B, l', Cvae)).
+        """Add a token map (B, p, p) to f_hat (B, Cvae, P, P); return (f_hat, next map (B, l', Cvae)).
 
         ``upsample`` (P, p) is bicubic (identity on the last scale), ``downsample`` (p', P) is
         area pooling, ``phi_weights`` (4,) one-hot picks the Phi conv: all three are per-scale
         constants (see model/tables.py), so one graph serves every scale.
         """
-        b, side = tokens.shape[0], upsample.shape[1]
-        h = self.quantize.embedding(tokens).transpose(1, 2).reshape(b, self.config.cvae, side, side)
+        h = self.quantize.embedding(tokens).permute(0, 3, 1, 2)
         h = upsample @ h.float() @ upsample.T
         ratio = self.config.quant_resi
         refined = sum(w * conv(h) for w, conv in zip(phi_weights.unbind(0), self.quantize.quant_resi.qresi_ls))

@@ -1,0 +1,58 @@
+"""Create a backend by name from a loaded model or an artefact directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..export.manifest import Manifest, load_manifest
+from ..weights import StarModel
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_device(device: str) -> None:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+
+
+def needs_artifacts(backend: str) -> bool:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend != "torch"
+
+
+def artifacts_manifest(artifacts: Path | None, backend: str) -> Manifest:
+    if artifacts is None:
+        raise ConfigError(f"--backend {backend} runs exported graphs: pass --artifacts DIR (made by `star-deploy export`)")
+    return load_manifest(artifacts)
+
+
+def create_backend(
+    backend: str,
+    device: str = "cpu",
+    model: StarModel | None = None,
+    manifest: Manifest | None = None,
+    dtype: str = "float32",
+    threads: int = 0,
+):
+    """The named backend on ``device``: torch runs ``model``, the others run ``manifest``."""
+    check_device(device)
+    if backend == "torch":
+        if dtype not in TORCH_DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model, device, TORCH_DTYPES[dtype])
+    if backend == "onnxruntime":
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(manifest, device, threads)
+    from .trt_backend import TrtBackend
+
+    return TrtBackend(manifest, device)

@@ -1,0 +1,1 @@
+"""One module per CLI command; cli.py assembles them into the ``star-deploy`` app."""

@@ -1,0 +1,48 @@
+"""``star-deploy export``: an official release -> a self-describing ONNX artefact folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import ConfigError
+from ..export.artifacts import export_artifacts
+from ..graphs import GRAPH_NAMES, PRECISIONS
+from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
+
+log = logging.getLogger("star_deploy")
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Artefact folder to create (graphs, tokenizer, manifest.json).")],
+    precision: Annotated[str, typer.Option(help="fp32, or fp16 (strongly typed: norms, softmax, RoPE and logits head stay fp32).")] = "fp32",
+    weights: WeightsOpt = None,
+    clip: ClipOpt = None,
+    vae: VaeOpt = None,
+    star: StarOpt = None,
+    resolution: ResolutionOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Export a STAR release to ONNX graphs and a manifest.json that describes them.
+
+    Graphs: text_encoder, text_context, transformer_step, scale_update, vq_decoder.
+    With no weight options, exports the built-in demo model.
+
+    The folder appears only when complete: an interrupted export leaves nothing behind.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
+    model = load_model(weights, clip, vae, star, resolution)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
+        task = progress.add_task("exporting", total=len(GRAPH_NAMES))
+        export_artifacts(model, out, precision, overwrite, on_graph=lambda name: progress.advance(task))
+    typer.echo(str(out))
+
+
+command = reports_errors(export)

@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX export of the five graphs, the manifest, and TensorRT-readiness checks."""

@@ -1,0 +1,45 @@
+"""Write a complete artefact directory (graphs, tokenizer, manifest) atomically."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import __version__
+from ..atomic import atomic_dir, write_text
+from ..weights import StarModel
+from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sha256_tree
+from .onnx_export import OPSET, export_all
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import torch
+
+    return {"star_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__}
+
+
+def source_records(model: StarModel) -> dict[str, dict]:
+    """Name, size and sha256 of each checkpoint the export came from."""
+    records = {}
+    for key, path in sorted(model.sources.items()):
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        records[key] = {"name": path.name, "bytes": size, "sha256": sha256_tree(path)}
+    return records
+
+
+def export_artifacts(
+    model: StarModel,
+    out: Path,
+    precision: str = "fp32",
+    overwrite: bool = False,
+    on_graph: Callable[[str], None] | None = None,
+) -> Path:
+    """Export every graph of ``model`` into ``out``; the manifest is written last, then swapped in."""
+    with atomic_dir(out, overwrite) as tmp:
+        specs = export_all(model, precision, tmp, on_graph)
+        shutil.copytree(model.tokenizer_dir, tmp / TOKENIZER_DIR)
+        data = manifest_dict(model.config, precision, specs, tmp, source_records(model), tool_versions(), OPSET)
+        write_text(tmp / MANIFEST, dumps(data))
+    return out

@@ -1,0 +1,132 @@
+"""Export the reference graphs (model/graphs.py) to ONNX with the dynamo exporter.
+
+Each graph's I/O comes from ``graphs.graph_specs``: the same declaration names the ONNX
+inputs/outputs, picks the dynamic axes and shapes the sample inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from ..config import StarConfig
+from ..graphs import GraphSpec, compute_dtype, graph_specs, scale_dims
+from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..model.tables import build_scale_tables
+from ..model.text import TextEncoderModule
+from ..weights import StarModel
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+"""Parsed by TensorRT 10.x and 11 and ONNX Runtime >= 1.14."""
+EXPORT_BATCH = 2
+EXPORT_SCALE = 2
+"""Sample shapes avoid sizes 0 and 1, which torch.export would specialize."""
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+def graph_modules(model: StarModel) -> dict[str, nn.Module]:
+    return {
+        "text_encoder": TextEncoderModule(model.text_encoder),
+        "text_context": TextContextGraph(model.transformer),
+        "transformer_step": StepGraph(model.transformer),
+        "scale_update": ScaleUpdateGraph(model.transformer, model.vqvae),
+        "vq_decoder": DecoderGraph(model.vqvae),
+    }
+
+
+def export_dims() -> dict[str, Dim]:
+    batch = Dim("batch", min=1, max=256)
+    return {
+        "batch": batch,
+        "rows": 2 * batch,
+        "tokens": Dim("tokens", min=1, max=65536),
+        "past": Dim("past", min=0, max=65536),
+        "side": Dim("side", min=1, max=256),
+        "next_side": Dim("next_side", min=1, max=256),
+    }
+
+
+def sample_inputs(config: StarConfig, spec: GraphSpec) -> list[torch.Tensor]:
+    """Random inputs of the export shapes, in ``spec``'s order."""
+    dims = scale_dims(config, EXPORT_BATCH, EXPORT_SCALE)
+    tables = build_scale_tables(config)[EXPORT_SCALE]
+    fixed = {
+        "rope_cos": tables.rope_cos, "rope_sin": tables.rope_sin, "upsample": tables.upsample,
+        "downsample": tables.downsample, "phi_weights": tables.phi_weights, "next_level": tables.next_level,
+    }
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for t in spec.inputs:
+        shape = t.concrete(dims)
+        if t.name in fixed:
+            out.append(fixed[t.name])
+        elif t.name == "attention_mask":
+            out.append((torch.arange(shape[-1]) < 5).long().expand(shape).contiguous())
+        elif t.dtype == "int64":
+            high = config.text.vocab_size if t.name == "input_ids" else config.transformer.vocab_size
+            out.append(torch.randint(0, high, shape, generator=gen))
+        else:
+            out.append(torch.randn(shape, generator=gen).to(TORCH_DTYPES[t.dtype]))
+    return out
+
+
+def dynamic_shapes(spec: GraphSpec, module: nn.Module) -> dict[str, object]:
+    """torch.export dynamic shapes keyed by the module's forward parameters."""
+    dims = export_dims()
+    per_input = [{i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} or None for t in spec.inputs]
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters.values())
+    result: dict[str, object] = {}
+    for i, p in enumerate(params):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            result[p.name] = tuple(per_input[i:])
+            break
+        result[p.name] = per_input[i]
+    return result
+
+
+def export_graph(module: nn.Module, spec: GraphSpec, args: list[torch.Tensor], path: Path) -> None:
+    """Export ``module`` to ``path`` with ``spec``'s names; large graphs get external data."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            tuple(args),
+            dynamo=True,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_shapes=dynamic_shapes(spec, module),
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=weight_bytes > 1_500_000_000)
+
+
+def cast_model(model: StarModel, precision: str) -> StarModel:
+    """A copy of ``model`` in the precision's compute dtype (head and text encoder stay fp32)."""
+    dtype = TORCH_DTYPES[compute_dtype(precision)]
+    return copy.deepcopy(model).to("cpu", dtype)
+
+
+def export_all(model: StarModel, precision: str, folder: Path, on_graph=None) -> dict[str, GraphSpec]:
+    """Write every graph of ``model`` into ``folder``; returns the specs written."""
+    specs = graph_specs(model.config, precision)
+    cast = cast_model(model, precision)
+    modules = graph_modules(cast)
+    for name, spec in specs.items():
+        log.info("exporting %s", spec.file)
+        export_graph(modules[name].eval(), spec, sample_inputs(model.config, spec), folder / spec.file)
+        if on_graph is not None:
+            on_graph(name)
+    return specs

@@ -1,0 +1,181 @@
+"""The public contract of the exported graphs: names, symbolic shapes and dtypes of every I/O.
+
+One declaration serves export (input/output names, dynamic axes), the manifest, the
+ONNX Runtime and TensorRT backends (bindings, buffers, profiles) and the tests.
+
+Symbolic dimensions:
+  batch        B, prompts per call
+  rows         2B, CFG rows [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]
+  tokens       l = p*p, tokens of the current scale
+  past         tokens of all earlier scales (0 at the first scale)
+  side         p, side of the current scale's token map
+  next_tokens  l' = p'*p', tokens of the next scale (1 after the last scale)
+  next_side    p'
+
+Graphs (file ``<name>.onnx``):
+  text_encoder      input_ids, attention_mask -> text_hidden, text_pooled
+  text_context      text_hidden, attention_mask (cond rows), text_pooled (all rows)
+                    -> start_tokens, cross_bias, cross_key.{i}, cross_value.{i}
+  transformer_step  x, rope_cos, rope_sin, cross_bias, cross_key.{i}, cross_value.{i},
+                    past_key.{i}, past_value.{i} -> logits, new_key.{i}, new_value.{i}
+  scale_update      tokens, f_hat, upsample, downsample, phi_weights, next_level -> f_hat_out, next_x
+  vq_decoder        f_hat -> image
+
+KV tensors are sequence-major, (sequence, rows, heads, head_dim), so the cache prefix a
+step reads and the slot it writes are contiguous views of one preallocated buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import MAX_TEXT_TOKENS, NUM_PHI, StarConfig
+
+Dim = str | int
+PRECISIONS = ("fp32", "fp16")
+GRAPH_NAMES = ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def concrete(self, dims: dict[str, int]) -> tuple[int, ...]:
+        """The shape with symbolic dimensions replaced from ``dims``."""
+        return tuple(d if isinstance(d, int) else dims[d] for d in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}")
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+
+def layer_names(prefix: str, depth: int) -> list[str]:
+    return [f"{prefix}.{i}" for i in range(depth)]
+
+
+def compute_dtype(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return "float16" if precision == "fp16" else "float32"
+
+
+def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphSpec]:
+    """Every graph's I/O for ``config``; fp16 applies to activations, K/V and embeddings."""
+    t, v = config.transformer, config.vae
+    act, f32, i64 = compute_dtype(precision), "float32", "int64"
+    n, c, h, d, p = MAX_TEXT_TOKENS, t.width, t.heads, t.head_dim, config.final_side
+    half = d // 2
+
+    def per_layer(prefix: str, shape: tuple[Dim, ...]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(name, shape, act) for name in layer_names(prefix, t.depth))
+
+    cross_shape: tuple[Dim, ...] = ("batch", h, n, d)
+    specs = [
+        GraphSpec(
+            "text_encoder",
+            (TensorSpec("input_ids", ("rows", n), i64), TensorSpec("attention_mask", ("rows", n), i64)),
+            (TensorSpec("text_hidden", ("rows", n, t.text_width), f32), TensorSpec("text_pooled", ("rows", t.text_width), f32)),
+        ),
+        GraphSpec(
+            "text_context",
+            (
+                TensorSpec("text_hidden", ("batch", n, t.text_width), f32),
+                TensorSpec("attention_mask", ("batch", n), i64),
+                TensorSpec("text_pooled", ("rows", t.text_width), f32),
+            ),
+            (
+                TensorSpec("start_tokens", ("rows", 1, c), act),
+                TensorSpec("cross_bias", ("batch", 1, 1, n), f32),
+                *per_layer("cross_key", cross_shape),
+                *per_layer("cross_value", cross_shape),
+            ),
+        ),
+        GraphSpec(
+            "transformer_step",
+            (
+                TensorSpec("x", ("rows", "tokens", c), act),
+                TensorSpec("rope_cos", ("tokens", half), f32),
+                TensorSpec("rope_sin", ("tokens", half), f32),
+                TensorSpec("cross_bias", ("batch", 1, 1, n), f32),
+                *per_layer("cross_key", cross_shape),
+                *per_layer("cross_value", cross_shape),
+                *per_layer("past_key", ("past", "rows", h, d)),
+                *per_layer("past_value", ("past", "rows", h, d)),
+            ),
+            (
+                TensorSpec("logits", ("rows", "tokens", t.vocab_size), f32),
+                *per_layer("new_key", ("tokens", "rows", h, d)),
+                *per_layer("new_value", ("tokens", "rows", h, d)),
+            ),
+        ),
+        GraphSpec(
+            "scale_update",
+            (
+                TensorSpec("tokens", ("batch", "side", "side"), i64),
+                TensorSpec("f_hat", ("batch", v.cvae, p, p), f32),
+                TensorSpec("upsample", (p, "side"), f32),
+                TensorSpec("downsample", ("next_side", p), f32),
+                TensorSpec("phi_weights", (NUM_PHI,), f32),
+                TensorSpec("next_level", (1,), i64),
+            ),
+            (
+                TensorSpec("f_hat_out", ("batch", v.cvae, p, p), f32),
+                TensorSpec("next_x", ("rows", "next_tokens", c), act),
+            ),
+        ),
+        GraphSpec(
+            "vq_decoder",
+            (TensorSpec("f_hat", ("batch", v.cvae, p, p), f32),),
+            (TensorSpec("image", ("batch", 3, config.image_size, config.image_size), f32),),
+        ),
+    ]
+    return {s.name: s for s in specs}
+
+
+def scale_dims(config: StarConfig, batch: int, scale: int) -> dict[str, int]:
+    """Values of every symbolic dimension at ``scale`` for ``batch`` prompts."""
+    sides = config.patch_nums
+    side = sides[scale]
+    next_side = sides[scale + 1] if scale + 1 < len(sides) else 1
+    return {
+        "batch": batch,
+        "rows": 2 * batch,
+        "tokens": side * side,
+        "past": config.scale_offsets()[scale],
+        "side": side,
+        "next_tokens": next_side * next_side,
+        "next_side": next_side,
+    }

@@ -1,0 +1,88 @@
+"""Shared fixtures: the golden data, the golden tiny model, and its exported artefacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from star_deploy.config import SamplingConfig
+from star_deploy.model.text import PromptTokenizer
+from star_deploy.pipeline import StarPipeline
+from star_deploy.weights import StarModel, load_release, resolve_release
+
+GOLDEN = Path(__file__).parent / "fixtures" / "tiny256"
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+    return dict(np.load(GOLDEN / "golden.npz"))
+
+
+@pytest.fixture(scope="session")
+def golden_meta() -> dict:
+    return json.loads((GOLDEN / "golden.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_cases(golden_meta) -> list[dict]:
+    return golden_meta["cases"]
+
+
+@pytest.fixture(scope="session")
+def golden_sampling(golden_meta) -> SamplingConfig:
+    s = golden_meta["sampling"]
+    return SamplingConfig(cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"])
+
+
+def load_golden_model() -> StarModel:
+    return load_release(resolve_release(weights=GOLDEN), resolution=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> StarModel:
+    return load_golden_model()
+
+
+@pytest.fixture(scope="session")
+def torch_pipeline() -> StarPipeline:
+    from star_deploy.backends.torch_backend import TorchBackend
+
+    model = load_golden_model()
+    return StarPipeline(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def artifacts_fp32(tmp_path_factory) -> Path:
+    from star_deploy.export.artifacts import export_artifacts
+
+    out = tmp_path_factory.mktemp("export") / "tiny_fp32"
+    return export_artifacts(load_golden_model(), out, "fp32")
+
+
+@pytest.fixture(scope="session")
+def artifacts_fp16(tmp_path_factory) -> Path:
+    from star_deploy.export.artifacts import export_artifacts
+
+    out = tmp_path_factory.mktemp("export") / "tiny_fp16"
+    return export_artifacts(load_golden_model(), out, "fp16")
+
+
+@pytest.fixture(scope="session")
+def ort_pipeline(artifacts_fp32) -> StarPipeline:
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.export.manifest import load_manifest
+
+    manifest = load_manifest(artifacts_fp32)
+    return StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+
+
+def max_err(a, b) -> float:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
