@@ -32,10 +32,14 @@ class StageTimes:
 
 @dataclass
 class Generation:
-    """Images (B, 3, H, W) in [0, 1], tokens (B, L) and, if asked, raw logits per scale."""
+    """Images (B, 3, H, W) in [0, 1], tokens (B, L) and, if asked, raw logits per scale.
+
+    ``sampled`` holds what the sampler drew; it differs from ``tokens`` only under teacher forcing.
+    """
 
     images: torch.Tensor
     tokens: torch.Tensor
+    sampled: torch.Tensor
     times: StageTimes
     logits: list[torch.Tensor] = field(default_factory=list)
 
@@ -68,7 +72,8 @@ class StarPipeline:
     ) -> Generation:
         """Generate one image per prompt; prompt i draws from its own generator seeded ``seeds[i]``.
 
-        ``teacher_tokens`` (B, L) replaces sampled tokens (teacher forcing, for parity checks).
+        ``teacher_tokens`` (B, L) replaces sampled tokens as the next input (teacher forcing):
+        the sampler still draws, so draws of two backends stay comparable token by token.
         """
         cfg = self.config
         b = len(prompts)
@@ -83,20 +88,18 @@ class StarPipeline:
         sample_device = self.backend.device
         generators = [torch.Generator(device=sample_device).manual_seed(s) for s in seeds]
         f_hat = torch.zeros(b, cfg.vae.cvae, cfg.final_side, cfg.final_side, device=self.backend.device)
-        all_tokens, all_logits, offset = [], [], 0
+        all_tokens, all_sampled, all_logits, offset = [], [], [], 0
         for k, side in enumerate(cfg.patch_nums):
             t0 = self._sync()
             logits = self.backend.step(k, x, self.tables[k])
             t1 = self._sync()
             if keep_logits:
                 all_logits.append(logits.float().cpu())
+            guided = apply_cfg(logits.float(), guidance_scale(sampling.cfg, k, cfg.num_scales))
+            sampled = torch.stack([sample(guided[i], sampling.top_k, sampling.top_p, generators[i]) for i in range(b)])
+            tokens = sampled
             if teacher_tokens is not None:
-                tokens = teacher_tokens[:, offset : offset + side * side].to(self.backend.device)
-            else:
-                guided = apply_cfg(logits.float(), guidance_scale(sampling.cfg, k, cfg.num_scales))
-                tokens = torch.stack(
-                    [sample(guided[i], sampling.top_k, sampling.top_p, generators[i]) for i in range(b)]
-                )
+                tokens = teacher_tokens[:, offset : offset + side * side].to(sampled.device)
             t2 = self._sync()
             f_hat, x = self.backend.update(k, tokens.view(b, side, side), f_hat, self.tables[k])
             t3 = self._sync()
@@ -104,10 +107,11 @@ class StarPipeline:
             times.sampling += t2 - t1
             times.update += t3 - t2
             all_tokens.append(tokens.cpu())
+            all_sampled.append(sampled.cpu())
             offset += side * side
             if on_scale is not None:
                 on_scale(k, cfg.num_scales)
         t4 = self._sync()
         images = self.backend.decode(f_hat).float().cpu()
         times.decode = self._sync() - t4
-        return Generation(images, torch.cat(all_tokens, dim=1), times, all_logits)
+        return Generation(images, torch.cat(all_tokens, dim=1), torch.cat(all_sampled, dim=1), times, all_logits)

@@ -62,7 +62,7 @@ class OrtBackend:
         return [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
 
     def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
-        tensor = tensor if tensor.is_contiguous() else tensor.contiguous()
+        """Bind ``tensor``'s memory; the caller keeps it alive and contiguous until the run ends."""
         args = (name, self.device.type, self.device.index or 0, NUMPY_TYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
         (binding.bind_output if output else binding.bind_input)(*args)
 
@@ -71,8 +71,9 @@ class OrtBackend:
         spec = self.manifest.graphs[graph]
         session = self.sessions[graph]
         binding = session.io_binding()
+        inputs = [t.to(self.device).contiguous() for t in inputs]
         for name, tensor in zip(spec.input_names, inputs):
-            self._bind(binding, name, tensor.to(self.device))
+            self._bind(binding, name, tensor)
         for name, tensor in zip(spec.output_names, outputs):
             self._bind(binding, name, tensor, output=True)
         session.run_with_iobinding(binding)

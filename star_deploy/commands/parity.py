@@ -1,0 +1,116 @@
+"""``star-deploy parity``: measure an artefact folder against the PyTorch fp32 reference."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..atomic import write_text
+from ..backends.factory import artifacts_manifest, create_backend
+from ..config import SamplingConfig
+from ..errors import ConfigError
+from ..model.text import PromptTokenizer
+from ..parity import ErrorStats, Fidelity, fidelity, graph_parity
+from ..pipeline import StarPipeline
+from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
+
+DEFAULT_PROMPTS = (
+    "a red circle on a blue background",
+    "a small green triangle in the top left on a white background",
+    "a cute dog sitting on the grass, high quality",
+    "",
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What an artefact folder of a precision must reach against the fp32 reference."""
+
+    logits_max_abs: float
+    teacher_forced_token_agreement: float
+    teacher_forced_psnr_db: float
+
+
+THRESHOLDS = {
+    "fp32": Thresholds(logits_max_abs=1e-3, teacher_forced_token_agreement=0.999, teacher_forced_psnr_db=60.0),
+    "fp16": Thresholds(logits_max_abs=0.25, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=35.0),
+}
+
+
+def failures(result: Fidelity, limits: Thresholds) -> list[str]:
+    out = []
+    if result.logits_max_abs > limits.logits_max_abs:
+        out.append(f"logits max error {result.logits_max_abs:.3g} > {limits.logits_max_abs:g}")
+    if result.teacher_forced_token_agreement < limits.teacher_forced_token_agreement:
+        out.append(f"token agreement {result.teacher_forced_token_agreement:.4f} < {limits.teacher_forced_token_agreement}")
+    if result.teacher_forced_psnr_db < limits.teacher_forced_psnr_db:
+        out.append(f"teacher-forced PSNR {result.teacher_forced_psnr_db:.1f} dB < {limits.teacher_forced_psnr_db} dB")
+    return out
+
+
+def print_report(graphs: dict[str, ErrorStats], result: Fidelity, title: str) -> None:
+    console = Console()
+    table = Table(title=title)
+    for col in ("graph", "max |err|", "mean |err|"):
+        table.add_column(col, justify="right" if col != "graph" else "left")
+    for name, s in graphs.items():
+        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}")
+    console.print(table)
+    summary = Table(show_header=False)
+    summary.add_row("teacher-forced token agreement", f"{result.teacher_forced_token_agreement:.4f}")
+    summary.add_row("teacher-forced image PSNR", f"{result.teacher_forced_psnr_db:.1f} dB")
+    summary.add_row("free-running token agreement", f"{result.free_run_token_agreement:.4f}")
+    summary.add_row("free-running image PSNR", f"{result.free_run_psnr_db:.1f} dB")
+    summary.add_row("raw logits max |err|", f"{result.logits_max_abs:.3g}")
+    console.print(summary)
+
+
+def parity(
+    artifacts: Annotated[Path, typer.Option(help="Artefact folder from `star-deploy export` to measure.")],
+    backend: Annotated[str, typer.Option(help="Runtime for the artefacts: onnxruntime or tensorrt.")] = "onnxruntime",
+    device: Annotated[str, typer.Option(help="Device of the measured backend: cpu or cuda.")] = "cpu",
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt to compare on (repeatable). Default: 4 built-in prompts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    weights: WeightsOpt = None,
+    clip: ClipOpt = None,
+    vae: VaeOpt = None,
+    star: StarOpt = None,
+    resolution: ResolutionOpt = None,
+) -> None:
+    """Compare exported graphs with the PyTorch fp32 reference of the same weights.
+
+    Prints per-graph max/mean errors (same inputs into both), teacher-forced token agreement,
+    and image PSNR; exits 1 if the artefacts' precision misses its thresholds.
+    """
+    manifest = artifacts_manifest(artifacts, backend)
+    model = load_model(weights, clip, vae, star, resolution)
+    if model.config != manifest.config:
+        raise ConfigError(f"{artifacts} was exported from a model of another shape than the weights given; pass the same weights")
+    tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    reference = create_backend("torch", "cpu", model=model)
+    tested = create_backend(backend, device, manifest=manifest)
+    prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
+    graphs = graph_parity(reference, tested, tokenizer, prompts, seed)
+    seeds = [seed + i for i in range(len(prompts))]
+    result = fidelity(StarPipeline(reference, tokenizer), StarPipeline(tested, tokenizer), prompts, SamplingConfig(seed=seed), seeds)
+    print_report(graphs, result, f"{backend} {manifest.precision} vs torch fp32 ({artifacts})")
+    limits = THRESHOLDS[manifest.precision]
+    failed = failures(result, limits)
+    if json_out is not None:
+        report = {"precision": manifest.precision, "backend": backend, "graphs": {k: vars(v) for k, v in graphs.items()},
+                  "fidelity": result.to_dict(), "thresholds": vars(limits), "failures": failed}
+        write_text(json_out, json.dumps(report, indent=2) + "\n")
+    if failed:
+        typer.secho("FAIL: " + "; ".join(failed), err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo(f"PASS ({manifest.precision} thresholds: {vars(limits)})")
+
+
+command = reports_errors(parity)

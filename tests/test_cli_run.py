@@ -1,0 +1,43 @@
+"""The CLI end to end: PNGs of `star-deploy run` against the golden image, for each CPU backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import GOLDEN
+from star_deploy.cli import app
+from star_deploy.images import read_png
+
+GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_run_png_within_one_grey_level(backend, golden, artifacts_fp32, tmp_path):
+    out = tmp_path / "car.png"
+    args = ["run", "a red car.", "-o", str(out), *GOLDEN_ARGS, "--backend", backend]
+    args += ["--artifacts", str(artifacts_fp32)] if backend != "torch" else ["--weights", str(GOLDEN), "--resolution", "256"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pixels, text = read_png(out)
+    expected = golden["p0_s1/image"][0].transpose(1, 2, 0) * 255
+    assert np.abs(pixels.astype(np.float64) - expected).max() <= 1.0
+    assert text["prompt"] == "a red car." and text["seed"] == "1" and text["top_k"] == "50"
+
+
+def test_run_several_prompts_writes_a_folder(tmp_path):
+    out = tmp_path / "imgs"
+    args = ["run", "a red car.", "", "-o", str(out), "--weights", str(GOLDEN), "--resolution", "256", "--batch-size", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["000_a_red_car.png", "001_empty.png"]
+
+
+def test_parity_command_passes_on_fp32_artifacts(artifacts_fp32, tmp_path):
+    report = tmp_path / "parity.json"
+    args = ["parity", "--artifacts", str(artifacts_fp32), "--weights", str(GOLDEN), "--resolution", "256",
+            "--prompt", "a red car.", "--json", str(report)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and report.is_file()
