@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from .commands import export, run
+from .commands import export, parity, run
 
 app = typer.Typer(
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
@@ -37,6 +37,7 @@ def main(
 
 app.command("run")(run.command)
 app.command("export")(export.command)
+app.command("parity")(parity.command)
 
 
 if __name__ == "__main__":
