@@ -98,3 +98,23 @@ def test_export_refuses_existing_output(tiny_model, artifacts_fp32):
 
     with pytest.raises(StarDeployError, match="--overwrite"):
         export_artifacts(tiny_model, artifacts_fp32, "fp32")
+
+
+def test_large_graphs_use_external_data(tiny_model, tmp_path, golden, golden_sampling):
+    """With the size limit lowered, weights move to .onnx.data; the graphs still run and verify."""
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.export.artifacts import export_artifacts
+    from star_deploy.export.manifest import verify_graph_hashes
+    from star_deploy.model.text import PromptTokenizer
+    from star_deploy.pipeline import StarPipeline
+
+    out = export_artifacts(tiny_model, tmp_path / "ext", "fp32", external_bytes=0)
+    assert (out / "transformer_step.onnx.data").is_file()
+    manifest = load_manifest(out)
+    verify_graph_hashes(manifest)
+    pipeline = StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    gen = pipeline.generate(["a red car."], golden_sampling, seeds=[1])
+    assert torch.equal(gen.tokens, torch.from_numpy(golden["p0_s1/tokens"]))
+    (out / "transformer_step.onnx.data").write_bytes(b"corrupt")
+    with pytest.raises(Exception, match="sha256 mismatch"):
+        verify_graph_hashes(manifest)

@@ -10,7 +10,7 @@ from .. import __version__
 from ..atomic import atomic_dir, write_text
 from ..weights import StarModel
 from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sha256_tree
-from .onnx_export import OPSET, export_all
+from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 
 def tool_versions() -> dict[str, str]:
@@ -35,10 +35,11 @@ def export_artifacts(
     precision: str = "fp32",
     overwrite: bool = False,
     on_graph: Callable[[str], None] | None = None,
+    external_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
     """Export every graph of ``model`` into ``out``; the manifest is written last, then swapped in."""
     with atomic_dir(out, overwrite) as tmp:
-        specs = export_all(model, precision, tmp, on_graph)
+        specs = export_all(model, precision, tmp, on_graph, external_bytes)
         shutil.copytree(model.tokenizer_dir, tmp / TOKENIZER_DIR)
         data = manifest_dict(model.config, precision, specs, tmp, source_records(model), tool_versions(), OPSET)
         write_text(tmp / MANIFEST, dumps(data))

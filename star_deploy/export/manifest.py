@@ -26,6 +26,19 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+def graph_files(folder: Path, spec: GraphSpec) -> list[Path]:
+    """The graph file and, for graphs stored with external data, its ``.data`` file."""
+    data = folder / f"{spec.file}.data"
+    return [folder / spec.file, data] if data.is_file() else [folder / spec.file]
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """sha256 of one file, or of the concatenated digests of several."""
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    return hashlib.sha256("".join(sha256_file(p) for p in paths).encode()).hexdigest()
+
+
 def sha256_tree(path: Path) -> str:
     """Hash of a file, or of every file below a folder (names and contents, sorted)."""
     if path.is_file():
@@ -69,7 +82,7 @@ def manifest_dict(
 ) -> dict[str, Any]:
     graphs = {}
     for name, spec in specs.items():
-        graphs[name] = spec.to_dict() | {"sha256": sha256_file(folder / spec.file)}
+        graphs[name] = spec.to_dict() | {"sha256": sha256_files(graph_files(folder, spec))}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -122,6 +135,6 @@ def load_manifest(root: Path) -> Manifest:
 def verify_graph_hashes(manifest: Manifest) -> None:
     """Refuse graph files whose contents differ from what the export wrote."""
     for name, expected in manifest.graph_hashes.items():
-        actual = sha256_file(manifest.path(name))
+        actual = sha256_files(graph_files(manifest.root, manifest.graphs[name]))
         if actual != expected:
             raise ArtifactError(f"{manifest.path(name)}: changed or corrupted since export (sha256 mismatch); export again")

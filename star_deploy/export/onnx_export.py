@@ -29,6 +29,8 @@ OPSET = 18
 EXPORT_BATCH = 2
 EXPORT_SCALE = 2
 """Sample shapes avoid sizes 0 and 1, which torch.export would specialize."""
+EXTERNAL_DATA_BYTES = 1_500_000_000
+"""Weights above this go to ``<graph>.onnx.data`` (protobuf caps a file at 2 GB)."""
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
 
@@ -94,8 +96,10 @@ def dynamic_shapes(spec: GraphSpec, module: nn.Module) -> dict[str, object]:
     return result
 
 
-def export_graph(module: nn.Module, spec: GraphSpec, args: list[torch.Tensor], path: Path) -> None:
-    """Export ``module`` to ``path`` with ``spec``'s names; large graphs get external data."""
+def export_graph(
+    module: nn.Module, spec: GraphSpec, args: list[torch.Tensor], path: Path, external_bytes: int = EXTERNAL_DATA_BYTES
+) -> None:
+    """Export ``module`` to ``path`` with ``spec``'s names; weights over ``external_bytes`` go to external data."""
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -110,7 +114,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, args: list[torch.Tensor], p
             optimize=True,
             verbose=False,
         )
-    program.save(str(path), external_data=weight_bytes > 1_500_000_000)
+    program.save(str(path), external_data=weight_bytes > external_bytes)
 
 
 def cast_model(model: StarModel, precision: str) -> StarModel:
@@ -119,14 +123,16 @@ def cast_model(model: StarModel, precision: str) -> StarModel:
     return copy.deepcopy(model).to("cpu", dtype)
 
 
-def export_all(model: StarModel, precision: str, folder: Path, on_graph=None) -> dict[str, GraphSpec]:
+def export_all(
+    model: StarModel, precision: str, folder: Path, on_graph=None, external_bytes: int = EXTERNAL_DATA_BYTES
+) -> dict[str, GraphSpec]:
     """Write every graph of ``model`` into ``folder``; returns the specs written."""
     specs = graph_specs(model.config, precision)
     cast = cast_model(model, precision)
     modules = graph_modules(cast)
     for name, spec in specs.items():
         log.info("exporting %s", spec.file)
-        export_graph(modules[name].eval(), spec, sample_inputs(model.config, spec), folder / spec.file)
+        export_graph(modules[name].eval(), spec, sample_inputs(model.config, spec), folder / spec.file, external_bytes)
         if on_graph is not None:
             on_graph(name)
     return specs
