@@ -7,6 +7,7 @@ inputs/outputs, picks the dynamic axes and shapes the sample inputs.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -84,8 +85,6 @@ def dynamic_shapes(spec: GraphSpec, module: nn.Module) -> dict[str, object]:
     """torch.export dynamic shapes keyed by the module's forward parameters."""
     dims = export_dims()
     per_input = [{i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} or None for t in spec.inputs]
-    import inspect
-
     params = list(inspect.signature(module.forward).parameters.values())
     result: dict[str, object] = {}
     for i, p in enumerate(params):
