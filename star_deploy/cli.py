@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from .commands import export, parity, run
+from .commands import build_engine, check, export, parity, run
 
 app = typer.Typer(
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
@@ -37,6 +37,8 @@ def main(
 
 app.command("run")(run.command)
 app.command("export")(export.command)
+app.command("build-engine")(build_engine.command)
+app.command("check")(check.command)
 app.command("parity")(parity.command)
 
 

@@ -14,6 +14,11 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def default_device(backend: str, device: str | None) -> str:
+    """The device asked for, else cuda for TensorRT and cpu for the rest."""
+    return device or ("cuda" if backend == "tensorrt" else "cpu")
+
+
 def check_device(device: str) -> None:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
@@ -42,6 +47,10 @@ def create_backend(
     threads: int = 0,
 ):
     """The named backend on ``device``: torch runs ``model``, the others run ``manifest``."""
+    if backend == "tensorrt":
+        from .trt_backend import TrtBackend
+
+        return TrtBackend(manifest, device)
     check_device(device)
     if backend == "torch":
         if dtype not in TORCH_DTYPES:
@@ -53,6 +62,4 @@ def create_backend(
         from .ort_backend import OrtBackend
 
         return OrtBackend(manifest, device, threads)
-    from .trt_backend import TrtBackend
-
-    return TrtBackend(manifest, device)
+    raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

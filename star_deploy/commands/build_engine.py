@@ -1,0 +1,45 @@
+"""``star-deploy build-engine``: FP16 TensorRT plans for every graph of an artefact folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..engines.builder import BuildOptions, build_engines
+from ..export.manifest import load_manifest
+from .common import OverwriteOpt, reports_errors
+
+log = logging.getLogger("star_deploy")
+
+
+def build_engine(
+    artifacts: Annotated[Path, typer.Argument(help="Artefact folder from `star-deploy export` (fp16 for FP16 engines).")],
+    batch_size: Annotated[list[int], typer.Option("--batch-size", "-b", help="Batch size to build profiles for; repeat for several.")] = [1],  # noqa: B006
+    workspace: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 8.0,
+    opt_level: Annotated[int, typer.Option("--opt-level", help="Builder optimization level 0..5 (higher: slower build, faster engine).")] = 3,
+    typing_mode: Annotated[str, typer.Option("--typing", help="strong: precision from the ONNX types (TensorRT 10.12+/11); fp16-flag: weakly typed FP16 builder flag (TensorRT 10 only).")] = "strong",
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file to reuse and update. Default: DIR/engines/timing.cache.")] = None,
+    graph: Annotated[list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")] = None,
+    device: Annotated[str, typer.Option(help="CUDA device to build on (cuda or cuda:N).")] = "cuda",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Build one TensorRT engine per graph into DIR/engines/<graph>.plan, each with a .json sidecar.
+
+    The transformer step and scale update get one optimization profile per scale and batch
+    size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt]'.
+    """
+    manifest = load_manifest(artifacts)
+    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache)
+    graphs = graph or list(manifest.graphs)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
+        task = progress.add_task("building engines", total=len(graphs))
+        paths = build_engines(manifest, options, graphs, device, overwrite, on_graph=lambda g: progress.advance(task))
+    for path in paths:
+        typer.echo(str(path))
+
+
+command = reports_errors(build_engine)

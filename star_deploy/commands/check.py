@@ -1,0 +1,131 @@
+"""``star-deploy check``: TensorRT readiness of an artefact folder; with --backend tensorrt, GPU validation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..backends.factory import create_backend
+from ..config import SamplingConfig
+from ..engines.buffers import buffer_plan
+from ..engines.trt_api import import_tensorrt
+from ..engines.validate import ValidationReport, validate
+from ..errors import ArtifactError, ConfigError, StarDeployError
+from ..export.manifest import Manifest, load_manifest
+from ..export.readiness import check_artifacts, load_ops_table
+from ..model.text import PromptTokenizer
+from ..pipeline import StarPipeline
+from .common import reports_errors
+
+log = logging.getLogger("star_deploy")
+DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, high quality"]
+
+
+def report_readiness(manifest: Manifest) -> None:
+    """Print one line per graph; raise with the first problem if any graph is not ready."""
+    table = load_ops_table()
+    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})
+    typer.echo(f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset {table.opset_min}..{table.opset_max}):")
+    for r in reports:
+        status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
+        typer.echo(f"  {r.graph:<17} {sum(r.op_counts.values()):>5} nodes, {len(r.op_counts):>3} op types  {status}")
+        for problem in r.problems:
+            typer.echo(f"    - {problem}", err=True)
+    problems = [p for r in reports for p in r.problems]
+    if problems:
+        raise ArtifactError(f"{manifest.root}: not ready for TensorRT ({len(problems)} problem(s)); first: {problems[0]}")
+
+
+def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
+    for b in batch_sizes:
+        plan = buffer_plan(manifest.config, manifest.graphs, b, manifest.precision)
+        typer.echo(f"device buffers at batch {b}: KV cache {plan.kv_cache / 2**20:.1f} MiB, text context "
+                   f"{plan.text_context / 2**20:.2f} MiB, largest transient I/O {plan.transient_peak / 2**20:.1f} MiB")
+
+
+def print_validation(report: ValidationReport) -> None:
+    typer.echo("per-graph parity vs reference (max abs / max rel error):")
+    for graph, p in report.parity.items():
+        typer.echo(f"  {graph:<17} {p.max_abs:10.3e} {p.max_rel:10.3e}")
+    per_scale = " ".join(f"{a:.3f}" for a in report.token_agreement)
+    typer.echo(f"teacher-forced token agreement: mean {report.mean_token_agreement:.4f}  per scale: {per_scale}")
+    typer.echo(f"image PSNR vs reference: teacher-forced {report.teacher_psnr:.2f} dB, "
+               f"free-running {report.sampled_psnr:.2f} dB (sampled tokens equal: {report.sampled_token_match:.4f})")
+    for who, times in report.timings.items():
+        stages = "  ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items())
+        typer.echo(f"timings ({who}): {stages}")
+
+
+def validation_pipelines(artifacts: Path, manifest: Manifest, reference: Path | None, device: str, reference_device: str):
+    import_tensorrt()
+    ref_manifest = load_manifest(reference) if reference else manifest
+    if ref_manifest.config != manifest.config:
+        raise ConfigError(f"--reference {reference}: exported from a different model configuration than {artifacts}")
+    tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    test = StarPipeline(create_backend("tensorrt", device, manifest=manifest), tokenizer)
+    ref = StarPipeline(create_backend("onnxruntime", reference_device, manifest=ref_manifest), tokenizer)
+    return ref, test
+
+
+def check_thresholds(report: ValidationReport, min_agreement: float, min_psnr: float) -> None:
+    if report.mean_token_agreement < min_agreement:
+        raise StarDeployError(f"teacher-forced token agreement {report.mean_token_agreement:.4f} < {min_agreement}")
+    if report.teacher_psnr < min_psnr and not math.isinf(report.teacher_psnr):
+        raise StarDeployError(f"teacher-forced image PSNR {report.teacher_psnr:.2f} dB < {min_psnr} dB")
+
+
+def check(
+    artifacts: Annotated[Path, typer.Argument(help="Artefact folder from `star-deploy export`.")],
+    backend: Annotated[str | None, typer.Option(help="tensorrt: also validate DIR/engines on the GPU against ONNX Runtime.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference artefact folder (e.g. an fp32 export) run with ONNX Runtime. Default: DIR.")] = None,
+    device: Annotated[str, typer.Option(help="CUDA device of the engines.")] = "cuda",
+    reference_device: Annotated[str, typer.Option(help="Device of the ONNX Runtime reference (cuda needs onnxruntime-gpu).")] = "cuda",
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Validation prompt; repeat for a batch (default: two built-in prompts).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
+    runs: Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")] = 3,
+    min_agreement: Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")] = 0.9,
+    min_psnr: Annotated[float, typer.Option(help="Fail below this teacher-forced image PSNR (dB).")] = 25.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the validation report as JSON.")] = None,
+) -> None:
+    """Check that every graph of DIR can be built by TensorRT; with --backend tensorrt, validate the engines.
+
+    Readiness needs no GPU: supported operators, data types, Resize modes, profilable shapes.
+    """
+    manifest = load_manifest(artifacts)
+    report_readiness(manifest)
+    report_memory(manifest, [1])
+    if backend is None:
+        return
+    if backend != "tensorrt":
+        raise ConfigError(f"--backend {backend}: check validates tensorrt engines only")
+    ref, test = validation_pipelines(artifacts, manifest, reference, device, reference_device)
+    prompts = prompt or DEFAULT_PROMPTS
+    report = validate(ref, test, prompts, SamplingConfig(seed=seed), runs)
+    print_validation(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report_dict(report), indent=2) + "\n")
+    check_thresholds(report, min_agreement, min_psnr)
+
+
+def finite(value: float) -> float | None:
+    """JSON has no infinity: identical images (infinite PSNR) are written as null."""
+    return None if math.isinf(value) else value
+
+
+def report_dict(report: ValidationReport) -> dict:
+    return {
+        "parity": {g: {"max_abs": p.max_abs, "max_rel": p.max_rel} for g, p in report.parity.items()},
+        "token_agreement": report.token_agreement,
+        "teacher_psnr_db": finite(report.teacher_psnr),
+        "sampled_psnr_db": finite(report.sampled_psnr),
+        "sampled_token_match": report.sampled_token_match,
+        "timings_s": report.timings,
+    }
+
+
+command = reports_errors(check)

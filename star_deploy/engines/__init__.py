@@ -1,0 +1,1 @@
+"""ONNX -> TensorRT: optimization profiles, buffer plans, plan sidecars, builder and GPU validation."""

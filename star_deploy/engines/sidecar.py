@@ -1,0 +1,108 @@
+"""The JSON sidecar written beside each plan: what the engine was built from, for, and how.
+
+A serialized TensorRT plan runs only on the TensorRT version and GPU architecture that
+built it, and only matches the ONNX file it came from: the runtime compares the sidecar
+with the running system and refuses a mismatch with the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..atomic import write_text
+from ..errors import ArtifactError
+from .profiles import Profile
+
+SIDECAR_FORMAT = "star-deploy-engine"
+SIDECAR_VERSION = 1
+ENGINES_DIR = "engines"
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """The TensorRT and GPU an engine is built on or loaded on."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+
+@dataclass(frozen=True)
+class EngineSidecar:
+    """Everything recorded about one plan file."""
+
+    graph: str
+    precision: str
+    typing: str
+    onnx_sha256: str
+    runtime: RuntimeInfo
+    batch_sizes: list[int]
+    profiles: list[Profile]
+    builder: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": SIDECAR_FORMAT,
+            "format_version": SIDECAR_VERSION,
+            "graph": self.graph,
+            "precision": self.precision,
+            "typing": self.typing,
+            "onnx_sha256": self.onnx_sha256,
+            **asdict(self.runtime),
+            "batch_sizes": self.batch_sizes,
+            "profiles": [p.to_dict() for p in self.profiles],
+            "builder": self.builder,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineSidecar":
+        runtime = RuntimeInfo(data["tensorrt_version"], data["gpu_name"], data["compute_capability"])
+        profiles = [Profile.from_dict(p) for p in data["profiles"]]
+        return cls(data["graph"], data["precision"], data["typing"], data["onnx_sha256"], runtime,
+                   list(data["batch_sizes"]), profiles, dict(data.get("builder", {})))
+
+
+def plan_path(root: Path, graph: str) -> Path:
+    return root / ENGINES_DIR / f"{graph}.plan"
+
+
+def sidecar_path(root: Path, graph: str) -> Path:
+    return root / ENGINES_DIR / f"{graph}.json"
+
+
+def write_sidecar(path: Path, sidecar: EngineSidecar) -> None:
+    write_text(path, json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_sidecar(path: Path) -> EngineSidecar:
+    rebuild = "build the engines with `star-deploy build-engine DIR`"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {rebuild}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); {rebuild}") from None
+    if data.get("format") != SIDECAR_FORMAT or data.get("format_version") != SIDECAR_VERSION:
+        raise ArtifactError(f"{path}: not a star-deploy engine sidecar of version {SIDECAR_VERSION}; {rebuild}")
+    try:
+        return EngineSidecar.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: incomplete sidecar ({exc}); {rebuild}") from None
+
+
+def check_sidecar(sidecar: EngineSidecar, running: RuntimeInfo, onnx_sha256: str, path: Path) -> None:
+    """Refuse a plan built for another TensorRT, GPU or ONNX file."""
+    fix = f"rebuild with `star-deploy build-engine {path.parent.parent} --overwrite`"
+    built = sidecar.runtime
+    checks = [
+        ("TensorRT version", built.tensorrt_version, running.tensorrt_version),
+        ("GPU compute capability", built.compute_capability, running.compute_capability),
+        ("GPU", built.gpu_name, running.gpu_name),
+    ]
+    for what, was, now in checks:
+        if was != now:
+            raise ArtifactError(f"{path}: built for {what} {was}, running {now}; {fix}")
+    if sidecar.onnx_sha256 != onnx_sha256:
+        raise ArtifactError(f"{path}: built from a different {sidecar.graph}.onnx (sha256 mismatch); {fix}")

@@ -1,0 +1,294 @@
+"""TensorRT engines: profiles, buffer plans, sidecars, bindings (CPU), and the engines themselves (GPU + TensorRT)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from star_deploy.backends.torch_backend import KVCache
+from star_deploy.cli import app
+from star_deploy.config import PRESETS, SamplingConfig, preset
+from star_deploy.engines.buffers import (
+    Source,
+    binding_plan,
+    bound_tensor,
+    buffer_plan,
+    check_engine_names,
+    kv_cache_bytes,
+)
+from star_deploy.engines.builder import BuildOptions
+from star_deploy.engines.profiles import PER_SCALE_GRAPHS, dynamic_inputs, profile_table, select_profile
+from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
+from star_deploy.engines.validate import psnr, validate
+from star_deploy.errors import ArtifactError, ConfigError
+from star_deploy.graphs import graph_specs
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+KV_1024_D30_B1_FP16 = 4_355_020_800
+"""30 layers x (K, V) x 9451 tokens x 2 CFG rows x 30 heads x 64 x 2 bytes = 4.06 GiB."""
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_step_profiles_have_exact_shapes_of_each_scale(name, batch):
+    config = preset(name)
+    t = config.transformer
+    spec = graph_specs(config, "fp16")["transformer_step"]
+    profiles = profile_table(config, spec, [batch])
+    assert [p.scale for p in profiles] == list(range(config.num_scales))
+    assert [p.index for p in profiles] == list(range(config.num_scales))
+    past = 0
+    for p, side in zip(profiles, config.patch_nums):
+        assert p.shapes["x"] == (2 * batch, side * side, t.width)
+        assert p.shapes["rope_cos"] == (side * side, t.head_dim // 2)
+        assert p.shapes["cross_key.0"] == (batch, t.heads, 77, t.head_dim)
+        assert p.shapes[f"past_value.{t.depth - 1}"] == (past, 2 * batch, t.heads, t.head_dim)
+        assert set(p.shapes) == set(spec.input_names)
+        past += side * side
+    assert past == config.total_tokens
+
+
+def test_profiles_for_several_batch_sizes_and_their_selection():
+    config = preset("1024-d30")
+    specs = graph_specs(config, "fp16")
+    step = profile_table(config, specs["transformer_step"], [2, 1, 2])
+    assert len(step) == 2 * 14 and [p.batch for p in step[:14]] == [1] * 14
+    chosen = select_profile(step, "transformer_step", 2, 13)
+    assert chosen.index == 27 and chosen.shapes["x"] == (4, 64 * 64, 1920)
+    assert chosen.shapes["past_key.0"] == (9451 - 4096, 4, 30, 64)
+    update = profile_table(config, specs["scale_update"], [1])
+    assert update[-1].shapes["downsample"] == (1, 64) and update[0].shapes["tokens"] == (1, 1, 1)
+    assert update[5].shapes["upsample"] == (64, 7) and update[5].shapes["downsample"] == (9, 64)
+    decoder = profile_table(config, specs["vq_decoder"], [1, 4])
+    assert [(p.index, p.batch, p.scale) for p in decoder] == [(0, 1, None), (1, 4, None)]
+    assert decoder[1].shapes == {"f_hat": (4, 32, 64, 64)}
+    with pytest.raises(ArtifactError, match=r"built for \[1, 4\]\); rebuild with `star-deploy build-engine DIR --batch-size 2`"):
+        select_profile(decoder, "vq_decoder", 2)
+    with pytest.raises(ConfigError, match="--batch-size"):
+        profile_table(config, specs["vq_decoder"], [0])
+
+
+def test_only_inputs_with_symbolic_dimensions_are_profiled():
+    specs = graph_specs(preset("tiny"), "fp32")
+    assert dynamic_inputs(specs["scale_update"]) == ["tokens", "f_hat", "upsample", "downsample"]
+    assert set(PER_SCALE_GRAPHS) == {"transformer_step", "scale_update"}
+
+
+def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
+    assert kv_cache_bytes(preset("1024-d30"), 1, "fp16") == KV_1024_D30_B1_FP16
+    plan = buffer_plan(preset("1024-d30"), graph_specs(preset("1024-d30"), "fp16"), 1, "fp16")
+    assert plan.kv_cache == KV_1024_D30_B1_FP16
+    # logits of the last scale dominate the transient buffers: 2 x 4096 x 4096 fp32 = 128 MiB
+    assert plan.transient_peak >= 2 * 4096 * 4096 * 4
+    assert plan.total == plan.kv_cache + plan.text_context + plan.transient_peak
+
+
+def test_kv_cache_plan_matches_the_allocated_cache():
+    config = preset("tiny")
+    cache = KVCache(config, 4, torch.float16, torch.device("cpu"))
+    allocated = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
+    assert allocated == kv_cache_bytes(config, 2, "fp16")
+
+
+def test_binding_plan_maps_every_manifest_name_once():
+    config = preset("tiny")
+    specs = graph_specs(config, "fp16")
+    for name, spec in specs.items():
+        plan = binding_plan(spec)
+        assert [b.name for b in plan] == spec.input_names + spec.output_names
+    step = {b.name: b for b in binding_plan(specs["transformer_step"])}
+    assert step["past_key.1"].source is Source.CACHE_PREFIX and step["past_key.1"].layer == 1
+    assert step["new_value.0"].source is Source.CACHE_SLOT and step["new_value.0"].is_value
+    assert step["cross_bias"].source is Source.TEXT_CONTEXT and step["x"].source is Source.CALLER
+    assert step["logits"].source is Source.OUTPUT
+    context = {b.name: b.source for b in binding_plan(specs["text_context"])}
+    assert context["start_tokens"] is Source.OUTPUT and context["cross_key.0"] is Source.TEXT_CONTEXT
+
+
+def test_cache_bindings_are_in_place_views_of_one_buffer():
+    """The slot a step writes is the next contiguous block; after the step it is part of the prefix."""
+    config = preset("tiny")
+    step = {b.name: b for b in binding_plan(graph_specs(config, "fp32")["transformer_step"])}
+    cache = KVCache(config, 2, torch.float32, torch.device("cpu"))
+    row_bytes = 2 * config.transformer.heads * config.transformer.head_dim * 4
+    for k, side in enumerate(config.patch_nums):
+        tokens = side * side
+        slot = bound_tensor(step["new_value.1"], cache, {}, tokens)
+        assert slot.is_contiguous() and slot.shape == (tokens, 2, config.transformer.heads, 64)
+        assert slot.data_ptr() == cache.values[1].data_ptr() + cache.length * row_bytes
+        slot.fill_(float(k))
+        cache.length += tokens
+        prefix = bound_tensor(step["past_value.1"], cache, {}, tokens)
+        assert prefix.is_contiguous() and prefix.data_ptr() == cache.values[1].data_ptr()
+        assert torch.all(prefix[-tokens:] == k)
+    text = {"cross_bias": torch.zeros(1)}
+    assert bound_tensor(step["cross_bias"], cache, text, 1) is text["cross_bias"]
+    with pytest.raises(ValueError):
+        bound_tensor(step["x"], cache, text, 1)
+
+
+def test_engine_io_names_are_checked_against_the_manifest():
+    spec = graph_specs(preset("tiny"), "fp16")["vq_decoder"]
+    check_engine_names(spec, ["f_hat"], ["image"])
+    with pytest.raises(ArtifactError, match=r"missing \['image'\], unexpected \['output_0'\]\); rebuild"):
+        check_engine_names(spec, ["f_hat"], ["output_0"])
+
+
+BUILT = RuntimeInfo("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+def sidecar_for(config) -> EngineSidecar:
+    spec = graph_specs(config, "fp16")["transformer_step"]
+    return EngineSidecar("transformer_step", "fp16", "strong", "ab" * 32, BUILT, [1],
+                         profile_table(config, spec, [1]), {"optimization_level": 3})
+
+
+def test_sidecar_round_trip(tmp_path):
+    sidecar = sidecar_for(preset("tiny"))
+    path = tmp_path / "engines" / "transformer_step.json"
+    path.parent.mkdir()
+    write_sidecar(path, sidecar)
+    loaded = load_sidecar(path)
+    assert loaded == sidecar
+    data = json.loads(path.read_text())
+    assert data["gpu_name"] == BUILT.gpu_name and data["compute_capability"] == "9.0"
+    assert data["profiles"][3]["shapes"]["x"] == [2, 16, 128]
+    check_sidecar(loaded, BUILT, "ab" * 32, path.with_suffix(".plan"))
+
+
+@pytest.mark.parametrize(
+    ("running", "onnx_hash", "message"),
+    [
+        (RuntimeInfo("10.8.0.43", BUILT.gpu_name, "9.0"), "ab" * 32, "built for TensorRT version 10.13.0.35, running 10.8.0.43"),
+        (RuntimeInfo(BUILT.tensorrt_version, "NVIDIA A100-SXM4-80GB", "8.0"), "ab" * 32, "built for GPU compute capability 9.0, running 8.0"),
+        (RuntimeInfo(BUILT.tensorrt_version, "NVIDIA H100 PCIe", "9.0"), "ab" * 32, "built for GPU NVIDIA H100 80GB HBM3, running NVIDIA H100 PCIe"),
+        (BUILT, "cd" * 32, "built from a different transformer_step.onnx"),
+    ],
+)
+def test_sidecar_mismatch_is_refused_with_the_rebuild_command(tmp_path, running, onnx_hash, message):
+    plan = tmp_path / "out" / "engines" / "transformer_step.plan"
+    with pytest.raises(ArtifactError) as err:
+        check_sidecar(sidecar_for(preset("tiny")), running, onnx_hash, plan)
+    assert message in str(err.value)
+    assert f"rebuild with `star-deploy build-engine {tmp_path / 'out'} --overwrite`" in str(err.value)
+
+
+def test_missing_or_foreign_sidecar_is_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="missing; build the engines with `star-deploy build-engine DIR`"):
+        load_sidecar(tmp_path / "x.json")
+    (tmp_path / "x.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ArtifactError, match="not a star-deploy engine sidecar"):
+        load_sidecar(tmp_path / "x.json")
+
+
+def test_build_options_are_validated():
+    BuildOptions((1, 2)).validate("10.13.0")
+    BuildOptions(typing="fp16-flag").validate("10.3.0")
+    with pytest.raises(ConfigError, match="TensorRT 11 removed the FP16 builder flag"):
+        BuildOptions(typing="fp16-flag").validate("11.0.0")
+    with pytest.raises(ConfigError, match="--opt-level"):
+        BuildOptions(optimization_level=6).validate("10.13.0")
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)
+
+
+def test_validation_metrics_on_two_cpu_backends(torch_pipeline, ort_pipeline):
+    """The GPU validation's comparisons, run on torch vs ONNX Runtime (fp32): near-exact agreement."""
+    report = validate(torch_pipeline, ort_pipeline, ["A cute dog"], SamplingConfig(seed=3), runs=0)
+    assert set(report.parity) == {"text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"}
+    assert all(p.max_abs <= 1e-4 for p in report.parity.values()), report.parity
+    assert len(report.token_agreement) == torch_pipeline.config.num_scales
+    assert report.mean_token_agreement >= 0.999
+    assert report.teacher_psnr > 60 and report.sampled_psnr > 60
+    assert report.sampled_token_match == 1.0
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+@pytest.mark.parametrize("args", [["build-engine"], ["run", "a cat", "--backend", "tensorrt", "--out", "x.png", "--artifacts"]])
+def test_cli_without_tensorrt_says_what_to_install(artifacts_fp32, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*args, str(artifacts_fp32)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: TensorRT is not installed: pip install 'star-deploy[tensorrt]' "
+                     "(tensorrt>=10.0, polygraphy>=0.49) on a machine with an NVIDIA GPU"]
+    assert not (artifacts_fp32 / "engines").exists()
+
+
+def tensorrt_ready() -> tuple[bool, str]:
+    if not HAS_TENSORRT:
+        return False, "TensorRT is not installed (pip install 'star-deploy[tensorrt]')"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible to PyTorch"
+    return True, ""
+
+
+TRT_OK, TRT_REASON = tensorrt_ready()
+
+
+@pytest.fixture(scope="module")
+def tiny_engines(artifacts_fp16, tmp_path_factory):
+    from star_deploy.engines.builder import build_engines
+    from star_deploy.export.manifest import load_manifest
+
+    folder = tmp_path_factory.mktemp("trt") / "tiny_fp16"
+    shutil.copytree(artifacts_fp16, folder)
+    manifest = load_manifest(folder)
+    build_engines(manifest, BuildOptions(batch_sizes=(1, 2), optimization_level=1))
+    return folder
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_engines_are_written_with_sidecars(tiny_engines):
+    for graph in ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"):
+        sidecar = load_sidecar(tiny_engines / "engines" / f"{graph}.json")
+        assert (tiny_engines / "engines" / f"{graph}.plan").stat().st_size > 0
+        assert sidecar.batch_sizes == [1, 2] and sidecar.typing == "strong"
+    assert (tiny_engines / "engines" / "timing.cache").stat().st_size > 0
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_tensorrt_matches_onnxruntime_fp32(tiny_engines, artifacts_fp32):
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.backends.trt_backend import TrtBackend
+    from star_deploy.export.manifest import load_manifest
+    from star_deploy.model.text import PromptTokenizer
+    from star_deploy.pipeline import StarPipeline
+
+    manifest = load_manifest(tiny_engines)
+    tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    test = StarPipeline(TrtBackend(manifest, "cuda"), tokenizer)
+    ref = StarPipeline(OrtBackend(load_manifest(artifacts_fp32)), tokenizer)
+    report = validate(ref, test, ["a red car.", "A cute dog"], SamplingConfig(seed=0), runs=1)
+    assert report.parity["transformer_step"].max_rel < 5e-2
+    assert report.mean_token_agreement > 0.9
+    assert report.teacher_psnr > 30
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_tensorrt_refuses_a_plan_for_another_gpu(tiny_engines):
+    from star_deploy.backends.trt_backend import TrtBackend
+    from star_deploy.export.manifest import load_manifest
+
+    path = tiny_engines / "engines" / "vq_decoder.json"
+    original = path.read_text()
+    data = json.loads(original)
+    data["compute_capability"] = "1.0"
+    path.write_text(json.dumps(data))
+    try:
+        with pytest.raises(ArtifactError, match="built for GPU compute capability 1.0"):
+            TrtBackend(load_manifest(tiny_engines), "cuda")
+    finally:
+        path.write_text(original)
