@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from .commands import build_engine, check, export, parity, run
+from .commands import build_engine, check, convert, export, inspect, parity, run
 
 app = typer.Typer(
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
@@ -26,11 +26,11 @@ def main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")] = False,
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)])
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)], force=True)
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        for name in ("torch.onnx", "onnxscript", "transformers", "huggingface_hub"):
+        for name in ("torch.onnx", "onnxscript", "onnx_ir", "transformers", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -38,8 +38,10 @@ def main(
 app.command("run")(run.command)
 app.command("export")(export.command)
 app.command("build-engine")(build_engine.command)
-app.command("check")(check.command)
 app.command("parity")(parity.command)
+app.command("check")(check.command)
+app.command("inspect")(inspect.command)
+app.command("convert")(convert.command)
 
 
 if __name__ == "__main__":

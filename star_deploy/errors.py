@@ -19,3 +19,11 @@ class ArtifactError(StarDeployError):
 
 class BackendUnavailableError(StarDeployError):
     """A runtime (onnxruntime, TensorRT, CUDA) needed by the chosen backend is missing."""
+
+
+class OutputError(StarDeployError):
+    """An output path exists already, or cannot be written."""
+
+
+class MemoryBudgetError(StarDeployError):
+    """The chosen model, batch and device need more memory than is available."""

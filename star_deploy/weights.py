@@ -5,12 +5,14 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from .config import SCHEDULES, StarConfig, TransformerConfig, VaeConfig
+from .config import SCHEDULES, StarConfig, TextEncoderConfig, TransformerConfig, VaeConfig
 from .errors import ConfigError, WeightsError
 from .model.text import load_text_encoder, text_encoder_config
 from .model.transformer import StarTransformer
@@ -66,49 +68,130 @@ def resolve_release(
         if not sub.is_dir():
             raise WeightsError(f"{sub}: not found; --clip takes the release's CLIP folder (tokenizer/ and text_encoder/)")
     for f in (paths.vae, paths.star):
-        if not f.is_file():
-            raise WeightsError(f"{f}: no such file")
+        _check_readable(f)
     return paths
 
 
-def read_state_file(path: Path) -> dict:
-    """A .pth (safely, weights_only) or .safetensors file as a dict; clear errors otherwise."""
+def _check_readable(path: Path) -> None:
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth or .safetensors)")
     if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc}); download it again") from None
+        raise WeightsError(f"{path}: no such file; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot be read ({exc.strerror}); fix its permissions") from None
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({str(exc)[:120]}); download or convert it again") from None
+
+
+def _check_zip(path: Path) -> bool:
+    """True for a zip-format checkpoint whose every entry passes its CRC check."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise WeightsError(f"{path}: truncated or corrupted checkpoint ({str(exc)[:120]}); download it again") from None
+    if bad is not None:
+        raise WeightsError(f"{path}: corrupted checkpoint (checksum mismatch in {bad}); download it again")
+    return True
+
+
+LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+"""The pickled magic number that starts a pre-zip torch.save file."""
+
+
+def _refusal(exc: Exception) -> str:
+    text = str(exc)
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"(Unsupported operand \d+)", text)
+    return f"unsupported global {match.group(1)}" if match and "GLOBAL" in match.group(0) else (
+        match.group(1) if match else "unsupported object"
+    )
+
+
+def read_state_file(path: Path) -> dict:
+    """A .pth (safely, weights_only, never executing pickled code) or .safetensors file as a dict."""
+    _check_readable(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    is_zip = _check_zip(path)
+    if not is_zip:
+        with path.open("rb") as f:
+            if f.read(len(LEGACY_MAGIC)) != LEGACY_MAGIC:
+                raise WeightsError(f"{path}: truncated or not a PyTorch checkpoint (unknown format); download it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "unsupported object"
         raise WeightsError(
-            f"{path}: refused, it holds objects other than tensors ({first[:120]}); "
+            f"{path}: refused, it holds objects other than tensors ({_refusal(exc)}); "
             f"only plain state dicts are loaded, never executed"
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise WeightsError(f"{path}: truncated or not a PyTorch checkpoint ({str(exc)[:120]}); download it again") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on damaged input
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{path}: truncated or not a PyTorch checkpoint ({detail}); download it again") from None
+
+
+def _tensor_dict(sd: object, path: Path, what: str) -> StateDict:
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors; expected {what}")
+    return sd
 
 
 def star_state_dict(raw: dict, path: Path) -> StateDict:
     """The transformer's state dict inside an official checkpoint (or a flat converted one)."""
     sd = raw
-    if "trainer" in raw:
+    if isinstance(raw, dict) and "trainer" in raw:
         trainer = raw["trainer"]
         if not isinstance(trainer, dict) or "var_wo_ddp" not in trainer:
             raise WeightsError(f"{path}: has 'trainer' but no 'var_wo_ddp' state dict; is it a STAR checkpoint?")
         sd = trainer["var_wo_ddp"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors")
+    sd = _tensor_dict(sd, path, "a STAR transformer (star_rope_d*.pth)")
     if "encoder_proj.weight" not in sd:
+        if "quantize.embedding.weight" in sd:
+            raise WeightsError(f"{path}: is a VQVAE checkpoint, not the STAR transformer; pass it with --vae")
         hint = " (it looks like a class-conditional VAR checkpoint)" if "class_emb.weight" in sd else ""
         raise WeightsError(f"{path}: not a STAR text-to-image transformer{hint}; use a star_rope_d*.pth file")
     return sd
+
+
+def vae_state_dict(raw: dict, path: Path) -> StateDict:
+    """The VQVAE's state dict; a transformer checkpoint given by mistake is named as such."""
+    if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):
+        raise WeightsError(f"{path}: is a STAR transformer checkpoint, not the VQVAE; pass it with --star")
+    sd = _tensor_dict(raw, path, "the VQVAE (vae_ch160v4096z32.pth)")
+    if "quantize.embedding.weight" not in sd:
+        raise WeightsError(f"{path}: not a VQVAE state dict (no quantize.embedding.weight); use vae_ch160v4096z32.pth")
+    return sd
+
+
+RELEASE_NAME = re.compile(r"star_rope_d(\d+)_(\d+)")
+
+
+def resolution_from_name(path: Path) -> int | None:
+    """The resolution an official file name states (star_rope_d30_512... -> 512), if any."""
+    match = RELEASE_NAME.match(path.name)
+    return int(match.group(2)) if match and int(match.group(2)) in SCHEDULES else None
+
+
+def check_resolution_name(path: Path, resolution: int) -> None:
+    """Refuse a resolution that contradicts the official checkpoint's file name."""
+    named = resolution_from_name(path)
+    if named is not None and named != resolution:
+        raise ConfigError(
+            f"{path.name}: this checkpoint was trained for {named} px but --resolution is {resolution}; "
+            f"pass --resolution {named}"
+        )
 
 
 def _shape(sd: StateDict, key: str, path: Path) -> torch.Size:
@@ -179,24 +262,51 @@ class StarModel:
         return self
 
 
-def load_release(paths: ReleasePaths, resolution: int) -> StarModel:
-    """Load the three files of ``paths`` and check that they fit together at ``resolution``."""
+ConfigCheck = Callable[[StarConfig], None]
+
+
+def read_text_config(encoder_dir: Path) -> TextEncoderConfig:
+    """The CLIP text encoder's shape from its config.json, without loading its weights."""
+    from transformers import CLIPTextConfig
+
+    try:
+        hf_config = CLIPTextConfig.from_pretrained(str(encoder_dir))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{encoder_dir}: no readable CLIPTextModel config.json ({str(exc)[:120]}); download CLIP/ again") from None
+    return text_encoder_config(SimpleNamespace(config=hf_config))
+
+
+def read_release_config(paths: ReleasePaths, resolution: int) -> tuple[StarConfig, StateDict, StateDict]:
+    """The release's config and (memory-mapped) state dicts; nothing is materialized yet."""
     if resolution not in SCHEDULES:
         raise ConfigError(f"no scale schedule for resolution {resolution}; choose one of {', '.join(map(str, SCHEDULES))}")
+    check_resolution_name(paths.star, resolution)
     star_sd = star_state_dict(read_state_file(paths.star), paths.star)
-    vae_sd = read_state_file(paths.vae)
-    if "quantize.embedding.weight" not in vae_sd:
-        raise WeightsError(f"{paths.vae}: not a VQVAE state dict (no quantize.embedding.weight); use vae_ch160v4096z32.pth")
+    vae_sd = vae_state_dict(read_state_file(paths.vae), paths.vae)
+    transformer = infer_transformer_config(star_sd, paths.star)
+    vae = infer_vae_config(vae_sd, paths.vae)
+    text = read_text_config(paths.text_encoder)
+    try:
+        config = StarConfig(transformer=transformer, vae=vae, text=text, resolution=resolution)
+    except ConfigError as exc:
+        raise ConfigError(f"{paths.star.name} with {paths.vae.name}: {exc}") from None
+    return config, star_sd, vae_sd
+
+
+def load_release(paths: ReleasePaths, resolution: int, check: ConfigCheck | None = None) -> StarModel:
+    """Load the three files of ``paths`` and check that they fit together at ``resolution``.
+
+    ``check`` sees the inferred config before any weight is materialized (memory estimates).
+    """
+    config, star_sd, vae_sd = read_release_config(paths, resolution)
+    if check is not None:
+        check(config)
     try:
         text_encoder = load_text_encoder(paths.text_encoder)
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"{paths.text_encoder}: not a loadable CLIPTextModel ({str(exc)[:160]})") from None
-    config = StarConfig(
-        transformer=infer_transformer_config(star_sd, paths.star),
-        vae=infer_vae_config(vae_sd, paths.vae),
-        text=text_encoder_config(text_encoder),
-        resolution=resolution,
-    )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise WeightsError(f"{paths.text_encoder}: not a loadable CLIPTextModel ({str(exc)[:160]}); download CLIP/ again") from None
+    if text_encoder_config(text_encoder) != config.text:
+        raise WeightsError(f"{paths.text_encoder}: weights do not match its config.json; download CLIP/ again")
     return build_model(config, star_sd, vae_sd, text_encoder, paths)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ..atomic import write_text
 from ..backends.factory import create_backend
 from ..config import SamplingConfig
 from ..engines.buffers import buffer_plan
@@ -108,7 +109,7 @@ def check(
     report = validate(ref, test, prompts, SamplingConfig(seed=seed), runs)
     print_validation(report)
     if json_out is not None:
-        json_out.write_text(json.dumps(report_dict(report), indent=2) + "\n")
+        write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n")
     check_thresholds(report, min_agreement, min_psnr)
 
 

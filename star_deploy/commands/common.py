@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
-from ..errors import StarDeployError
-from ..weights import ReleasePaths, StarModel, load_release, resolve_release
+from ..errors import ConfigError, StarDeployError
+from ..weights import ConfigCheck, ReleasePaths, StarModel, load_release, resolution_from_name, resolve_release
 
 log = logging.getLogger("star_deploy")
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "demo" / "weights"
@@ -34,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def reports_errors(func: F) -> F:
-    """Turn StarDeployError (and Ctrl-C) into one line on stderr and exit code 2 (130)."""
+    """StarDeployError -> one line and exit 2; Ctrl-C -> exit 130; anything else -> one line and exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -46,6 +47,15 @@ def reports_errors(func: F) -> F:
         except KeyboardInterrupt:
             typer.secho("interrupted; no partial output was left behind", err=True)
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            log.debug("unexpected error", exc_info=True)
+            typer.secho(
+                f"error: unexpected {type(exc).__name__}: {str(exc)[:200]}; rerun with -v for details and report it",
+                err=True, fg=typer.colors.RED,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -59,16 +69,32 @@ def release_paths(weights: Path | None, clip: Path | None, vae: Path | None, sta
     return resolve_release(weights, clip, vae, star)
 
 
+def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
+    """The user's --resolution, else the demo's, else the one an official file name states."""
+    if resolution is not None:
+        return resolution
+    if paths.star.parent == DEMO_WEIGHTS:
+        return DEMO_RESOLUTION
+    named = resolution_from_name(paths.star)
+    if named is None:
+        raise ConfigError(
+            f"{paths.star.name}: pass --resolution (256, 512 or 1024): it cannot be read from the weights "
+            f"(256 and 512 checkpoints both have 10 scales)"
+        )
+    log.info("resolution %d (from the file name %s)", named, paths.star.name)
+    return named
+
+
 def load_model(
-    weights: Path | None, clip: Path | None, vae: Path | None, star: Path | None, resolution: int | None
+    weights: Path | None,
+    clip: Path | None,
+    vae: Path | None,
+    star: Path | None,
+    resolution: int | None,
+    check: ConfigCheck | None = None,
 ) -> StarModel:
-    """Load the selected release; the resolution is required for anything but the demo."""
+    """Load the selected release; ``check`` sees the config before the weights are materialized."""
     paths = release_paths(weights, clip, vae, star)
-    if resolution is None:
-        if paths.star.parent != DEMO_WEIGHTS:
-            raise StarDeployError(
-                "--resolution is required with your own weights (256 and 512 checkpoints both have 10 scales)"
-            )
-        resolution = DEMO_RESOLUTION
+    resolution = choose_resolution(paths, resolution)
     log.info("loading %s", paths.star)
-    return load_release(paths, resolution)
+    return load_release(paths, resolution, check)

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..atomic import check_writable
+from ..config import StarConfig
 from ..errors import ConfigError
+from ..memory import available_bytes, check_fits, estimate
 from ..export.artifacts import export_artifacts
 from ..graphs import GRAPH_NAMES, PRECISIONS
 from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
 
 log = logging.getLogger("star_deploy")
+
+
+def export_memory_check(config: StarConfig) -> None:
+    """Export traces in fp32 on the CPU at batch 1 and holds about two copies of the weights."""
+    need = estimate(config, batch=1, dtype="float32", device="cpu")
+    need = replace(need, weights=2 * need.weights)
+    check_fits(need, available_bytes("cpu"), "cpu", f"exporting the {config.resolution} px model")
 
 
 def export(
@@ -36,9 +47,8 @@ def export(
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-    model = load_model(weights, clip, vae, star, resolution)
+    check_writable(out, overwrite)
+    model = load_model(weights, clip, vae, star, resolution, export_memory_check)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
         task = progress.add_task("exporting", total=len(GRAPH_NAMES))
         export_artifacts(model, out, precision, overwrite, on_graph=lambda name: progress.advance(task))

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ..atomic import check_writable
-from ..backends.factory import artifacts_manifest, create_backend, needs_artifacts
-from ..config import SamplingConfig
-from ..errors import ConfigError
+from ..backends.factory import artifacts_manifest, create_backend, default_device, needs_artifacts
+from ..config import SamplingConfig, StarConfig
+from ..errors import ArtifactError, ConfigError, OutputError, WeightsError
+from ..export.manifest import Manifest, sha256_tree, verify_graph_hashes
 from ..images import save_png
 from ..model.text import PromptTokenizer
+from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
 from ..pipeline import Generation, StarPipeline
+from ..weights import ReleasePaths, resolve_release
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -45,17 +51,87 @@ def output_paths(out: Path | None, prompts: list[str]) -> list[Path]:
 
 
 def slug(prompt: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "empty"
+    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit].rstrip("_") or "empty"
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse existing or unwritable outputs before any work; creates the folder for several prompts."""
     folder = paths[0].parent
-    if len(paths) > 1:
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"--out {folder}: exists and is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
+    if len(paths) > 1 and not folder.is_dir():
+        if folder.exists():
+            raise OutputError(f"--out {folder}: exists and is not a folder; choose a folder name")
+        check_writable(folder, overwrite=False)
+        folder.mkdir()
+        return
     for path in paths:
+        if path.is_dir():
+            raise OutputError(f"--out {path}: is a folder; give a .png file name")
         check_writable(path, overwrite)
+
+
+def check_prompts(prompts: list[str], sampling: SamplingConfig) -> None:
+    """Refuse seeds that overflow; warn about empty prompts (legal: they generate unconditionally)."""
+    last_seed = sampling.seed + len(prompts) - 1
+    if last_seed >= 2**63:
+        raise ConfigError(f"--seed {sampling.seed}: prompt {len(prompts) - 1} would use seed {last_seed} >= 2**63; use a smaller seed")
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            log.warning("prompt %d is empty: it generates an unconditional image (cfg has no effect)", i)
+
+
+def check_artifact_sources(manifest: Manifest, paths: ReleasePaths) -> None:
+    """Refuse an artefact folder exported from other checkpoints than the ones given."""
+    for key, path in (("star", paths.star), ("vae", paths.vae), ("clip", paths.clip)):
+        record = manifest.sources.get(key)
+        if record is None:
+            continue
+        if not path.exists():
+            raise WeightsError(f"{path}: no such file or folder; check the path")
+        if sha256_tree(path) != record["sha256"]:
+            raise ArtifactError(
+                f"{manifest.root} was exported from {record['name']}, not from {path}; "
+                f"export again from these weights or drop the weight options"
+            )
+
+
+def open_artifacts(backend: str, artifacts: Path | None, paths: ReleasePaths | None) -> Manifest:
+    """The manifest of ``artifacts``, its graphs hash-checked, its sources matched to ``paths``."""
+    manifest = artifacts_manifest(artifacts, backend)
+    verify_graph_hashes(manifest)
+    if paths is not None:
+        check_artifact_sources(manifest, paths)
+    return manifest
+
+
+def memory_check(batch: int, dtype: str, device: str) -> Callable[[StarConfig], None]:
+    def check(config: StarConfig) -> None:
+        if dtype in DTYPE_BYTES:
+            need = estimate(config, batch, dtype, device)
+            check_fits(need, available_bytes(device), device, f"batch {batch} at {config.resolution} px")
+
+    return check
+
+
+def print_timings(results: list[Generation], images: int, label: str) -> None:
+    """A table of seconds per stage over every batch (stderr; hidden by -q)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    rows = {
+        "text encoder": sum(r.times.text for r in results),
+        "transformer steps": sum(sum(r.times.steps) for r in results),
+        "sampling": sum(r.times.sampling for r in results),
+        "scale update": sum(r.times.update for r in results),
+        "VQ decoder": sum(r.times.decode for r in results),
+    }
+    total = sum(rows.values())
+    table = Table(title=f"timings ({label})", show_header=True)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    for stage, seconds in rows.items():
+        table.add_row(stage, f"{seconds:.3f}", f"{100 * seconds / total:.0f}%" if total else "-")
+    table.add_row("total", f"{total:.3f}", f"{images / total:.2f} img/s" if total else "-")
+    Console(stderr=True).print(table)
 
 
 def generate_batches(
@@ -83,7 +159,7 @@ def run(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 1,
     backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
     artifacts: Annotated[Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None,
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
@@ -95,25 +171,34 @@ def run(
     """Generate images from PROMPTS and write PNGs (prompt, seed and sampler settings embedded).
 
     With no weight options, the built-in demo model (128 px, simple shapes) is used.
+    An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
+    77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
     sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, seed=seed)
+    device = default_device(backend, device)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if not prompts:
         raise ConfigError("give at least one prompt")
+    check_prompts(prompts, sampling)
     paths = output_paths(out, prompts)
     check_outputs(paths, overwrite)
+    batch = min(batch_size, len(prompts))
     if needs_artifacts(backend):
-        manifest = artifacts_manifest(artifacts, backend)
+        given = any(v is not None for v in (weights, clip, vae, star))
+        manifest = open_artifacts(backend, artifacts, resolve_release(weights, clip, vae, star) if given else None)
+        memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device)(manifest.config)
         engine = create_backend(backend, device, manifest=manifest)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:
-        model = load_model(weights, clip, vae, star, resolution)
+        model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
         engine = create_backend(backend, device, model=model, dtype=dtype)
         tokenizer = PromptTokenizer(model.tokenizer_dir)
     pipeline = StarPipeline(engine, tokenizer)
-    if sampling.top_k > pipeline.config.transformer.vocab_size:
-        log.warning("top-k %d exceeds the codebook size; using %d", top_k, pipeline.config.transformer.vocab_size)
+    vocab = pipeline.config.transformer.vocab_size
+    if sampling.top_k > vocab:
+        log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
+        sampling = sampling.clamped(vocab)
     results = generate_batches(pipeline, prompts, sampling, batch_size)
     images = [img for r in results for img in r.images]
     for i, (path, prompt, image) in enumerate(zip(paths, prompts, images)):
@@ -123,8 +208,7 @@ def run(
         }
         save_png(path, image, meta)
         typer.echo(str(path))
-    total = sum(r.times.total for r in results)
-    log.info("%d image(s) in %.2f s (%s, %s)", len(images), total, backend, device)
+    print_timings(results, len(images), f"{backend}, {device}")
 
 
 command = reports_errors(run)

@@ -1,0 +1,174 @@
+"""``star-deploy inspect``: what a checkpoint, release folder, artefact folder or engine is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import StarDeployError, WeightsError
+from ..export.manifest import MANIFEST, load_manifest
+from ..weights import (
+    infer_transformer_config,
+    infer_vae_config,
+    read_state_file,
+    read_text_config,
+    resolution_from_name,
+    resolve_release,
+    star_state_dict,
+    vae_state_dict,
+)
+from .common import reports_errors
+
+Info = dict[str, Any]
+
+
+def _tensor_summary(sd: dict) -> Info:
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in sd.values()})
+    return {"tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()), "dtypes": ", ".join(dtypes)}
+
+
+def inspect_checkpoint(path: Path) -> Info:
+    """Kind and inferred config of a .pth / .safetensors file."""
+    raw = read_state_file(path)
+    info: Info = {"kind": "unknown", "path": str(path), "bytes": path.stat().st_size, "format": path.suffix.lstrip(".")}
+    if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):
+        sd = star_state_dict(raw, path)
+        info |= {"kind": "STAR transformer", "config": asdict(infer_transformer_config(sd, path))}
+        if (named := resolution_from_name(path)) is not None:
+            info["resolution (from name)"] = named
+    elif isinstance(raw, dict) and "quantize.embedding.weight" in raw:
+        sd = vae_state_dict(raw, path)
+        info |= {"kind": "VQVAE", "config": asdict(infer_vae_config(sd, path))}
+    elif isinstance(raw, dict) and "class_emb.weight" in raw:
+        sd = raw
+        info["kind"] = "class-conditional VAR transformer (not usable by STAR)"
+    else:
+        sd = {k: v for k, v in raw.items() if hasattr(v, "numel")} if isinstance(raw, dict) else {}
+    return info | _tensor_summary(sd)
+
+
+def inspect_release(folder: Path) -> Info:
+    paths = resolve_release(folder)
+    return {
+        "kind": "STAR release",
+        "path": str(folder),
+        "text_encoder": asdict(read_text_config(paths.text_encoder)),
+        "vae": inspect_checkpoint(paths.vae),
+        "star": inspect_checkpoint(paths.star),
+    }
+
+
+def inspect_artifacts(folder: Path) -> Info:
+    manifest = load_manifest(folder)
+    graphs = {}
+    for name, spec in manifest.graphs.items():
+        graphs[name] = {
+            "file": spec.file,
+            "bytes": manifest.path(name).stat().st_size,
+            "inputs": [f"{t.name} {t.dtype} {list(t.shape)}" for t in spec.inputs],
+            "outputs": [f"{t.name} {t.dtype} {list(t.shape)}" for t in spec.outputs],
+        }
+    return {
+        "kind": "artefact directory",
+        "path": str(folder),
+        "precision": manifest.precision,
+        "opset": manifest.opset,
+        "resolution": manifest.config.resolution,
+        "schedule": list(manifest.config.patch_nums),
+        "config": manifest.config.to_dict(),
+        "graphs": graphs,
+        "sources": manifest.sources,
+        "tools": manifest.tools,
+    }
+
+
+def inspect_engine(path: Path) -> Info:
+    sidecar = path.with_suffix(".json")
+    info: Info = {"kind": "TensorRT engine", "path": str(path), "bytes": path.stat().st_size}
+    if sidecar.is_file():
+        try:
+            info["sidecar"] = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StarDeployError(f"{sidecar}: not valid JSON ({exc}); rebuild the engine") from None
+    else:
+        info["sidecar"] = "missing: the engine cannot be checked against this TensorRT and GPU"
+    return info
+
+
+def inspect_onnx(path: Path) -> Info:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on damaged files
+        raise StarDeployError(f"{path}: not a readable ONNX file ({str(exc)[:120]}); export it again") from None
+    return {
+        "kind": "ONNX graph",
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+    }
+
+
+def describe(path: Path) -> Info:
+    """Dispatch on what ``path`` is."""
+    if not path.exists():
+        raise StarDeployError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return inspect_artifacts(path)
+        return inspect_release(path)
+    if path.name == MANIFEST:
+        return inspect_artifacts(path.parent)
+    if path.suffix in (".pth", ".pt", ".safetensors", ".bin"):
+        return inspect_checkpoint(path)
+    if path.suffix in (".plan", ".engine"):
+        return inspect_engine(path)
+    if path.suffix == ".onnx":
+        return inspect_onnx(path)
+    raise WeightsError(f"{path}: unknown kind of file; inspect takes .pth, .safetensors, .onnx, .plan or a folder")
+
+
+def _flatten(data: Info, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{name}.")
+        elif isinstance(value, list) and value and isinstance(value[0], str) and len(value) > 3:
+            rows += [(name if i == 0 else "", item) for i, item in enumerate(value)]
+        else:
+            rows.append((name, str(value)))
+    return rows
+
+
+def render(info: Info) -> None:
+    table = Table(title=f"{info['kind']}: {info['path']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in _flatten({k: v for k, v in info.items() if k not in ("kind", "path")}):
+        table.add_row(key, value)
+    Console(width=160).print(table)
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A .pth/.safetensors checkpoint, a release folder, an artefact folder, an .onnx or a .plan.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")] = False,
+) -> None:
+    """Show what PATH is: the model config inferred from its tensors, or its manifest."""
+    info = describe(path)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+    else:
+        render(info)
+
+
+command = reports_errors(inspect)

@@ -1,0 +1,290 @@
+"""Bad input never gives a traceback or a stray file: exit code, one clear line, nothing written."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import GOLDEN
+from star_deploy.cli import app
+from star_deploy.images import read_png
+
+runner = CliRunner()
+EVIL_MARKER = "executed.txt"
+
+
+class Custom:
+    """A class the safe loader must refuse to instantiate."""
+
+
+class Evil:
+    """Pickles to a call that would create a file if it were ever executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def release(root: Path, name: str, star: bytes | Path | None = GOLDEN / "star.pth", star_name: str = "star.pth",
+            vae: bytes | Path | None = GOLDEN / "vae.pth", clip: bool = True) -> Path:
+    """A release folder: CLIP and unchanged files are links to the golden ones, others written."""
+    folder = root / name
+    folder.mkdir()
+    if clip:
+        (folder / "CLIP").symlink_to(GOLDEN / "CLIP")
+    for file_name, content in ((star_name, star), ("vae.pth", vae)):
+        if isinstance(content, Path):
+            (folder / file_name).symlink_to(content)
+        elif content is not None:
+            (folder / file_name).write_bytes(content)
+    return folder
+
+
+def saved(obj: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def golden_star() -> dict[str, torch.Tensor]:
+    return torch.load(GOLDEN / "star.pth", weights_only=True)["trainer"]["var_wo_ddp"]
+
+
+def star_variant(drop: tuple[str, ...] = (), replace: dict[str, torch.Tensor] | None = None) -> bytes:
+    sd = {k: v for k, v in golden_star().items() if k not in drop} | (replace or {})
+    return saved({"trainer": {"var_wo_ddp": sd}})
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> Path:
+    """Every broken input of the matrix, built once."""
+    root = tmp_path_factory.mktemp("bad")
+    star = (GOLDEN / "star.pth").read_bytes()
+    flipped = bytearray(star)
+    flipped[len(star) // 2 : len(star) // 2 + 64] = bytes(b ^ 0xFF for b in flipped[len(star) // 2 : len(star) // 2 + 64])
+    release(root, "no_star", star=None)
+    release(root, "no_vae", vae=None)
+    release(root, "no_clip", clip=False)
+    two = release(root, "two_star")
+    (two / "star_b.pth").symlink_to(GOLDEN / "star.pth")
+    release(root, "trunc_half", star=star[: len(star) // 2])
+    release(root, "trunc_100", star=star[:100])
+    release(root, "empty", star=b"")
+    release(root, "text", star=b"not a checkpoint\n")
+    release(root, "flipped", star=bytes(flipped))
+    release(root, "pickle_obj", star=saved({"weights": Custom()}))
+    release(root, "pickle_evil", star=saved({"x": Evil(root / EVIL_MARKER)}))
+    release(root, "raw_pickle", star=pickle.dumps({"x": Evil(root / EVIL_MARKER)}))
+    var_sd = {k: v for k, v in golden_star().items() if not k.startswith("encoder_proj")}
+    release(root, "var", star=saved(var_sd))
+    release(root, "no_trainer_sd", star=saved({"trainer": {"optimizer": torch.zeros(1)}}))
+    release(root, "cvae", star=star_variant(replace={"word_embed.weight": torch.zeros(128, 16)}))
+    release(root, "missing_block", star=star_variant(drop=("blocks.1.ffn.fc1.weight",)))
+    release(root, "other_star", star=star_variant(replace={"pos_start": torch.ones(1, 1, 128)}))
+    release(root, "trunc_vae", vae=(GOLDEN / "vae.pth").read_bytes()[:5000])
+    release(root, "vae_as_star", star=GOLDEN / "vae.pth")
+    release(root, "star_as_vae", vae=GOLDEN / "star.pth")
+    release(root, "bad_safetensors", star=b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage", star_name="star.safetensors")
+    release(root, "named_512", star=GOLDEN / "star.pth", star_name="star_rope_d2_512-ar-ckpt.pth")
+    broken_clip = release(root, "broken_clip", clip=False)
+    shutil.copytree(GOLDEN / "CLIP", broken_clip / "CLIP")
+    (broken_clip / "CLIP" / "text_encoder" / "config.json").write_text("{ not json")
+    (root / "existing.png").write_bytes(b"keep me")
+    (root / "a_file").write_text("x")
+    (root / "dir.png").mkdir()
+    return root
+
+
+G = str(GOLDEN)
+RUN = ["run", "a red square", "--resolution", "256"]
+
+
+def w(name: str) -> list[str]:
+    return ["--weights", "{bad}/" + name]
+
+
+# (id, args, exit code, message fragment); {bad} = the bad-input folder, {out} = a fresh output path.
+CASES = [
+    ("weights-missing", RUN + ["--weights", "{bad}/nope", "-o", "{out}"], 2, "not a directory"),
+    ("weights-is-file", RUN + w("a_file") + ["-o", "{out}"], 2, "not a directory"),
+    ("release-no-star", RUN + w("no_star") + ["-o", "{out}"], 2, "no file matching star*.pth"),
+    ("release-no-vae", RUN + w("no_vae") + ["-o", "{out}"], 2, "no file matching vae*.pth"),
+    ("release-no-clip", RUN + w("no_clip") + ["-o", "{out}"], 2, "--clip takes the release's CLIP folder"),
+    ("release-two-stars", RUN + w("two_star") + ["-o", "{out}"], 2, "several candidates"),
+    ("star-missing", RUN + ["--weights", G, "--star", "{bad}/nope.pth", "-o", "{out}"], 2, "no such file"),
+    ("star-is-folder", RUN + ["--weights", G, "--star", "{bad}", "-o", "{out}"], 2, "is a folder"),
+    ("star-truncated-half", RUN + w("trunc_half") + ["-o", "{out}"], 2, "truncated"),
+    ("star-truncated-100", RUN + w("trunc_100") + ["-o", "{out}"], 2, "truncated"),
+    ("star-empty", RUN + w("empty") + ["-o", "{out}"], 2, "truncated or not a PyTorch checkpoint"),
+    ("star-text", RUN + w("text") + ["-o", "{out}"], 2, "not a PyTorch checkpoint"),
+    ("star-bitflip", RUN + w("flipped") + ["-o", "{out}"], 2, "checksum mismatch"),
+    ("star-pickled-object", RUN + w("pickle_obj") + ["-o", "{out}"], 2, "(unsupported global test_cli_errors.Custom)"),
+    ("star-pickled-call", RUN + w("pickle_evil") + ["-o", "{out}"], 2, "refused, it holds objects other than tensors (unsupported global getattr)"),
+    ("star-raw-pickle", RUN + w("raw_pickle") + ["-o", "{out}"], 2, "not a PyTorch checkpoint (unknown format)"),
+    ("star-var-class-cond", RUN + w("var") + ["-o", "{out}"], 2, "class-conditional VAR"),
+    ("star-trainer-without-model", RUN + w("no_trainer_sd") + ["-o", "{out}"], 2, "no 'var_wo_ddp'"),
+    ("star-cvae-mismatch", RUN + w("cvae") + ["-o", "{out}"], 2, "use the VAE released with this STAR checkpoint"),
+    ("star-missing-tensor", RUN + w("missing_block") + ["-o", "{out}"], 2, "missing: blocks.1.ffn.fc1.weight"),
+    ("star-safetensors-garbage", RUN + w("bad_safetensors") + ["-o", "{out}"], 2, "not a readable safetensors"),
+    ("vae-truncated", RUN + w("trunc_vae") + ["-o", "{out}"], 2, "vae.pth: truncated"),
+    ("vae-given-as-star", RUN + w("vae_as_star") + ["-o", "{out}"], 2, "is a VQVAE checkpoint"),
+    ("star-given-as-vae", RUN + w("star_as_vae") + ["-o", "{out}"], 2, "pass it with --star"),
+    ("clip-config-broken", RUN + w("broken_clip") + ["-o", "{out}"], 2, "no readable CLIPTextModel config.json"),
+    ("resolution-vs-name", RUN + w("named_512") + ["-o", "{out}"], 2, "trained for 512 px but --resolution is 256"),
+    ("resolution-scales", ["run", "x", "--weights", G, "--resolution", "1024", "-o", "{out}"], 2, "has 14 scales"),
+    ("resolution-unknown", ["run", "x", "--weights", G, "--resolution", "300", "-o", "{out}"], 2, "no scale schedule"),
+    ("resolution-missing", ["run", "x", "--weights", G, "-o", "{out}"], 2, "pass --resolution"),
+    ("top-k-negative", RUN + ["--weights", G, "--top-k", "-1", "-o", "{out}"], 2, "top-k must be >= 0"),
+    ("top-p-zero", RUN + ["--weights", G, "--top-p", "0", "-o", "{out}"], 2, "top-p must be in (0, 1]"),
+    ("top-p-above-one", RUN + ["--weights", G, "--top-p", "1.5", "-o", "{out}"], 2, "top-p must be in (0, 1]"),
+    ("top-p-nan", RUN + ["--weights", G, "--top-p", "nan", "-o", "{out}"], 2, "top-p must be in (0, 1]"),
+    ("cfg-nan", RUN + ["--weights", G, "--cfg", "nan", "-o", "{out}"], 2, "cfg must be a finite number"),
+    ("cfg-negative", RUN + ["--weights", G, "--cfg", "-1", "-o", "{out}"], 2, "cfg must be a finite number"),
+    ("cfg-inf", RUN + ["--weights", G, "--cfg", "inf", "-o", "{out}"], 2, "cfg must be a finite number"),
+    ("batch-zero", RUN + ["--weights", G, "--batch-size", "0", "-o", "{out}"], 2, "--batch-size must be >= 1"),
+    ("seed-negative", RUN + ["--weights", G, "--seed", "-1", "-o", "{out}"], 2, "seed must be in [0, 2**63)"),
+    ("seed-too-large", RUN + ["--weights", G, "--seed", str(2**63), "-o", "{out}"], 2, "seed must be in [0, 2**63)"),
+    ("seed-overflows", ["run", "a", "b", "--weights", G, "--seed", str(2**63 - 1), "-o", "{out}"], 2, "would use seed"),
+    ("out-exists", RUN + ["--weights", G, "-o", "{bad}/existing.png"], 2, "already exists; pass --overwrite"),
+    ("out-folder-missing", RUN + ["--weights", G, "-o", "{out}/nope/x.png"], 2, "folder does not exist"),
+    ("out-parent-is-file", RUN + ["--weights", G, "-o", "{bad}/a_file/x.png"], 2, "is not a folder"),
+    ("out-is-folder", RUN + ["--weights", G, "-o", "{bad}/dir.png", "--overwrite"], 2, "is a folder"),
+    ("out-not-png", RUN + ["--weights", G, "-o", "{out}.jpg"], 2, "give a .png file name"),
+    ("out-png-for-many", ["run", "a", "b", "--weights", G, "-o", "{out}"], 2, "several prompts need a folder"),
+    ("backend-unknown", RUN + ["--weights", G, "--backend", "foo", "-o", "{out}"], 2, "unknown backend"),
+    ("ort-without-artifacts", RUN + ["--backend", "onnxruntime", "-o", "{out}"], 2, "pass --artifacts DIR"),
+    ("artifacts-missing", RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/nope", "-o", "{out}"], 2, "no such artefact directory"),
+    ("artifacts-no-manifest", RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/no_star", "-o", "{out}"], 2, "manifest.json: missing"),
+    ("dtype-unknown", RUN + ["--weights", G, "--dtype", "float8", "-o", "{out}"], 2, "unknown dtype"),
+    ("device-unknown", RUN + ["--weights", G, "--device", "tpu", "-o", "{out}"], 2, "unknown device"),
+    ("export-precision", ["export", "--weights", G, "--resolution", "256", "--precision", "fp8", "--out", "{out}"], 2, "--precision must be one of"),
+    ("export-out-exists", ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/no_star"], 2, "already exists; pass --overwrite"),
+    ("export-out-parent-missing", ["export", "--weights", G, "--resolution", "256", "--out", "{out}/a/b"], 2, "folder does not exist"),
+    ("export-bad-star", ["export", "--weights", "{bad}/pickle_obj", "--resolution", "256", "--out", "{out}"], 2, "refused"),
+]
+
+
+def invoke(args: list[str], bad: Path, out: Path):
+    return runner.invoke(app, [a.format(bad=bad, out=out) for a in args])
+
+
+def files_below(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_cleanly(args, code, fragment, bad, tmp_path):
+    before = files_below(bad)
+    result = invoke(args, bad, tmp_path / "out.png")
+    assert result.exit_code == code, result.output
+    assert fragment in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert files_below(tmp_path) == set(), "an output was left behind"
+    assert files_below(bad) == before, "the input folder changed"
+    assert not (bad / EVIL_MARKER).exists(), "a pickled call was executed"
+
+
+def test_matrix_is_large_enough():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu(bad, tmp_path):
+    result = invoke(RUN + ["--weights", G, "--device", "cuda", "-o", "{out}"], bad, tmp_path / "out.png")
+    assert result.exit_code == 2 and "no CUDA GPU is visible" in result.stderr
+    assert files_below(tmp_path) == set()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
+def test_unreadable_and_unwritable_paths(bad, tmp_path):
+    locked = tmp_path / "locked"
+    shutil.copytree(GOLDEN, locked, ignore=shutil.ignore_patterns("golden.*"))
+    (locked / "star.pth").chmod(0)
+    result = invoke(RUN + ["--weights", str(locked), "-o", str(tmp_path / "o.png")], bad, tmp_path)
+    assert result.exit_code == 2 and "cannot be read" in result.stderr
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o500)
+    result = invoke(RUN + ["--weights", G, "-o", str(readonly / "x.png")], bad, tmp_path)
+    assert result.exit_code == 2 and "not writable" in result.stderr
+    assert not (tmp_path / "o.png").exists() and not any(readonly.iterdir())
+
+
+@pytest.fixture(scope="module")
+def broken_artifacts(artifacts_fp32, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("art") / "corrupt"
+    shutil.copytree(artifacts_fp32, copy)
+    graph = copy / "scale_update.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    return copy
+
+
+def test_corrupted_graph_is_refused(broken_artifacts, bad, tmp_path):
+    args = RUN + ["--backend", "onnxruntime", "--artifacts", str(broken_artifacts), "-o", "{out}"]
+    result = invoke(args, bad, tmp_path / "out.png")
+    assert result.exit_code == 2 and "changed or corrupted since export" in result.stderr
+    assert files_below(tmp_path) == set()
+
+
+def test_artifacts_from_another_checkpoint_are_refused(artifacts_fp32, bad, tmp_path):
+    args = RUN + ["--backend", "onnxruntime", "--artifacts", str(artifacts_fp32), "-o", "{out}"]
+    result = invoke(args + w("other_star"), bad, tmp_path / "out.png")
+    assert result.exit_code == 2 and "was exported from star.pth, not from" in result.stderr
+    assert files_below(tmp_path) == set()
+
+
+def test_warnings_top_k_clamped_empty_and_long_prompts(tmp_path, caplog):
+    long_prompt = " ".join(["red"] * 100)
+    out = tmp_path / "imgs"
+    result = runner.invoke(
+        app, ["run", "", long_prompt, "--weights", G, "--resolution", "256", "--top-k", "100000", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    messages = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "exceeds the codebook size; using 256" in messages
+    assert "prompt 0 is empty" in messages
+    assert "CLIP reads the first 77" in messages
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["000_empty.png", "001_" + "red_" * 9 + "red.png"]
+    assert read_png(pngs[0])[1]["top_k"] == "256"
+    assert not list(out.glob(".*")), "a temporary file was left behind"
+
+
+def test_existing_output_is_replaced_with_overwrite(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="star_deploy")
+    out = tmp_path / "x.png"
+    out.write_bytes(b"old")
+    args = ["run", "a", "--weights", G, "--resolution", "256", "--cfg", "1.5", "-o", str(out), "--overwrite"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pixels, meta = read_png(out)
+    assert pixels.shape == (256, 256, 3) and math.isclose(float(meta["cfg"]), 1.5)
+    assert "timings" in result.stderr and "transformer steps" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def test_memory_estimate_counts_real_parameters_and_refuses_what_cannot_fit(tiny_model):
+    from star_deploy.config import PRESETS
+    from star_deploy.errors import MemoryBudgetError
+    from star_deploy.memory import GIB, check_fits, estimate, parameter_counts
+
+    counts = parameter_counts(tiny_model.config)
+    assert counts["transformer"] == sum(t.numel() for t in tiny_model.transformer.state_dict().values())
+    assert counts["vqvae"] == sum(t.numel() for t in tiny_model.vqvae.state_dict().values())
+    need = estimate(PRESETS["1024-d30"], batch=8, dtype="float16", device="cuda")
+    assert 3 * GIB < need.weights < 5 * GIB
+    assert need.kv_cache == 30 * 2 * (2 * 8) * 9451 * 1920 * 2  # layers, K+V, CFG rows, tokens, width, fp16
+    with pytest.raises(MemoryBudgetError, match=r"needs about .* GiB .* only 8.0 GiB is free on cuda; use a smaller --batch-size"):
+        check_fits(need, 8 * GIB, "cuda", "batch 8 at 1024 px")
+    check_fits(estimate(tiny_model.config, batch=1), 8 * GIB, "cpu", "tiny")

@@ -1,0 +1,59 @@
+"""`star-deploy inspect` on checkpoints, a release folder and an exported artefact folder."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from conftest import GOLDEN
+from star_deploy.cli import app
+
+runner = CliRunner()
+
+
+def inspect_json(path) -> dict:
+    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_golden_star_checkpoint():
+    info = inspect_json(GOLDEN / "star.pth")
+    assert info["kind"] == "STAR transformer"
+    cfg = info["config"]
+    assert (cfg["depth"], cfg["width"], cfg["heads"], cfg["vocab_size"], cfg["cvae"], cfg["num_scales"]) == (2, 128, 2, 256, 8, 10)
+    assert info["tensors"] == 47 and info["dtypes"] == "float32"
+    table = runner.invoke(app, ["inspect", str(GOLDEN / "star.pth")])
+    assert table.exit_code == 0 and "STAR transformer" in table.stdout and "config.depth" in table.stdout
+
+
+def test_golden_vae_and_release_folder():
+    vae = inspect_json(GOLDEN / "vae.pth")
+    assert vae["kind"] == "VQVAE" and vae["config"]["ch"] == 32 and vae["config"]["cvae"] == 8
+    release = inspect_json(GOLDEN)
+    assert release["kind"] == "STAR release"
+    assert release["text_encoder"]["width"] == 64 and release["star"]["config"]["depth"] == 2
+
+
+def test_exported_artifacts(artifacts_fp32):
+    info = inspect_json(artifacts_fp32)
+    assert info["kind"] == "artefact directory" and info["precision"] == "fp32"
+    assert info["schedule"] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+    assert set(info["graphs"]) == {"text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"}
+    step = info["graphs"]["transformer_step"]
+    assert step["bytes"] > 0 and any(i.startswith("past_key.0 ") for i in step["inputs"])
+    assert info["sources"]["star"]["name"] == "star.pth" and len(info["sources"]["star"]["sha256"]) == 64
+    graph = inspect_json(artifacts_fp32 / "vq_decoder.onnx")
+    assert graph["kind"] == "ONNX graph" and graph["opset"] == 18
+
+
+def test_unknown_and_missing_paths(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    unknown = runner.invoke(app, ["inspect", str(tmp_path / "notes.txt")])
+    assert unknown.exit_code == 2 and "unknown kind of file" in unknown.stderr
+    missing = runner.invoke(app, ["inspect", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.stderr
+    (tmp_path / "engine.plan").write_bytes(b"\x00" * 16)
+    plan = inspect_json(tmp_path / "engine.plan")
+    assert plan["kind"] == "TensorRT engine" and plan["sidecar"].startswith("missing")
