@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from .commands import build_engine, check, convert, export, inspect, parity, run
+from .commands import bench, build_engine, check, convert, export, inspect, parity, quantize, run
 
 app = typer.Typer(
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
@@ -38,8 +38,10 @@ def main(
 app.command("run")(run.command)
 app.command("export")(export.command)
 app.command("build-engine")(build_engine.command)
+app.command("bench")(bench.command)
 app.command("parity")(parity.command)
 app.command("check")(check.command)
+app.command("quantize")(quantize.command)
 app.command("inspect")(inspect.command)
 app.command("convert")(convert.command)
 

@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from .config import MAX_TEXT_TOKENS, NUM_PHI, StarConfig
 
 Dim = str | int
-PRECISIONS = ("fp32", "fp16")
+EXPORT_PRECISIONS = ("fp32", "fp16")
+QUANTIZED_PRECISIONS = ("int8", "int4")
+"""Weight-only quantized copies of an fp32 export (``star-deploy quantize``): fp32 I/O."""
+PRECISIONS = EXPORT_PRECISIONS + QUANTIZED_PRECISIONS
 GRAPH_NAMES = ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder")
 
 

@@ -15,7 +15,7 @@ from ..config import StarConfig
 from ..errors import ConfigError
 from ..memory import available_bytes, check_fits, estimate
 from ..export.artifacts import export_artifacts
-from ..graphs import GRAPH_NAMES, PRECISIONS
+from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
 from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -45,8 +45,8 @@ def export(
 
     The folder appears only when complete: an interrupted export leaves nothing behind.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     check_writable(out, overwrite)
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:

@@ -40,6 +40,8 @@ class Thresholds:
 THRESHOLDS = {
     "fp32": Thresholds(logits_max_abs=1e-3, teacher_forced_token_agreement=0.999, teacher_forced_psnr_db=60.0),
     "fp16": Thresholds(logits_max_abs=0.25, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=35.0),
+    "int8": Thresholds(logits_max_abs=1.0, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=30.0),
+    "int4": Thresholds(logits_max_abs=2.0, teacher_forced_token_agreement=0.90, teacher_forced_psnr_db=25.0),
 }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarking: FLOP counts, device throughput, timed runs of every backend, fidelity, reports."""

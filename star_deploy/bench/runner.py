@@ -1,0 +1,282 @@
+"""Time every backend on the same prompts and seeds, against the baseline and the compute floor."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..backends.factory import TORCH_DTYPES, create_backend
+from ..config import SamplingConfig, StarConfig
+from ..errors import BackendUnavailableError, ConfigError
+from ..export.manifest import Manifest
+from ..model.text import PromptTokenizer
+from ..pipeline import Generation, StageTimes, StarPipeline
+from ..weights import StarModel
+from .fidelity import fidelity
+from .flops import generation_flops
+from .machine import PeakMemory, machine_info, matmul_throughput
+
+log = logging.getLogger(__name__)
+
+BASELINE = "torch-eager"
+BENCH_BACKENDS = (BASELINE, "torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+PROMPTS = (
+    "a photo of a red fox sitting in the snow, high quality",
+    "a watercolor painting of a lighthouse at sunset",
+    "a bowl of ramen on a wooden table",
+    "an astronaut riding a horse on the moon",
+)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one ``star-deploy bench`` run measures."""
+
+    backends: tuple[str, ...]
+    batch_size: int = 1
+    warmup: int = 1
+    repeat: int = 3
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
+        if unknown or not self.backends:
+            raise ConfigError(f"--backends {','.join(self.backends)}: choose from {', '.join(BENCH_BACKENDS)}")
+        if self.batch_size < 1 or self.warmup < 0 or self.repeat < 1:
+            raise ConfigError("--batch-size and --repeat must be >= 1, --warmup >= 0")
+        if self.dtype not in TORCH_DTYPES:
+            raise ConfigError(f"--dtype {self.dtype}: choose one of {', '.join(TORCH_DTYPES)}")
+
+    @property
+    def prompts(self) -> list[str]:
+        return [PROMPTS[i % len(PROMPTS)] for i in range(self.batch_size)]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.batch_size)]
+
+
+@dataclass
+class BackendRun:
+    """Timed generations of one backend plus its fidelity and memory."""
+
+    name: str
+    compute_dtype: str
+    times: list[StageTimes]
+    peak_mem_bytes: int
+    first: Generation | None
+    fidelity: dict = field(default_factory=dict)
+    skipped: str | None = None
+
+
+class BackendSource:
+    """Builds each backend from a model (copied per backend) and/or artefact directories."""
+
+    def __init__(self, model: StarModel | None, artifacts: Path | None, int8_artifacts: Path | None, settings: BenchSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self._artifacts = artifacts
+        self._int8 = int8_artifacts
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.export_seconds: dict[str, float] = {}
+
+    @property
+    def config(self) -> StarConfig:
+        if self.model is not None:
+            return self.model.config
+        return self.manifest(False).config
+
+    def tokenizer_dir(self) -> Path:
+        return self.model.tokenizer_dir if self.model is not None else self.manifest(False).tokenizer_dir
+
+    def _scratch(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="star-bench-")
+        return Path(self._tmp.name)
+
+    def artifacts(self) -> Path:
+        """The fp32 artefact directory, exported from the model into a scratch folder if needed."""
+        if self._artifacts is None:
+            if self.model is None:
+                raise ConfigError("onnxruntime needs --artifacts DIR or a model (--weights / --random-weights) to export")
+            from ..export.artifacts import export_artifacts
+
+            log.info("exporting the model to ONNX for onnxruntime (pass --artifacts to reuse an export)")
+            self._artifacts = timed(self.export_seconds, "export", lambda: export_artifacts(self.model, self._scratch() / "fp32", "fp32"))
+        return self._artifacts
+
+    def int8_artifacts(self) -> Path:
+        if self._int8 is None:
+            from ..export.quantize import quantize_artifacts
+
+            src = self.artifacts()
+            log.info("quantizing %s to int8", src)
+            self._int8 = timed(self.export_seconds, "quantize", lambda: quantize_artifacts(src, self._scratch() / "int8"))
+        return self._int8
+
+    def manifest(self, int8: bool) -> Manifest:
+        from ..export.manifest import load_manifest
+
+        return load_manifest(self.int8_artifacts() if int8 else self.artifacts())
+
+    def build(self, name: str):
+        """The backend ``name`` on the settings' device, or BackendUnavailableError."""
+        s = self.settings
+        if name in (BASELINE, "torch"):
+            if self.model is None:
+                raise BackendUnavailableError(f"{name} runs the PyTorch model: pass --weights or --random-weights")
+            model = copy.deepcopy(self.model)
+            if name == BASELINE:
+                from ..backends.eager_backend import EagerBackend
+
+                return EagerBackend(model, s.device)
+            return create_backend("torch", s.device, model=model, dtype=s.dtype)
+        if name == "tensorrt":
+            return create_backend("tensorrt", s.device, manifest=self.manifest(False))
+        return create_backend("onnxruntime", s.device, manifest=self.manifest(name.endswith("int8")), threads=s.threads)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def timed(record: dict[str, float], key: str, func: Callable):
+    """Call ``func`` and record its wall time under ``key``."""
+    start = time.perf_counter()
+    result = func()
+    record[key] = time.perf_counter() - start
+    return result
+
+
+def compute_dtype(name: str, backend) -> str:
+    """The dtype a backend's matmuls run in, for the floor."""
+    if name == BASELINE:
+        return "float16" if backend.device.type == "cuda" else "float32"
+    if name == "tensorrt":
+        return "float16"
+    dtype = getattr(backend, "dtype", torch.float32)
+    return str(dtype).removeprefix("torch.")
+
+
+def run_backend(name: str, backend, tokenizer: PromptTokenizer, settings: BenchSettings, reference: Generation | None) -> BackendRun:
+    """Warm up (the first warmup is the teacher-forced fidelity run), then time ``repeat`` runs."""
+    pipeline = StarPipeline(backend, tokenizer)
+    prompts, seeds, sampling = settings.prompts, settings.seeds, settings.sampling
+    report: dict = {}
+    with PeakMemory(backend.device) as memory:
+        for i in range(settings.warmup):
+            if i == 0 and reference is not None:
+                forced = pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True)
+                report = fidelity(backend.config, reference, forced, sampling, seeds)
+            else:
+                pipeline.generate(prompts, sampling, seeds)
+        runs = [pipeline.generate(prompts, sampling, seeds) for _ in range(settings.repeat)]
+    if reference is not None:
+        if not report:
+            forced = pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True)
+            report = fidelity(backend.config, reference, forced, sampling, seeds)
+        report["tokens_equal_baseline"] = bool(torch.equal(runs[0].tokens, reference.tokens))
+    return BackendRun(name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report)
+
+
+def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
+    """Run every available backend in order (baseline first) and return the report dict."""
+    config = source.config
+    device = torch.device(settings.device)
+    tokenizer = PromptTokenizer(source.tokenizer_dir())
+    order = sorted(settings.backends, key=lambda b: b != BASELINE)
+    runs: list[BackendRun] = []
+    reference: Generation | None = None
+    for name in order:
+        try:
+            backend = source.build(name)
+        except (BackendUnavailableError, ImportError) as exc:
+            log.warning("skipping %s: %s", name, exc)
+            runs.append(BackendRun(name, "", [], 0, None, skipped=str(exc)))
+            continue
+        log.info("benchmarking %s", name)
+        run = run_backend(name, backend, tokenizer, settings, reference)
+        if name == BASELINE:
+            reference = run.first
+        runs.append(run)
+        del backend
+        gc.collect()
+    return build_report(config, settings, device, runs, source.export_seconds)
+
+
+def build_report(config: StarConfig, settings: BenchSettings, device: torch.device, runs: list[BackendRun], prep: dict) -> dict:
+    """The JSON document: machine, floor, and per backend median/p90/throughput/ratios/stages."""
+    flops = generation_flops(config, settings.batch_size)
+    dtypes = {r.compute_dtype for r in runs if not r.skipped} | {"float32"}
+    throughput = {d: matmul_throughput(TORCH_DTYPES[d] if d in TORCH_DTYPES else torch.float32, device) for d in dtypes}
+    floors = {d: flops.total / throughput[d] for d in dtypes}
+    backends: dict[str, dict] = {}
+    baseline_median = None
+    for run in runs:
+        if run.skipped:
+            backends[run.name] = {"skipped": run.skipped}
+            continue
+        entry = backend_entry(run, settings.batch_size, floors[run.compute_dtype])
+        if run.name == BASELINE:
+            baseline_median = entry["median_s"]
+        backends[run.name] = entry
+    for entry in backends.values():
+        if "median_s" in entry:
+            entry["vs_baseline"] = baseline_median / entry["median_s"] if baseline_median else None
+    return {
+        "machine": machine_info(device) | {"matmul_flops_per_s": throughput},
+        "model": {"preset_shape": config.to_dict(), "image_size": config.image_size, "flops": flops.to_dict()},
+        "settings": {
+            "batch_size": settings.batch_size, "warmup": settings.warmup, "repeat": settings.repeat,
+            "device": settings.device, "dtype": settings.dtype, "seeds": settings.seeds, "prompts": settings.prompts,
+            "sampling": vars(settings.sampling),
+        },
+        "preparation_s": prep,
+        "floor_s": floors["float32"],
+        "floor_by_dtype_s": floors,
+        "baseline": BASELINE,
+        "backends": backends,
+    }
+
+
+def backend_entry(run: BackendRun, batch: int, floor: float) -> dict:
+    totals = sorted(t.total for t in run.times)
+    median = statistics.median(totals)
+    p90 = totals[min(len(totals) - 1, round(0.9 * (len(totals) - 1)))]
+    stages = median_stages(run.times)
+    return {
+        "median_s": median,
+        "p90_s": p90,
+        "images_per_s": batch / median,
+        "peak_mem_bytes": run.peak_mem_bytes,
+        "compute_dtype": run.compute_dtype,
+        "floor_s": floor,
+        "vs_floor": median / floor,
+        "stages": stages,
+        "fidelity": run.fidelity,
+    }
+
+
+def median_stages(times: list[StageTimes]) -> dict:
+    """Per-stage medians over the timed runs."""
+    med = statistics.median
+    return {
+        "text": med(t.text for t in times),
+        "steps": [med(t.steps[k] for t in times) for k in range(len(times[0].steps))],
+        "sampling": med(t.sampling for t in times),
+        "update": med(t.update for t in times),
+        "decode": med(t.decode for t in times),
+    }

@@ -1,0 +1,81 @@
+"""Weight-only int8 quantization of an fp32 artefact directory with ONNX Runtime's tools.
+
+The MatMuls with constant weights of the transformer step and the text encoder become
+``MatMulNBits`` (8-bit symmetric blocks of 32; graph inputs and outputs stay float32).
+The logits head stays float32: it decides the sampled tokens and is ~2% of the FLOPs.
+The other graphs are copied unchanged. The result is a separate artefact directory whose
+manifest says ``precision: int8``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..atomic import atomic_dir, write_text
+from ..errors import ArtifactError, BackendUnavailableError
+from .manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_files, load_manifest, sha256_files
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_GRAPHS = ("text_encoder", "transformer_step")
+BLOCK_SIZE = 32
+ACCURACY_LEVEL = 4
+"""MatMulNBits accuracy level 4: int8 activations inside the kernel (VNNI/AMX on x86); 1 keeps fp32 compute."""
+
+
+def head_matmuls(model, output: str = "logits") -> list[str]:
+    """The float MatMul that produces ``output`` through its bias Add; empty if there is none."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    node = producers.get(output)
+    while node is not None and node.op_type == "Add":
+        node = next((producers[i] for i in node.input if i in producers), None)
+    return [node.name] if node is not None and node.op_type == "MatMul" else []
+
+
+def quantize_graph(src: Path, dst: Path, bits: int = 8, accuracy_level: int = ACCURACY_LEVEL) -> None:
+    """Rewrite ``src``'s weight MatMuls as ``bits``-bit MatMulNBits into ``dst``; the logits head stays float."""
+    import onnx
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError:
+        raise BackendUnavailableError("quantization needs onnxruntime >= 1.20: pip install -U onnxruntime") from None
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(src))
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=bits, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=accuracy_level,
+        nodes_to_exclude=head_matmuls(model),
+    )
+    quantizer.process()
+    large = quantizer.model.model.ByteSize() > 1_800_000_000
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+
+
+def quantize_artifacts(
+    src: Path, out: Path, bits: int = 8, overwrite: bool = False, accuracy_level: int = ACCURACY_LEVEL
+) -> Path:
+    """Write an int8 copy of the fp32 artefact directory ``src`` into ``out``."""
+    manifest = load_manifest(src)
+    if manifest.precision != "fp32":
+        raise ArtifactError(f"{src}: precision {manifest.precision}; quantize an fp32 export (`star-deploy export --precision fp32`)")
+    data = json.loads((src / MANIFEST).read_text())
+    with atomic_dir(out, overwrite) as tmp:
+        for name, spec in manifest.graphs.items():
+            if name in QUANTIZED_GRAPHS:
+                log.info("quantizing %s to int%d", spec.file, bits)
+                quantize_graph(manifest.path(name), tmp / spec.file, bits, accuracy_level)
+            else:
+                shutil.copy2(manifest.path(name), tmp / spec.file)
+            data["graphs"][name]["sha256"] = sha256_files(graph_files(tmp, spec))
+        shutil.copytree(manifest.tokenizer_dir, tmp / TOKENIZER_DIR)
+        data["precision"] = f"int{bits}"
+        data["quantization"] = {
+            "method": "onnxruntime MatMulNBits, weight-only, symmetric",
+            "bits": bits, "block_size": BLOCK_SIZE, "accuracy_level": accuracy_level,
+            "graphs": list(QUANTIZED_GRAPHS), "source_precision": "fp32",
+        }
+        write_text(tmp / MANIFEST, dumps(data))
+    return out

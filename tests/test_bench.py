@@ -1,0 +1,89 @@
+"""The benchmark: FLOP counts, the official-style baseline, fidelity measures and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from typer.testing import CliRunner
+
+from star_deploy.backends.eager_backend import EagerBackend
+from star_deploy.bench.fidelity import agreement, psnr, resample
+from star_deploy.bench.flops import decoder_flops, step_flops
+from star_deploy.cli import app
+from star_deploy.config import MAX_TEXT_TOKENS
+from star_deploy.model.tables import build_scale_tables
+from star_deploy.model.text import PromptTokenizer
+from star_deploy.pipeline import StarPipeline
+from conftest import GOLDEN, load_golden_model
+
+
+def test_decoder_flops_match_the_flop_counter(tiny_model):
+    config = tiny_model.config
+    f_hat = torch.randn(2, config.vae.cvae, config.final_side, config.final_side)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tiny_model.vqvae.decode(f_hat)
+    assert counter.get_total_flops() == decoder_flops(config, 2)
+
+
+def test_step_flops_match_the_flop_counter(torch_pipeline):
+    """Projections, FFN and head as counted by torch; attention (fused, uncounted) added analytically."""
+    backend, config = torch_pipeline.backend, torch_pipeline.config
+    t = config.transformer
+    toks = torch_pipeline.tokenizer(["a red car."])
+    hidden, pooled = backend.encode_text(toks.input_ids, toks.attention_mask)
+    x = backend.begin(hidden[:1], toks.attention_mask[:1], pooled)
+    for k, tables in enumerate(build_scale_tables(config)[:3]):
+        with FlopCounterMode(display=False) as counter:
+            backend.step(k, x, tables)
+        l, seen = config.patch_nums[k] ** 2, config.scale_offsets()[k] + config.patch_nums[k] ** 2
+        attn = 2 * t.depth * (2 * l * 2 * seen * t.width + l * 2 * MAX_TEXT_TOKENS * t.width)
+        assert counter.get_total_flops() + attn == step_flops(config, 1, k)
+        x = torch.randn(2, config.patch_nums[k + 1] ** 2, t.width)
+
+
+@pytest.fixture(scope="module")
+def eager_pipeline() -> StarPipeline:
+    model = load_golden_model()
+    return StarPipeline(EagerBackend(model), PromptTokenizer(model.tokenizer_dir))
+
+
+@pytest.mark.parametrize("index", [0, 5])
+def test_eager_baseline_reproduces_golden(eager_pipeline, golden, golden_cases, golden_sampling, index):
+    case = golden_cases[index]
+    gen = eager_pipeline.generate([case["prompt"]], golden_sampling, seeds=[case["seed"]])
+    assert torch.equal(gen.tokens, torch.from_numpy(golden[f"{case['key']}/tokens"]))
+    assert psnr(gen.images, torch.from_numpy(golden[f"{case['key']}/image"])) >= 80
+
+
+def test_resampling_kept_logits_gives_the_pipeline_tokens(torch_pipeline, golden_sampling):
+    gen = torch_pipeline.generate(["a red car.", "a dog"], golden_sampling, seeds=[3, 4], keep_logits=True)
+    tokens = resample(torch_pipeline.config, gen.logits, golden_sampling, [3, 4])
+    assert torch.equal(tokens, gen.tokens)
+    assert agreement(tokens, gen.tokens) == 1.0 and agreement(tokens, (tokens + 1) % 256) == 0.0
+
+
+def test_bench_command_reports_every_backend(artifacts_fp32, tmp_path):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench", "--weights", str(GOLDEN), "--resolution", "256", "--artifacts", str(artifacts_fp32),
+        "--backends", "torch-eager,torch,onnxruntime,onnxruntime-int8,tensorrt", "--repeat", "1", "--json", str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["baseline"] == "torch-eager" and report["floor_s"] > 0 and report["machine"]["cpu_count"]
+    eager = report["backends"]["torch-eager"]
+    assert eager["vs_baseline"] == pytest.approx(1.0)
+    for name in ("torch-eager", "torch", "onnxruntime", "onnxruntime-int8"):
+        entry = report["backends"][name]
+        assert entry["median_s"] > 0 and entry["p90_s"] >= entry["median_s"] and entry["peak_mem_bytes"] > 0
+        assert entry["vs_floor"] > 1 and len(entry["stages"]["steps"]) == 10
+        assert set(entry["stages"]) == {"text", "steps", "sampling", "update", "decode"}
+    for name in ("torch", "onnxruntime"):
+        assert report["backends"][name]["fidelity"]["tokens_equal_baseline"] is True
+        assert report["backends"][name]["fidelity"]["teacher_forced_token_agreement"] == 1.0
+    assert report["backends"]["onnxruntime-int8"]["fidelity"]["teacher_forced_token_agreement"] >= 0.9
+    assert "skipped" in report["backends"]["tensorrt"]

@@ -1,0 +1,73 @@
+"""Weight-only int8 artefacts: what quantize writes, and that ONNX Runtime runs it faithfully."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from star_deploy.backends.ort_backend import OrtBackend
+from star_deploy.bench.fidelity import psnr, resample
+from star_deploy.cli import app
+from star_deploy.errors import ArtifactError
+from star_deploy.export.manifest import MANIFEST
+from star_deploy.export.manifest import load_manifest
+from star_deploy.export.quantize import QUANTIZED_GRAPHS, head_matmuls, quantize_artifacts
+from star_deploy.model.text import PromptTokenizer
+from star_deploy.pipeline import StarPipeline
+
+
+@pytest.fixture(scope="module")
+def int8_dir(artifacts_fp32, tmp_path_factory):
+    return quantize_artifacts(artifacts_fp32, tmp_path_factory.mktemp("quant") / "int8")
+
+
+def op_types(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_manifest_says_int8_and_weights_are_quantized(int8_dir, artifacts_fp32):
+    data = json.loads((int8_dir / MANIFEST).read_text())
+    assert data["precision"] == "int8" and data["quantization"]["bits"] == 8
+    manifest = load_manifest(int8_dir)
+    assert manifest.precision == "int8"
+    for name in QUANTIZED_GRAPHS:
+        assert "MatMulNBits" in op_types(manifest.path(name))
+        assert manifest.path(name).stat().st_size < (artifacts_fp32 / f"{name}.onnx").stat().st_size
+    assert "MatMulNBits" not in op_types(manifest.path("vq_decoder"))
+
+
+def test_logits_head_stays_float(int8_dir):
+    """The head is a plain MatMul in the quantized step graph; it feeds the sampler directly."""
+    step = onnx.load(str(load_manifest(int8_dir).path("transformer_step")))
+    assert len(head_matmuls(step)) == 1
+
+
+def test_int8_backend_follows_golden_tokens(int8_dir, golden, golden_cases, golden_sampling):
+    """Teacher-forced on the official tokens: int8 logits sample (almost) the same tokens."""
+    manifest = load_manifest(int8_dir)
+    pipeline = StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    case = golden_cases[0]
+    reference = torch.from_numpy(golden[f"{case['key']}/tokens"])
+    gen = pipeline.generate([case["prompt"]], golden_sampling, [case["seed"]], teacher_tokens=reference, keep_logits=True)
+    tokens = resample(manifest.config, gen.logits, golden_sampling, [case["seed"]])
+    assert float((tokens == reference).float().mean()) >= 0.9
+    assert psnr(gen.images, torch.from_numpy(golden[f"{case['key']}/image"])) >= 40
+
+
+def test_quantize_refuses_missing_and_existing(int8_dir, artifacts_fp32, tmp_path):
+    with pytest.raises(ArtifactError, match="export"):
+        quantize_artifacts(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(Exception, match="--overwrite"):
+        quantize_artifacts(artifacts_fp32, int8_dir)
+
+
+def test_quantize_command(artifacts_fp32, tmp_path):
+    args = ["quantize", str(artifacts_fp32), "--out", str(tmp_path / "q"), "--accuracy-level", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_manifest(tmp_path / "q").precision == "int8"
+    assert json.loads((tmp_path / "q" / MANIFEST).read_text())["quantization"]["accuracy_level"] == 1
