@@ -12,6 +12,7 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..export.manifest import Manifest
+from ..graphs import scale_dims
 from ..model.tables import ScaleTables
 from .torch_backend import KVCache
 
@@ -115,9 +116,7 @@ class OrtBackend:
     def update(
         self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, side = tokens.shape[0], tokens.shape[1]
-        nxt = tables.downsample.shape[0]
-        dims = {"batch": b, "rows": 2 * b, "side": side, "next_side": nxt, "next_tokens": nxt * nxt}
+        dims = scale_dims(self.config, tokens.shape[0], scale)
         inputs = [tokens, f_hat, tables.upsample, tables.downsample, tables.phi_weights, tables.next_level]
         f_hat_out, next_x = self._run("scale_update", inputs, self._outputs("scale_update", dims))
         return f_hat_out, next_x

@@ -29,6 +29,7 @@ from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_pat
 from ..engines.trt_api import cuda_device, import_tensorrt, make_logger, runtime_info, torch_dtype
 from ..errors import ArtifactError, StarDeployError
 from ..export.manifest import Manifest
+from ..graphs import scale_dims
 from ..model.tables import ScaleTables
 from .torch_backend import KVCache
 
@@ -168,9 +169,8 @@ class TrtBackend:
     def update(
         self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, side = tokens.shape[0], tokens.shape[1]
-        nxt = tables.downsample.shape[0]
-        dims = {"batch": b, "rows": 2 * b, "side": side, "next_side": nxt, "next_tokens": nxt * nxt}
+        b = tokens.shape[0]
+        dims = scale_dims(self.config, b, scale)
         engine = self.engines["scale_update"]
         outs = self._outputs("scale_update", dims)
         inputs = {"tokens": tokens, "f_hat": f_hat, "upsample": tables.upsample, "downsample": tables.downsample,

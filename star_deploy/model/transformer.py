@@ -58,16 +58,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     return torch.matmul(probs, v)
 
 
-class SelfAttention(nn.Module):
+class NormedAttention(nn.Module):
+    """Parameters shared by STAR's self- and cross-attention: biases, QK-norm scale, output projection."""
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width))
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.proj = nn.Linear(width, width)
+
+    def scaled_q(self, q: torch.Tensor) -> torch.Tensor:
+        """L2-normalized q times the learned per-head scale, float32; q as (N, H, l, D)."""
+        return l2_normalize(q) * self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
+
+
+class SelfAttention(NormedAttention):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__(width, heads)
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projections of x (N, l, C) as (N, l, H, D) each."""
@@ -75,10 +86,6 @@ class SelfAttention(nn.Module):
         n, l, c = x.shape
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(n, l, 3, self.heads, c // self.heads)
         return qkv.unbind(dim=2)
-
-    def scaled_q(self, q: torch.Tensor) -> torch.Tensor:
-        """L2-normalized q times the learned per-head scale; q as (N, H, l, D)."""
-        return l2_normalize(q) * self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
 
     def forward(
         self,
@@ -101,17 +108,11 @@ class SelfAttention(nn.Module):
         return self.proj(out), new_k, new_v
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(NormedAttention):
     def __init__(self, width: int, text_width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
+        super().__init__(width, heads)
         self.mat_q = nn.Linear(width, width, bias=False)
         self.mat_kv = nn.Linear(text_width, 2 * width, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(width))
-        self.v_bias = nn.Parameter(torch.zeros(width))
-        self.register_buffer("zero_k_bias", torch.zeros(width))
-        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
-        self.proj = nn.Linear(width, width)
 
     def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized keys and values of the text (B, Lt, T) as (B, H, Lt, D); once per prompt."""
@@ -124,8 +125,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor, text_bias: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
         q = F.linear(x, self.mat_q.weight, self.q_bias.to(x.dtype)).view(b, l, self.heads, -1)
-        scale = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
-        q = (l2_normalize(q.transpose(1, 2)) * scale).to(x.dtype)
+        q = self.scaled_q(q.transpose(1, 2)).to(x.dtype)
         out = attention(q, text_k, text_v, text_bias)
         return self.proj(out.transpose(1, 2).reshape(b, l, c))
 
