@@ -17,7 +17,7 @@ GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8"]
 def test_run_png_within_one_grey_level(backend, golden, artifacts_fp32, tmp_path):
     out = tmp_path / "car.png"
     args = ["run", "a red car.", "-o", str(out), *GOLDEN_ARGS, "--backend", backend]
-    args += ["--artifacts", str(artifacts_fp32)] if backend != "torch" else ["--weights", str(GOLDEN), "--resolution", "256"]
+    args += ["--artifacts", str(artifacts_fp32), "--threads", "1"] if backend != "torch" else ["--weights", str(GOLDEN), "--resolution", "256"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     pixels, text = read_png(out)

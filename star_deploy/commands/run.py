@@ -161,6 +161,7 @@ def run(
     artifacts: Annotated[Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None,
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -188,7 +189,7 @@ def run(
         given = any(v is not None for v in (weights, clip, vae, star))
         manifest = open_artifacts(backend, artifacts, resolve_release(weights, clip, vae, star) if given else None)
         memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device)(manifest.config)
-        engine = create_backend(backend, device, manifest=manifest)
+        engine = create_backend(backend, device, manifest=manifest, threads=threads)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:
         model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
