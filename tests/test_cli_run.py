@@ -41,3 +41,12 @@ def test_parity_command_passes_on_fp32_artifacts(artifacts_fp32, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and report.is_file()
+
+
+def test_default_model_runs_without_weight_options(tmp_path):
+    """The README's first command: no weight options, a PNG comes out."""
+    out = tmp_path / "circle.png"
+    result = CliRunner().invoke(app, ["run", "a red circle on a blue background", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    pixels, text = read_png(out)
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and text["prompt"] == "a red circle on a blue background"

@@ -11,7 +11,9 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 
+from ..config import preset
 from ..errors import ConfigError, StarDeployError
+from ..random_weights import random_model
 from ..weights import ConfigCheck, ReleasePaths, StarModel, load_release, resolution_from_name, resolve_release
 
 log = logging.getLogger("star_deploy")
@@ -64,9 +66,25 @@ def release_paths(weights: Path | None, clip: Path | None, vae: Path | None, sta
     """The user's release, or the built-in demo model when no weight option is given."""
     if weights is None and clip is None and vae is None and star is None:
         weights = DEMO_WEIGHTS
-        if not weights.is_dir():
-            raise StarDeployError(f"{weights}: the built-in demo weights are missing; reinstall star-deploy or pass --weights")
     return resolve_release(weights, clip, vae, star)
+
+
+def demo_installed() -> bool:
+    return any(DEMO_WEIGHTS.glob("star*"))
+
+
+def fallback_model(resolution: int | None, check: ConfigCheck | None) -> StarModel:
+    """The seeded random-weight tiny model, used by default while no trained demo is installed."""
+    log.warning(
+        "no weights given and no trained demo model is installed: using a random-weight tiny model "
+        "(its images are noise); pass --weights for the STAR release"
+    )
+    config = preset("tiny")
+    if resolution not in (None, config.resolution):
+        raise ConfigError(f"the built-in random-weight model runs at {config.resolution} px; drop --resolution or pass --weights")
+    if check is not None:
+        check(config)
+    return random_model(config, seed=0)
 
 
 def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
@@ -94,6 +112,8 @@ def load_model(
     check: ConfigCheck | None = None,
 ) -> StarModel:
     """Load the selected release; ``check`` sees the config before the weights are materialized."""
+    if weights is None and clip is None and vae is None and star is None and not demo_installed():
+        return fallback_model(resolution, check)
     paths = release_paths(weights, clip, vae, star)
     resolution = choose_resolution(paths, resolution)
     log.info("loading %s", paths.star)
