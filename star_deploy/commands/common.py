@@ -22,7 +22,7 @@ DEMO_RESOLUTION = 128
 
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option("--weights", help="Folder of the STAR release (CLIP/, vae*.pth, star*.pth). Default: the built-in demo model."),
+    typer.Option("--weights", help="Folder of the STAR release (CLIP/, vae*.pth, star*.pth). Default: the built-in model (the trained demo when installed, else a random-weight tiny STAR)."),
 ]
 ClipOpt = Annotated[Path | None, typer.Option("--clip", help="The release's CLIP folder (tokenizer/ and text_encoder/).")]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="VQVAE checkpoint, e.g. vae_ch160v4096z32.pth.")]

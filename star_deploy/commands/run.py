@@ -171,7 +171,7 @@ def run(
 ) -> None:
     """Generate images from PROMPTS and write PNGs (prompt, seed and sampler settings embedded).
 
-    With no weight options, the built-in demo model (128 px, simple shapes) is used.
+    With no weight options, the built-in default model is used (see --weights).
     An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
