@@ -154,7 +154,7 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (one prompt) or folder (several). Default star.png / star_images/.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed+i.")] = 0,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance strength (ramps from 0 over the scales).")] = 4.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0: off; clamped to the codebook size).")] = 600,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens (0: off). Default: the official 600, capped at the codebook size.")] = None,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = 0.8,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 1,
     backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
@@ -175,7 +175,7 @@ def run(
     An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
-    sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = SamplingConfig(cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed)
     device = default_device(backend, device)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -198,7 +198,8 @@ def run(
     pipeline = StarPipeline(engine, tokenizer)
     vocab = pipeline.config.transformer.vocab_size
     if sampling.top_k > vocab:
-        log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
+        if top_k is not None:
+            log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
         sampling = sampling.clamped(vocab)
     results = generate_batches(pipeline, prompts, sampling, batch_size)
     images = [img for r in results for img in r.images]
