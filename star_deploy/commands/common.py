@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from ..config import preset
@@ -49,7 +48,7 @@ def reports_errors(func: F) -> F:
         except KeyboardInterrupt:
             typer.secho("interrupted; no partial output was left behind", err=True)
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             log.debug("unexpected error", exc_info=True)
