@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import ArtifactError
+from ..records import read_record
 from .profiles import Profile
 
 SIDECAR_FORMAT = "star-deploy-engine"
@@ -78,14 +79,7 @@ def write_sidecar(path: Path, sidecar: EngineSidecar) -> None:
 
 def load_sidecar(path: Path) -> EngineSidecar:
     rebuild = "build the engines with `star-deploy build-engine DIR`"
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; {rebuild}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); {rebuild}") from None
-    if data.get("format") != SIDECAR_FORMAT or data.get("format_version") != SIDECAR_VERSION:
-        raise ArtifactError(f"{path}: not a star-deploy engine sidecar of version {SIDECAR_VERSION}; {rebuild}")
+    data = read_record(path, SIDECAR_FORMAT, SIDECAR_VERSION, "engine sidecar", rebuild)
     try:
         return EngineSidecar.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

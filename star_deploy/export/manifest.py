@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import StarConfig
 from ..errors import ArtifactError
+from ..records import read_record
 from ..graphs import GraphSpec, graph_specs
 
 MANIFEST = "manifest.json"
@@ -104,14 +105,7 @@ def load_manifest(root: Path) -> Manifest:
     path = root / MANIFEST
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such artefact directory; create it with `star-deploy export --out {root}`")
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; {root} is not a complete export (run `star-deploy export` again)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); export again") from None
-    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a star-deploy manifest of version {FORMAT_VERSION}; export again")
+    data = read_record(path, FORMAT, FORMAT_VERSION, "manifest", f"{root} is not a complete export: run `star-deploy export` again")
     config = StarConfig.from_dict(data["config"])
     precision = data["precision"]
     specs = graph_specs(config, precision)

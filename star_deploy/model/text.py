@@ -45,25 +45,29 @@ class PromptTokenizer:
         return Tokens(enc.input_ids.long(), enc.attention_mask.long())
 
 
+HF_FIELDS = {
+    "width": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "intermediate": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_length": "max_position_embeddings",
+    "activation": "hidden_act",
+}
+"""TextEncoderConfig field -> transformers CLIPTextConfig attribute."""
+
+
 def text_encoder_config(model: torch.nn.Module) -> TextEncoderConfig:
-    c = model.config
-    return TextEncoderConfig(
-        width=c.hidden_size,
-        layers=c.num_hidden_layers,
-        heads=c.num_attention_heads,
-        intermediate=c.intermediate_size,
-        vocab_size=c.vocab_size,
-        max_length=c.max_position_embeddings,
-        activation=c.hidden_act,
-    )
+    return TextEncoderConfig(**{ours: getattr(model.config, theirs) for ours, theirs in HF_FIELDS.items()})
 
 
 def load_text_encoder(encoder_dir: Path) -> torch.nn.Module:
+    """The CLIPTextModel in ``encoder_dir``, in float32 whatever dtype it was saved in."""
     from transformers import CLIPTextModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    return CLIPTextModel.from_pretrained(str(encoder_dir)).eval()
+    return CLIPTextModel.from_pretrained(str(encoder_dir)).float().eval()
 
 
 def random_text_encoder(config: TextEncoderConfig, seed: int = 0) -> torch.nn.Module:
@@ -72,13 +76,7 @@ def random_text_encoder(config: TextEncoderConfig, seed: int = 0) -> torch.nn.Mo
 
     torch.manual_seed(seed)
     hf = CLIPTextConfig(
-        hidden_size=config.width,
-        num_hidden_layers=config.layers,
-        num_attention_heads=config.heads,
-        intermediate_size=config.intermediate,
-        vocab_size=config.vocab_size,
-        max_position_embeddings=config.max_length,
-        hidden_act=config.activation,
+        **{theirs: getattr(config, ours) for ours, theirs in HF_FIELDS.items()},
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=0,
