@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .config import StarConfig
+from .demo import DEMO_WEIGHTS
 from .model.text import random_text_encoder
 from .model.transformer import StarTransformer
 from .model.vqvae import StarVQVAE
 from .weights import StarModel
 
-BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "data" / "clip_tokenizer"
+BUNDLED_TOKENIZER = DEMO_WEIGHTS / "CLIP" / "tokenizer"
+"""The CLIP tokenizer files shipped with the demo model (the official STAR tokenizer)."""
 
 
 def random_model(config: StarConfig, seed: int = 0) -> StarModel:

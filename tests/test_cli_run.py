@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from conftest import GOLDEN
 from star_deploy.cli import app
+from star_deploy.demo.evaluate import Reading, read_image
 from star_deploy.images import read_png
 
 GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8"]
@@ -44,12 +45,13 @@ def test_parity_command_passes_on_fp32_artifacts(artifacts_fp32, tmp_path):
 
 
 def test_default_model_runs_without_weight_options(tmp_path):
-    """The README's first command: no weight options, a PNG comes out."""
+    """The README's first command: no weight options, and the PNG shows what it asks for."""
     out = tmp_path / "circle.png"
     result = CliRunner().invoke(app, ["run", "a red circle on a blue background", "-o", str(out)])
     assert result.exit_code == 0, result.output
     pixels, text = read_png(out)
-    assert pixels.ndim == 3 and pixels.shape[2] == 3 and text["prompt"] == "a red circle on a blue background"
+    assert pixels.shape == (128, 128, 3) and text["prompt"] == "a red circle on a blue background"
+    assert read_image(pixels.astype(np.float32) / 255) == Reading("red", "circle", "blue")
 
 
 def test_parity_command_fails_on_artifacts_of_other_weights(artifacts_fp32, tmp_path):

@@ -52,7 +52,10 @@ def bench(
     star: StarOpt = None,
     resolution: ResolutionOpt = None,
 ) -> None:
-    """Time the backends on the same prompts and seeds; print a table and the per-stage breakdown."""
+    """Time the backends on the same prompts and seeds; print a table and the per-stage breakdown.
+
+    With no weight options and no --random-weights, benchmarks the built-in demo model.
+    """
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed))
     if json_path is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,7 @@ from ..export.manifest import Manifest, load_manifest
 from ..export.readiness import check_artifacts, load_ops_table
 from ..model.text import PromptTokenizer
 from ..pipeline import StarPipeline
-from .common import reports_errors
+from .common import load_model, reports_errors
 
 log = logging.getLogger("star_deploy")
 DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, high quality"]
@@ -81,7 +82,7 @@ def check_thresholds(report: ValidationReport, min_agreement: float, min_psnr: f
 
 
 def check(
-    artifacts: Annotated[Path, typer.Argument(help="Artefact folder from `star-deploy export`.")],
+    artifacts: Annotated[Path | None, typer.Argument(help="Artefact folder from `star-deploy export`. Default: the built-in demo model, exported to a temporary folder.")] = None,
     backend: Annotated[str | None, typer.Option(help="tensorrt: also validate DIR/engines on the GPU against ONNX Runtime.")] = None,
     reference: Annotated[Path | None, typer.Option(help="Reference artefact folder (e.g. an fp32 export) run with ONNX Runtime. Default: DIR.")] = None,
     device: Annotated[str, typer.Option(help="CUDA device of the engines.")] = "cuda",
@@ -97,6 +98,11 @@ def check(
 
     Readiness needs no GPU: supported operators, data types, Resize modes, profilable shapes.
     """
+    if artifacts is None:
+        if backend is not None:
+            raise ConfigError("--backend tensorrt validates built engines: pass the artefact folder they were built from")
+        check_demo()
+        return
     manifest = load_manifest(artifacts)
     report_readiness(manifest)
     report_memory(manifest, [1])
@@ -111,6 +117,19 @@ def check(
     if json_out is not None:
         write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n")
     check_thresholds(report, min_agreement, min_psnr)
+
+
+def check_demo() -> None:
+    """Readiness of the built-in demo model's fp32 and fp16 graphs, exported to a temporary folder."""
+    from ..export.artifacts import export_artifacts
+
+    model = load_model(None, None, None, None, None)
+    with tempfile.TemporaryDirectory(prefix="star-deploy-check-") as tmp:
+        for precision in ("fp32", "fp16"):
+            typer.echo(f"built-in demo model, {precision}:")
+            manifest = load_manifest(export_artifacts(model, Path(tmp) / precision, precision))
+            report_readiness(manifest)
+            report_memory(manifest, [1])
 
 
 def finite(value: float) -> float | None:

@@ -10,18 +10,15 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..config import preset
+from ..demo import DEMO_RESOLUTION, DEMO_WEIGHTS
 from ..errors import ConfigError, StarDeployError
-from ..random_weights import random_model
 from ..weights import ConfigCheck, ReleasePaths, StarModel, load_release, resolution_from_name, resolve_release
 
 log = logging.getLogger("star_deploy")
-DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "demo" / "weights"
-DEMO_RESOLUTION = 128
 
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option("--weights", help="Folder of the STAR release (CLIP/, vae*.pth, star*.pth). Default: the built-in model (the trained demo when installed, else a random-weight tiny STAR)."),
+    typer.Option("--weights", help="Folder of the STAR release (CLIP/, vae*.pth, star*.pth). Default: the built-in demo STAR (128 px, trained on coloured shapes: 'a red circle on a blue background')."),
 ]
 ClipOpt = Annotated[Path | None, typer.Option("--clip", help="The release's CLIP folder (tokenizer/ and text_encoder/).")]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="VQVAE checkpoint, e.g. vae_ch160v4096z32.pth.")]
@@ -68,24 +65,6 @@ def release_paths(weights: Path | None, clip: Path | None, vae: Path | None, sta
     return resolve_release(weights, clip, vae, star)
 
 
-def demo_installed() -> bool:
-    return any(DEMO_WEIGHTS.glob("star*"))
-
-
-def fallback_model(resolution: int | None, check: ConfigCheck | None) -> StarModel:
-    """The seeded random-weight tiny model, used by default while no trained demo is installed."""
-    log.warning(
-        "no weights given and no trained demo model is installed: using a random-weight tiny model "
-        "(its images are noise); pass --weights for the STAR release"
-    )
-    config = preset("tiny")
-    if resolution not in (None, config.resolution):
-        raise ConfigError(f"the built-in random-weight model runs at {config.resolution} px; drop --resolution or pass --weights")
-    if check is not None:
-        check(config)
-    return random_model(config, seed=0)
-
-
 def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
     """The user's --resolution, else the demo's, else the one an official file name states."""
     if resolution is not None:
@@ -111,8 +90,6 @@ def load_model(
     check: ConfigCheck | None = None,
 ) -> StarModel:
     """Load the selected release; ``check`` sees the config before the weights are materialized."""
-    if weights is None and clip is None and vae is None and star is None and not demo_installed():
-        return fallback_model(resolution, check)
     paths = release_paths(weights, clip, vae, star)
     resolution = choose_resolution(paths, resolution)
     log.info("loading %s", paths.star)

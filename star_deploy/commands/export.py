@@ -41,7 +41,7 @@ def export(
     """Export a STAR release to ONNX graphs and a manifest.json that describes them.
 
     Graphs: text_encoder, text_context, transformer_step, scale_update, vq_decoder.
-    With no weight options, exports the built-in default model.
+    With no weight options, exports the built-in demo model.
 
     The folder appears only when complete: an interrupted export leaves nothing behind.
     """

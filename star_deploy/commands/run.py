@@ -171,7 +171,9 @@ def run(
 ) -> None:
     """Generate images from PROMPTS and write PNGs (prompt, seed and sampler settings embedded).
 
-    With no weight options, the built-in default model is used (see --weights).
+    With no weight options, the built-in demo model draws the prompt at 128 px: one circle,
+    square or triangle in one of eight colours on a plain background, e.g.
+    "a red circle on a blue background" or "white backdrop with a small green square at the top left".
     An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
