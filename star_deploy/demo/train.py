@@ -6,11 +6,13 @@ Stage 1 trains the multi-scale VQVAE. Stage 2 first teaches a small CLIP text en
 read a caption's attributes, then trains the transformer and the text encoder together on
 teacher-forced token sequences. Everything is seeded; on CPU with a fixed thread count a run
 is reproducible. The shipped weights (``star_deploy/demo/weights``, its training.json holds
-the record) come from three runs, about 45 + 35 + 25 minutes on 2 cores:
+the record) come from four runs, about 45 + 35 + 25 + 15 minutes on 2 cores:
 
     python -m star_deploy.demo.train --vae-only --out stage1 --threads 1
     python -m star_deploy.demo.train --vae-from stage1/vae.pth --out stage2 --threads 2
     python -m star_deploy.demo.train --resume stage2 --seed 1 --ar-steps 1200 --ar-lr 5e-4 \
+        --uniform-loss --threads 2 --out stage3
+    python -m star_deploy.demo.train --resume stage3 --seed 2 --ar-steps 1000 --ar-lr 3e-4 \
         --uniform-loss --threads 2 --out star_deploy/demo/weights
 """
 
