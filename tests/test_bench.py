@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from star_deploy.backends.eager_backend import EagerBackend
-from star_deploy.bench.fidelity import agreement, psnr, resample
+from star_deploy.bench.fidelity import agreement, fidelity, psnr
 from star_deploy.bench.flops import decoder_flops, step_flops
+from star_deploy.bench.runner import TORCH_GRAPHS, BackendSource, BenchSettings, run_bench
 from star_deploy.cli import app
 from star_deploy.config import MAX_TEXT_TOKENS
 from star_deploy.model.tables import build_scale_tables
@@ -58,11 +60,13 @@ def test_eager_baseline_reproduces_golden(eager_pipeline, golden, golden_cases, 
     assert psnr(gen.images, torch.from_numpy(golden[f"{case['key']}/image"])) >= 80
 
 
-def test_resampling_kept_logits_gives_the_pipeline_tokens(torch_pipeline, golden_sampling):
-    gen = torch_pipeline.generate(["a red car.", "a dog"], golden_sampling, seeds=[3, 4], keep_logits=True)
-    tokens = resample(torch_pipeline.config, gen.logits, golden_sampling, [3, 4])
-    assert torch.equal(tokens, gen.tokens)
-    assert agreement(tokens, gen.tokens) == 1.0 and agreement(tokens, (tokens + 1) % 256) == 0.0
+def test_teacher_forcing_on_own_tokens_draws_them_again(torch_pipeline, golden_sampling):
+    """The fidelity measure: forced on its own tokens, a backend draws exactly those tokens."""
+    gen = torch_pipeline.generate(["a red car.", "a dog"], golden_sampling, seeds=[3, 4])
+    forced = torch_pipeline.generate(["a red car.", "a dog"], golden_sampling, seeds=[3, 4], teacher_tokens=gen.tokens)
+    assert fidelity(gen, forced) == {"teacher_forced_token_agreement": 1.0, "image_psnr_db": math.inf}
+    other = torch_pipeline.generate(["a red car.", "a dog"], golden_sampling, seeds=[5, 6], teacher_tokens=gen.tokens)
+    assert agreement(other.sampled, gen.tokens) < 0.5
 
 
 def test_bench_command_reports_every_backend(artifacts_fp32, tmp_path):
@@ -83,7 +87,16 @@ def test_bench_command_reports_every_backend(artifacts_fp32, tmp_path):
         assert entry["vs_floor"] > 1 and len(entry["stages"]["steps"]) == 10
         assert set(entry["stages"]) == {"text", "steps", "sampling", "update", "decode"}
     for name in ("torch", "onnxruntime"):
-        assert report["backends"][name]["fidelity"]["tokens_equal_baseline"] is True
+        assert report["backends"][name]["fidelity"]["tokens_equal_fp32"] is True
         assert report["backends"][name]["fidelity"]["teacher_forced_token_agreement"] == 1.0
     assert report["backends"]["onnxruntime-int8"]["fidelity"]["teacher_forced_token_agreement"] >= 0.9
     assert "skipped" in report["backends"]["tensorrt"]
+
+
+def test_without_the_baseline_fidelity_is_measured_against_a_float32_run(tiny_model):
+    """The reference the GPU bench uses (its baseline runs fp16 autocast): a float32 torch generation."""
+    settings = BenchSettings(("torch", TORCH_GRAPHS), repeat=1, dtype="bfloat16")
+    report = run_bench(BackendSource(tiny_model, None, None, settings), settings)
+    fid = report["backends"]["torch"]["fidelity"]
+    assert 0.9 <= fid["teacher_forced_token_agreement"] < 1.0 and fid["image_psnr_db"] > 30
+    assert report["backends"][TORCH_GRAPHS] == {"skipped": f"{TORCH_GRAPHS} needs --device cuda"}

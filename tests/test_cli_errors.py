@@ -117,6 +117,7 @@ def w(name: str) -> list[str]:
 # (id, args, exit code, message fragment); {bad} = the bad-input folder, {out} = a fresh output path.
 CASES = [
     ("weights-missing", RUN + ["--weights", "{bad}/nope", "-o", "{out}"], 2, "not a directory"),
+    ("cuda-graphs-on-cpu", RUN + ["--weights", G, "--cuda-graphs", "-o", "{out}"], 2, "--cuda-graphs applies to --backend torch with --device cuda"),
     ("weights-is-file", RUN + w("a_file") + ["-o", "{out}"], 2, "not a directory"),
     ("release-no-star", RUN + w("no_star") + ["-o", "{out}"], 2, "no file matching star*.pth"),
     ("release-no-vae", RUN + w("no_vae") + ["-o", "{out}"], 2, "no file matching vae*.pth"),

@@ -30,6 +30,8 @@ from star_deploy.pipeline import StarPipeline
 from star_deploy.weights import StarModel, load_release, resolve_release
 
 BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
+if torch.cuda.is_available():
+    BACKENDS += ["torch-cuda-fp16", "torch-cuda-graphs-fp16"]
 SEEDS_PER_COMBO = 2
 MIN_COLOUR_RATE = 0.9
 MIN_SHAPE_RATE = 0.75
@@ -55,17 +57,19 @@ def demo_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def make_pipeline(name: str, artifacts: dict[str, Path]) -> StarPipeline:
-    """A pipeline of the named CPU backend over the demo model."""
-    if name == "torch":
+    """A pipeline of the named backend over the demo model."""
+    if name.startswith("torch"):
         model = load_demo()
-        return StarPipeline(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
+        device, dtype = ("cuda", torch.float16) if "cuda" in name else ("cpu", torch.float32)
+        backend = TorchBackend(model, device, dtype, cuda_graphs="graphs" in name)
+        return StarPipeline(backend, PromptTokenizer(model.tokenizer_dir))
     manifest = load_manifest(artifacts[name.removeprefix("onnxruntime-")])
     return StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def pipeline(request: pytest.FixtureRequest) -> StarPipeline:
-    artifacts = request.getfixturevalue("demo_artifacts") if request.param != "torch" else {}
+    artifacts = request.getfixturevalue("demo_artifacts") if not request.param.startswith("torch") else {}
     return make_pipeline(request.param, artifacts)
 
 

@@ -45,6 +45,7 @@ def create_backend(
     manifest: Manifest | None = None,
     dtype: str = "float32",
     threads: int = 0,
+    cuda_graphs: bool = False,
 ):
     """The named backend on ``device``: torch runs ``model``, the others run ``manifest``."""
     if backend == "tensorrt":
@@ -57,7 +58,9 @@ def create_backend(
             raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
         from .torch_backend import TorchBackend
 
-        return TorchBackend(model, device, TORCH_DTYPES[dtype])
+        if cuda_graphs and not device.startswith("cuda"):
+            raise ConfigError("CUDA graphs need --device cuda")
+        return TorchBackend(model, device, TORCH_DTYPES[dtype], cuda_graphs)
     if backend == "onnxruntime":
         from .ort_backend import OrtBackend
 

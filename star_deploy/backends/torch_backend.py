@@ -1,4 +1,4 @@
-"""The PyTorch reference backend: eager modules, static KV cache written in place."""
+"""The PyTorch reference backend: eager modules, static KV cache written in place, optional CUDA graphs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContex
 from ..model.tables import ScaleTables
 from ..model.text import TextEncoderModule
 from ..weights import StarModel
+from .cuda_graphs import CudaGraphs
 
 
 class KVCache:
@@ -29,23 +30,33 @@ class KVCache:
         """Views of the filled prefix: keys of every layer, then values."""
         return [k[: self.length] for k in self.keys] + [v[: self.length] for v in self.values]
 
-    def append(self, new: list[torch.Tensor]) -> None:
-        """Write this scale's keys then values (l, rows, H, D) after the prefix."""
+    def write(self, new: list[torch.Tensor]) -> None:
+        """Write this scale's keys then values (l, rows, H, D) after the prefix, without advancing."""
         count = new[0].shape[0]
         for dst, src in zip(self.keys + self.values, new):
             dst[self.length : self.length + count].copy_(src)
-        self.length += count
 
 
 class TorchBackend:
-    """Runs the reference modules; ``dtype`` applies to the transformer and decoder."""
+    """Runs the reference modules; ``dtype`` applies to the transformer and decoder.
+
+    With ``cuda_graphs``, every scale's step (with its cache write), update and the decoder
+    are captured as CUDA graphs on the first generation and replayed afterwards.
+    """
 
     name = "torch"
 
-    def __init__(self, model: StarModel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        model: StarModel,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cuda_graphs: bool = False,
+    ) -> None:
         self.config = model.config
         self.device = torch.device(device)
         self.dtype = dtype
+        self.graphs = CudaGraphs(self.device) if cuda_graphs else None
         model.to(self.device, dtype)
         self.text_graph = TextEncoderModule(model.text_encoder)
         self.context_graph = TextContextGraph(model.transformer)
@@ -62,10 +73,15 @@ class TorchBackend:
     @torch.inference_mode()
     def begin(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         start, bias, *kv = self.context_graph(hidden.to(self.device), attention_mask.to(self.device), pooled.to(self.device))
-        self.text = [bias, *kv]
         rows = 2 * hidden.shape[0]
         if self.cache is None or self.cache.rows != rows:
             self.cache = KVCache(self.config, rows, self.dtype, self.device)
+            self.text = [bias, *kv]
+            if self.graphs is not None:
+                self.graphs.reset()
+        else:
+            for dst, src in zip(self.text, [bias, *kv]):
+                dst.copy_(src)
         self.cache.length = 0
         return start
 
@@ -74,17 +90,32 @@ class TorchBackend:
         if self.cache is None:
             raise RuntimeError("begin() must run before step()")
         t = tables.to(self.device)
-        logits, *new = self.step_graph(x, t.rope_cos, t.rope_sin, *self.text, *self.cache.past())
-        self.cache.append(new)
+        if self.graphs is None:
+            (logits,) = self._step(x, t.rope_cos, t.rope_sin)
+        else:
+            (logits,) = self.graphs.run(("step", scale), self._step, x, t.rope_cos, t.rope_sin)
+        self.cache.length += x.shape[1]
         return logits
+
+    def _step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor]:
+        """The step over the cached prefix, writing its K/V into the next slot."""
+        logits, *new = self.step_graph(x, cos, sin, *self.text, *self.cache.past())
+        self.cache.write(new)
+        return (logits,)
 
     @torch.inference_mode()
     def update(
         self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
     ) -> tuple[torch.Tensor, torch.Tensor]:
         t = tables.to(self.device)
-        return self.update_graph(tokens.to(self.device), f_hat, t.upsample, t.downsample, t.phi_weights, t.next_level)
+        args = (tokens.to(self.device), f_hat, t.upsample, t.downsample, t.phi_weights, t.next_level)
+        if self.graphs is None:
+            return self.update_graph(*args)
+        return self.graphs.run(("update", scale), self.update_graph, *args)
 
     @torch.inference_mode()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder_graph(f_hat.to(self.device))
+        if self.graphs is None:
+            return self.decoder_graph(f_hat.to(self.device))
+        (image,) = self.graphs.run("decode", lambda f: (self.decoder_graph(f),), f_hat.to(self.device))
+        return image

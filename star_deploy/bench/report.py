@@ -25,7 +25,7 @@ def fidelity_text(f: dict) -> str:
         return "reference"
     psnr = f["image_psnr_db"]
     psnr_text = "inf" if psnr is None or math.isinf(psnr) else f"{psnr:.1f}"
-    equal = "tokens equal" if f.get("tokens_equal_baseline") else "tokens differ"
+    equal = "tokens equal" if f.get("tokens_equal_fp32") else "tokens differ"
     return f"{100 * f['teacher_forced_token_agreement']:.2f}% TF, {psnr_text} dB, {equal}"
 
 

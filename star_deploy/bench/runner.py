@@ -28,7 +28,8 @@ from .machine import PeakMemory, machine_info, matmul_throughput
 log = logging.getLogger(__name__)
 
 BASELINE = "torch-eager"
-BENCH_BACKENDS = (BASELINE, "torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+TORCH_GRAPHS = "torch-cuda-graphs"
+BENCH_BACKENDS = (BASELINE, "torch", TORCH_GRAPHS, "onnxruntime", "onnxruntime-int8", "tensorrt")
 PROMPTS = (
     "a photo of a red fox sitting in the snow, high quality",
     "a watercolor painting of a lighthouse at sunset",
@@ -135,7 +136,9 @@ class BackendSource:
     def build(self, name: str):
         """The backend ``name`` on the settings' device, or BackendUnavailableError."""
         s = self.settings
-        if name in (BASELINE, "torch"):
+        if name in (BASELINE, "torch", TORCH_GRAPHS):
+            if name == TORCH_GRAPHS and not s.device.startswith("cuda"):
+                raise BackendUnavailableError(f"{name} needs --device cuda")
             if self.model is None:
                 raise BackendUnavailableError(f"{name} runs the PyTorch model: pass --weights or --random-weights")
             model = copy.deepcopy(self.model)
@@ -143,7 +146,7 @@ class BackendSource:
                 from ..backends.eager_backend import EagerBackend
 
                 return EagerBackend(model, s.device)
-            return create_backend("torch", s.device, model=model, dtype=s.dtype)
+            return create_backend("torch", s.device, model=model, dtype=s.dtype, cuda_graphs=name == TORCH_GRAPHS)
         if name == "tensorrt":
             return create_backend("tensorrt", s.device, manifest=self.manifest(False))
         return create_backend("onnxruntime", s.device, manifest=self.manifest(name.endswith("int8")), threads=s.threads)
@@ -179,17 +182,30 @@ def run_backend(name: str, backend, tokenizer: PromptTokenizer, settings: BenchS
     with PeakMemory(backend.device) as memory:
         for i in range(settings.warmup):
             if i == 0 and reference is not None:
-                forced = pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True)
-                report = fidelity(backend.config, reference, forced, sampling, seeds)
+                report = fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
             else:
                 pipeline.generate(prompts, sampling, seeds)
         runs = [pipeline.generate(prompts, sampling, seeds) for _ in range(settings.repeat)]
     if reference is not None:
         if not report:
-            forced = pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True)
-            report = fidelity(backend.config, reference, forced, sampling, seeds)
-        report["tokens_equal_baseline"] = bool(torch.equal(runs[0].tokens, reference.tokens))
+            report = fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
+        report["tokens_equal_fp32"] = bool(torch.equal(runs[0].tokens, reference.tokens))
     return BackendRun(name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report)
+
+
+def fp32_reference(source: BackendSource, tokenizer: PromptTokenizer, settings: BenchSettings) -> Generation | None:
+    """The torch backend's float32 generation on the bench device: what fidelity is measured against.
+
+    On CPU the baseline runs float32 and is the reference itself; on GPU it runs fp16 autocast.
+    """
+    if source.model is None:
+        return None
+    log.info("generating the float32 reference")
+    backend = create_backend("torch", settings.device, model=copy.deepcopy(source.model), dtype="float32")
+    generation = StarPipeline(backend, tokenizer).generate(settings.prompts, settings.sampling, settings.seeds)
+    del backend
+    gc.collect()
+    return generation
 
 
 def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
@@ -199,7 +215,8 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
     tokenizer = PromptTokenizer(source.tokenizer_dir())
     order = sorted(settings.backends, key=lambda b: b != BASELINE)
     runs: list[BackendRun] = []
-    reference: Generation | None = None
+    baseline_is_fp32 = BASELINE in order and device.type == "cpu"
+    reference = None if baseline_is_fp32 else fp32_reference(source, tokenizer, settings)
     for name in order:
         try:
             backend = source.build(name)
@@ -209,7 +226,7 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
             continue
         log.info("benchmarking %s", name)
         run = run_backend(name, backend, tokenizer, settings, reference)
-        if name == BASELINE:
+        if name == BASELINE and baseline_is_fp32:
             reference = run.first
         runs.append(run)
         del backend

@@ -60,7 +60,7 @@ def bench(
     settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed))
     if json_path is not None:
         check_writable(json_path, overwrite=True)
-    needs_model = any(n in ("torch-eager", "torch") for n in names) or artifacts is None
+    needs_model = any(n.startswith("torch") for n in names) or artifacts is None
     if random_weights and (weights or clip or vae or star):
         raise ConfigError("--random-weights and --weights/--clip/--vae/--star exclude each other")
     model = bench_model(random_weights, preset_name, weights, clip, vae, star, resolution, needs_model)

@@ -162,6 +162,7 @@ def run(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None,
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch backend on CUDA: capture every scale as a CUDA graph on the first batch, replay it for the next (faster from the second batch on).")] = False,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -187,6 +188,8 @@ def run(
     paths = output_paths(out, prompts)
     check_outputs(paths, overwrite)
     batch = min(batch_size, len(prompts))
+    if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
+        raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     if needs_artifacts(backend):
         given = any(v is not None for v in (weights, clip, vae, star))
         manifest = open_artifacts(backend, artifacts, resolve_release(weights, clip, vae, star) if given else None)
@@ -195,7 +198,7 @@ def run(
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:
         model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
-        engine = create_backend(backend, device, model=model, dtype=dtype)
+        engine = create_backend(backend, device, model=model, dtype=dtype, cuda_graphs=cuda_graphs)
         tokenizer = PromptTokenizer(model.tokenizer_dir)
     pipeline = StarPipeline(engine, tokenizer)
     vocab = pipeline.config.transformer.vocab_size

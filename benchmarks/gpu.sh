@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU checks and figures: CUDA tests (golden parity, fp16 fidelity, CUDA graphs, the demo),
+# a CLI run with CUDA graphs, then `star-deploy bench` on CUDA for each preset.
+# Usage: benchmarks/gpu.sh [tests|bench|all]
+# Env: OUT (results folder, default gpu-results), PRESETS (default "1024-d30 256-d16"), REPEAT (5).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-results}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+what="${1:-all}"
+log="$OUT/log.txt"
+status=0
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$log"
+python3 -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())" | tee -a "$log"
+
+if [[ "$what" == tests || "$what" == all ]]; then
+    python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_demo.py -k "cuda" 2>&1 | tee -a "$log" || status=1
+    python3 -m star_deploy.cli run "a red circle on a blue background" "a small yellow triangle on black" \
+        "a green square on a white background" --device cuda --dtype float16 --cuda-graphs \
+        --out "$OUT" --overwrite 2>&1 | tee -a "$log" || status=1
+fi
+
+if [[ "$what" == bench || "$what" == all ]]; then
+    for p in ${PRESETS:-1024-d30 256-d16}; do
+        python3 -m star_deploy.cli bench --random-weights --preset "$p" --device cuda --dtype float16 \
+            --backends torch-eager,torch,torch-cuda-graphs --warmup 2 --repeat "${REPEAT:-5}" \
+            --json "$OUT/bench_$p.json" 2>&1 | tee -a "$log" || status=1
+    done
+fi
+exit $status

@@ -1,0 +1,77 @@
+"""The torch backend on a CUDA GPU: golden parity in fp32, fp16 fidelity, CUDA graphs.
+
+Skipped on machines without CUDA; `benchmarks/gpu.sh` runs them on a GPU machine. CUDA
+generators draw other numbers than CPU ones, so sampled tokens are compared between CUDA
+pipelines, and against the golden data only under teacher forcing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import load_golden_model, max_err
+from star_deploy.backends.torch_backend import TorchBackend
+from star_deploy.commands.parity import THRESHOLDS, failures
+from star_deploy.config import SamplingConfig
+from star_deploy.model.text import PromptTokenizer
+from star_deploy.parity import fidelity
+from star_deploy.pipeline import StarPipeline
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+LOGITS_TOL = 1e-3
+IMAGE_TOL = 1e-3
+"""fp32 on CUDA, TF32 off for matmuls and convolutions (with cuDNN's default TF32 the image is 5e-3 off)."""
+PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
+SAMPLING = SamplingConfig(cfg=4.0, top_k=50, top_p=0.8)
+
+
+def cuda_pipeline(dtype: torch.dtype = torch.float32, cuda_graphs: bool = False) -> StarPipeline:
+    model = load_golden_model()
+    return StarPipeline(TorchBackend(model, "cuda", dtype, cuda_graphs), PromptTokenizer(model.tokenizer_dir))
+
+
+@pytest.fixture(scope="module")
+def fp32_cuda() -> StarPipeline:
+    return cuda_pipeline()
+
+
+@pytest.fixture
+def no_tf32():
+    """cuDNN convolutions default to TF32 (10-bit mantissa): off, to compare true fp32."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_cuda_fp32_teacher_forced_matches_golden(fp32_cuda, golden, golden_cases, golden_sampling, no_tf32, index):
+    case = golden_cases[index]
+    k = case["key"]
+    gen = fp32_cuda.generate(
+        [case["prompt"]], golden_sampling, seeds=[case["seed"]],
+        teacher_tokens=torch.from_numpy(golden[f"{k}/tokens"]), keep_logits=True,
+    )
+    assert max_err(torch.cat(gen.logits, dim=1), golden[f"{k}/logits"]) <= LOGITS_TOL
+    assert max_err(gen.images, golden[f"{k}/image"]) <= IMAGE_TOL
+
+
+def test_cuda_fp16_meets_fp16_thresholds(fp32_cuda):
+    result = fidelity(fp32_cuda, cuda_pipeline(torch.float16), PROMPTS, SAMPLING, [1, 2, 3])
+    assert failures(result, THRESHOLDS["fp16"]) == []
+    assert result.teacher_forced_token_agreement >= 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_graphs_replay_the_eager_result(dtype):
+    """Captured on the first generation, replayed on later ones with other prompts and seeds."""
+    eager, graphed = cuda_pipeline(dtype), cuda_pipeline(dtype, cuda_graphs=True)
+    for prompts, seeds in ((PROMPTS[:2], [1, 2]), (PROMPTS[1:], [7, 8]), (PROMPTS[:1], [3])):
+        want = eager.generate(prompts, SAMPLING, seeds)
+        got = graphed.generate(prompts, SAMPLING, seeds)
+        assert torch.equal(got.tokens, want.tokens)
+        assert max_err(got.images, want.images) == 0.0
+    assert len(graphed.backend.graphs.captured) == 2 * len(graphed.config.patch_nums) + 1
