@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from star_deploy.backends.eager_backend import EagerBackend
 from star_deploy.bench.fidelity import agreement, fidelity, psnr
-from star_deploy.bench.flops import decoder_flops, step_flops
-from star_deploy.bench.runner import TORCH_GRAPHS, BackendSource, BenchSettings, run_bench
+from star_deploy.bench.flops import StageTotals, decoder_flops, step_flops
+from star_deploy.bench.runner import TORCH_GRAPHS, BackendSource, BenchSettings, roofline, run_bench
+from star_deploy.bench.traffic import block_weights, generation_bytes, text_weights
 from star_deploy.cli import app
 from star_deploy.config import MAX_TEXT_TOKENS
 from star_deploy.model.tables import build_scale_tables
@@ -100,3 +101,20 @@ def test_without_the_baseline_fidelity_is_measured_against_a_float32_run(tiny_mo
     fid = report["backends"]["torch"]["fidelity"]
     assert 0.9 <= fid["teacher_forced_token_agreement"] < 1.0 and fid["image_psnr_db"] > 30
     assert report["backends"][TORCH_GRAPHS] == {"skipped": f"{TORCH_GRAPHS} needs --device cuda"}
+
+
+def test_weight_bytes_match_the_model(tiny_model):
+    """Per scale, the floor's memory term reads every weight matrix of the blocks and the head once."""
+    config = tiny_model.config
+    blocks = sum(p.numel() for p in tiny_model.transformer.blocks.parameters() if p.dim() == 2)
+    head = tiny_model.transformer.head_logits.weight.numel()
+    assert block_weights(config) * config.transformer.depth == blocks
+    assert generation_bytes(config, 1, 2).steps[0] == 2 * (blocks + head)
+    text = sum(p.numel() for n, p in tiny_model.text_encoder.named_parameters() if p.dim() == 2 and "layers" in n)
+    assert text_weights(config) == text
+
+
+def test_roofline_takes_the_binding_roof_per_stage():
+    flops = StageTotals(text=20.0, steps=[1.0, 1000.0], update=0.0, decode=50.0)
+    traffic = StageTotals(text=1.0, steps=[30.0, 30.0], update=0.0, decode=0.0)
+    assert roofline(flops, traffic, flops_per_s=10.0, bytes_per_s=1.0) == 2.0 + 30.0 + 100.0 + 5.0

@@ -14,8 +14,8 @@ from ..config import MAX_TEXT_TOKENS, StarConfig
 
 
 @dataclass(frozen=True)
-class FlopCount:
-    """FLOPs of one generation of ``batch`` prompts, by stage (matching StageTimes)."""
+class StageTotals:
+    """A quantity (FLOPs, bytes) of one generation of ``batch`` prompts, by stage (matching StageTimes)."""
 
     text: float
     steps: list[float]
@@ -100,9 +100,9 @@ def decoder_flops(config: StarConfig, batch: int) -> float:
     return 2.0 * batch * macs
 
 
-def generation_flops(config: StarConfig, batch: int = 1) -> FlopCount:
+def generation_flops(config: StarConfig, batch: int = 1) -> StageTotals:
     """FLOPs of generating ``batch`` images, split like pipeline.StageTimes."""
-    return FlopCount(
+    return StageTotals(
         text=text_encoder_flops(config, 2 * batch) + text_context_flops(config, batch),
         steps=[step_flops(config, batch, k) for k in range(config.num_scales)],
         update=sum(update_flops(config, batch, k) for k in range(config.num_scales)),

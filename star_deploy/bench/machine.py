@@ -74,6 +74,22 @@ def matmul_throughput(dtype: torch.dtype, device: torch.device, seconds: float =
     return 2.0 * m * k * n / best
 
 
+def copy_bandwidth(device: torch.device, seconds: float = 0.5) -> float:
+    """Best measured bytes/s (read + written) of a large device-to-device copy: the memory roof."""
+    n = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.ones(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n / best
+
+
 class PeakMemory:
     """Peak memory while a block runs: CUDA allocator peak on GPU, process peak RSS on CPU."""
 

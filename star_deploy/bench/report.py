@@ -59,8 +59,15 @@ def stages_table(report: dict) -> Table:
     return table
 
 
+LOG_WIDTH = 160
+"""Columns when the output is not a terminal (a log file), so names and figures stay whole."""
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=LOG_WIDTH)
     console.print(summary_table(report))
     console.print(stages_table(report))
 

@@ -22,8 +22,9 @@ from ..model.text import PromptTokenizer
 from ..pipeline import Generation, StageTimes, StarPipeline
 from ..weights import StarModel
 from .fidelity import fidelity
-from .flops import generation_flops
-from .machine import PeakMemory, machine_info, matmul_throughput
+from .flops import StageTotals, generation_flops
+from .machine import PeakMemory, copy_bandwidth, machine_info, matmul_throughput
+from .traffic import generation_bytes
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,11 @@ def build_report(config: StarConfig, settings: BenchSettings, device: torch.devi
     """The JSON document: machine, floor, and per backend median/p90/throughput/ratios/stages."""
     flops = generation_flops(config, settings.batch_size)
     dtypes = {r.compute_dtype for r in runs if not r.skipped} | {"float32"}
-    throughput = {d: matmul_throughput(TORCH_DTYPES[d] if d in TORCH_DTYPES else torch.float32, device) for d in dtypes}
-    floors = {d: flops.total / throughput[d] for d in dtypes}
+    torch_dtypes = {d: TORCH_DTYPES.get(d, torch.float32) for d in dtypes}
+    throughput = {d: matmul_throughput(torch_dtypes[d], device) for d in dtypes}
+    bandwidth = copy_bandwidth(device)
+    traffic = {d: generation_bytes(config, settings.batch_size, torch_dtypes[d].itemsize) for d in dtypes}
+    floors = {d: roofline(flops, traffic[d], throughput[d], bandwidth) for d in dtypes}
     backends: dict[str, dict] = {}
     baseline_median = None
     for run in runs:
@@ -254,8 +258,11 @@ def build_report(config: StarConfig, settings: BenchSettings, device: torch.devi
         if "median_s" in entry:
             entry["vs_baseline"] = baseline_median / entry["median_s"] if baseline_median else None
     return {
-        "machine": machine_info(device) | {"matmul_flops_per_s": throughput},
-        "model": {"preset_shape": config.to_dict(), "image_size": config.image_size, "flops": flops.to_dict()},
+        "machine": machine_info(device) | {"matmul_flops_per_s": throughput, "copy_bytes_per_s": bandwidth},
+        "model": {
+            "preset_shape": config.to_dict(), "image_size": config.image_size, "flops": flops.to_dict(),
+            "bytes_by_dtype": {d: b.to_dict() for d, b in traffic.items()},
+        },
         "settings": {
             "batch_size": settings.batch_size, "warmup": settings.warmup, "repeat": settings.repeat,
             "device": settings.device, "dtype": settings.dtype, "seeds": settings.seeds, "prompts": settings.prompts,
@@ -267,6 +274,15 @@ def build_report(config: StarConfig, settings: BenchSettings, device: torch.devi
         "baseline": BASELINE,
         "backends": backends,
     }
+
+
+def roofline(flops: StageTotals, traffic: StageTotals, flops_per_s: float, bytes_per_s: float) -> float:
+    """Seconds at the roofs: per stage and scale, the larger of FLOPs over throughput and bytes over bandwidth."""
+    def stage(f: float, b: float) -> float:
+        return max(f / flops_per_s, b / bytes_per_s)
+
+    steps = sum(stage(f, b) for f, b in zip(flops.steps, traffic.steps))
+    return steps + sum(stage(getattr(flops, s), getattr(traffic, s)) for s in ("text", "update", "decode"))
 
 
 def backend_entry(run: BackendRun, batch: int, floor: float) -> dict:
