@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,6 +89,25 @@ def copy_bandwidth(device: torch.device, seconds: float = 0.5) -> float:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n / best
+
+
+@dataclass(frozen=True)
+class Roofs:
+    """The machine's measured ceilings: matmul FLOP/s per dtype name and copy bytes/s."""
+
+    matmul_flops_per_s: dict[str, float]
+    copy_bytes_per_s: float
+
+    def best(self, other: "Roofs") -> "Roofs":
+        """The higher of two measurements of each ceiling (a shared machine only ever slows a probe down)."""
+        flops = {d: max(v, other.matmul_flops_per_s.get(d, 0.0)) for d, v in self.matmul_flops_per_s.items()}
+        return Roofs(flops, max(self.copy_bytes_per_s, other.copy_bytes_per_s))
+
+
+def measure_roofs(dtypes: dict[str, torch.dtype], device: torch.device) -> Roofs:
+    """Probe the matmul throughput of each named dtype and the copy bandwidth on ``device``."""
+    flops = {name: matmul_throughput(dtype, device) for name, dtype in dtypes.items()}
+    return Roofs(flops, copy_bandwidth(device))
 
 
 class PeakMemory:

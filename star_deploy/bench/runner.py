@@ -23,7 +23,7 @@ from ..pipeline import Generation, StageTimes, StarPipeline
 from ..weights import StarModel
 from .fidelity import fidelity
 from .flops import StageTotals, generation_flops
-from .machine import PeakMemory, copy_bandwidth, machine_info, matmul_throughput
+from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,8 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
     order = sorted(settings.backends, key=lambda b: b != BASELINE)
     runs: list[BackendRun] = []
     baseline_is_fp32 = BASELINE in order and device.type == "cpu"
+    dtypes = roof_dtypes(settings, device)
+    roofs = measure_roofs(dtypes, device)
     reference = None if baseline_is_fp32 else fp32_reference(source, tokenizer, settings)
     for name in order:
         try:
@@ -232,18 +234,24 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
         runs.append(run)
         del backend
         gc.collect()
-    return build_report(config, settings, device, runs, source.export_seconds)
+    roofs = roofs.best(measure_roofs(dtypes, device))
+    return build_report(config, settings, device, runs, source.export_seconds, roofs)
 
 
-def build_report(config: StarConfig, settings: BenchSettings, device: torch.device, runs: list[BackendRun], prep: dict) -> dict:
+def roof_dtypes(settings: BenchSettings, device: torch.device) -> dict[str, torch.dtype]:
+    """Every compute dtype a backend of this run can report (see compute_dtype)."""
+    names = {"float32", settings.dtype} | ({"float16"} if device.type == "cuda" else set())
+    return {name: TORCH_DTYPES[name] for name in sorted(names)}
+
+
+def build_report(
+    config: StarConfig, settings: BenchSettings, device: torch.device, runs: list[BackendRun], prep: dict, roofs: Roofs
+) -> dict:
     """The JSON document: machine, floor, and per backend median/p90/throughput/ratios/stages."""
     flops = generation_flops(config, settings.batch_size)
-    dtypes = {r.compute_dtype for r in runs if not r.skipped} | {"float32"}
-    torch_dtypes = {d: TORCH_DTYPES.get(d, torch.float32) for d in dtypes}
-    throughput = {d: matmul_throughput(torch_dtypes[d], device) for d in dtypes}
-    bandwidth = copy_bandwidth(device)
-    traffic = {d: generation_bytes(config, settings.batch_size, torch_dtypes[d].itemsize) for d in dtypes}
-    floors = {d: roofline(flops, traffic[d], throughput[d], bandwidth) for d in dtypes}
+    throughput, bandwidth = roofs.matmul_flops_per_s, roofs.copy_bytes_per_s
+    traffic = {d: generation_bytes(config, settings.batch_size, TORCH_DTYPES[d].itemsize) for d in throughput}
+    floors = {d: roofline(flops, traffic[d], throughput[d], bandwidth) for d in throughput}
     backends: dict[str, dict] = {}
     baseline_median = None
     for run in runs:
