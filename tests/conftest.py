@@ -86,3 +86,13 @@ def max_err(a, b) -> float:
     a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
     b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def golden_errors(pipeline: StarPipeline, golden: dict, case: dict, sampling: SamplingConfig) -> tuple[float, float]:
+    """Max errors of the teacher-forced logits (every scale, both CFG rows) and image against a golden case."""
+    k = case["key"]
+    gen = pipeline.generate(
+        [case["prompt"]], sampling, seeds=[case["seed"]],
+        teacher_tokens=torch.from_numpy(golden[f"{k}/tokens"]), keep_logits=True,
+    )
+    return max_err(torch.cat(gen.logits, dim=1), golden[f"{k}/logits"]), max_err(gen.images, golden[f"{k}/image"])

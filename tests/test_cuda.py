@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_golden_model, max_err
+from conftest import golden_errors, load_golden_model, max_err
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.commands.parity import THRESHOLDS, failures
 from star_deploy.config import SamplingConfig
@@ -49,14 +49,8 @@ def no_tf32():
 
 @pytest.mark.parametrize("index", range(6))
 def test_cuda_fp32_teacher_forced_matches_golden(fp32_cuda, golden, golden_cases, golden_sampling, no_tf32, index):
-    case = golden_cases[index]
-    k = case["key"]
-    gen = fp32_cuda.generate(
-        [case["prompt"]], golden_sampling, seeds=[case["seed"]],
-        teacher_tokens=torch.from_numpy(golden[f"{k}/tokens"]), keep_logits=True,
-    )
-    assert max_err(torch.cat(gen.logits, dim=1), golden[f"{k}/logits"]) <= LOGITS_TOL
-    assert max_err(gen.images, golden[f"{k}/image"]) <= IMAGE_TOL
+    logits_err, image_err = golden_errors(fp32_cuda, golden, golden_cases[index], golden_sampling)
+    assert logits_err <= LOGITS_TOL and image_err <= IMAGE_TOL
 
 
 def test_cuda_fp16_meets_fp16_thresholds(fp32_cuda):

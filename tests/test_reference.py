@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_err
+from conftest import golden_errors, max_err
 from star_deploy.model.text import PromptTokenizer
 
 TEXT_TOL = 1e-5
@@ -33,14 +33,8 @@ def test_text_encoder_matches_golden(torch_pipeline, golden, golden_cases):
 
 @pytest.mark.parametrize("index", range(6))
 def test_teacher_forced_logits_and_image(torch_pipeline, golden, golden_cases, golden_sampling, index):
-    case = golden_cases[index]
-    k = case["key"]
-    gen = torch_pipeline.generate(
-        [case["prompt"]], golden_sampling, seeds=[case["seed"]],
-        teacher_tokens=torch.from_numpy(golden[f"{k}/tokens"]), keep_logits=True,
-    )
-    assert max_err(torch.cat(gen.logits, dim=1), golden[f"{k}/logits"]) <= LOGITS_TOL
-    assert max_err(gen.images, golden[f"{k}/image"]) <= IMAGE_TOL
+    logits_err, image_err = golden_errors(torch_pipeline, golden, golden_cases[index], golden_sampling)
+    assert logits_err <= LOGITS_TOL and image_err <= IMAGE_TOL
 
 
 @pytest.mark.parametrize("index", range(6))
