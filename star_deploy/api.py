@@ -50,7 +50,7 @@ class ScaleProgress:
 
     def preview(self, output_type: OutputType = "pil") -> Any:
         """The coarse images decoded from the scales so far."""
-        return convert_images(self._event.preview().numpy(), output_type)
+        return convert_images(self._event.preview(), output_type)
 
 
 ScaleCallbackFn = Callable[[ScaleProgress], "bool | None"]
@@ -137,14 +137,19 @@ class StarPipeline:
         resolution: int | None = None,
         threads: int = 0,
         cuda_graphs: bool = False,
+        provider: str | None = None,
+        provider_options: dict[str, Any] | None = None,
+        session_options: Any = None,
     ) -> "StarPipeline":
         """Load a release folder, a Hugging Face snapshot of it, an artefact folder, or (None) the demo.
 
         ``backend`` defaults to onnxruntime for an artefact folder (``star-deploy export``) and
-        to torch for weights; ``dtype`` and ``cuda_graphs`` apply to torch, ``threads`` to onnxruntime.
+        to torch for weights; ``dtype`` and ``cuda_graphs`` apply to torch; ``threads``,
+        ``provider`` (cpu, cuda, tensorrt, openvino, coreml, directml), ``provider_options`` and
+        ``session_options`` (an ``onnxruntime.SessionOptions``) to onnxruntime.
         """
         from .backends.factory import create_backend, default_device
-        from .model.text import PromptTokenizer
+        from .tokenizer import PromptTokenizer
         from .pipeline import ScaleLoop
 
         folder = None if path is None else hub_snapshot(Path(path))
@@ -167,7 +172,10 @@ class StarPipeline:
 
         manifest = load_manifest(folder)
         verify_graph_hashes(manifest)
-        engine = create_backend(backend, device, manifest=manifest, threads=threads)
+        engine = create_backend(
+            backend, device, manifest=manifest, threads=threads, provider=provider,
+            provider_options=provider_options, session_options=session_options,
+        )
         return cls(ScaleLoop(engine, PromptTokenizer(manifest.tokenizer_dir)), backend, manifest.precision)
 
     def __call__(
@@ -182,20 +190,23 @@ class StarPipeline:
         batch_size: int | None = None,
         output_type: OutputType = "pil",
         callback_on_scale_end: ScaleCallbackFn | None = None,
+        sampler: str = "portable",
     ) -> StarPipelineOutput:
         """Generate one image per prompt (times ``num_images_per_prompt``).
 
         Image i uses seed ``seed + i`` (or ``seed[i]``); an image does not depend on what it is
         batched with. ``top_k=None`` is the official 600, capped at the codebook size.
         ``callback_on_scale_end`` gets a ``ScaleProgress`` per scale (and batch); returning
-        False stops the loop there and decodes the coarse image.
+        False stops the loop there and decodes the coarse image. ``sampler="official"``
+        reproduces the official code's torch.Generator draws (see ``star_deploy.sampling``).
         """
         if output_type not in OUTPUT_TYPES:
             raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         prompts = normalize_prompts(prompt, num_images_per_prompt)
         seeds = normalize_seeds(seed, len(prompts))
         sampling = SamplingConfig(
-            cfg=guidance_scale, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seeds[0]
+            cfg=guidance_scale, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seeds[0],
+            sampler=sampler,
         )
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -204,8 +215,8 @@ class StarPipeline:
             self._generate(prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end)
             for i in range(0, len(prompts), step)
         ]
-        images = np.concatenate([r.images.numpy() for r in results])
-        tokens = np.concatenate([r.tokens.numpy() for r in results])
+        images = np.concatenate([r.images for r in results])
+        tokens = np.concatenate([r.tokens for r in results])
         return StarPipelineOutput(convert_images(images, output_type), seeds, tokens)
 
     def _generate(
@@ -214,7 +225,7 @@ class StarPipeline:
         on_scale = None
         if callback is not None:
             def on_scale(event: "ScaleEvent") -> bool | None:
-                return callback(ScaleProgress(event.scale, event.num_scales, event.tokens.cpu().numpy(), event))
+                return callback(ScaleProgress(event.scale, event.num_scales, event.tokens, event))
 
         return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale)
 

@@ -1,16 +1,24 @@
-"""The ``star-deploy`` command line."""
+"""The ``star-deploy`` command line (also ``python -m star_deploy``).
+
+Results go to stdout; logs, progress bars and timing tables go to stderr. Command modules
+import their heavy dependencies (torch, onnx, TensorRT) inside the commands, so ``--help``
+and the ONNX Runtime path start without them.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 
+from . import __version__
 from .commands import bench, build_engine, check, convert, export, inspect, parity, quantize, run
+
+VERBOSITY_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 
 app = typer.Typer(
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
@@ -20,19 +28,36 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")] = False,
-) -> None:
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """Rich log lines on stderr; third-party chatter hidden unless verbose."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)])
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    logging.getLogger("star_deploy").setLevel(level)
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         for name in ("torch.onnx", "onnxscript", "onnx_ir", "transformers", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"star-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages (also accepted after the command).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only (also accepted after the command).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    configure_logging(verbose, quiet)
 
 
 app.command("run")(run.command)
@@ -46,5 +71,18 @@ app.command("inspect")(inspect.command)
 app.command("convert")(convert.command)
 
 
+def hoist_verbosity(argv: list[str]) -> list[str]:
+    """Move -v/-q given after the command name to the front, where the app reads them ('--' ends options)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in VERBOSITY_FLAGS]
+    rest = [a for i, a in enumerate(argv) if i >= end or a not in VERBOSITY_FLAGS]
+    return flags + rest
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    app(args=hoist_verbosity(sys.argv[1:]), prog_name="star-deploy")
+
+
 if __name__ == "__main__":
-    app()
+    entry()

@@ -20,6 +20,8 @@ VAE_DOWNSAMPLE = 16
 MAX_TEXT_TOKENS = 77
 HEAD_DIM = 64
 NUM_PHI = 4
+SAMPLERS = ("portable", "official")
+"""``SamplingConfig.sampler`` values: the default first."""
 
 
 @dataclass(frozen=True)
@@ -193,12 +195,17 @@ def preset(name: str) -> StarConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampler settings of the official scripts; validated on construction."""
+    """Sampler settings of the official scripts; validated on construction.
+
+    ``sampler`` is ``portable`` (the same tokens for a seed on every backend and device) or
+    ``official`` (the official code's torch.Generator draws); see ``star_deploy.sampling``.
+    """
 
     cfg: float = 4.0
     top_k: int = 600
     top_p: float = 0.8
     seed: int = 0
+    sampler: str = "portable"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.cfg) or self.cfg < 0:
@@ -209,6 +216,8 @@ class SamplingConfig:
             raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
         if not (0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
 
     def clamped(self, vocab_size: int) -> "SamplingConfig":
         """top_k clamped to the codebook size (the official code crashes past it)."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from .config import StarConfig
 from .errors import MemoryBudgetError
 
@@ -37,11 +35,13 @@ class MemoryEstimate:
 
 def parameter_counts(config: StarConfig) -> dict[str, int]:
     """Exact parameter and buffer counts of each part, from modules built on the meta device."""
+    import torch
+
     from .model.text import random_text_encoder
     from .model.transformer import StarTransformer
     from .model.vqvae import StarVQVAE
 
-    def count(module: torch.nn.Module) -> int:
+    def count(module: "torch.nn.Module") -> int:
         return sum(t.numel() for t in module.state_dict().values())
 
     with torch.device("meta"):
@@ -52,11 +52,16 @@ def parameter_counts(config: StarConfig) -> dict[str, int]:
         }
 
 
-def estimate(config: StarConfig, batch: int, dtype: str = "float32", device: str = "cpu") -> MemoryEstimate:
-    """Weights (text encoder fp32, transformer/decoder in ``dtype``), KV cache and peak activations."""
+def estimate(
+    config: StarConfig, batch: int, dtype: str = "float32", device: str = "cpu", weight_bytes: int | None = None
+) -> MemoryEstimate:
+    """Weights (text encoder fp32, transformer/decoder in ``dtype``; or ``weight_bytes`` of exported
+    graphs), KV cache and peak activations."""
     size = DTYPE_BYTES[dtype]
-    counts = parameter_counts(config)
-    weights = counts["text_encoder"] * 4 + (counts["transformer"] + counts["vqvae"]) * size
+    if weight_bytes is None:
+        counts = parameter_counts(config)
+        weight_bytes = counts["text_encoder"] * 4 + (counts["transformer"] + counts["vqvae"]) * size
+    weights = weight_bytes
     t = config.transformer
     rows = 2 * batch
     tokens = config.total_tokens
@@ -73,6 +78,10 @@ def estimate(config: StarConfig, batch: int, dtype: str = "float32", device: str
 def available_bytes(device: str = "cpu") -> int | None:
     """Free memory of ``device`` (MemAvailable for the CPU), or None when it cannot be read."""
     if device.startswith("cuda"):
+        try:
+            import torch
+        except ImportError:
+            return None
         if not torch.cuda.is_available():
             return None
         return torch.cuda.mem_get_info(torch.device(device))[0]

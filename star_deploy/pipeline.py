@@ -1,4 +1,8 @@
-"""The scale loop, written once for every backend: text -> K scale steps -> sample -> update -> decode."""
+"""The scale loop, written once for every backend: text -> K scale steps -> sample -> update -> decode.
+
+It runs on host arrays and the backend's own arrays alike and imports no tensor library:
+the torch, TensorRT and ONNX Runtime backends all drive this same loop.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Array, Backend
 from .config import SamplingConfig
-from .model.tables import build_scale_tables
-from .model.text import PromptTokenizer
-from .sampling import apply_cfg, guidance_scale, sample
+from .tokenizer import PromptTokenizer
 
 
 @dataclass
@@ -32,31 +34,31 @@ class StageTimes:
 
 @dataclass
 class Generation:
-    """Images (B, 3, H, W) in [0, 1], tokens (B, L) and, if asked, raw logits per scale.
+    """Images (B, 3, H, W) float32 in [0, 1], tokens (B, L) int64 and, if asked, raw logits per scale.
 
     ``sampled`` holds what the sampler drew; it differs from ``tokens`` only under teacher forcing.
     """
 
-    images: torch.Tensor
-    tokens: torch.Tensor
-    sampled: torch.Tensor
+    images: np.ndarray
+    tokens: np.ndarray
+    sampled: np.ndarray
     times: StageTimes
-    logits: list[torch.Tensor] = field(default_factory=list)
+    logits: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
 class ScaleEvent:
-    """What a caller sees after each scale: the tokens drawn so far and a preview on demand."""
+    """What a caller sees after each scale: this scale's tokens and a preview on demand."""
 
     scale: int
     num_scales: int
-    tokens: torch.Tensor  # (B, p, p) token map of this scale
-    f_hat: torch.Tensor
-    decode: Callable[[torch.Tensor], torch.Tensor]
+    tokens: np.ndarray  # (B, p, p) int64
+    f_hat: Array
+    backend: Backend
 
-    def preview(self) -> torch.Tensor:
+    def preview(self) -> np.ndarray:
         """The coarse image (B, 3, H, W) in [0, 1] decoded from the scales so far."""
-        return self.decode(self.f_hat).float().cpu()
+        return self.backend.to_numpy(self.backend.preview(self.f_hat)).astype(np.float32)
 
 
 ScaleCallback = Callable[[ScaleEvent], "bool | None"]
@@ -64,17 +66,15 @@ ScaleCallback = Callable[[ScaleEvent], "bool | None"]
 
 
 class ScaleLoop:
-    """Drives a backend through the schedule; sampling, CFG and seeds live here only."""
+    """Drives a backend through the schedule; CFG, sampling rules and seeds are decided here only."""
 
     def __init__(self, backend: Backend, tokenizer: PromptTokenizer) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = backend.config
-        self.tables = [t.to(backend.device) for t in build_scale_tables(self.config)]
 
     def _sync(self) -> float:
-        if self.backend.device.type == "cuda":
-            torch.cuda.synchronize(self.backend.device)
+        self.backend.synchronize()
         return time.perf_counter()
 
     def generate(
@@ -82,57 +82,62 @@ class ScaleLoop:
         prompts: Sequence[str],
         sampling: SamplingConfig,
         seeds: Sequence[int] | None = None,
-        teacher_tokens: torch.Tensor | None = None,
+        teacher_tokens: np.ndarray | None = None,
         keep_logits: bool = False,
         on_scale: ScaleCallback | None = None,
     ) -> Generation:
-        """Generate one image per prompt; prompt i draws from its own generator seeded ``seeds[i]``.
-
-        ``on_scale`` sees a ``ScaleEvent`` after every scale; if it returns False the loop stops
-        and the image is decoded from the scales done so far.
+        """Generate one image per prompt; prompt i samples with seed ``seeds[i]`` (default: seed + i).
 
         ``teacher_tokens`` (B, L) replaces sampled tokens as the next input (teacher forcing):
         the sampler still draws, so draws of two backends stay comparable token by token.
+        ``on_scale`` sees a ``ScaleEvent`` after every scale; if it returns False the loop
+        stops and the image is decoded from the scales done so far.
         """
-        cfg = self.config
+        cfg, backend = self.config, self.backend
         b = len(prompts)
         seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(b)]
         sampling = sampling.clamped(cfg.transformer.vocab_size)
+        teacher = None if teacher_tokens is None else np.asarray(teacher_tokens, dtype=np.int64)
         times = StageTimes()
         start = self._sync()
         toks = self.tokenizer(list(prompts))
-        hidden, pooled = self.backend.encode_text(toks.input_ids, toks.attention_mask)
-        x = self.backend.begin(hidden[:b], toks.attention_mask[:b], pooled)
+        hidden, pooled = backend.encode_text(toks.input_ids, toks.attention_mask)
+        x = backend.begin(hidden, toks.attention_mask, pooled)
         times.text = self._sync() - start
-        sample_device = self.backend.device
-        generators = [torch.Generator(device=sample_device).manual_seed(s) for s in seeds]
-        f_hat = torch.zeros(b, cfg.vae.cvae, cfg.final_side, cfg.final_side, device=self.backend.device)
-        all_tokens, all_sampled, all_logits, offset = [], [], [], 0
+        sampler = backend.sampler(sampling, seeds)
+        f_hat = backend.new_f_hat(b)
+        tokens_per_scale, sampled_per_scale, logits_per_scale, offset = [], [], [], 0
         for k, side in enumerate(cfg.patch_nums):
             t0 = self._sync()
-            logits = self.backend.step(k, x, self.tables[k])
+            logits = backend.step(k, x)
             t1 = self._sync()
             if keep_logits:
-                all_logits.append(logits.float().cpu())
-            guided = apply_cfg(logits.float(), guidance_scale(sampling.cfg, k, cfg.num_scales))
-            sampled = torch.stack([sample(guided[i], sampling.top_k, sampling.top_p, generators[i]) for i in range(b)])
-            tokens = sampled
-            if teacher_tokens is not None:
-                tokens = teacher_tokens[:, offset : offset + side * side].to(sampled.device)
+                logits_per_scale.append(backend.to_numpy(logits).astype(np.float32))
+            sampled = sampler(logits, k)
+            tokens = sampled if teacher is None else teacher[:, offset : offset + side * side]
             t2 = self._sync()
-            f_hat, x = self.backend.update(k, tokens.view(b, side, side), f_hat, self.tables[k])
+            f_hat, x = backend.update(k, tokens.reshape(b, side, side), f_hat)
             t3 = self._sync()
             times.steps.append(t1 - t0)
             times.sampling += t2 - t1
             times.update += t3 - t2
-            all_tokens.append(tokens.cpu())
-            all_sampled.append(sampled.cpu())
+            tokens_per_scale.append(tokens)
+            sampled_per_scale.append(sampled)
             offset += side * side
             if on_scale is not None:
-                event = ScaleEvent(k, cfg.num_scales, tokens.view(b, side, side), f_hat, self.backend.preview)
+                event = ScaleEvent(k, cfg.num_scales, self._host(tokens).reshape(b, side, side), f_hat, backend)
                 if on_scale(event) is False:
                     break
         t4 = self._sync()
-        images = self.backend.decode(f_hat).float().cpu()
+        images = backend.to_numpy(backend.decode(f_hat)).astype(np.float32)
         times.decode = self._sync() - t4
-        return Generation(images, torch.cat(all_tokens, dim=1), torch.cat(all_sampled, dim=1), times, all_logits)
+        return Generation(
+            images, self._joined(tokens_per_scale), self._joined(sampled_per_scale), times, logits_per_scale
+        )
+
+    def _host(self, tokens: Array | np.ndarray) -> np.ndarray:
+        return tokens if isinstance(tokens, np.ndarray) else self.backend.to_numpy(tokens)
+
+    def _joined(self, per_scale: list) -> np.ndarray:
+        """Token maps of every scale as one (B, L) int64 array, read back once at the end."""
+        return np.concatenate([self._host(t).astype(np.int64) for t in per_scale], axis=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from star_deploy.config import SamplingConfig
-from star_deploy.model.text import PromptTokenizer
+from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.weights import StarModel, load_release, resolve_release
 
@@ -37,7 +37,7 @@ def golden_cases(golden_meta) -> list[dict]:
 @pytest.fixture(scope="session")
 def golden_sampling(golden_meta) -> SamplingConfig:
     s = golden_meta["sampling"]
-    return SamplingConfig(cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"])
+    return SamplingConfig(cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"], sampler="official")
 
 
 def load_golden_model() -> StarModel:
@@ -93,6 +93,6 @@ def golden_errors(pipeline: ScaleLoop, golden: dict, case: dict, sampling: Sampl
     k = case["key"]
     gen = pipeline.generate(
         [case["prompt"]], sampling, seeds=[case["seed"]],
-        teacher_tokens=torch.from_numpy(golden[f"{k}/tokens"]), keep_logits=True,
+        teacher_tokens=golden[f"{k}/tokens"], keep_logits=True,
     )
-    return max_err(torch.cat(gen.logits, dim=1), golden[f"{k}/logits"]), max_err(gen.images, golden[f"{k}/image"])
+    return max_err(np.concatenate(gen.logits, axis=1), golden[f"{k}/logits"]), max_err(gen.images, golden[f"{k}/image"])

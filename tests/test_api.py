@@ -23,7 +23,7 @@ def golden_pipe() -> StarPipeline:
 
 def golden_kwargs(golden_sampling) -> dict:
     s = golden_sampling
-    return {"guidance_scale": s.cfg, "top_k": s.top_k, "top_p": s.top_p}
+    return {"guidance_scale": s.cfg, "top_k": s.top_k, "top_p": s.top_p, "sampler": s.sampler}
 
 
 def test_api_reproduces_golden_image(golden_pipe, golden, golden_cases, golden_sampling):

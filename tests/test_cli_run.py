@@ -11,7 +11,7 @@ from star_deploy.cli import app
 from star_deploy.demo.evaluate import Reading, read_image
 from star_deploy.images import read_png
 
-GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8"]
+GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8", "--sampler", "official"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

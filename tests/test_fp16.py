@@ -9,11 +9,10 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from star_deploy.commands.parity import THRESHOLDS, failures
 from star_deploy.config import SamplingConfig
 from star_deploy.export.manifest import load_manifest
-from star_deploy.model.text import PromptTokenizer
-from star_deploy.parity import fidelity, graph_parity
+from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.evaluation import THRESHOLDS, failures, fidelity, graph_parity
 from star_deploy.pipeline import ScaleLoop
 
 PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]

@@ -15,13 +15,13 @@ import torch
 
 from ..config import StarConfig
 from ..model.graphs import DecoderGraph, ScaleUpdateGraph
-from ..model.tables import ScaleTables
 from ..model.text import TextEncoderModule
 from ..model.transformer import MASK_VALUE, Block, StarTransformer, layer_norm
 from ..weights import StarModel
+from .torch_arrays import TorchArrays, device_tables
 
 
-class EagerBackend:
+class EagerBackend(TorchArrays):
     """Official-style execution: the speed every other backend is compared with."""
 
     name = "torch-eager"
@@ -34,6 +34,7 @@ class EagerBackend:
         self.text_graph = TextEncoderModule(model.text_encoder)
         self.update_graph = ScaleUpdateGraph(model.transformer, model.vqvae)
         self.decoder_graph = DecoderGraph(model.vqvae)
+        self.tables = device_tables(self.config, self.device)
         self.hidden = self.mask = self.bias = torch.empty(0)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -45,16 +46,16 @@ class EagerBackend:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode every row and keep them: cross-attention later runs on all rows."""
-        self.mask = attention_mask.to(self.device)
+        self.mask = self.asarray(attention_mask)
         with self._autocast():
-            hidden, pooled = self.text_graph(input_ids.to(self.device), self.mask)
+            hidden, pooled = self.text_graph(self.asarray(input_ids), self.mask)
         self.hidden = hidden.float()
         return self.hidden, pooled.float()
 
     @torch.inference_mode()
-    def begin(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
         rows = pooled.shape[0]
         if self.hidden.shape[0] != rows:
             raise RuntimeError("encode_text() must run on the same rows before begin()")
@@ -64,9 +65,9 @@ class EagerBackend:
         with self._autocast():
             return self.transformer.start_tokens(pooled.to(self.device))
 
-    def _block(self, blk: Block, layer: int, x: torch.Tensor, tables: ScaleTables) -> torch.Tensor:
+    def _block(self, blk: Block, layer: int, x: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
         eps = self.config.transformer.norm_eps
-        out, new_k, new_v = blk.attn(layer_norm(x, eps), tables.rope_cos, tables.rope_sin, self.keys[layer], self.values[layer])
+        out, new_k, new_v = blk.attn(layer_norm(x, eps), tables["rope_cos"], tables["rope_sin"], self.keys[layer], self.values[layer])
         self.keys[layer] = torch.cat((self.keys[layer], new_k.to(self.keys[layer].dtype)), dim=0)
         self.values[layer] = torch.cat((self.values[layer], new_v.to(self.values[layer].dtype)), dim=0)
         x = x + out
@@ -77,20 +78,18 @@ class EagerBackend:
         return x + blk.ffn(layer_norm(x, eps))
 
     @torch.inference_mode()
-    def step(self, scale: int, x: torch.Tensor, tables: ScaleTables) -> torch.Tensor:
-        t = tables.to(self.device)
+    def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
+        t = self.tables[scale]
         with self._autocast():
             for layer, blk in enumerate(self.transformer.blocks):
                 x = self._block(blk, layer, x, t)
             return self.transformer.logits(x).float()
 
     @torch.inference_mode()
-    def update(
-        self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        t = tables.to(self.device)
+    def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.tables[scale]
         with self._autocast():
-            f_hat, nxt = self.update_graph(tokens.to(self.device), f_hat, t.upsample, t.downsample, t.phi_weights, t.next_level)
+            f_hat, nxt = self.update_graph(self.asarray(tokens), f_hat, t["upsample"], t["downsample"], t["phi_weights"], t["next_level"])
         return f_hat.float(), nxt.float()
 
     @torch.inference_mode()

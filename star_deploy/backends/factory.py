@@ -1,17 +1,29 @@
-"""Create a backend by name from a loaded model or an artefact directory."""
+"""Create a backend by name from a loaded model or an artefact directory (imports each runtime lazily)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..errors import ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 from ..export.manifest import Manifest, load_manifest
-from ..weights import StarModel
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..weights import StarModel
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+"""Compute dtypes of the torch backend."""
+
+
+def torch_dtype(name: str):
+    """The torch dtype called ``name``."""
+    import torch
+
+    if name not in TORCH_DTYPE_NAMES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(TORCH_DTYPE_NAMES)}")
+    return getattr(torch, name)
 
 
 def default_device(backend: str, device: str | None) -> str:
@@ -19,11 +31,18 @@ def default_device(backend: str, device: str | None) -> str:
     return device or ("cuda" if backend == "tensorrt" else "cpu")
 
 
-def check_device(device: str) -> None:
+def check_device_name(device: str) -> None:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+
+
+def check_torch_device(device: str) -> None:
+    """Refuse a CUDA device PyTorch cannot see, naming it."""
+    check_device_name(device)
+    import torch
+
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible to PyTorch; use --device cpu")
 
 
 def needs_artifacts(backend: str) -> bool:
@@ -32,37 +51,51 @@ def needs_artifacts(backend: str) -> bool:
     return backend != "torch"
 
 
-def artifacts_manifest(artifacts: Path | None, backend: str) -> Manifest:
+def artifacts_manifest(artifacts: "Path | None", backend: str) -> Manifest:
     if artifacts is None:
         raise ConfigError(f"--backend {backend} runs exported graphs: pass --artifacts DIR (made by `star-deploy export`)")
     return load_manifest(artifacts)
 
 
+def require_torch(what: str) -> None:
+    """Refuse work that needs PyTorch on an install without it, saying how to get it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError(
+            f"{what} needs PyTorch: pip install 'star-deploy[torch]' (the base install runs exported graphs "
+            f"with --backend onnxruntime)"
+        ) from None
+
+
 def create_backend(
     backend: str,
     device: str = "cpu",
-    model: StarModel | None = None,
+    model: "StarModel | None" = None,
     manifest: Manifest | None = None,
     dtype: str = "float32",
     threads: int = 0,
     cuda_graphs: bool = False,
+    provider: str | None = None,
+    provider_options: dict[str, Any] | None = None,
+    session_options: Any = None,
 ):
     """The named backend on ``device``: torch runs ``model``, the others run ``manifest``."""
     if backend == "tensorrt":
         from .trt_backend import TrtBackend
 
         return TrtBackend(manifest, device)
-    check_device(device)
     if backend == "torch":
-        if dtype not in TORCH_DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
+        check_torch_device(device)
+        dt = torch_dtype(dtype)
         from .torch_backend import TorchBackend
 
         if cuda_graphs and not device.startswith("cuda"):
             raise ConfigError("CUDA graphs need --device cuda")
-        return TorchBackend(model, device, TORCH_DTYPES[dtype], cuda_graphs)
+        return TorchBackend(model, device, dt, cuda_graphs)
     if backend == "onnxruntime":
+        check_device_name(device)
         from .ort_backend import OrtBackend
 
-        return OrtBackend(manifest, device, threads)
+        return OrtBackend(manifest, device, threads, provider, provider_options, session_options)
     raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

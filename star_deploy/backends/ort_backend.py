@@ -1,27 +1,33 @@
-"""ONNX Runtime backend: runs an artefact directory's graphs with IOBinding.
+"""ONNX Runtime backend: numpy in and out, no torch; runs on any installed execution provider.
 
-The KV cache is one preallocated tensor per layer for the whole schedule; each step reads
-its prefix and writes the new keys/values straight into the next slot (no copies).
+The KV cache and the text context live on the provider's device as ORT-owned buffers,
+bound by address: each step reads the cache prefix and writes its new keys/values straight
+into the next slot (no copies). Everything the scale loop sees is a numpy array.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
-import torch
+import numpy as np
 
+from ..config import SamplingConfig
 from ..errors import BackendUnavailableError
-from ..export.manifest import Manifest
 from ..graphs import scale_dims
-from ..model.tables import ScaleTables
-from .torch_backend import KVCache
+from ..export.manifest import Manifest
+from ..sampling import PortableSampler
+from ..tables import build_scale_tables
+from .ort_sessions import create_session, provider_entry
 
 log = logging.getLogger(__name__)
 
-NUMPY_TYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
+NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
-def import_ort():
+def import_ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError:
@@ -29,100 +35,166 @@ def import_ort():
     return onnxruntime
 
 
+class DeviceTensor:
+    """An ORT-owned buffer on the provider's device, and views of its leading rows."""
+
+    def __init__(self, ort: ModuleType, shape: tuple[int, ...], dtype: type, device: tuple[str, int]) -> None:
+        self.value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, *device)
+        self.shape, self.dtype, self.device = shape, dtype, device
+        self.row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+
+    def bind(self, binding: Any, name: str, start: int, count: int, output: bool) -> None:
+        """Bind rows [start, start + count) under ``name``."""
+        args = (name, *self.device, self.dtype, [count, *self.shape[1:]], self.value.data_ptr() + start * self.row_bytes)
+        (binding.bind_output if output else binding.bind_input)(*args)
+
+
+class OrtKVCache:
+    """Keys then values of every layer for the whole schedule, (L, rows, H, D) each, allocated once."""
+
+    def __init__(self, ort: ModuleType, backend: "OrtBackend", rows: int) -> None:
+        t, config = backend.config.transformer, backend.config
+        shape = (config.total_tokens, rows, t.heads, t.head_dim)
+        self.layers = [DeviceTensor(ort, shape, backend.kv_dtype, backend.io_device) for _ in range(2 * t.depth)]
+        self.rows = rows
+        self.length = 0
+
+
 class OrtBackend:
-    """Runs ``manifest``'s graphs; CUDA execution provider when available and asked for."""
+    """Runs ``manifest``'s graphs with ONNX Runtime on ``provider`` (default: CPU, or CUDA for a cuda device)."""
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        device: str = "cpu",
+        threads: int = 0,
+        provider: str | None = None,
+        provider_options: dict[str, Any] | None = None,
+        session_options: Any = None,
+    ) -> None:
         ort = import_ort()
-        self.manifest = manifest
-        self.config = manifest.config
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if manifest.precision == "fp16" else torch.float32
-        providers = self._providers(ort)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
+        self.ort, self.manifest, self.config = ort, manifest, manifest.config
+        device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        self.provider = provider or ("cuda" if device.startswith("cuda") else "cpu")
+        entry, self.io_device = provider_entry(ort, self.provider, device_id, provider_options)
+        self.device = device
+        self.dtype = "float16" if manifest.precision == "fp16" else "float32"
+        self.kv_dtype = NUMPY_TYPES[manifest.graphs["transformer_step"].tensor("new_key.0").dtype]
         self.sessions = {
-            name: ort.InferenceSession(str(manifest.path(name)), options, providers=providers)
+            name: create_session(ort, manifest, name, entry, self.provider, threads, session_options)
             for name in manifest.graphs
         }
-        self.cache: KVCache | None = None
-        self.text: list[torch.Tensor] = []
+        self.tables = [t.arrays() for t in build_scale_tables(self.config)]
+        self.cache: OrtKVCache | None = None
+        self.text: dict[str, DeviceTensor] = {}
 
-    def _providers(self, ort) -> list[str]:
-        if self.device.type == "cpu":
-            return ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailableError(
-                "onnxruntime has no CUDA execution provider: pip install onnxruntime-gpu, or use --device cpu"
-            )
-        return [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
-
-    def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
-        """Bind ``tensor``'s memory; the caller keeps it alive and contiguous until the run ends."""
-        args = (name, self.device.type, self.device.index or 0, NUMPY_TYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
-        (binding.bind_output if output else binding.bind_input)(*args)
-
-    def _run(self, graph: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Run ``graph`` reading ``inputs`` and writing into preallocated ``outputs`` (spec order)."""
-        spec = self.manifest.graphs[graph]
-        session = self.sessions[graph]
+    def _run(self, graph: str, inputs: dict[str, np.ndarray], dims: dict[str, int], bound=None) -> dict[str, np.ndarray]:
+        """Run ``graph``: host ``inputs``, ``bound(binding)`` for device buffers, host outputs for the rest."""
+        spec, session = self.manifest.graphs[graph], self.sessions[graph]
         binding = session.io_binding()
-        inputs = [t.to(self.device).contiguous() for t in inputs]
-        for name, tensor in zip(spec.input_names, inputs):
-            self._bind(binding, name, tensor)
-        for name, tensor in zip(spec.output_names, outputs):
-            self._bind(binding, name, tensor, output=True)
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=NUMPY_TYPES[spec.tensor(name).dtype]))
+        device_outputs = bound(binding) if bound is not None else set()
+        outputs = {}
+        for t in spec.outputs:
+            if t.name not in device_outputs:
+                outputs[t.name] = np.empty(t.concrete(dims), dtype=NUMPY_TYPES[t.dtype])
+                binding.bind_output(t.name, "cpu", 0, outputs[t.name].dtype, list(outputs[t.name].shape), outputs[t.name].ctypes.data)
         session.run_with_iobinding(binding)
         return outputs
 
-    def _empty(self, graph: str, output: str, dims: dict[str, int]) -> torch.Tensor:
-        spec = self.manifest.graphs[graph].tensor(output)
-        dtype = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}[spec.dtype]
-        return torch.empty(spec.concrete(dims), dtype=dtype, device=self.device)
+    def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self._run("text_encoder", {"input_ids": input_ids, "attention_mask": attention_mask}, {"rows": input_ids.shape[0]})
+        return out["text_hidden"], out["text_pooled"]
 
-    def _outputs(self, graph: str, dims: dict[str, int]) -> list[torch.Tensor]:
-        return [self._empty(graph, name, dims) for name in self.manifest.graphs[graph].output_names]
+    def begin(self, hidden: np.ndarray, attention_mask: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        b = hidden.shape[0] // 2
+        dims = {"batch": b, "rows": 2 * b}
+        spec = self.manifest.graphs["text_context"]
+        self.text = {
+            t.name: DeviceTensor(self.ort, t.concrete(dims), NUMPY_TYPES[t.dtype], self.io_device)
+            for t in spec.outputs if t.name != "start_tokens"
+        }
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dims = {"rows": input_ids.shape[0]}
-        hidden, pooled = self._run("text_encoder", [input_ids, attention_mask], self._outputs("text_encoder", dims))
-        return hidden, pooled
+        def bind_text(binding: Any) -> set[str]:
+            for name, buf in self.text.items():
+                buf.bind(binding, name, 0, buf.shape[0], output=True)
+            return set(self.text)
 
-    def begin(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        b = hidden.shape[0]
-        outs = self._run("text_context", [hidden, attention_mask, pooled], self._outputs("text_context", {"batch": b, "rows": 2 * b}))
-        start, *self.text = outs
+        inputs = {"text_hidden": hidden[:b], "attention_mask": attention_mask[:b], "text_pooled": pooled}
+        start = self._run("text_context", inputs, dims, bind_text)["start_tokens"]
         if self.cache is None or self.cache.rows != 2 * b:
-            self.cache = KVCache(self.config, 2 * b, self.dtype, self.device)
+            self.cache = None
+            self.cache = OrtKVCache(self.ort, self, 2 * b)
         self.cache.length = 0
         return start
 
-    def step(self, scale: int, x: torch.Tensor, tables: ScaleTables) -> torch.Tensor:
+    def step(self, scale: int, x: np.ndarray) -> np.ndarray:
         if self.cache is None:
             raise RuntimeError("begin() must run before step()")
-        cache, rows, tokens = self.cache, x.shape[0], x.shape[1]
-        logits = self._empty("transformer_step", "logits", {"rows": rows, "tokens": tokens})
-        slots = [t[cache.length : cache.length + tokens] for t in cache.keys + cache.values]
-        inputs = [x.to(self.dtype), tables.rope_cos, tables.rope_sin, *self.text, *cache.past()]
-        self._run("transformer_step", inputs, [logits, *slots])
+        cache, tokens = self.cache, x.shape[1]
+        depth = self.config.transformer.depth
+        names = [f"{kind}.{i}" for kind in ("key", "value") for i in range(depth)]
+
+        def bind_state(binding: Any) -> set[str]:
+            for name, buf in self.text.items():
+                buf.bind(binding, name, 0, buf.shape[0], output=False)
+            for name, layer in zip(names, cache.layers):
+                layer.bind(binding, f"past_{name}", 0, cache.length, output=False)
+                layer.bind(binding, f"new_{name}", cache.length, tokens, output=True)
+            return {f"new_{n}" for n in names}
+
+        t = self.tables[scale]
+        dims = {"rows": x.shape[0], "tokens": tokens}
+        logits = self._run("transformer_step", {"x": x, "rope_cos": t["rope_cos"], "rope_sin": t["rope_sin"]}, dims, bind_state)
         cache.length += tokens
-        return logits
+        return logits["logits"]
 
-    def update(
-        self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        dims = scale_dims(self.config, tokens.shape[0], scale)
-        inputs = [tokens, f_hat, tables.upsample, tables.downsample, tables.phi_weights, tables.next_level]
-        f_hat_out, next_x = self._run("scale_update", inputs, self._outputs("scale_update", dims))
-        return f_hat_out, next_x
+    def update(self, scale: int, tokens: np.ndarray, f_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = self.tables[scale]
+        inputs = {"tokens": tokens, "f_hat": f_hat, **{k: t[k] for k in ("upsample", "downsample", "phi_weights", "next_level")}}
+        out = self._run("scale_update", inputs, scale_dims(self.config, tokens.shape[0], scale))
+        return out["f_hat_out"], out["next_x"]
 
-    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
-        (image,) = self._run("vq_decoder", [f_hat], self._outputs("vq_decoder", {"batch": f_hat.shape[0]}))
-        return image
+    def decode(self, f_hat: np.ndarray) -> np.ndarray:
+        return self._run("vq_decoder", {"f_hat": f_hat}, {"batch": f_hat.shape[0]})["image"]
 
     preview = decode
+
+    def new_f_hat(self, batch: int) -> np.ndarray:
+        side = self.config.final_side
+        return np.zeros((batch, self.config.vae.cvae, side, side), dtype=np.float32)
+
+    def sampler(self, sampling: SamplingConfig, seeds: Sequence[int]):
+        """The portable sampler on numpy; the official one through torch on the CPU, where installed."""
+        if sampling.sampler == "portable":
+            return PortableSampler(sampling, seeds, self.config.num_scales)
+        return official_sampler(sampling, seeds, self.config.num_scales)
+
+    def to_numpy(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array)
+
+    asarray = to_numpy
+
+    def cached_kv(self) -> list[np.ndarray]:
+        """The filled KV-cache prefix: keys of every layer, then values."""
+        return [layer.value.numpy()[: self.cache.length] for layer in self.cache.layers]
+
+    def synchronize(self) -> None:
+        """ONNX Runtime runs synchronously: every output is ready on return."""
+
+
+def official_sampler(sampling: SamplingConfig, seeds: Sequence[int], num_scales: int):
+    """The official torch.Generator draws over numpy logits (needs torch)."""
+    try:
+        import torch
+
+        from .torch_sampling import OfficialSampler
+    except ImportError:
+        raise BackendUnavailableError(
+            "the official sampler draws with torch: pip install 'star-deploy[torch]', or use the portable sampler"
+        ) from None
+    sampler = OfficialSampler(sampling, seeds, num_scales, torch.device("cpu"))
+    return lambda logits, scale: sampler(torch.from_numpy(logits), scale).numpy()

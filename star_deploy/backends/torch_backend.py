@@ -6,10 +6,10 @@ import torch
 
 from ..config import StarConfig
 from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
-from ..model.tables import ScaleTables
 from ..model.text import TextEncoderModule
 from ..weights import StarModel
 from .cuda_graphs import CudaGraphs
+from .torch_arrays import TorchArrays, device_tables
 
 
 class KVCache:
@@ -37,7 +37,7 @@ class KVCache:
             dst[self.length : self.length + count].copy_(src)
 
 
-class TorchBackend:
+class TorchBackend(TorchArrays):
     """Runs the reference modules; ``dtype`` applies to the transformer and decoder.
 
     With ``cuda_graphs``, every scale's step (with its cache write), update and the decoder
@@ -63,17 +63,19 @@ class TorchBackend:
         self.step_graph = StepGraph(model.transformer)
         self.update_graph = ScaleUpdateGraph(model.transformer, model.vqvae)
         self.decoder_graph = DecoderGraph(model.vqvae)
+        self.tables = device_tables(self.config, self.device)
         self.cache: KVCache | None = None
         self.text: list[torch.Tensor] = []
 
     @torch.inference_mode()
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.text_graph(input_ids.to(self.device), attention_mask.to(self.device))
+    def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text_graph(self.asarray(input_ids), self.asarray(attention_mask))
 
     @torch.inference_mode()
-    def begin(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        start, bias, *kv = self.context_graph(hidden.to(self.device), attention_mask.to(self.device), pooled.to(self.device))
-        rows = 2 * hidden.shape[0]
+    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
+        b = hidden.shape[0] // 2
+        start, bias, *kv = self.context_graph(hidden[:b], self.asarray(attention_mask)[:b], pooled)
+        rows = 2 * b
         if self.cache is None or self.cache.rows != rows:
             self.cache = KVCache(self.config, rows, self.dtype, self.device)
             self.text = [bias, *kv]
@@ -86,14 +88,14 @@ class TorchBackend:
         return start
 
     @torch.inference_mode()
-    def step(self, scale: int, x: torch.Tensor, tables: ScaleTables) -> torch.Tensor:
+    def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
             raise RuntimeError("begin() must run before step()")
-        t = tables.to(self.device)
+        t = self.tables[scale]
         if self.graphs is None:
-            (logits,) = self._step(x, t.rope_cos, t.rope_sin)
+            (logits,) = self._step(x, t["rope_cos"], t["rope_sin"])
         else:
-            (logits,) = self.graphs.run(("step", scale), self._step, x, t.rope_cos, t.rope_sin)
+            (logits,) = self.graphs.run(("step", scale), self._step, x, t["rope_cos"], t["rope_sin"])
         self.cache.length += x.shape[1]
         return logits
 
@@ -104,11 +106,9 @@ class TorchBackend:
         return (logits,)
 
     @torch.inference_mode()
-    def update(
-        self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        t = tables.to(self.device)
-        args = (tokens.to(self.device), f_hat, t.upsample, t.downsample, t.phi_weights, t.next_level)
+    def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.tables[scale]
+        args = (self.asarray(tokens), f_hat, t["upsample"], t["downsample"], t["phi_weights"], t["next_level"])
         if self.graphs is None:
             return self.update_graph(*args)
         return self.graphs.run(("update", scale), self.update_graph, *args)

@@ -30,7 +30,7 @@ from ..engines.trt_api import cuda_device, import_tensorrt, make_logger, runtime
 from ..errors import ArtifactError, StarDeployError
 from ..export.manifest import Manifest
 from ..graphs import scale_dims
-from ..model.tables import ScaleTables
+from .torch_arrays import TorchArrays, device_tables
 from .torch_backend import KVCache
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TrtEngine:
             )
 
 
-class TrtBackend:
+class TrtBackend(TorchArrays):
     """Runs the TensorRT plans built by `star-deploy build-engine` for ``manifest``."""
 
     name = "tensorrt"
@@ -118,6 +118,7 @@ class TrtBackend:
         step_dtypes = self.engines["transformer_step"].dtypes
         self.dtype = step_dtypes["x"]
         self.cache_dtype = step_dtypes["new_key.0"]
+        self.tables = device_tables(self.config, self.device)
         self.cache: KVCache | None = None
         self.text: dict[str, torch.Tensor] = {}
 
@@ -125,18 +126,19 @@ class TrtBackend:
         engine, spec = self.engines[graph], self.manifest.graphs[graph]
         return {t.name: torch.empty(t.concrete(dims), dtype=engine.dtypes[t.name], device=self.device) for t in spec.outputs}
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         rows = input_ids.shape[0]
         engine = self.engines["text_encoder"]
         outs = self._outputs("text_encoder", {"rows": rows, "batch": rows // 2})
-        engine.run(engine.profile(rows // 2), {"input_ids": input_ids, "attention_mask": attention_mask}, outs)
+        inputs = {"input_ids": self.asarray(input_ids), "attention_mask": self.asarray(attention_mask)}
+        engine.run(engine.profile(rows // 2), inputs, outs)
         return outs["text_hidden"], outs["text_pooled"]
 
-    def begin(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        b = hidden.shape[0]
+    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
+        b = hidden.shape[0] // 2
         engine = self.engines["text_context"]
         outs = self._outputs("text_context", {"batch": b, "rows": 2 * b})
-        inputs = {"text_hidden": hidden, "attention_mask": attention_mask, "text_pooled": pooled}
+        inputs = {"text_hidden": hidden[:b], "attention_mask": self.asarray(attention_mask)[:b], "text_pooled": pooled}
         engine.run(engine.profile(b), inputs, outs)
         start = outs.pop("start_tokens")
         self.text = outs
@@ -146,7 +148,7 @@ class TrtBackend:
         self.cache.length = 0
         return start
 
-    def step(self, scale: int, x: torch.Tensor, tables: ScaleTables) -> torch.Tensor:
+    def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
             raise RuntimeError("begin() must run before step()")
         expected = self.config.scale_offsets()[scale]
@@ -155,7 +157,8 @@ class TrtBackend:
         rows, tokens = x.shape[0], x.shape[1]
         engine = self.engines["transformer_step"]
         logits = torch.empty((rows, tokens, self.config.transformer.vocab_size), dtype=engine.dtypes["logits"], device=self.device)
-        inputs = {"x": x, "rope_cos": tables.rope_cos, "rope_sin": tables.rope_sin}
+        tables = self.tables[scale]
+        inputs = {"x": x, "rope_cos": tables["rope_cos"], "rope_sin": tables["rope_sin"]}
         outputs = {"logits": logits}
         for b in self.plans["transformer_step"]:
             if b.source in (Source.TEXT_CONTEXT, Source.CACHE_PREFIX):
@@ -166,15 +169,12 @@ class TrtBackend:
         self.cache.length += tokens
         return logits
 
-    def update(
-        self, scale: int, tokens: torch.Tensor, f_hat: torch.Tensor, tables: ScaleTables
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = tokens.shape[0]
         dims = scale_dims(self.config, b, scale)
         engine = self.engines["scale_update"]
         outs = self._outputs("scale_update", dims)
-        inputs = {"tokens": tokens, "f_hat": f_hat, "upsample": tables.upsample, "downsample": tables.downsample,
-                  "phi_weights": tables.phi_weights, "next_level": tables.next_level}
+        inputs = {"tokens": self.asarray(tokens), "f_hat": f_hat, **{k: v for k, v in self.tables[scale].items() if k not in ("rope_cos", "rope_sin")}}
         engine.run(engine.profile(b, scale), inputs, outs)
         return outs["f_hat_out"], outs["next_x"]
 

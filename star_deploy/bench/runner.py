@@ -12,16 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..backends.factory import TORCH_DTYPES, create_backend
+from ..backends.factory import TORCH_DTYPE_NAMES, create_backend, torch_dtype
 from ..config import SamplingConfig, StarConfig
 from ..errors import BackendUnavailableError, ConfigError
+from ..evaluation import forced_fidelity
 from ..export.manifest import Manifest
-from ..model.text import PromptTokenizer
+from ..tokenizer import PromptTokenizer
 from ..pipeline import Generation, StageTimes, ScaleLoop
 from ..weights import StarModel
-from .fidelity import fidelity
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
@@ -59,8 +60,8 @@ class BenchSettings:
             raise ConfigError(f"--backends {','.join(self.backends)}: choose from {', '.join(BENCH_BACKENDS)}")
         if self.batch_size < 1 or self.warmup < 0 or self.repeat < 1:
             raise ConfigError("--batch-size and --repeat must be >= 1, --warmup >= 0")
-        if self.dtype not in TORCH_DTYPES:
-            raise ConfigError(f"--dtype {self.dtype}: choose one of {', '.join(TORCH_DTYPES)}")
+        if self.dtype not in TORCH_DTYPE_NAMES:
+            raise ConfigError(f"--dtype {self.dtype}: choose one of {', '.join(TORCH_DTYPE_NAMES)}")
 
     @property
     def prompts(self) -> list[str]:
@@ -168,7 +169,7 @@ def timed(record: dict[str, float], key: str, func: Callable):
 def compute_dtype(name: str, backend) -> str:
     """The dtype a backend's matmuls run in, for the floor."""
     if name == BASELINE:
-        return "float16" if backend.device.type == "cuda" else "float32"
+        return "float16" if str(backend.device).startswith("cuda") else "float32"
     if name == "tensorrt":
         return "float16"
     dtype = getattr(backend, "dtype", torch.float32)
@@ -180,17 +181,17 @@ def run_backend(name: str, backend, tokenizer: PromptTokenizer, settings: BenchS
     pipeline = ScaleLoop(backend, tokenizer)
     prompts, seeds, sampling = settings.prompts, settings.seeds, settings.sampling
     report: dict = {}
-    with PeakMemory(backend.device) as memory:
+    with PeakMemory(torch.device(settings.device)) as memory:
         for i in range(settings.warmup):
             if i == 0 and reference is not None:
-                report = fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
+                report = forced_fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
             else:
                 pipeline.generate(prompts, sampling, seeds)
         runs = [pipeline.generate(prompts, sampling, seeds) for _ in range(settings.repeat)]
     if reference is not None:
         if not report:
-            report = fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
-        report["tokens_equal_fp32"] = bool(torch.equal(runs[0].tokens, reference.tokens))
+            report = forced_fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
+        report["tokens_equal_fp32"] = bool(np.array_equal(runs[0].tokens, reference.tokens))
     return BackendRun(name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report)
 
 
@@ -241,7 +242,7 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
 def roof_dtypes(settings: BenchSettings, device: torch.device) -> dict[str, torch.dtype]:
     """Every compute dtype a backend of this run can report (see compute_dtype)."""
     names = {"float32", settings.dtype} | ({"float16"} if device.type == "cuda" else set())
-    return {name: TORCH_DTYPES[name] for name in sorted(names)}
+    return {name: torch_dtype(name) for name in sorted(names)}
 
 
 def build_report(
@@ -250,7 +251,7 @@ def build_report(
     """The JSON document: machine, floor, and per backend median/p90/throughput/ratios/stages."""
     flops = generation_flops(config, settings.batch_size)
     throughput, bandwidth = roofs.matmul_flops_per_s, roofs.copy_bytes_per_s
-    traffic = {d: generation_bytes(config, settings.batch_size, TORCH_DTYPES[d].itemsize) for d in throughput}
+    traffic = {d: generation_bytes(config, settings.batch_size, torch_dtype(d).itemsize) for d in throughput}
     floors = {d: roofline(flops, traffic[d], throughput[d], bandwidth) for d in throughput}
     backends: dict[str, dict] = {}
     baseline_median = None

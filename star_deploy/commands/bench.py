@@ -14,7 +14,7 @@ from ..bench.runner import BENCH_BACKENDS, BackendSource, BenchSettings, run_ben
 from ..config import PRESETS, SamplingConfig, preset
 from ..errors import ConfigError
 from ..weights import StarModel
-from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
+from .common import ClipOpt, ResolutionOpt, SamplerOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
 
 log = logging.getLogger("star_deploy")
 DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
@@ -45,6 +45,7 @@ def bench(
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed+i.")] = 0,
+    sampler: SamplerOpt = "portable",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
@@ -57,7 +58,7 @@ def bench(
     With no weight options and no --random-weights, benchmarks the built-in demo model.
     """
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
-    settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed))
+    settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed, sampler=sampler))
     if json_path is not None:
         check_writable(json_path, overwrite=True)
     needs_model = any(n.startswith("torch") for n in names) or artifacts is None

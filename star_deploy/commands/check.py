@@ -20,7 +20,7 @@ from ..engines.validate import ValidationReport, validate
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..export.manifest import Manifest, load_manifest
 from ..export.readiness import check_artifacts, load_ops_table
-from ..model.text import PromptTokenizer
+from ..tokenizer import PromptTokenizer
 from ..pipeline import ScaleLoop
 from .common import load_model, reports_errors
 

@@ -28,6 +28,10 @@ ResolutionOpt = Annotated[
     typer.Option("--resolution", help="Output size the checkpoint was trained for: 256, 512 or 1024 (128 for the demo)."),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+SamplerOpt = Annotated[
+    str,
+    typer.Option(help="portable: a seed gives the same tokens on every backend and device; official: the official code's torch.Generator draws (CPU: the official images)."),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

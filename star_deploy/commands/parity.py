@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +14,8 @@ from ..atomic import write_text
 from ..backends.factory import artifacts_manifest, create_backend
 from ..config import SamplingConfig
 from ..errors import ConfigError
-from ..model.text import PromptTokenizer
-from ..parity import ErrorStats, Fidelity, fidelity, graph_parity
+from ..tokenizer import PromptTokenizer
+from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
 from ..pipeline import ScaleLoop
 from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
 
@@ -26,34 +25,6 @@ DEFAULT_PROMPTS = (
     "a cute dog sitting on the grass, high quality",
     "",
 )
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What an artefact folder of a precision must reach against the fp32 reference."""
-
-    logits_max_abs: float
-    teacher_forced_token_agreement: float
-    teacher_forced_psnr_db: float
-
-
-THRESHOLDS = {
-    "fp32": Thresholds(logits_max_abs=1e-3, teacher_forced_token_agreement=0.999, teacher_forced_psnr_db=60.0),
-    "fp16": Thresholds(logits_max_abs=0.25, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=35.0),
-    "int8": Thresholds(logits_max_abs=1.0, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=30.0),
-    "int4": Thresholds(logits_max_abs=2.0, teacher_forced_token_agreement=0.90, teacher_forced_psnr_db=25.0),
-}
-
-
-def failures(result: Fidelity, limits: Thresholds) -> list[str]:
-    out = []
-    if result.logits_max_abs > limits.logits_max_abs:
-        out.append(f"logits max error {result.logits_max_abs:.3g} > {limits.logits_max_abs:g}")
-    if result.teacher_forced_token_agreement < limits.teacher_forced_token_agreement:
-        out.append(f"token agreement {result.teacher_forced_token_agreement:.4f} < {limits.teacher_forced_token_agreement}")
-    if result.teacher_forced_psnr_db < limits.teacher_forced_psnr_db:
-        out.append(f"teacher-forced PSNR {result.teacher_forced_psnr_db:.1f} dB < {limits.teacher_forced_psnr_db} dB")
-    return out
 
 
 def print_report(graphs: dict[str, ErrorStats], result: Fidelity, title: str) -> None:

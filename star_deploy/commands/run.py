@@ -19,7 +19,7 @@ from ..config import SamplingConfig, StarConfig
 from ..errors import ArtifactError, ConfigError, OutputError, WeightsError
 from ..export.manifest import Manifest, sha256_tree, verify_graph_hashes
 from ..images import save_png, to_pil
-from ..model.text import PromptTokenizer
+from ..tokenizer import PromptTokenizer
 from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
 from ..pipeline import Generation, ScaleLoop
 from ..weights import ReleasePaths, resolve_release
@@ -27,6 +27,7 @@ from .common import (
     ClipOpt,
     OverwriteOpt,
     ResolutionOpt,
+    SamplerOpt,
     StarOpt,
     VaeOpt,
     WeightsOpt,
@@ -162,6 +163,8 @@ def run(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None,
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
+    provider: Annotated[str | None, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt, openvino, coreml or directml (as installed). Default: cuda for --device cuda, else cpu.")] = None,
+    sampler: SamplerOpt = "portable",
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch backend on CUDA: capture every scale as a CUDA graph on the first batch, replay it for the next (faster from the second batch on).")] = False,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
@@ -178,7 +181,7 @@ def run(
     An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
-    sampling = SamplingConfig(cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed)
+    sampling = SamplingConfig(cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed, sampler=sampler)
     device = default_device(backend, device)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -194,7 +197,7 @@ def run(
         given = any(v is not None for v in (weights, clip, vae, star))
         manifest = open_artifacts(backend, artifacts, resolve_release(weights, clip, vae, star) if given else None)
         memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device)(manifest.config)
-        engine = create_backend(backend, device, manifest=manifest, threads=threads)
+        engine = create_backend(backend, device, manifest=manifest, threads=threads, provider=provider)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:
         model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
@@ -211,9 +214,9 @@ def run(
     for i, (path, prompt, image) in enumerate(zip(paths, prompts, images)):
         meta = {
             "prompt": prompt, "seed": str(seed + i), "cfg": str(cfg), "top_k": str(sampling.top_k),
-            "top_p": str(top_p), "backend": backend, "software": "star-deploy",
+            "top_p": str(top_p), "sampler": sampler, "backend": backend, "software": "star-deploy",
         }
-        save_png(path, to_pil(image.numpy()), meta)
+        save_png(path, to_pil(image), meta)
         typer.echo(str(path))
     print_timings(results, len(images), f"{backend}, {device}")
 

@@ -9,3 +9,9 @@ DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 DEMO_RESOLUTION = 128
 """The demo draws 128x128 images (scales 1, 2, 3, 4, 6, 8)."""
+
+DEMO_GRAPHS = Path(__file__).resolve().parent / "graphs"
+"""The demo exported to ONNX (fp32): what the base install runs with ONNX Runtime, no torch needed.
+
+Made by ``star-deploy export --out star_deploy/demo/graphs`` from ``DEMO_WEIGHTS``;
+``tests/test_torch_free.py`` checks that both give the same tokens."""

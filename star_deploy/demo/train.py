@@ -367,7 +367,7 @@ def evaluate_release(out: Path, seeds: int) -> dict[str, float]:
     """Pass rates of colours and shapes on held-out combinations, generated with the torch backend."""
     from ..backends.torch_backend import TorchBackend
     from ..pipeline import ScaleLoop
-    from ..model.text import PromptTokenizer
+    from ..tokenizer import PromptTokenizer
     from ..weights import load_release, resolve_release
     from .evaluate import read_image
 

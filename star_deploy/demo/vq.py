@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VaeConfig
-from ..model.tables import phi_index, resample_matrix
+from ..tables import area_matrix, bicubic_matrix, phi_index
 from ..model.vqvae import AttnBlock, ResnetBlock, StarVQVAE
 
 
@@ -100,8 +100,8 @@ class QuantTables:
 
 def quant_tables(sides: tuple[int, ...]) -> QuantTables:
     last = sides[-1]
-    down = [resample_matrix(last, p, "area") for p in sides]
-    up = [resample_matrix(p, last, "bicubic") if p != last else torch.eye(last) for p in sides]
+    down = [torch.from_numpy(area_matrix(last, p)) for p in sides]
+    up = [torch.from_numpy(bicubic_matrix(p, last)) if p != last else torch.eye(last) for p in sides]
     return QuantTables(sides, down, up, [phi_index(k, len(sides)) for k in range(len(sides))])
 
 

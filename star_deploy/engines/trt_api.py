@@ -9,7 +9,7 @@ import torch
 from ..errors import BackendUnavailableError
 from .sidecar import RuntimeInfo
 
-INSTALL_HINT = "pip install 'star-deploy[tensorrt]' (tensorrt>=10.0, polygraphy>=0.49) on a machine with an NVIDIA GPU"
+INSTALL_HINT = "pip install 'star-deploy[tensorrt]' (tensorrt>=10.0) on a machine with an NVIDIA GPU"
 MIN_MAJOR = 10
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import atomic_dir, write_text
+from ..tokenizer import TOKENIZER_JSON, save_tokenizer_json
 from ..weights import StarModel
 from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sha256_tree
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
@@ -41,6 +42,7 @@ def export_artifacts(
     with atomic_dir(out, overwrite) as tmp:
         specs = export_all(model, precision, tmp, on_graph, external_bytes)
         shutil.copytree(model.tokenizer_dir, tmp / TOKENIZER_DIR)
+        save_tokenizer_json(model.tokenizer_dir, tmp / TOKENIZER_DIR / TOKENIZER_JSON)
         data = manifest_dict(model.config, precision, specs, tmp, source_records(model), tool_versions(), OPSET)
         write_text(tmp / MANIFEST, dumps(data))
     return out

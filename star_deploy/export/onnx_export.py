@@ -19,8 +19,8 @@ from torch.export import Dim
 from ..config import StarConfig
 from ..graphs import GraphSpec, compute_dtype, graph_specs, scale_dims
 from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
-from ..model.tables import build_scale_tables
 from ..model.text import TextEncoderModule
+from ..tables import build_scale_tables
 from ..weights import StarModel
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,7 @@ def export_dims() -> dict[str, Dim]:
 def sample_inputs(config: StarConfig, spec: GraphSpec) -> list[torch.Tensor]:
     """Random inputs of the export shapes, in ``spec``'s order."""
     dims = scale_dims(config, EXPORT_BATCH, EXPORT_SCALE)
-    tables = build_scale_tables(config)[EXPORT_SCALE]
-    fixed = {
-        "rope_cos": tables.rope_cos, "rope_sin": tables.rope_sin, "upsample": tables.upsample,
-        "downsample": tables.downsample, "phi_weights": tables.phi_weights, "next_level": tables.next_level,
-    }
+    fixed = {k: torch.from_numpy(v) for k, v in build_scale_tables(config)[EXPORT_SCALE].arrays().items()}
     gen = torch.Generator().manual_seed(0)
     out = []
     for t in spec.inputs:

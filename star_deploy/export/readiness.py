@@ -115,7 +115,7 @@ def _check_restrictions(node: onnx.NodeProto, constants: set[str], report: Graph
             value = _attr(node, attr)
             if value is not None and value not in allowed:
                 report.add(f"{where}: {attr}={value!r} is not supported by TensorRT (allowed: {', '.join(sorted(allowed))}); "
-                           "express the resampling as matrix products (see model/tables.py)")
+                           "express the resampling as matrix products (see star_deploy/tables.py)")
         if _attr(node, "antialias"):
             report.add(f"{where}: antialiased Resize is not supported by TensorRT")
     index = CONSTANT_AXES_INPUT.get(node.op_type)

@@ -1,48 +1,15 @@
-"""The CLIP text side: tokenizer and CLIPTextModel of the release's ``CLIP/`` folder."""
+"""The CLIP text encoder of the release's ``CLIP/text_encoder`` folder (the tokenizer is in star_deploy.tokenizer)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import MAX_TEXT_TOKENS, TextEncoderConfig
+from ..config import TextEncoderConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """Token ids and attention masks of rows [prompts..., "" x B], padded to 77."""
-
-    input_ids: torch.Tensor  # (2B, 77) int64
-    attention_mask: torch.Tensor  # (2B, 77) int64
-
-
-class PromptTokenizer:
-    """CLIPTokenizer padded to 77 with the tokenizer's pad token; long prompts are truncated."""
-
-    def __init__(self, tokenizer_dir: Path) -> None:
-        from transformers import CLIPTokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-
-    def token_count(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, truncation=False).input_ids)
-
-    def __call__(self, prompts: list[str]) -> Tokens:
-        """Conditional rows for ``prompts`` followed by one unconditional ("") row each."""
-        for prompt in prompts:
-            count = self.token_count(prompt)
-            if count > MAX_TEXT_TOKENS:
-                log.warning("prompt has %d tokens; CLIP reads the first %d: %r", count, MAX_TEXT_TOKENS, prompt[:60])
-        rows = list(prompts) + [""] * len(prompts)
-        enc = self.tokenizer(
-            rows, padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True, return_tensors="pt"
-        )
-        return Tokens(enc.input_ids.long(), enc.attention_mask.long())
 
 
 HF_FIELDS = {

@@ -1,0 +1,5 @@
+"""``python -m star_deploy``: the same command line as ``star-deploy``."""
+
+from .cli import entry
+
+entry()

@@ -1,0 +1,124 @@
+"""ONNX Runtime sessions as users configure them: execution providers, options, a cache of optimized graphs.
+
+The first load of a graph writes ORT's optimized form to ``DIR/ort_cache/`` (when DIR is
+writable); later loads read it with optimizations off and skip that work. A cache file is
+named by the graph's sha256, the provider and the ORT version, and carries a digest of its
+own contents, so a stale or damaged file is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import BackendUnavailableError, ConfigError
+from ..export.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
+"""--provider name -> ONNX Runtime execution provider."""
+
+DEVICE_BUFFERS = {"cuda": "cuda", "tensorrt": "cuda"}
+"""Providers whose KV cache lives in device memory; the rest use host memory."""
+
+CACHE_DIR = "ort_cache"
+
+
+def provider_entry(
+    ort: ModuleType, provider: str, device_id: int, options: dict[str, Any] | None
+) -> tuple[list, tuple[str, int]]:
+    """The session's provider list (with CPU fallback) and the (device type, id) of its buffers."""
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if name not in available:
+        raise BackendUnavailableError(
+            f"onnxruntime {ort.__version__} has no {name} (installed: {', '.join(available)}); "
+            f"install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda and tensorrt), or use --provider cpu"
+        )
+    buffers = DEVICE_BUFFERS.get(provider, "cpu")
+    settings = dict(options or {})
+    if buffers == "cuda":
+        settings.setdefault("device_id", device_id)
+    entry = [(name, settings)] if settings else [name]
+    return (entry + ["CPUExecutionProvider"] if provider != "cpu" else entry), (buffers, device_id if buffers == "cuda" else 0)
+
+
+def _options(ort: ModuleType, threads: int):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _cache_key(ort: ModuleType, manifest: Manifest, graph: str, provider: str) -> str:
+    return f"{graph}.{provider}.ort{ort.__version__}.{manifest.graph_hashes[graph][:16]}"
+
+
+def _cached(folder: Path, key: str) -> Path | None:
+    """A cache file for ``key`` whose contents match the digest in its name."""
+    for path in folder.glob(f"{key}.*.onnx"):
+        if path.name == f"{key}.{_digest(path)}.onnx":
+            return path
+        log.debug("ignoring damaged ORT cache file %s", path)
+    return None
+
+
+def create_session(
+    ort: ModuleType, manifest: Manifest, graph: str, providers: list, provider: str, threads: int, user_options: Any
+):
+    """An InferenceSession of ``graph``; optimized once and cached beside the graphs where possible."""
+    source = manifest.path(graph)
+    if user_options is not None:
+        return ort.InferenceSession(str(source), user_options, providers=providers)
+    folder = manifest.root / CACHE_DIR
+    key = _cache_key(ort, manifest, graph, provider)
+    external = source.with_name(source.name + ".data").exists()
+    cached = None if external else _cached(folder, key) if folder.is_dir() else None
+    options = _options(ort, threads)
+    if cached is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(cached), options, providers=providers)
+    tmp = folder / f".{key}.partial-{os.getpid()}"
+    writable = not external and _prepare(folder)
+    if writable:
+        options.optimized_model_filepath = str(tmp)
+    try:
+        session = ort.InferenceSession(str(source), options, providers=providers)
+        if writable and tmp.is_file():
+            os.replace(tmp, folder / f"{key}.{_digest(tmp)}.onnx")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return session
+
+
+def _prepare(folder: Path) -> bool:
+    """Create the cache folder if the artefact folder is writable; False (no cache) otherwise."""
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)

@@ -1,0 +1,77 @@
+"""Samplers on torch tensors, on the backend's device: the official draws and the portable rule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..config import SamplingConfig
+from ..sampling import guidance_scale, uniforms
+
+
+def apply_cfg(logits: torch.Tensor, t: float) -> torch.Tensor:
+    """(1+t)·cond − t·uncond for logits (2B, l, V) with rows [cond; uncond]."""
+    b = logits.shape[0] // 2
+    return (1 + t) * logits[:b] - t * logits[b:]
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, stable: bool = False) -> torch.Tensor:
+    """Logits (..., V) with entries outside top-k, then outside the top-p mass, set to -inf."""
+    logits = logits.clone()
+    if top_k > 0:
+        kth = logits.topk(top_k, largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
+        logits.masked_fill_(logits < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False, stable=stable)
+        drop_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        drop_sorted[..., -1:] = False
+        logits.masked_fill_(drop_sorted.scatter(sorted_idx.ndim - 1, sorted_idx, drop_sorted), -torch.inf)
+    return logits
+
+
+def sample(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One multinomial draw per row of ``logits`` (l, V) -> token ids (l,), as the official sampler."""
+    probs = filter_top_k_top_p(logits, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator)[:, 0]
+
+
+class OfficialSampler:
+    """float32 CFG and filtering, ``torch.multinomial`` from one generator per prompt."""
+
+    def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], num_scales: int, device: torch.device) -> None:
+        self.sampling = sampling
+        self.num_scales = num_scales
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, logits: torch.Tensor, scale: int) -> torch.Tensor:
+        s = self.sampling
+        guided = apply_cfg(logits.float(), guidance_scale(s.cfg, scale, self.num_scales))
+        return torch.stack([sample(guided[i], s.top_k, s.top_p, g) for i, g in enumerate(self.generators)])
+
+
+class PortableSampler:
+    """The portable rule of ``star_deploy.sampling`` in float64 on the device; uniforms come from the host."""
+
+    def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], num_scales: int, device: torch.device) -> None:
+        self.sampling = sampling
+        self.seeds = list(seeds)
+        self.num_scales = num_scales
+        self.device = device
+
+    def __call__(self, logits: torch.Tensor, scale: int) -> torch.Tensor:
+        s = self.sampling
+        guided = apply_cfg(logits.double(), guidance_scale(s.cfg, scale, self.num_scales))
+        probs = filter_top_k_top_p(guided, s.top_k, s.top_p, stable=True).softmax(dim=-1)
+        u = np.stack([uniforms(seed, scale, guided.shape[1]) for seed in self.seeds])
+        u = torch.from_numpy(u).to(self.device, non_blocking=True)
+        cdf = probs.cumsum(dim=-1)
+        index = (cdf <= (u * cdf[..., -1])[..., None]).sum(dim=-1)
+        return index.clamp_(max=probs.shape[-1] - 1)
+
+
+def make_sampler(sampling: SamplingConfig, seeds: Sequence[int], num_scales: int, device: torch.device):
+    """The sampler ``sampling.sampler`` names, on ``device``."""
+    cls = OfficialSampler if sampling.sampler == "official" else PortableSampler
+    return cls(sampling, seeds, num_scales, device)

@@ -1,0 +1,175 @@
+"""How agreement between two backends is measured, once: graph errors, token agreement, PSNR, thresholds.
+
+`star-deploy parity`, `star-deploy check --backend tensorrt`, the benchmark and the tests
+all read these definitions and the one ``THRESHOLDS`` table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .backends.base import Backend
+from .config import SamplingConfig
+from .pipeline import Generation, ScaleLoop
+from .sampling import guidance_scale
+from .tokenizer import PromptTokenizer
+
+GRAPHS = ("text_encoder", "text_context", "transformer_step", "kv_cache", "scale_update", "vq_decoder")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a backend of a precision must reach against the fp32 reference."""
+
+    logits_max_abs: float
+    teacher_forced_token_agreement: float
+    teacher_forced_psnr_db: float
+
+
+THRESHOLDS = {
+    "fp32": Thresholds(logits_max_abs=1e-3, teacher_forced_token_agreement=0.999, teacher_forced_psnr_db=60.0),
+    "fp16": Thresholds(logits_max_abs=0.25, teacher_forced_token_agreement=0.99, teacher_forced_psnr_db=35.0),
+    "int8": Thresholds(logits_max_abs=1.0, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=30.0),
+    "int4": Thresholds(logits_max_abs=2.0, teacher_forced_token_agreement=0.90, teacher_forced_psnr_db=25.0),
+}
+"""Per precision; the README's "what is verified where" table cites these."""
+
+
+@dataclass
+class ErrorStats:
+    """Largest absolute, largest relative and mean absolute difference over every comparison of one graph."""
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    mean_abs: float = 0.0
+    count: int = 0
+
+    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
+        ref64, test64 = np.asarray(ref, dtype=np.float64), np.asarray(test, dtype=np.float64)
+        if ref64.size == 0:
+            return
+        diff = np.abs(ref64 - test64)
+        largest, scale = float(diff.max()), float(np.abs(ref64).max())
+        self.max_abs = max(self.max_abs, largest)
+        self.max_rel = max(self.max_rel, largest / scale if scale > 0 else largest)
+        self.mean_abs = (self.mean_abs * self.count + float(diff.mean())) / (self.count + 1)
+        self.count += 1
+
+
+def psnr(ref: np.ndarray, test: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1] (inf when identical)."""
+    mse = float(np.mean((np.asarray(ref, dtype=np.float64) - np.asarray(test, dtype=np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def token_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of equal token ids."""
+    return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def graph_parity(ref: Backend, test: Backend, tokenizer: PromptTokenizer, prompts: Sequence[str], seed: int = 0) -> dict[str, ErrorStats]:
+    """Feed both backends the reference's inputs graph by graph, scale by scale; compare outputs.
+
+    Tokens between scales are random (seeded), so every scale sees realistic, identical inputs.
+    """
+    stats = {name: ErrorStats() for name in GRAPHS}
+    config, b = ref.config, len(prompts)
+    host = ref.to_numpy
+    toks = tokenizer(list(prompts))
+    hidden, pooled = ref.encode_text(toks.input_ids, toks.attention_mask)
+    t_hidden, t_pooled = test.encode_text(toks.input_ids, toks.attention_mask)
+    stats["text_encoder"].add(host(hidden), test.to_numpy(t_hidden))
+    stats["text_encoder"].add(host(pooled), test.to_numpy(t_pooled))
+    x = host(ref.begin(hidden, toks.attention_mask, pooled))
+    stats["text_context"].add(x, test.to_numpy(test.begin(test.asarray(host(hidden)), toks.attention_mask, test.asarray(host(pooled)))))
+    rng = np.random.default_rng(seed)
+    f_hat = np.zeros((b, config.vae.cvae, config.final_side, config.final_side), dtype=np.float32)
+    for k, side in enumerate(config.patch_nums):
+        stats["transformer_step"].add(host(ref.step(k, ref.asarray(x))), test.to_numpy(test.step(k, test.asarray(x))))
+        tokens = rng.integers(0, config.transformer.vocab_size, (b, side, side), dtype=np.int64)
+        f_ref, x_ref = (host(a) for a in ref.update(k, tokens, ref.asarray(f_hat)))
+        f_test, x_test = (test.to_numpy(a) for a in test.update(k, tokens, test.asarray(f_hat)))
+        stats["scale_update"].add(f_ref, f_test)
+        stats["scale_update"].add(x_ref, x_test)
+        f_hat, x = f_ref, x_ref
+    for r, t in zip(ref.cached_kv(), test.cached_kv()):
+        stats["kv_cache"].add(r, t)
+    stats["vq_decoder"].add(host(ref.decode(ref.asarray(f_hat))), test.to_numpy(test.decode(test.asarray(f_hat))))
+    return stats
+
+
+def guided_argmax_agreement(ref: Generation, test: Generation, sampling: SamplingConfig) -> list[float]:
+    """Per scale: how often the CFG-guided argmax of both runs' logits picks the same token."""
+    k = len(ref.logits)
+    out = []
+    for scale, (a, b) in enumerate(zip(ref.logits, test.logits)):
+        t = guidance_scale(sampling.cfg, scale, k)
+        rows = a.shape[0] // 2
+        ga, gb = (1 + t) * a[:rows] - t * a[rows:], (1 + t) * b[:rows] - t * b[rows:]
+        out.append(token_agreement(ga.argmax(-1), gb.argmax(-1)))
+    return out
+
+
+def forced_fidelity(reference: Generation, forced: Generation) -> dict[str, float]:
+    """A run teacher-forced on ``reference.tokens`` against the reference (same seeds, same sampler)."""
+    return {
+        "teacher_forced_token_agreement": token_agreement(forced.sampled, reference.tokens),
+        "image_psnr_db": psnr(forced.images, reference.images),
+    }
+
+
+@dataclass
+class Fidelity:
+    """End-to-end agreement of a test pipeline with a reference at the same seeds."""
+
+    teacher_forced_token_agreement: float
+    teacher_forced_psnr_db: float
+    free_run_token_agreement: float
+    free_run_psnr_db: float
+    logits_max_abs: float
+    per_prompt: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fidelity(ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]) -> Fidelity:
+    """Teacher-forced (both fed the reference's tokens, both sampling with the same seeds)
+    and free-running agreement of ``test`` with ``ref``."""
+    free_ref = ref.generate(prompts, sampling, seeds, keep_logits=True)
+    forced = test.generate(prompts, sampling, seeds, teacher_tokens=free_ref.tokens, keep_logits=True)
+    free_test = test.generate(prompts, sampling, seeds)
+    logits_err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(free_ref.logits, forced.logits))
+    per_prompt = [
+        {
+            "prompt": p,
+            "seed": s,
+            "teacher_forced_token_agreement": token_agreement(forced.sampled[i], free_ref.tokens[i]),
+            "free_run_psnr_db": psnr(free_ref.images[i], free_test.images[i]),
+        }
+        for i, (p, s) in enumerate(zip(prompts, seeds))
+    ]
+    return Fidelity(
+        teacher_forced_token_agreement=token_agreement(forced.sampled, free_ref.tokens),
+        teacher_forced_psnr_db=psnr(free_ref.images, forced.images),
+        free_run_token_agreement=token_agreement(free_test.tokens, free_ref.tokens),
+        free_run_psnr_db=psnr(free_ref.images, free_test.images),
+        logits_max_abs=logits_err,
+        per_prompt=per_prompt,
+    )
+
+
+def failures(result: Fidelity, limits: Thresholds) -> list[str]:
+    """Every threshold ``result`` misses, as one phrase each."""
+    out = []
+    if result.logits_max_abs > limits.logits_max_abs:
+        out.append(f"logits max error {result.logits_max_abs:.3g} > {limits.logits_max_abs:g}")
+    if result.teacher_forced_token_agreement < limits.teacher_forced_token_agreement:
+        out.append(f"token agreement {result.teacher_forced_token_agreement:.4f} < {limits.teacher_forced_token_agreement}")
+    if result.teacher_forced_psnr_db < limits.teacher_forced_psnr_db:
+        out.append(f"teacher-forced PSNR {result.teacher_forced_psnr_db:.1f} dB < {limits.teacher_forced_psnr_db} dB")
+    return out
