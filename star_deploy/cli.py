@@ -11,6 +11,7 @@ import typer
 from rich.logging import RichHandler
 
 from .commands import bench, build_engine, check, convert, export, inspect, parity, quantize, run
+from .commands import bench_serve, serve
 
 app = typer.Typer(
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
@@ -44,6 +45,8 @@ app.command("check")(check.command)
 app.command("quantize")(quantize.command)
 app.command("inspect")(inspect.command)
 app.command("convert")(convert.command)
+app.command("serve")(serve.command)
+app.command("bench-serve")(bench_serve.command)
 
 
 if __name__ == "__main__":
