@@ -24,11 +24,11 @@ class ModelError(Exception):
     """The pipeline itself failed on a request (reported as 500, not retried)."""
 
 
-def cause(exc: BaseException) -> str:
+def cause(exc: BaseException, limit: int = 160) -> str:
     """The first line of the user-side error inside a Ray task error."""
     inner = getattr(exc, "cause", None) or exc
     text = str(inner).strip().splitlines()
-    return f"{type(inner).__name__}: {text[-1] if text else ''}"
+    return f"{type(inner).__name__}: {text[-1][:limit] if text else ''}"
 
 
 def backoff(attempt: int) -> float:

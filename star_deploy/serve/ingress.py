@@ -59,7 +59,7 @@ class StarIngress:
 
     async def model_info(self) -> dict[str, Any]:
         if self.info is None:
-            self.info = await self.model.info.remote()
+            self.info = await self.model.info.remote()  # waits while no replica is ready
         return self.info
 
     def admit(self) -> None:
@@ -80,10 +80,14 @@ class StarIngress:
     async def page(self) -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8"))
 
-    @app.get("/healthz", summary="Liveness: 200 while serving, 503 while draining")
+    @app.get("/healthz", summary="Readiness: 200 once a model replica answers, 503 while loading or draining")
     async def healthz(self) -> JSONResponse:
         if self.draining:
-            return error_response(503, "draining")
+            return error_response(503, "draining: the server is shutting down")
+        try:
+            await asyncio.wait_for(self.model_info(), timeout=2.0)
+        except asyncio.TimeoutError:
+            return error_response(503, "no model replica is ready yet (loading); retry in a few seconds")
         return JSONResponse({"status": "ok", "in_flight": self.in_flight})
 
     @app.get("/v1/model", summary="Model config, backend and precision")

@@ -18,10 +18,15 @@ log = logging.getLogger("star_deploy.serve")
 APP_NAME = "star"
 
 
-def start(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None) -> DeploymentHandle:
-    """Start Ray (if needed), Serve's HTTP proxy on host:port and the application; return the ingress handle."""
+def init_ray(num_cpus: int | None = None) -> None:
+    """A local Ray instance without the dashboard (unless one is running already)."""
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+
+
+def start(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None) -> DeploymentHandle:
+    """Start Ray (if needed), Serve's HTTP proxy on host:port and the application; return the ingress handle."""
+    init_ray(num_cpus)
     serve.start(http_options={"host": host, "port": port})
     handle = serve.run(build(options), name=APP_NAME, route_prefix="/")
     log.info("serving STAR on http://%s:%d (API docs at /docs)", host, port)
@@ -39,30 +44,41 @@ def stop(timeout_s: float = 60.0) -> None:
     serve.shutdown()
 
 
-def wait_for_signal() -> int:
-    """Block until SIGINT or SIGTERM; return the signal number."""
-    received: list[int] = []
-    done = threading.Event()
+class StopSignal:
+    """Catches SIGINT and SIGTERM from entry to exit (Ray's own handler would abort the process)."""
 
-    def handler(signum: int, _frame: object) -> None:
-        received.append(signum)
-        done.set()
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.event = threading.Event()
+        self.previous: dict[int, object] = {}
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not done.wait(0.5):
-            pass
-    finally:
-        for sig, old in previous.items():
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self.previous.items():
             signal.signal(sig, old)
-    return received[0]
+
+    def handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        self.event.set()
+
+    def wait(self) -> int:
+        """Block until a signal arrived (at once if one came already); return its number."""
+        while not self.event.wait(0.5):
+            pass
+        return self.received[0]
 
 
 def serve_forever(options: ServeOptions, host: str, port: int, drain_timeout_s: float = 60.0) -> None:
     """``star-deploy serve``: start, block until Ctrl-C or SIGTERM, drain, shut down."""
-    start(options, host, port)
-    signum = wait_for_signal()
-    log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
-    stop(drain_timeout_s)
-    ray.shutdown()
+    init_ray()
+    with StopSignal() as stop_signal:
+        start(options, host, port)
+        signum = stop_signal.wait()
+        log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
+        stop(drain_timeout_s)
+        ray.shutdown()
     log.info("stopped")
