@@ -12,7 +12,7 @@ from .backends.base import Backend
 from .config import SamplingConfig
 from .model.tables import build_scale_tables
 from .model.text import PromptTokenizer
-from .pipeline import StarPipeline
+from .pipeline import ScaleLoop
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Fidelity:
         return asdict(self)
 
 
-def fidelity(ref: StarPipeline, test: StarPipeline, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]) -> Fidelity:
+def fidelity(ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]) -> Fidelity:
     """Teacher-forced (both fed the reference's tokens, both sample with the same generators)
     and free-running agreement of ``test`` with ``ref``."""
     free_ref = ref.generate(prompts, sampling, seeds, keep_logits=True)

@@ -44,10 +44,26 @@ class Generation:
     logits: list[torch.Tensor] = field(default_factory=list)
 
 
-ScaleCallback = Callable[[int, int], None]
+@dataclass
+class ScaleEvent:
+    """What a caller sees after each scale: the tokens drawn so far and a preview on demand."""
+
+    scale: int
+    num_scales: int
+    tokens: torch.Tensor  # (B, p, p) token map of this scale
+    f_hat: torch.Tensor
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+    def preview(self) -> torch.Tensor:
+        """The coarse image (B, 3, H, W) in [0, 1] decoded from the scales so far."""
+        return self.decode(self.f_hat).float().cpu()
 
 
-class StarPipeline:
+ScaleCallback = Callable[[ScaleEvent], "bool | None"]
+"""Called after every scale; returning False stops the loop and decodes what exists."""
+
+
+class ScaleLoop:
     """Drives a backend through the schedule; sampling, CFG and seeds live here only."""
 
     def __init__(self, backend: Backend, tokenizer: PromptTokenizer) -> None:
@@ -71,6 +87,9 @@ class StarPipeline:
         on_scale: ScaleCallback | None = None,
     ) -> Generation:
         """Generate one image per prompt; prompt i draws from its own generator seeded ``seeds[i]``.
+
+        ``on_scale`` sees a ``ScaleEvent`` after every scale; if it returns False the loop stops
+        and the image is decoded from the scales done so far.
 
         ``teacher_tokens`` (B, L) replaces sampled tokens as the next input (teacher forcing):
         the sampler still draws, so draws of two backends stay comparable token by token.
@@ -110,7 +129,9 @@ class StarPipeline:
             all_sampled.append(sampled.cpu())
             offset += side * side
             if on_scale is not None:
-                on_scale(k, cfg.num_scales)
+                event = ScaleEvent(k, cfg.num_scales, tokens.view(b, side, side), f_hat, self.backend.preview)
+                if on_scale(event) is False:
+                    break
         t4 = self._sync()
         images = self.backend.decode(f_hat).float().cpu()
         times.decode = self._sync() - t4

@@ -12,7 +12,7 @@ import torch
 
 from star_deploy.config import SamplingConfig
 from star_deploy.model.text import PromptTokenizer
-from star_deploy.pipeline import StarPipeline
+from star_deploy.pipeline import ScaleLoop
 from star_deploy.weights import StarModel, load_release, resolve_release
 
 GOLDEN = Path(__file__).parent / "fixtures" / "tiny256"
@@ -50,11 +50,11 @@ def tiny_model() -> StarModel:
 
 
 @pytest.fixture(scope="session")
-def torch_pipeline() -> StarPipeline:
+def torch_pipeline() -> ScaleLoop:
     from star_deploy.backends.torch_backend import TorchBackend
 
     model = load_golden_model()
-    return StarPipeline(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
+    return ScaleLoop(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
 
 
 @pytest.fixture(scope="session")
@@ -74,12 +74,12 @@ def artifacts_fp16(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ort_pipeline(artifacts_fp32) -> StarPipeline:
+def ort_pipeline(artifacts_fp32) -> ScaleLoop:
     from star_deploy.backends.ort_backend import OrtBackend
     from star_deploy.export.manifest import load_manifest
 
     manifest = load_manifest(artifacts_fp32)
-    return StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
 
 
 def max_err(a, b) -> float:
@@ -88,7 +88,7 @@ def max_err(a, b) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def golden_errors(pipeline: StarPipeline, golden: dict, case: dict, sampling: SamplingConfig) -> tuple[float, float]:
+def golden_errors(pipeline: ScaleLoop, golden: dict, case: dict, sampling: SamplingConfig) -> tuple[float, float]:
     """Max errors of the teacher-forced logits (every scale, both CFG rows) and image against a golden case."""
     k = case["key"]
     gen = pipeline.generate(

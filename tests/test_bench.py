@@ -19,7 +19,7 @@ from star_deploy.cli import app
 from star_deploy.config import MAX_TEXT_TOKENS
 from star_deploy.model.tables import build_scale_tables
 from star_deploy.model.text import PromptTokenizer
-from star_deploy.pipeline import StarPipeline
+from star_deploy.pipeline import ScaleLoop
 from conftest import GOLDEN, load_golden_model
 
 
@@ -48,9 +48,9 @@ def test_step_flops_match_the_flop_counter(torch_pipeline):
 
 
 @pytest.fixture(scope="module")
-def eager_pipeline() -> StarPipeline:
+def eager_pipeline() -> ScaleLoop:
     model = load_golden_model()
-    return StarPipeline(EagerBackend(model), PromptTokenizer(model.tokenizer_dir))
+    return ScaleLoop(EagerBackend(model), PromptTokenizer(model.tokenizer_dir))
 
 
 @pytest.mark.parametrize("index", [0, 5])

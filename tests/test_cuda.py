@@ -16,7 +16,7 @@ from star_deploy.commands.parity import THRESHOLDS, failures
 from star_deploy.config import SamplingConfig
 from star_deploy.model.text import PromptTokenizer
 from star_deploy.parity import fidelity
-from star_deploy.pipeline import StarPipeline
+from star_deploy.pipeline import ScaleLoop
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -27,13 +27,13 @@ PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 SAMPLING = SamplingConfig(cfg=4.0, top_k=50, top_p=0.8)
 
 
-def cuda_pipeline(dtype: torch.dtype = torch.float32, cuda_graphs: bool = False) -> StarPipeline:
+def cuda_pipeline(dtype: torch.dtype = torch.float32, cuda_graphs: bool = False) -> ScaleLoop:
     model = load_golden_model()
-    return StarPipeline(TorchBackend(model, "cuda", dtype, cuda_graphs), PromptTokenizer(model.tokenizer_dir))
+    return ScaleLoop(TorchBackend(model, "cuda", dtype, cuda_graphs), PromptTokenizer(model.tokenizer_dir))
 
 
 @pytest.fixture(scope="module")
-def fp32_cuda() -> StarPipeline:
+def fp32_cuda() -> ScaleLoop:
     return cuda_pipeline()
 
 

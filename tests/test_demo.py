@@ -26,7 +26,7 @@ from star_deploy.export.artifacts import export_artifacts
 from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import quantize_artifacts
 from star_deploy.model.text import PromptTokenizer
-from star_deploy.pipeline import StarPipeline
+from star_deploy.pipeline import ScaleLoop
 from star_deploy.weights import StarModel, load_release, resolve_release
 
 BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
@@ -56,25 +56,25 @@ def demo_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def make_pipeline(name: str, artifacts: dict[str, Path]) -> StarPipeline:
+def make_pipeline(name: str, artifacts: dict[str, Path]) -> ScaleLoop:
     """A pipeline of the named backend over the demo model."""
     if name.startswith("torch"):
         model = load_demo()
         device, dtype = ("cuda", torch.float16) if "cuda" in name else ("cpu", torch.float32)
         backend = TorchBackend(model, device, dtype, cuda_graphs="graphs" in name)
-        return StarPipeline(backend, PromptTokenizer(model.tokenizer_dir))
+        return ScaleLoop(backend, PromptTokenizer(model.tokenizer_dir))
     manifest = load_manifest(artifacts[name.removeprefix("onnxruntime-")])
-    return StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def pipeline(request: pytest.FixtureRequest) -> StarPipeline:
+def pipeline(request: pytest.FixtureRequest) -> ScaleLoop:
     artifacts = request.getfixturevalue("demo_artifacts") if not request.param.startswith("torch") else {}
     return make_pipeline(request.param, artifacts)
 
 
 @pytest.fixture(scope="module")
-def held_out_readings(pipeline: StarPipeline) -> list[tuple[tuple[bool, bool], str]]:
+def held_out_readings(pipeline: ScaleLoop) -> list[tuple[tuple[bool, bool], str]]:
     """(colours right, shape right) and the prompt, for every held-out combination and seed."""
     cases = held_out_prompts(SEEDS_PER_COMBO)
     gen = pipeline.generate([p for p, _, _ in cases], SAMPLING, seeds=[s for _, _, s in cases])
@@ -111,7 +111,7 @@ def test_held_out_shapes(held_out_readings: list) -> None:
     assert rate >= MIN_SHAPE_RATE, f"shapes right in {rate:.0%}; wrong: {wrong[:8]}"
 
 
-def test_generation_is_deterministic(pipeline: StarPipeline) -> None:
+def test_generation_is_deterministic(pipeline: ScaleLoop) -> None:
     prompts = ["a red circle on a blue background", "a small yellow triangle in the top left on black"]
     first = pipeline.generate(prompts, SAMPLING, seeds=[3, 4])
     second = pipeline.generate(prompts[::-1], SAMPLING, seeds=[4, 3])
@@ -137,7 +137,7 @@ def test_training_script_smoke(tmp_path: Path) -> None:
     record = main(["--out", str(out), "--quick", "--threads", str(torch.get_num_threads())])
     assert record["final_losses"]["star"]["ce"] > 0
     model = load_release(resolve_release(weights=out), DEMO_RESOLUTION)
-    pipe = StarPipeline(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
+    pipe = ScaleLoop(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
     gen = pipe.generate(["a red circle on a blue background"], SAMPLING, seeds=[0])
     assert gen.images.shape == (1, 3, DEMO_RESOLUTION, DEMO_RESOLUTION)
     assert torch.isfinite(gen.images).all()

@@ -264,12 +264,12 @@ def test_tensorrt_matches_onnxruntime_fp32(tiny_engines, artifacts_fp32):
     from star_deploy.backends.trt_backend import TrtBackend
     from star_deploy.export.manifest import load_manifest
     from star_deploy.model.text import PromptTokenizer
-    from star_deploy.pipeline import StarPipeline
+    from star_deploy.pipeline import ScaleLoop
 
     manifest = load_manifest(tiny_engines)
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
-    test = StarPipeline(TrtBackend(manifest, "cuda"), tokenizer)
-    ref = StarPipeline(OrtBackend(load_manifest(artifacts_fp32)), tokenizer)
+    test = ScaleLoop(TrtBackend(manifest, "cuda"), tokenizer)
+    ref = ScaleLoop(OrtBackend(load_manifest(artifacts_fp32)), tokenizer)
     report = validate(ref, test, ["a red car.", "A cute dog"], SamplingConfig(seed=0), runs=1)
     assert report.parity["transformer_step"].max_rel < 5e-2
     assert report.mean_token_agreement > 0.9

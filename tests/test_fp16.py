@@ -14,7 +14,7 @@ from star_deploy.config import SamplingConfig
 from star_deploy.export.manifest import load_manifest
 from star_deploy.model.text import PromptTokenizer
 from star_deploy.parity import fidelity, graph_parity
-from star_deploy.pipeline import StarPipeline
+from star_deploy.pipeline import ScaleLoop
 
 PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 GRAPH_MAX_ERR = {"text_encoder": 1e-5, "transformer_step": 1e-2, "kv_cache": 1e-2, "scale_update": 5e-2, "vq_decoder": 1e-2}
@@ -22,11 +22,11 @@ FP32_ISLANDS = {"LayerNormalization", "ReduceL2", "Softmax", "InstanceNormalizat
 
 
 @pytest.fixture(scope="module")
-def fp16_pipeline(artifacts_fp16) -> StarPipeline:
+def fp16_pipeline(artifacts_fp16) -> ScaleLoop:
     from star_deploy.backends.ort_backend import OrtBackend
 
     manifest = load_manifest(artifacts_fp16)
-    return StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
 
 
 def test_fp16_step_graph_is_strongly_typed(artifacts_fp16):

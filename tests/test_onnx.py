@@ -106,13 +106,13 @@ def test_large_graphs_use_external_data(tiny_model, tmp_path, golden, golden_sam
     from star_deploy.export.artifacts import export_artifacts
     from star_deploy.export.manifest import verify_graph_hashes
     from star_deploy.model.text import PromptTokenizer
-    from star_deploy.pipeline import StarPipeline
+    from star_deploy.pipeline import ScaleLoop
 
     out = export_artifacts(tiny_model, tmp_path / "ext", "fp32", external_bytes=0)
     assert (out / "transformer_step.onnx.data").is_file()
     manifest = load_manifest(out)
     verify_graph_hashes(manifest)
-    pipeline = StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    pipeline = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
     gen = pipeline.generate(["a red car."], golden_sampling, seeds=[1])
     assert torch.equal(gen.tokens, torch.from_numpy(golden["p0_s1/tokens"]))
     (out / "transformer_step.onnx.data").write_bytes(b"corrupt")

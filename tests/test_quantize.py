@@ -17,7 +17,7 @@ from star_deploy.export.manifest import MANIFEST
 from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import QUANTIZED_GRAPHS, head_matmuls, quantize_artifacts
 from star_deploy.model.text import PromptTokenizer
-from star_deploy.pipeline import StarPipeline
+from star_deploy.pipeline import ScaleLoop
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_logits_head_stays_float(int8_dir):
 def test_int8_backend_follows_golden_tokens(int8_dir, golden, golden_cases, golden_sampling):
     """Teacher-forced on the official tokens: int8 logits sample (almost) the same tokens."""
     manifest = load_manifest(int8_dir)
-    pipeline = StarPipeline(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    pipeline = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
     case = golden_cases[0]
     reference = torch.from_numpy(golden[f"{case['key']}/tokens"])
     gen = pipeline.generate([case["prompt"]], golden_sampling, [case["seed"]], teacher_tokens=reference)

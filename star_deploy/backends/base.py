@@ -42,3 +42,7 @@ class Backend(Protocol):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat (B, Cvae, P, P) -> float32 image (B, 3, H, W) in [0, 1]."""
         ...
+
+    def preview(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """``decode`` for a coarse f_hat between scales, leaving the final decode's state alone."""
+        ...

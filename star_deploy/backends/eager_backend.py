@@ -98,3 +98,4 @@ class EagerBackend:
         with self._autocast():
             return self.decoder_graph(f_hat.to(self.device)).float()
 
+    preview = decode

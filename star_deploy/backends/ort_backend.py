@@ -124,3 +124,5 @@ class OrtBackend:
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         (image,) = self._run("vq_decoder", [f_hat], self._outputs("vq_decoder", {"batch": f_hat.shape[0]}))
         return image
+
+    preview = decode

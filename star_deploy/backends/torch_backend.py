@@ -119,3 +119,8 @@ class TorchBackend:
             return self.decoder_graph(f_hat.to(self.device))
         (image,) = self.graphs.run("decode", lambda f: (self.decoder_graph(f),), f_hat.to(self.device))
         return image
+
+    @torch.inference_mode()
+    def preview(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Eager decode: a captured decoder graph must only replay in the scale loop's order."""
+        return self.decoder_graph(f_hat.to(self.device))

@@ -183,3 +183,5 @@ class TrtBackend:
         outs = self._outputs("vq_decoder", {"batch": f_hat.shape[0]})
         engine.run(engine.profile(f_hat.shape[0]), {"f_hat": f_hat}, outs)
         return outs["image"]
+
+    preview = decode

@@ -19,7 +19,7 @@ from ..config import SamplingConfig, StarConfig
 from ..errors import BackendUnavailableError, ConfigError
 from ..export.manifest import Manifest
 from ..model.text import PromptTokenizer
-from ..pipeline import Generation, StageTimes, StarPipeline
+from ..pipeline import Generation, StageTimes, ScaleLoop
 from ..weights import StarModel
 from .fidelity import fidelity
 from .flops import StageTotals, generation_flops
@@ -177,7 +177,7 @@ def compute_dtype(name: str, backend) -> str:
 
 def run_backend(name: str, backend, tokenizer: PromptTokenizer, settings: BenchSettings, reference: Generation | None) -> BackendRun:
     """Warm up (the first warmup is the teacher-forced fidelity run), then time ``repeat`` runs."""
-    pipeline = StarPipeline(backend, tokenizer)
+    pipeline = ScaleLoop(backend, tokenizer)
     prompts, seeds, sampling = settings.prompts, settings.seeds, settings.sampling
     report: dict = {}
     with PeakMemory(backend.device) as memory:
@@ -203,7 +203,7 @@ def fp32_reference(source: BackendSource, tokenizer: PromptTokenizer, settings: 
         return None
     log.info("generating the float32 reference")
     backend = create_backend("torch", settings.device, model=copy.deepcopy(source.model), dtype="float32")
-    generation = StarPipeline(backend, tokenizer).generate(settings.prompts, settings.sampling, settings.seeds)
+    generation = ScaleLoop(backend, tokenizer).generate(settings.prompts, settings.sampling, settings.seeds)
     del backend
     gc.collect()
     return generation

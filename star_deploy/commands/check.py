@@ -21,7 +21,7 @@ from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..export.manifest import Manifest, load_manifest
 from ..export.readiness import check_artifacts, load_ops_table
 from ..model.text import PromptTokenizer
-from ..pipeline import StarPipeline
+from ..pipeline import ScaleLoop
 from .common import load_model, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -69,8 +69,8 @@ def validation_pipelines(artifacts: Path, manifest: Manifest, reference: Path | 
     if ref_manifest.config != manifest.config:
         raise ConfigError(f"--reference {reference}: exported from a different model configuration than {artifacts}")
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
-    test = StarPipeline(create_backend("tensorrt", device, manifest=manifest), tokenizer)
-    ref = StarPipeline(create_backend("onnxruntime", reference_device, manifest=ref_manifest), tokenizer)
+    test = ScaleLoop(create_backend("tensorrt", device, manifest=manifest), tokenizer)
+    ref = ScaleLoop(create_backend("onnxruntime", reference_device, manifest=ref_manifest), tokenizer)
     return ref, test
 
 

@@ -17,7 +17,7 @@ from ..config import SamplingConfig
 from ..errors import ConfigError
 from ..model.text import PromptTokenizer
 from ..parity import ErrorStats, Fidelity, fidelity, graph_parity
-from ..pipeline import StarPipeline
+from ..pipeline import ScaleLoop
 from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
 
 DEFAULT_PROMPTS = (
@@ -101,7 +101,7 @@ def parity(
     prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
     graphs = graph_parity(reference, tested, tokenizer, prompts, seed)
     seeds = [seed + i for i in range(len(prompts))]
-    result = fidelity(StarPipeline(reference, tokenizer), StarPipeline(tested, tokenizer), prompts, SamplingConfig(seed=seed), seeds)
+    result = fidelity(ScaleLoop(reference, tokenizer), ScaleLoop(tested, tokenizer), prompts, SamplingConfig(seed=seed), seeds)
     print_report(graphs, result, f"{backend} {manifest.precision} vs torch fp32 ({artifacts})")
     limits = THRESHOLDS[manifest.precision]
     failed = failures(result, limits)

@@ -18,10 +18,10 @@ from ..backends.factory import artifacts_manifest, create_backend, default_devic
 from ..config import SamplingConfig, StarConfig
 from ..errors import ArtifactError, ConfigError, OutputError, WeightsError
 from ..export.manifest import Manifest, sha256_tree, verify_graph_hashes
-from ..images import save_png
+from ..images import save_png, to_pil
 from ..model.text import PromptTokenizer
 from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
-from ..pipeline import Generation, StarPipeline
+from ..pipeline import Generation, ScaleLoop
 from ..weights import ReleasePaths, resolve_release
 from .common import (
     ClipOpt,
@@ -135,7 +135,7 @@ def print_timings(results: list[Generation], images: int, label: str) -> None:
 
 
 def generate_batches(
-    pipeline: StarPipeline, prompts: list[str], sampling: SamplingConfig, batch_size: int
+    pipeline: ScaleLoop, prompts: list[str], sampling: SamplingConfig, batch_size: int
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
     results = []
@@ -144,7 +144,7 @@ def generate_batches(
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             seeds = [sampling.seed + start + i for i in range(len(chunk))]
-            advance = lambda k, n: progress.advance(task, len(chunk))  # noqa: E731
+            advance = lambda event: progress.advance(task, len(chunk))  # noqa: E731
             results.append(pipeline.generate(chunk, sampling, seeds, on_scale=advance))
     return results
 
@@ -200,7 +200,7 @@ def run(
         model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
         engine = create_backend(backend, device, model=model, dtype=dtype, cuda_graphs=cuda_graphs)
         tokenizer = PromptTokenizer(model.tokenizer_dir)
-    pipeline = StarPipeline(engine, tokenizer)
+    pipeline = ScaleLoop(engine, tokenizer)
     vocab = pipeline.config.transformer.vocab_size
     if sampling.top_k > vocab:
         if top_k is not None:
@@ -213,7 +213,7 @@ def run(
             "prompt": prompt, "seed": str(seed + i), "cfg": str(cfg), "top_k": str(sampling.top_k),
             "top_p": str(top_p), "backend": backend, "software": "star-deploy",
         }
-        save_png(path, image, meta)
+        save_png(path, to_pil(image.numpy()), meta)
         typer.echo(str(path))
     print_timings(results, len(images), f"{backend}, {device}")
 

@@ -366,13 +366,13 @@ def held_out_prompts(seeds: int) -> list[tuple[str, tuple[str, str, str], int]]:
 def evaluate_release(out: Path, seeds: int) -> dict[str, float]:
     """Pass rates of colours and shapes on held-out combinations, generated with the torch backend."""
     from ..backends.torch_backend import TorchBackend
-    from ..pipeline import StarPipeline
+    from ..pipeline import ScaleLoop
     from ..model.text import PromptTokenizer
     from ..weights import load_release, resolve_release
     from .evaluate import read_image
 
     model = load_release(resolve_release(weights=out), RESOLUTION)
-    pipe = StarPipeline(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
+    pipe = ScaleLoop(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
     cases = held_out_prompts(seeds)
     gen = pipe.generate([p for p, _, _ in cases], SamplingConfig(), seeds=[s for _, _, s in cases])
     hits = np.array([read_image(img.numpy()).matches(combo) for img, (_, combo, _) in zip(gen.images, cases)])

@@ -1,6 +1,6 @@
 """Validate one backend against a reference backend: per-graph parity, teacher-forced tokens, PSNR, timings.
 
-Written against the Backend protocol and StarPipeline only, so the same code compares
+Written against the Backend protocol and ScaleLoop only, so the same code compares
 TensorRT engines with ONNX Runtime on a GPU machine and torch with ONNX Runtime in CPU tests.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from ..config import SamplingConfig
 from ..model.tables import build_scale_tables
-from ..pipeline import StarPipeline
+from ..pipeline import ScaleLoop
 from ..sampling import apply_cfg, guidance_scale
 
 
@@ -83,7 +83,7 @@ def graph_parity(ref, test, tokenizer, prompts: Sequence[str], seed: int = 0) ->
     return parity
 
 
-def teacher_forced(ref: StarPipeline, test: StarPipeline, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]):
+def teacher_forced(ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]):
     """Reference samples; the tested backend re-runs on the reference's tokens.
 
     Returns (per-scale agreement of the CFG-guided argmax, image PSNR of the teacher-forced run,
@@ -99,7 +99,7 @@ def teacher_forced(ref: StarPipeline, test: StarPipeline, prompts: Sequence[str]
     return agreement, psnr(reference.images, forced.images), reference, forced
 
 
-def stage_timings(pipeline: StarPipeline, prompts: Sequence[str], sampling: SamplingConfig, runs: int, warmup: int = 1) -> dict[str, float]:
+def stage_timings(pipeline: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per stage over ``runs`` generations after ``warmup`` ones."""
     for _ in range(warmup):
         pipeline.generate(prompts, sampling)
@@ -115,7 +115,7 @@ def stage_timings(pipeline: StarPipeline, prompts: Sequence[str], sampling: Samp
 
 
 def validate(
-    ref: StarPipeline, test: StarPipeline, prompts: Sequence[str], sampling: SamplingConfig, runs: int = 3
+    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int = 3
 ) -> ValidationReport:
     """Every comparison of the tested pipeline's backend against the reference's."""
     seeds = [sampling.seed + i for i in range(len(prompts))]
