@@ -48,7 +48,7 @@ class StarModel:
         return os.getpid()
 
     def _result(self, job: Job, pixels: Any, batch_size: int) -> Result:
-        return {"pixels": pixels, "batch_size": batch_size, "top_k": self.model.sampling(job).top_k}
+        return {"pixels": pixels, "batch_size": batch_size, "top_k": self.model.top_k(job)}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def generate_batch(self, jobs: list[Job]) -> list[Result]:
