@@ -39,7 +39,7 @@ def table(report: dict) -> Table:
 
 def bench_serve(
     clients: Annotated[str, typer.Option(help="Comma-separated concurrent client counts.")] = "1,8,32",
-    requests_per_client: Annotated[int, typer.Option("--requests", help="Requests each client sends (at least 64 per level in all).")] = 4,
+    requests_per_client: Annotated[int, typer.Option("--requests", help="Requests each client sends (at least 16 per level in all).")] = 4,
     repeats: Annotated[int, typer.Option(help="Pipeline batches timed per batch size.")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")] = Path("bench_serve.json"),
     port: Annotated[int, typer.Option(help="Port of the local server started for the run.")] = 8000,
@@ -52,19 +52,20 @@ def bench_serve(
     num_cpus: CpusOpt = 1.0,
     num_gpus: GpusOpt = 0.0,
     max_batch_size: BatchOpt = 8,
-    batch_wait: WaitOpt = 0.05,
+    batch_wait: WaitOpt = 0.1,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Start a local server, load it with 1, 8 and 32 clients, and compare with the bare pipeline on this machine.
 
     Efficiency = server images/s over the pipeline's images/s at batch size min(clients, max batch) x replicas;
-    the pipeline runs in this process with as many threads as one replica, before the server starts.
+    the pipeline runs in this process with as many threads as one replica, just before and after each load level
+    (the higher reading counts).
     """
     require_serve()
     import torch
 
     from ..serve import runner
-    from ..serve.bench import pipeline_throughput, server_load
+    from ..serve.bench import compare_level, server_load
 
     levels = sorted({int(c) for c in clients.split(",") if c.strip()})
     if not levels or levels[0] < 1:
@@ -72,19 +73,14 @@ def bench_serve(
     check_writable(out, overwrite)
     opts = options(backend, weights, artifacts, device, dtype, replicas, num_cpus, num_gpus, max_batch_size, batch_wait)
     torch.set_num_threads(max(1, int(num_cpus)))
-    sizes = sorted({min(c, max_batch_size) for c in levels})
-    pipeline = {b: pipeline_throughput(opts.model_spec(), b, repeats) for b in sizes}
-    log.info("pipeline img/s by batch size: %s", {b: round(v, 2) for b, v in pipeline.items()})
     runner.start(opts, "127.0.0.1", port)
     try:
         url = f"http://127.0.0.1:{port}"
         server_load(url, min(levels[-1], max_batch_size * replicas), 2)  # warm-up
         rows = []
         for c in levels:
-            result = server_load(url, c, max(requests_per_client, -(-16 // c)))
-            b = min(c, max_batch_size)
-            ref = pipeline[b] * min(replicas, -(-c // b))
-            rows.append({**result.__dict__, "rps": result.rps, "batch_size": b, "pipeline_img_s": ref, "efficiency": result.rps / ref})
+            rows.append(compare_level(url, opts.model_spec(), c, max(requests_per_client, -(-16 // c)), max_batch_size, replicas, repeats))
+            log.info("%d clients: %.2f req/s, efficiency %.2f", c, rows[-1]["rps"], rows[-1]["efficiency"])
     finally:
         runner.stop(30)
     report = {

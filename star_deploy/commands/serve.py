@@ -54,7 +54,7 @@ def serve(
     num_cpus: CpusOpt = 1.0,
     num_gpus: GpusOpt = 0.0,
     max_batch_size: BatchOpt = 8,
-    batch_wait: WaitOpt = 0.05,
+    batch_wait: WaitOpt = 0.1,
     drain_timeout: Annotated[float, typer.Option(help="Seconds to wait for in-flight requests on shutdown.")] = 60.0,
 ) -> None:
     """Serve STAR over HTTP on a local Ray instance: POST /v1/images, /v1/images:stream, a web page at /, API docs at /docs.

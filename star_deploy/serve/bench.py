@@ -81,3 +81,19 @@ def server_load(url: str, clients: int, requests_per_client: int, timeout_s: flo
         p50_s=float(np.percentile(latencies, 50)), p99_s=float(np.percentile(latencies, 99)),
         mean_batch=float(np.mean(batches)) if batches else 0.0,
     )
+
+
+def compare_level(url: str, spec: ModelSpec, clients: int, requests_per_client: int, max_batch: int, replicas: int, repeats: int) -> dict:
+    """Server figures at ``clients`` and the pipeline's img/s at the same batch size, timed just before and after.
+
+    The machine may be shared: the higher of the two pipeline readings is kept, so efficiency errs low.
+    """
+    batch = min(clients, max_batch)
+    before = pipeline_throughput(spec, batch, repeats)
+    result = server_load(url, clients, requests_per_client)
+    after = pipeline_throughput(spec, batch, repeats)
+    reference = max(before, after) * min(replicas, -(-clients // batch))
+    return {
+        **result.__dict__, "rps": result.rps, "batch_size": batch, "pipeline_img_s": reference,
+        "pipeline_readings": [before, after], "efficiency": result.rps / reference,
+    }

@@ -23,7 +23,7 @@ class ServeOptions:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_batch_size: int = 8
-    batch_wait_s: float = 0.05
+    batch_wait_s: float = 0.1
     max_ongoing_requests: int = 64
     retries: int = 3
 

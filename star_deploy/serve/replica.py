@@ -50,7 +50,7 @@ class StarModel:
     def _result(self, job: Job, pixels: Any, batch_size: int) -> Result:
         return {"pixels": pixels, "batch_size": batch_size, "top_k": self.model.top_k(job)}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.1)
     async def generate_batch(self, jobs: list[Job]) -> list[Result]:
         """Final images of a batch of jobs, generated off the event loop."""
         images = await asyncio.to_thread(self.model.generate, jobs)
@@ -60,7 +60,7 @@ class StarModel:
         """The final image of one job (joins the current batch)."""
         return await self.generate_batch(job)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.1)
     async def stream_batch(self, jobs: list[Job]) -> AsyncGenerator[list[Event], None]:
         """Per scale, the coarse image of every job in the batch; then the final images."""
         loop = asyncio.get_running_loop()
