@@ -122,6 +122,13 @@ def test_bad_requests_get_one_line_4xx(url, body, status, words):
     assert request(f"{url}/healthz").status == 200
 
 
+def test_empty_and_over_long_prompts_are_served(url):
+    for prompt in ("", "a red circle on a blue background " * 25):
+        reply = request(f"{url}/v1/images", {"prompt": prompt, "seed": 5})
+        assert reply.status == 200, reply.body[:300]
+        assert png_pixels(reply.body).shape == (128, 128, 3)
+
+
 def test_batched_images_match_single_runs(url, references):
     replies = post_all(f"{url}/v1/images", CASES * 3)
     assert all(r.status == 200 for r in replies), [r.body[:200] for r in replies if r.status != 200]

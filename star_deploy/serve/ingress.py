@@ -62,11 +62,11 @@ class StarIngress:
             self.info = await self.model.info.remote()  # waits while no replica is ready
         return self.info
 
-    def admit(self) -> None:
-        """Count a request in, or refuse it while draining."""
+    def admit(self, count: bool = True) -> None:
+        """Refuse a request while draining, else count it in (unless ``count`` is False)."""
         if self.draining:
             raise ServiceUnavailable("server is shutting down; retry on another instance")
-        self.in_flight += 1
+        self.in_flight += count
 
     async def drain(self, timeout_s: float = 60.0) -> int:
         """Refuse new requests and wait for in-flight ones; return how many were still running at the timeout."""
@@ -118,11 +118,12 @@ class StarIngress:
 
     @app.post("/v1/images:stream", summary="Generate one image, streaming a preview per scale (text/event-stream)")
     async def images_stream(self, body: ImageRequest) -> StreamingResponse:
-        self.admit()
+        self.admit(count=False)  # counted by the stream itself, which may never start if the client leaves
         return StreamingResponse(self.events(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def events(self, body: ImageRequest) -> AsyncGenerator[bytes, None]:
         """preview events (one per scale), then final (or error)."""
+        self.in_flight += 1
         try:
             backend = (await self.model_info())["backend"]
             async for event in calls.stream(self.model, body.job(), self.options.retries):
