@@ -17,6 +17,7 @@ import typer
 
 from . import __version__
 from .commands import bench, build_engine, check, convert, export, inspect, parity, quantize, run
+from .commands import bench_serve, serve
 
 VERBOSITY_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 
@@ -69,6 +70,8 @@ app.command("check")(check.command)
 app.command("quantize")(quantize.command)
 app.command("inspect")(inspect.command)
 app.command("convert")(convert.command)
+app.command("serve")(serve.command)
+app.command("bench-serve")(bench_serve.command)
 
 
 def hoist_verbosity(argv: list[str]) -> list[str]:

@@ -1,0 +1,96 @@
+"""``star-deploy bench-serve``: requests/s and latency of the server against the bare pipeline's batched throughput."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..atomic import check_writable
+from ..bench.machine import machine_info
+from ..bench.report import write_json
+from ..errors import ConfigError
+from .common import OverwriteOpt, reports_errors
+from .serve import (
+    ArtifactsOpt, BackendOpt, BatchOpt, CpusOpt, DeviceOpt, DtypeOpt, GpusOpt, ReplicasOpt, ServeWeightsOpt, WaitOpt,
+    options, require_serve,
+)
+
+log = logging.getLogger("star_deploy")
+
+
+def table(report: dict) -> Table:
+    """One row per client count: server figures, the pipeline's at the same batch size, their ratio."""
+    out = Table(title=f"bench-serve ({report['replicas']} replica(s), max batch {report['max_batch_size']})")
+    for name in ("clients", "req/s", "p50 s", "p99 s", "mean batch", "pipeline img/s (batch)", "efficiency", "errors"):
+        out.add_column(name, justify="right")
+    for row in report["rows"]:
+        out.add_row(
+            str(row["clients"]), f"{row['rps']:.2f}", f"{row['p50_s']:.3f}", f"{row['p99_s']:.3f}", f"{row['mean_batch']:.1f}",
+            f"{row['pipeline_img_s']:.2f} ({row['batch_size']})", f"{row['efficiency']:.2f}", str(row["errors"]),
+        )
+    return out
+
+
+def bench_serve(
+    clients: Annotated[str, typer.Option(help="Comma-separated concurrent client counts.")] = "1,8,32",
+    requests_per_client: Annotated[int, typer.Option("--requests", help="Requests each client sends (at least 16 per level in all).")] = 4,
+    repeats: Annotated[int, typer.Option(help="Pipeline batches timed per batch size.")] = 4,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")] = Path("bench_serve.json"),
+    port: Annotated[int, typer.Option(help="Port of the local server started for the run.")] = 8000,
+    backend: BackendOpt = "torch",
+    weights: ServeWeightsOpt = None,
+    artifacts: ArtifactsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
+    replicas: ReplicasOpt = 1,
+    num_cpus: CpusOpt = 1.0,
+    num_gpus: GpusOpt = 0.0,
+    max_batch_size: BatchOpt = 8,
+    batch_wait: WaitOpt = 0.1,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Start a local server, load it with 1, 8 and 32 clients, and compare with the bare pipeline on this machine.
+
+    Efficiency = server images/s over the pipeline's images/s at batch size min(clients, max batch) x replicas;
+    the pipeline runs in this process with as many threads as one replica, just before and after each load level
+    (the higher reading counts).
+    """
+    require_serve()
+    import torch
+
+    from ..serve import runner
+    from ..serve.bench import compare_level, server_load
+
+    levels = sorted({int(c) for c in clients.split(",") if c.strip()})
+    if not levels or levels[0] < 1:
+        raise ConfigError(f"--clients {clients!r}: give positive integers, e.g. 1,8,32")
+    check_writable(out, overwrite)
+    opts = options(backend, weights, artifacts, device, dtype, replicas, num_cpus, num_gpus, max_batch_size, batch_wait)
+    torch.set_num_threads(max(1, int(num_cpus)))
+    runner.start(opts, "127.0.0.1", port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server_load(url, min(levels[-1], max_batch_size * replicas), 2)  # warm-up
+        rows = []
+        for c in levels:
+            rows.append(compare_level(url, opts.model_spec(), c, max(requests_per_client, -(-16 // c)), max_batch_size, replicas, repeats))
+            log.info("%d clients: %.2f req/s, efficiency %.2f", c, rows[-1]["rps"], rows[-1]["efficiency"])
+    finally:
+        runner.stop(30)
+    report = {
+        "machine": machine_info(torch.device(opts.device or "cpu")),
+        "command": " ".join(["star-deploy", *sys.argv[1:]]),
+        **opts.to_dict(), "rows": rows,
+    }
+    Console().print(table(report))
+    write_json(report, out)
+    typer.echo(str(out))
+
+
+command = reports_errors(bench_serve)

@@ -1,0 +1,101 @@
+"""The one place the server touches the model (the ``StarPipeline`` API): load, generate, preview."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+
+from ..config import SamplingConfig
+
+PreviewCallback = Callable[[int, int, dict[int, np.ndarray]], None]
+"""Called after each scale with (scale, num_scales, {job index: coarse image (H, W, 3) uint8})."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which pipeline a replica loads: backend, weights or artefact folder, device."""
+
+    backend: str = "torch"
+    weights: str | None = None
+    artifacts: str | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to generate: prompt, seed and sampler settings (top_k None: the official default)."""
+
+    prompt: str
+    seed: int = 0
+    cfg: float = 4.0
+    top_k: int | None = None
+    top_p: float = 0.8
+
+
+def to_pixels(images: np.ndarray) -> list[np.ndarray]:
+    """(B, H, W, 3) floats in [0, 1] -> B arrays (H, W, 3) uint8, rounded to nearest."""
+    return list((np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+
+class ImageModel:
+    """A loaded ``StarPipeline``; thread-safe (one generation at a time)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from .. import StarPipeline
+        from ..backends.factory import default_device
+
+        self.spec = spec
+        self.device = default_device(spec.backend, spec.device)
+        self.pipe = StarPipeline.from_pretrained(
+            spec.artifacts or spec.weights, backend=spec.backend, device=self.device, dtype=spec.dtype, threads=spec.threads
+        )
+        self.config = self.pipe.config
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        """Model config, backend, precision and device, for /v1/model."""
+        return {
+            "backend": self.pipe.backend_name, "precision": self.pipe.precision, "device": self.device,
+            "resolution": self.config.resolution, "num_scales": self.config.num_scales,
+            "patch_nums": list(self.config.patch_nums), "config": self.config.to_dict(),
+        }
+
+    def top_k(self, job: Job) -> int:
+        """The top-k a job samples with: the official default when unset, capped at the codebook."""
+        return min(SamplingConfig.top_k if job.top_k is None else job.top_k, self.config.transformer.vocab_size)
+
+    def settings(self, job: Job) -> tuple[float, int, float]:
+        """What must be equal for two jobs to share a batch: cfg, effective top-k, top-p."""
+        return (job.cfg, self.top_k(job), job.top_p)
+
+    def generate(self, jobs: Sequence[Job], on_preview: PreviewCallback | None = None) -> list[np.ndarray]:
+        """One image (H, W, 3) uint8 per job; jobs sharing settings run as one batch."""
+        results: dict[int, np.ndarray] = {}
+        key = lambda i: repr(self.settings(jobs[i]))  # noqa: E731
+        for _, group in groupby(sorted(range(len(jobs)), key=key), key=key):
+            indices = list(group)
+            results.update(zip(indices, self._run([jobs[i] for i in indices], indices, on_preview)))
+        return [results[i] for i in range(len(jobs))]
+
+    def _run(self, jobs: list[Job], indices: list[int], on_preview: PreviewCallback | None) -> list[np.ndarray]:
+        """One pipeline call for jobs that share their sampler settings."""
+        callback = None
+        if on_preview is not None:
+            def callback(progress: Any) -> None:
+                coarse = to_pixels(progress.preview("np"))
+                on_preview(progress.scale, progress.num_scales, dict(zip(indices, coarse)))
+
+        first = jobs[0]
+        with self.lock:
+            out = self.pipe(
+                [j.prompt for j in jobs], seed=[j.seed for j in jobs], guidance_scale=first.cfg, top_k=self.top_k(first),
+                top_p=first.top_p, output_type="np", callback_on_scale_end=callback,
+            )
+        return to_pixels(out.images)

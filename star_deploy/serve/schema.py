@@ -1,0 +1,38 @@
+"""The HTTP request body: validated by pydantic, unknown fields refused."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import Job
+
+MAX_PROMPT_CHARS = 1000
+"""CLIP reads 77 tokens; anything far longer is a client mistake, refused rather than truncated."""
+
+
+class ImageRequest(BaseModel):
+    """Body of POST /v1/images and /v1/images:stream."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=MAX_PROMPT_CHARS)
+
+    prompt: str = Field(description="What to draw; the empty prompt draws unconditionally.", examples=["a red circle on a blue background"])
+    seed: int = Field(0, ge=0, lt=2**63, description="Random seed: the same seed and settings give the same image.")
+    cfg: float = Field(4.0, ge=0.0, le=100.0, description="Classifier-free guidance strength.")
+    top_k: int | None = Field(None, ge=0, le=1_000_000, description="Keep the k most likely tokens (0: off; default: the official 600, capped at the codebook).")
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    response_format: Literal["png", "json"] | None = Field(
+        None, description="png (image/png) or json (base64 PNG); default: from the Accept header, else png."
+    )
+
+    def job(self) -> Job:
+        return Job(prompt=self.prompt, seed=self.seed, cfg=self.cfg, top_k=self.top_k, top_p=self.top_p)
+
+
+def wants_json(request: ImageRequest, accept: str | None) -> bool:
+    """JSON if asked by ``response_format``, else if the Accept header prefers JSON over PNG."""
+    if request.response_format is not None:
+        return request.response_format == "json"
+    accept = (accept or "").lower()
+    return "application/json" in accept and "image/png" not in accept

@@ -1,0 +1,61 @@
+"""``star-deploy serve`` as a user runs it: serves until SIGTERM, then finishes the requests in flight and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'star-deploy[serve]'")
+
+from serve_helpers import free_port, png_pixels, post_all  # noqa: E402
+from star_deploy.serve.client import request  # noqa: E402
+
+pytestmark = pytest.mark.serve
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "star-deploy serve exited before serving"
+        try:
+            if request(f"{url}/healthz", timeout_s=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no healthy server at {url} after {timeout_s} s")
+
+
+def test_serve_command_drains_on_sigterm(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = (tmp_path / "serve.log").open("w+")
+    cmd = [sys.executable, "-m", "star_deploy.cli", "serve", "--port", str(port), "--num-cpus", "1", "--batch-wait", "0.2"]
+    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_healthy(url, process)
+        bodies = [{"prompt": "a red circle on a blue background", "seed": i} for i in range(4)]
+        replies: list = []
+        load = threading.Thread(target=lambda: replies.extend(post_all(f"{url}/v1/images", bodies)))
+        load.start()
+        time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        load.join(timeout=120)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log.seek(0)
+    output = log.read()
+    assert [r.status for r in replies] == [200] * 4, output[-3000:]
+    assert all(png_pixels(r.body).shape == (128, 128, 3) for r in replies)
+    assert "SIGTERM received: draining" in output
