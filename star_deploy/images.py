@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def png_info(text: Mapping[str, str]) -> PngImagePlugin.PngInfo:
     for key, value in text.items():
         info.add_itxt(key, value)
     return info
+
+
+def png_bytes(pixels: np.ndarray, text: Mapping[str, str] | None = None, compress_level: int = 6) -> bytes:
+    """An RGB PNG of ``pixels`` (H, W, 3) uint8, ``text`` in its chunks, in memory."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", pnginfo=png_info(text or {}), compress_level=compress_level)
+    return buffer.getvalue()
 
 
 def save_png(path: Path, image: Image.Image, text: Mapping[str, str]) -> None:

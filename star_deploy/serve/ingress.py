@@ -19,7 +19,8 @@ from ray.serve.handle import DeploymentHandle
 from . import calls
 from .errors import ServiceUnavailable, error_response, install_handlers
 from .options import ServeOptions
-from .png import b64_png, encode_png
+from ..images import png_bytes
+from .png import b64_png
 from .schema import ImageRequest, wants_json
 
 log = logging.getLogger("star_deploy.serve")
@@ -114,7 +115,7 @@ class StarIngress:
         if wants_json(body, accept):
             payload = {"image": b64_png(result["pixels"], text), "format": "png", **text, "batch_size": result["batch_size"]}
             return JSONResponse(payload, headers=headers)
-        return Response(encode_png(result["pixels"], text), media_type="image/png", headers=headers)
+        return Response(png_bytes(result["pixels"], text), media_type="image/png", headers=headers)
 
     @app.post("/v1/images:stream", summary="Generate one image, streaming a preview per scale (text/event-stream)")
     async def images_stream(self, body: ImageRequest) -> StreamingResponse:
