@@ -20,10 +20,15 @@ def default_device(backend: str, device: str | None) -> str:
 
 
 def check_device(device: str) -> None:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    """Refuse an unknown device, or a CUDA device this machine does not have (before any model loads)."""
+    index = device.removeprefix("cuda:")
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and index.isdigit()):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if device.startswith("cuda:") and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}); choose one of them")
 
 
 def needs_artifacts(backend: str) -> bool:
