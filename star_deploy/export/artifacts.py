@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import __version__
 from ..atomic import atomic_dir, write_text
 from ..weights import StarModel
-from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sha256_tree
+from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed, sha256_tree
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 
@@ -42,5 +42,5 @@ def export_artifacts(
         specs = export_all(model, precision, tmp, on_graph, external_bytes)
         shutil.copytree(model.tokenizer_dir, tmp / TOKENIZER_DIR)
         data = manifest_dict(model.config, precision, specs, tmp, source_records(model), tool_versions(), OPSET)
-        write_text(tmp / MANIFEST, dumps(data))
+        write_text(tmp / MANIFEST, dumps(sealed(data, tmp)))
     return out
