@@ -6,7 +6,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..config import StarConfig
+from ..config import SCHEDULES, StarConfig
 from ..errors import ArtifactError, ConfigError
 from ..graphs import GRAPH_NAMES, PRECISIONS
 
@@ -75,7 +75,10 @@ def check_scalars(data: dict[str, Any], path: Any) -> None:
 def parse_config(config: Any, path: Any) -> StarConfig:
     """The model config, or a message that says the manifest (not the user) is at fault."""
     try:
-        return StarConfig.from_dict(config)
+        parsed = StarConfig.from_dict(config)
+        if parsed.patch_nums != SCHEDULES.get(parsed.resolution):
+            raise ConfigError(f"resolution {parsed.resolution} does not use the scale schedule {list(parsed.patch_nums)}")
+        return parsed
     except ConfigError as exc:
         raise _fail(path, f"inconsistent model config ({str(exc).split(';')[0]})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
