@@ -139,12 +139,15 @@ def publish(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 def _errnos(exc: BaseException) -> Iterator[int]:
-    """The errno of ``exc`` and of every exception it was raised from."""
+    """The errno of ``exc`` and of every exception it was raised from; libraries that wrap an
+    OSError in their own type (safetensors, shutil.Error) are read by its message."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno is not None:
             yield exc.errno
+        text = str(exc)
+        yield from (code for code in FULL_ERRNOS if os.strerror(code) in text)
         exc = exc.__cause__ or exc.__context__
 
 
