@@ -22,6 +22,8 @@ HEAD_DIM = 64
 NUM_PHI = 4
 SAMPLERS = ("portable", "official")
 """``SamplingConfig.sampler`` values: the default first."""
+MAX_CFG = 1000.0
+"""Guidance beyond this multiplies float32 logits towards overflow (inf - inf = NaN) and means nothing."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,8 @@ class SamplingConfig:
     sampler: str = "portable"
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.cfg) or self.cfg < 0:
-            raise ConfigError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if not math.isfinite(self.cfg) or not 0 <= self.cfg <= MAX_CFG:
+            raise ConfigError(f"cfg must be a finite number in [0, {MAX_CFG:g}], got {self.cfg}")
         if self.top_k < 0:
             raise ConfigError(f"top-k must be >= 0 (0 disables it), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0) or math.isnan(self.top_p):

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .atomic import atomic_file
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -38,10 +37,9 @@ def png_bytes(pixels: np.ndarray, text: Mapping[str, str] | None = None, compres
     return buffer.getvalue()
 
 
-def save_png(path: Path, image: Image.Image, text: Mapping[str, str]) -> None:
-    """Write ``image`` to ``path`` atomically, ``text`` in its chunks."""
-    with atomic_file(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=png_info(text))
+def write_png(path: Path, image: Image.Image, text: Mapping[str, str]) -> None:
+    """Write ``image`` to ``path``, ``text`` in its chunks (callers publish it atomically, see outputs.py)."""
+    image.save(path, format="PNG", pnginfo=png_info(text))
 
 
 def read_png(path: Path) -> tuple[np.ndarray, dict[str, str]]:

@@ -17,6 +17,11 @@ def read_record(path: Path, fmt: str, version: int, what: str, fix: str) -> dict
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc}); {fix}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt or data.get("format_version") != version:
-        raise ArtifactError(f"{path}: not a star-deploy {what} of version {version}; {fix}")
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ArtifactError(f"{path}: not a star-deploy {what}; {fix}")
+    found = data.get("format_version")
+    if isinstance(found, int) and not isinstance(found, bool) and found > version:
+        raise ArtifactError(f"{path}: {what} version {found} is newer than this star-deploy reads ({version}); upgrade star-deploy")
+    if found != version:
+        raise ArtifactError(f"{path}: {what} version {found} is older than this star-deploy reads ({version}); {fix}")
     return data

@@ -123,7 +123,7 @@ def _refusal(exc: Exception) -> str:
 def read_state_file(path: Path) -> dict:
     """A .pth (safely, weights_only, never executing pickled code) or .safetensors file as a dict."""
     _check_readable(path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
     is_zip = _check_zip(path)
     if not is_zip:
@@ -224,6 +224,17 @@ def infer_vae_config(sd: StateDict, path: Path) -> VaeConfig:
     return VaeConfig(vocab_size=vocab, cvae=cvae, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks - 1)
 
 
+def check_tensor_values(sd: StateDict, expected: StateDict | None, path: Path) -> None:
+    """Refuse a tensor that is not floating point where the model has one, or holds NaN or infinity."""
+    for key, tensor in sd.items():
+        want_float = expected[key].is_floating_point() if expected is not None and key in expected else True
+        if want_float and not tensor.is_floating_point():
+            raise WeightsError(f"{path}: tensor {key} has dtype {str(tensor.dtype).removeprefix('torch.')}, expected floating point; "
+                               f"the checkpoint is damaged or of another model, download it again")
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{path}: tensor {key} holds NaN or infinite values; the checkpoint is damaged, download it again")
+
+
 def load_strict(module: torch.nn.Module, sd: StateDict, path: Path, ignore: tuple[str, ...] = ()) -> None:
     """Load with an exact key and shape match; one message listing every difference."""
     sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
@@ -238,6 +249,7 @@ def load_strict(module: torch.nn.Module, sd: StateDict, path: Path, ignore: tupl
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{label}: {', '.join(keys[:5])}{more}")
         raise WeightsError(f"{path}: does not match the expected model; " + "; ".join(parts))
+    check_tensor_values(sd, expected, path)
     module.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
 
 

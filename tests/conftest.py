@@ -96,3 +96,12 @@ def golden_errors(pipeline: ScaleLoop, golden: dict, case: dict, sampling: Sampl
         teacher_tokens=golden[f"{k}/tokens"], keep_logits=True,
     )
     return max_err(np.concatenate(gen.logits, axis=1), golden[f"{k}/logits"]), max_err(gen.images, golden[f"{k}/image"])
+
+
+@pytest.fixture(scope="session")
+def artifacts_external(tmp_path_factory) -> Path:
+    """The golden model exported with every graph's weights in external ``.onnx.data`` files."""
+    from star_deploy.export.artifacts import export_artifacts
+
+    out = tmp_path_factory.mktemp("export") / "tiny_external"
+    return export_artifacts(load_golden_model(), out, "fp32", external_bytes=0)

@@ -100,6 +100,15 @@ def bad(tmp_path_factory) -> Path:
     broken_clip = release(root, "broken_clip", clip=False)
     shutil.copytree(GOLDEN / "CLIP", broken_clip / "CLIP")
     (broken_clip / "CLIP" / "text_encoder" / "config.json").write_text("{ not json")
+    release(root, "int8_tensor", star=star_variant(replace={"pos_start": torch.ones(1, 1, 128, dtype=torch.int8)}))
+    release(root, "bool_tensor", star=star_variant(replace={"pos_start": torch.ones(1, 1, 128, dtype=torch.bool)}))
+    nan_head = golden_star()["head_logits.weight"].clone()
+    nan_head[3, 5] = math.nan
+    release(root, "nan_tensor", star=star_variant(replace={"head_logits.weight": nan_head}))
+    release(root, "inf_tensor", star=star_variant(replace={"pos_start": torch.full((1, 1, 128), math.inf)}))
+    (root / "upper").mkdir()
+    (root / "upper" / "star.SAFETENSORS").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    release(root, "rel")
     (root / "existing.png").write_bytes(b"keep me")
     (root / "a_file").write_text("x")
     (root / "dir.png").mkdir()
@@ -173,6 +182,36 @@ CASES = [
     ("export-out-exists", ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/no_star"], 2, "already exists; pass --overwrite"),
     ("export-out-parent-missing", ["export", "--weights", G, "--resolution", "256", "--out", "{out}/a/b"], 2, "folder does not exist"),
     ("export-bad-star", ["export", "--weights", "{bad}/pickle_obj", "--resolution", "256", "--out", "{out}"], 2, "refused"),
+    # outputs that are, contain or are inside an input (data loss: `export --out rel --overwrite` deleted rel)
+    ("export-out-is-input", ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}/rel", "--overwrite"], 2, "overlaps the input"),
+    ("export-out-inside-input", ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}/rel/art"], 2, "overlaps the input"),
+    ("export-out-contains-input", ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}", "--overwrite"], 2, "overlaps the input"),
+    ("export-out-is-linked-input", ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/rel/CLIP", "--overwrite"], 2, "overlaps the input"),
+    ("run-out-inside-input", ["run", "a", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel/x.png"], 2, "overlaps the input"),
+    ("run-out-folder-is-input", ["run", "a", "b", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel"], 2, "overlaps the input"),
+    ("convert-out-is-input", ["convert", "{bad}/rel", "--out", "{bad}/rel", "--overwrite"], 2, "overlaps the input"),
+    ("convert-out-inside-input", ["convert", "{bad}/rel", "--out", "{bad}/rel/safe"], 2, "overlaps the input"),
+    # checkpoint values: non-float dtypes and non-finite values are refused at load, naming the key
+    ("star-int8-tensor", RUN + w("int8_tensor") + ["-o", "{out}"], 2, "tensor pos_start has dtype int8, expected floating point"),
+    ("star-bool-tensor", RUN + w("bool_tensor") + ["-o", "{out}"], 2, "tensor pos_start has dtype bool, expected floating point"),
+    ("star-nan-tensor", RUN + w("nan_tensor") + ["-o", "{out}"], 2, "tensor head_logits.weight holds NaN or infinite values"),
+    ("star-inf-tensor", RUN + w("inf_tensor") + ["-o", "{out}"], 2, "tensor pos_start holds NaN or infinite values"),
+    ("convert-nan-tensor", ["convert", "{bad}/nan_tensor/star.pth", "--out", "{out}.safetensors"], 2, "tensor head_logits.weight holds NaN"),
+    ("star-upper-case-safetensors", RUN + ["--weights", G, "--star", "{bad}/upper/star.SAFETENSORS", "-o", "{out}"], 2, "not a readable safetensors"),
+    # options: bounded, checked before the model loads and before any output exists
+    ("threads-too-many", RUN + ["--weights", G, "--threads", "10000", "-o", "{out}"], 2, "--threads 10000: choose 0 (one per physical core) to"),
+    ("threads-negative", RUN + ["--weights", G, "--threads", "-1", "-o", "{out}"], 2, "--threads -1: choose 0"),
+    ("bench-threads-negative", ["bench", "--threads", "-1"], 2, "--threads -1: choose 0"),
+    ("device-cuda-index", RUN + w("trunc_half") + ["--device", "cuda:99", "-o", "{out}"], 2, "--device cuda:99: "),
+    ("device-cuda-garbage", RUN + ["--weights", G, "--device", "cuda:x", "-o", "{out}"], 2, "unknown device 'cuda:x'"),
+    ("cfg-overflows-float32", RUN + ["--weights", G, "--cfg", "1e39", "-o", "{out}"], 2, "cfg must be a finite number in [0, 1000]"),
+    ("prompt-not-utf8", ["run", "a \udcff", "--weights", G, "--resolution", "256", "-o", "{out}"], 2, "prompt 0 is not valid UTF-8"),
+    ("many-prompts-bad-weights", ["run", "a", "b", "--weights", "{bad}/trunc_half", "--resolution", "256", "-o", "{out}.d"], 2, "truncated"),
+    ("many-prompts-bad-device", ["run", "a", "b", "--weights", G, "--resolution", "256", "--device", "cuda:99", "-o", "{out}.d"], 2, "--device cuda:99: "),
+    ("many-prompts-no-artifacts", ["run", "a", "b", "--backend", "onnxruntime", "-o", "{out}.d"], 2, "pass --artifacts DIR"),
+    ("artifacts-is-file", RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/a_file", "-o", "{out}"], 2, "is a file, not an artefact folder"),
+    ("parity-json-folder-missing", ["parity", "--artifacts", "{bad}/nope", "--weights", G, "--resolution", "256", "--json", "{out}/missing/r.json"], 2, "folder does not exist"),
+    ("check-json-folder-missing", ["check", "{bad}/nope", "--json", "{out}/missing/r.json"], 2, "folder does not exist"),
 ]
 
 
@@ -289,3 +328,111 @@ def test_memory_estimate_counts_real_parameters_and_refuses_what_cannot_fit(tiny
     with pytest.raises(MemoryBudgetError, match=r"needs about .* GiB .* only 8.0 GiB is free on cuda; use a smaller --batch-size"):
         check_fits(need, 8 * GIB, "cuda", "batch 8 at 1024 px")
     check_fits(estimate(tiny_model.config, batch=1), 8 * GIB, "cpu", "tiny")
+
+
+def edit_manifest(folder: Path, change, reseal: bool) -> None:
+    """Apply ``change`` to manifest.json; ``reseal`` recomputes its own digest (a hand-made or buggy manifest)."""
+    import json
+
+    from star_deploy.export.manifest import SELF_DIGEST, body_digest, dumps
+
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    if reseal:
+        data[SELF_DIGEST] = body_digest(data)
+    path.write_text(dumps(data))
+
+
+def setter(key: str, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+# (id, change to a copy of the fp32 export, message fragment)
+ARTIFACT_CASES = [
+    ("vocab-edited", lambda f: (f / "tokenizer" / "vocab.json").write_text((f / "tokenizer" / "vocab.json").read_text().replace('"red</w>"', '"blue</w>"', 1)),
+     "tokenizer/vocab.json: changed or corrupted since export"),
+    ("tokenizer-deleted", lambda f: shutil.rmtree(f / "tokenizer"), "tokenizer/merges.txt: missing; the artefact folder is incomplete"),
+    ("graph-truncated", lambda f: truncate(f / "transformer_step.onnx"), "transformer_step.onnx: changed or corrupted since export"),
+    ("graph-deleted", lambda f: (f / "vq_decoder.onnx").unlink(), "vq_decoder.onnx: missing"),
+    ("manifest-not-json", lambda f: (f / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
+    ("precision-relabelled", lambda f: edit_manifest(f, setter("precision", "fp16"), reseal=False), "manifest.json: changed since export"),
+    ("resolution-edited", lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("resolution", 512), reseal=False), "manifest.json: changed since export"),
+    ("resolution-edited-resealed", lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("resolution", 512), reseal=True),
+     "inconsistent model config (resolution 512 does not use the scale schedule"),
+    ("schedule-edited-resealed", lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("patch_nums", [1, 2, 3]), reseal=True),
+     "inconsistent model config (resolution 256 has 3 scales but the transformer was trained with 10 (lvl_embed rows))"),
+    ("precision-unknown", lambda f: edit_manifest(f, setter("precision", "fp64"), reseal=True), "unknown precision 'fp64'"),
+    ("key-extra", lambda f: edit_manifest(f, setter("comment", "x"), reseal=True), "unknown key(s) comment"),
+    ("key-missing", lambda f: edit_manifest(f, lambda d: d.pop("tools"), reseal=True), "missing key(s) tools"),
+    ("graphs-as-list", lambda f: edit_manifest(f, lambda d: d.__setitem__("graphs", list(d["graphs"].values())), reseal=True),
+     "'graphs' must be an object keyed by graph name, not a list"),
+    ("graph-sha256-missing", lambda f: edit_manifest(f, lambda d: d["graphs"]["text_encoder"].pop("sha256"), reseal=True),
+     "graph text_encoder must have exactly the keys"),
+    ("file-table-escapes", lambda f: edit_manifest(f, lambda d: d["files"].__setitem__("../x", "ab" * 32), reseal=True),
+     "'files' lists '../x', which is not a path inside the folder"),
+    ("format-newer", lambda f: edit_manifest(f, setter("format_version", 99), reseal=True), "manifest version 99 is newer than this star-deploy reads (2); upgrade star-deploy"),
+    ("format-older", lambda f: edit_manifest(f, setter("format_version", 1), reseal=True), "manifest version 1 is older than this star-deploy reads (2)"),
+]
+ARTIFACT_COMMANDS = {
+    "run": ["run", "a red square", "--backend", "onnxruntime", "--artifacts", "{art}", "-o", "{out}/x.png"],
+    "check": ["check", "{art}"],
+    "quantize": ["quantize", "{art}", "--out", "{out}/q"],
+    "parity": ["parity", "--artifacts", "{art}", "--weights", G, "--resolution", "256", "--json", "{out}/r.json"],
+}
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", list(ARTIFACT_COMMANDS))
+@pytest.mark.parametrize(("change", "fragment"), [c[1:] for c in ARTIFACT_CASES], ids=[c[0] for c in ARTIFACT_CASES])
+def test_damaged_artifacts_fail_cleanly(command, change, fragment, artifacts_fp32, tmp_path):
+    art, out = tmp_path / "art", tmp_path / "out"
+    shutil.copytree(artifacts_fp32, art)
+    out.mkdir()
+    change(art)
+    before = contents(art)
+    result = runner.invoke(app, [a.format(art=art, out=out) for a in ARTIFACT_COMMANDS[command]])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr, result.stderr
+    assert "pass the resolution" not in result.stderr and "repo id" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert files_below(out) == set(), "an output was left behind"
+    assert contents(art) == before, "the artefact folder changed"
+
+
+@pytest.mark.parametrize(("out", "overwrite"), [("{art}", True), ("{art}/q", False), ("{art}/tokenizer", True)], ids=["is", "inside", "inside-sub"])
+def test_quantize_refuses_an_output_overlapping_its_input(out, overwrite, artifacts_fp32, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifacts_fp32, art)
+    before = contents(art)
+    args = ["quantize", str(art), "--out", out.format(art=art)] + (["--overwrite"] if overwrite else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "overlaps the input" in result.stderr, result.output
+    assert contents(art) == before
+
+
+def test_missing_external_data_is_refused_by_every_reader(artifacts_external, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifacts_external, art)
+    (art / "transformer_step.onnx.data").unlink()
+    for args in (["check", str(art)], ["quantize", str(art), "--out", str(tmp_path / "q")],
+                 ["run", "a", "--backend", "onnxruntime", "--artifacts", str(art), "-o", str(tmp_path / "x.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "transformer_step.onnx.data: missing" in result.stderr and "ok" not in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_artifacts_of_other_weights_are_named_by_parity(artifacts_fp32, bad, tmp_path):
+    """Same shape, other weights: parity names the source mismatch instead of failing the export's thresholds."""
+    args = ["parity", "--artifacts", str(artifacts_fp32), "--weights", f"{bad}/other_star", "--resolution", "256", "--prompt", "a"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"was exported from star.pth, not from {bad}/other_star/star.pth; pass the weights it was exported from" in result.stderr

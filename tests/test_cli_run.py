@@ -53,20 +53,3 @@ def test_default_model_runs_without_weight_options(tmp_path):
     assert pixels.shape == (128, 128, 3) and text["prompt"] == "a red circle on a blue background"
     assert read_image(pixels.astype(np.float32) / 255) == Reading("red", "circle", "blue")
 
-
-def test_parity_command_fails_on_artifacts_of_other_weights(artifacts_fp32, tmp_path):
-    """Same shape, perturbed weights: parity exits 1 with the failed thresholds, not a crash."""
-    import shutil
-
-    import torch
-
-    release = tmp_path / "perturbed"
-    shutil.copytree(GOLDEN / "CLIP", release / "CLIP")
-    shutil.copy(GOLDEN / "vae.pth", release / "vae.pth")
-    ckpt = torch.load(GOLDEN / "star.pth", weights_only=True)
-    ckpt["trainer"]["var_wo_ddp"]["head_logits.bias"] += 1.0
-    torch.save(ckpt, release / "star.pth")
-    args = ["parity", "--artifacts", str(artifacts_fp32), "--weights", str(release), "--resolution", "256", "--prompt", "a red car."]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1, result.output
-    assert "FAIL: logits max error" in result.output and "unexpected" not in result.output

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,3 +70,147 @@ def test_stale_partials_of_dead_processes_are_removed(tmp_path):
     other.write_text("")
     assert remove_stale_partials(tmp_path / "X") == [stale_dir]
     assert not stale_dir.exists() and live.exists() and other.exists()
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """``star-deploy ARGS`` in a child process at INFO level, stdout and stderr merged (they say when the model loads)."""
+    cmd = [sys.executable, "-m", "star_deploy.cli", *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+class OutputWatch:
+    """Reads a child's output on a thread; ``wait_for`` blocks until a fragment has appeared."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines, self.seen = proc, [], threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self.seen.set()
+
+    def wait_for(self, fragment: str, timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(fragment in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"{fragment!r} never appeared: {''.join(self.lines)[-800:]}")
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 120) -> str:
+        self.proc.wait(timeout=timeout)
+        self.thread.join(timeout=10)
+        return "".join(self.lines)
+
+
+RUN_GOLDEN = ["run", "--weights", str(GOLDEN), "--resolution", "256"]
+
+
+def test_sigterm_during_export_leaves_nothing(tmp_path):
+    out = tmp_path / "X"
+    proc = start_export(out)
+    wait_for_first_graph(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-800:]
+    assert "interrupted; no partial output was left behind (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == [], "a terminated export left files behind"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_pngs_are_saved_removes_this_runs_pngs_and_folder(sig, code, tmp_path):
+    out = tmp_path / "imgs"
+    prompts = [f"prompt {i}" for i in range(12)]
+    proc = start_cli(*RUN_GOLDEN, *prompts, "--batch-size", "12", "-o", str(out))
+    watch = OutputWatch(proc)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not (out.is_dir() and any(e.name.endswith(".png") and not e.name.startswith(".") for e in os.scandir(out))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never started writing: {watch.finish()[-800:]}")
+        time.sleep(0.001)
+    proc.send_signal(sig)
+    stderr = watch.finish()
+    assert proc.returncode == code, stderr[-800:]
+    assert "interrupted; no partial output was left behind" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == [], f"left behind: {list(tmp_path.rglob('*'))}"
+
+
+def test_interrupt_before_the_first_png_creates_no_folder(tmp_path):
+    out = tmp_path / "imgs"
+    proc = start_cli(*RUN_GOLDEN, "a", "b", "-o", str(out))
+    watch = OutputWatch(proc)
+    watch.wait_for("loading")
+    proc.send_signal(signal.SIGINT)
+    stderr = watch.finish()
+    assert proc.returncode == 130, stderr[-800:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_written_meanwhile_is_never_replaced(tmp_path):
+    """Two runs on one -o: the one that publishes second fails instead of silently replacing the first."""
+    out = tmp_path / "same.png"
+    proc = start_cli(*RUN_GOLDEN, "a red car.", "-o", str(out))
+    watch = OutputWatch(proc)
+    watch.wait_for("loading")
+    out.write_bytes(b"the other run's image")
+    stderr = watch.finish()
+    assert proc.returncode == 2, stderr[-800:]
+    assert f"{out}: already exists (written meanwhile by another process?); pass --overwrite" in stderr
+    assert out.read_bytes() == b"the other run's image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.png"]
+
+
+def test_output_folder_removed_mid_run_is_named(tmp_path):
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    proc = start_cli(*RUN_GOLDEN, "a red car.", "-o", str(folder / "x.png"))
+    watch = OutputWatch(proc)
+    watch.wait_for("loading")
+    folder.rmdir()
+    stderr = watch.finish()
+    assert proc.returncode == 2, stderr[-800:]
+    assert f"{folder}: the output folder was removed while x.png was written" in stderr and "unexpected" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_partial_files_are_removed_like_folders(tmp_path):
+    from star_deploy.atomic import atomic_file
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = [tmp_path / f".x.png.partial-{pid}", tmp_path / f"..x.png.partial-{pid}.partial-{pid}", tmp_path / f".x.png.partial-{pid}.old"]
+    for path in stale:
+        path.write_bytes(b"half a png")
+    live = tmp_path / f".x.png.partial-{os.getppid()}"
+    live.write_bytes(b"another process is writing")
+    with atomic_file(tmp_path / "x.png") as tmp:
+        tmp.write_bytes(b"png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "x.png"])
+
+
+def test_publish_never_replaces_without_overwrite(tmp_path):
+    from star_deploy.atomic import atomic_dir, atomic_file
+    from star_deploy.errors import OutputError
+
+    target = tmp_path / "x.png"
+    with pytest.raises(OutputError, match="already exists"):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"mine")
+            target.write_bytes(b"theirs")
+    assert target.read_bytes() == b"theirs"
+    with atomic_file(target, overwrite=True) as tmp:
+        tmp.write_bytes(b"mine")
+    assert target.read_bytes() == b"mine"
+    folder = tmp_path / "art"
+    with pytest.raises(OutputError, match="already exists"):
+        with atomic_dir(folder) as tmp:
+            (tmp / "a").write_text("mine")
+            folder.mkdir()
+    assert list(folder.iterdir()) == []
+    with atomic_dir(folder, overwrite=True) as tmp:
+        (tmp / "a").write_text("mine")
+    assert [p.name for p in folder.iterdir()] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "x.png"]

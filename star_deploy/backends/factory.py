@@ -32,17 +32,28 @@ def default_device(backend: str, device: str | None) -> str:
 
 
 def check_device_name(device: str) -> None:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    """Refuse a device name other than cpu, cuda and cuda:N."""
+    index = device.removeprefix("cuda:")
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and index.isdigit()):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
 
 
-def check_torch_device(device: str) -> None:
-    """Refuse a CUDA device PyTorch cannot see, naming it."""
-    check_device_name(device)
-    import torch
+def check_device(device: str) -> None:
+    """Refuse an unknown device, or a CUDA device this machine does not have (before any model loads).
 
+    Without PyTorch only the name is checked; ONNX Runtime checks its own providers.
+    """
+    check_device_name(device)
+    try:
+        import torch
+    except ImportError:
+        return
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    index = device.removeprefix("cuda:")
+    if device.startswith("cuda:") and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}); choose one of them")
 
 
 def needs_artifacts(backend: str) -> bool:
@@ -86,7 +97,7 @@ def create_backend(
 
         return TrtBackend(manifest, device)
     if backend == "torch":
-        check_torch_device(device)
+        check_device(device)
         dt = torch_dtype(dtype)
         from .torch_backend import TorchBackend
 

@@ -74,7 +74,7 @@ def print_report(report: dict, console: Console | None = None) -> None:
 
 def write_json(report: dict, path: Path) -> None:
     """Write the report atomically; infinities (identical images) become null."""
-    write_text(path, json.dumps(finite(report), indent=2, default=str, allow_nan=False) + "\n")
+    write_text(path, json.dumps(finite(report), indent=2, default=str, allow_nan=False) + "\n", overwrite=True)
 
 
 def finite(o):

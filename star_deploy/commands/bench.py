@@ -10,11 +10,12 @@ import typer
 
 from ..atomic import check_writable
 from ..bench.report import print_report, write_json
+from ..backends.factory import check_device
 from ..bench.runner import BENCH_BACKENDS, BackendSource, BenchSettings, run_bench
 from ..config import PRESETS, SamplingConfig, preset
 from ..errors import ConfigError
 from ..weights import StarModel
-from .common import ClipOpt, ResolutionOpt, SamplerOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
+from .common import ClipOpt, ResolutionOpt, SamplerOpt, StarOpt, VaeOpt, WeightsOpt, check_threads, load_model, reports_errors
 
 log = logging.getLogger("star_deploy")
 DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
@@ -58,6 +59,8 @@ def bench(
     With no weight options and no --random-weights, benchmarks the built-in demo model.
     """
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    check_threads(threads)
+    check_device(device)
     settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed, sampler=sampler))
     if json_path is not None:
         check_writable(json_path, overwrite=True)

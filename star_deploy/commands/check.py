@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..atomic import write_text
+from ..atomic import check_writable, write_text
 from ..backends.factory import create_backend
 from ..config import SamplingConfig
 from ..engines.buffers import buffer_plan
@@ -103,6 +103,8 @@ def check(
             raise ConfigError("--backend tensorrt validates built engines: pass the artefact folder they were built from")
         check_demo()
         return
+    if json_out is not None:
+        check_writable(json_out, overwrite=True)
     manifest = load_manifest(artifacts)
     report_readiness(manifest)
     report_memory(manifest, [1])
@@ -115,7 +117,7 @@ def check(
     report = validate(ref, test, prompts, SamplingConfig(seed=seed), runs)
     print_validation(report)
     if json_out is not None:
-        write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n")
+        write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n", overwrite=True)
     check_thresholds(report, min_agreement, min_psnr)
 
 

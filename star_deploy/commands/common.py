@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,6 +13,7 @@ import typer
 
 from ..demo import DEMO_RESOLUTION, DEMO_WEIGHTS
 from ..errors import ConfigError, StarDeployError
+from ..signals import Interrupted, signals_as_interrupts
 from ..weights import ConfigCheck, ReleasePaths, StarModel, load_release, resolution_from_name, resolve_release
 
 log = logging.getLogger("star_deploy")
@@ -37,18 +39,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def reports_errors(func: F) -> F:
-    """StarDeployError -> one line and exit 2; Ctrl-C -> exit 130; anything else -> one line and exit 1."""
+    """StarDeployError -> one line and exit 2; Ctrl-C or SIGTERM -> exit 130 or 143; anything else -> one line and exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with signals_as_interrupts():
+                return func(*args, **kwargs)
         except StarDeployError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted; no partial output was left behind", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            name = f" ({exc.args[0]})" if isinstance(exc, Interrupted) else ""
+            typer.secho(f"interrupted; no partial output was left behind{name}", err=True)
+            raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
@@ -60,6 +64,13 @@ def reports_errors(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_threads(threads: int) -> None:
+    """Refuse a thread count below 0 or above this machine's CPU count."""
+    cpus = os.cpu_count() or 1
+    if not 0 <= threads <= cpus:
+        raise ConfigError(f"--threads {threads}: choose 0 (one per physical core) to {cpus} (the CPU count)")
 
 
 def release_paths(weights: Path | None, clip: Path | None, vae: Path | None, star: Path | None) -> ReleasePaths:

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from ..atomic import atomic_dir, atomic_file, check_writable
+from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
 from ..errors import OutputError
 from ..export.manifest import sha256_file
-from ..weights import StateDict, read_state_file, resolve_release, star_state_dict, vae_state_dict
+from ..weights import StateDict, check_tensor_values, read_state_file, resolve_release, star_state_dict, vae_state_dict
 from .common import OverwriteOpt, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -22,8 +22,11 @@ def checkpoint_tensors(path: Path) -> tuple[str, StateDict]:
     """(kind, flat state dict) of a STAR or VQVAE checkpoint, validated like `run` validates it."""
     raw = read_state_file(path)
     if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):
-        return "star", star_state_dict(raw, path)
-    return "vae", vae_state_dict(raw, path)
+        kind, sd = "star", star_state_dict(raw, path)
+    else:
+        kind, sd = "vae", vae_state_dict(raw, path)
+    check_tensor_values(sd, None, path)
+    return kind, sd
 
 
 def _unshared(sd: StateDict) -> StateDict:
@@ -38,13 +41,13 @@ def _unshared(sd: StateDict) -> StateDict:
     return out
 
 
-def convert_file(src: Path, dst: Path) -> Path:
+def convert_file(src: Path, dst: Path, overwrite: bool = False) -> Path:
     """Write ``src``'s tensors to ``dst`` (.safetensors) atomically, with the source hash as metadata."""
     from safetensors.torch import save_file
 
     kind, sd = checkpoint_tensors(src)
     meta = {"format": "pt", "kind": kind, "source": src.name, "source_sha256": sha256_file(src)}
-    with atomic_file(dst) as tmp:
+    with atomic_file(dst, overwrite) as tmp:
         save_file(_unshared(sd), str(tmp), metadata=meta)
         tmp.chmod(0o644)
     log.info("%s -> %s (%d tensors)", src.name, dst.name, len(sd))
@@ -58,7 +61,7 @@ def convert_release(src: Path, dst: Path, overwrite: bool) -> Path:
         shutil.copytree(paths.clip, tmp / "CLIP")
         for ckpt in (paths.vae, paths.star):
             target = tmp / f"{ckpt.stem}.safetensors"
-            if ckpt.suffix == ".safetensors":
+            if ckpt.suffix.lower() == ".safetensors":
                 shutil.copy2(ckpt, target)
             else:
                 convert_file(ckpt, target)
@@ -71,13 +74,14 @@ def convert(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert official .pth checkpoints to safetensors (same tensors, no pickle); `--weights` accepts the result."""
+    check_separate([out], [src])
     if src.is_dir():
         convert_release(src, out, overwrite)
     else:
-        if out.suffix != ".safetensors":
+        if out.suffix.lower() != ".safetensors":
             raise OutputError(f"--out {out}: give a .safetensors file name for a single checkpoint")
         check_writable(out, overwrite)
-        convert_file(src, out)
+        convert_file(src, out, overwrite)
     typer.echo(str(out))
 
 

@@ -10,13 +10,13 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..atomic import check_writable
+from ..atomic import check_separate, check_writable
 from ..config import StarConfig
 from ..errors import ConfigError
 from ..memory import available_bytes, check_fits, estimate
 from ..export.artifacts import export_artifacts
 from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
-from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
+from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, release_paths, reports_errors
 
 log = logging.getLogger("star_deploy")
 
@@ -48,6 +48,8 @@ def export(
     if precision not in EXPORT_PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     check_writable(out, overwrite)
+    paths = release_paths(weights, clip, vae, star)
+    check_separate([out], [p for p in (weights, paths.clip, paths.vae, paths.star) if p is not None])
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
         task = progress.add_task("exporting", total=len(GRAPH_NAMES))

@@ -10,14 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..atomic import write_text
+from ..atomic import check_writable, write_text
 from ..backends.factory import artifacts_manifest, create_backend
 from ..config import SamplingConfig
 from ..errors import ConfigError
-from ..tokenizer import PromptTokenizer
 from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
+from ..export.sources import check_sources
 from ..pipeline import ScaleLoop
-from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, reports_errors
+from ..tokenizer import PromptTokenizer
+from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, release_paths, reports_errors
 
 DEFAULT_PROMPTS = (
     "a red circle on a blue background",
@@ -62,7 +63,10 @@ def parity(
     Prints per-graph max/mean errors (same inputs into both), teacher-forced token agreement,
     and image PSNR; exits 1 if the artefacts' precision misses its thresholds.
     """
+    if json_out is not None:
+        check_writable(json_out, overwrite=True)
     manifest = artifacts_manifest(artifacts, backend)
+    check_sources(manifest, release_paths(weights, clip, vae, star), "pass the weights it was exported from (--weights or --star/--vae/--clip)")
     model = load_model(weights, clip, vae, star, resolution)
     if model.config != manifest.config:
         raise ConfigError(f"{artifacts} was exported from a model of another shape than the weights given; pass the same weights")
@@ -79,7 +83,7 @@ def parity(
     if json_out is not None:
         report = {"precision": manifest.precision, "backend": backend, "graphs": {k: vars(v) for k, v in graphs.items()},
                   "fidelity": result.to_dict(), "thresholds": vars(limits), "failures": failed}
-        write_text(json_out, json.dumps(report, indent=2) + "\n")
+        write_text(json_out, json.dumps(report, indent=2) + "\n", overwrite=True)
     if failed:
         typer.secho("FAIL: " + "; ".join(failed), err=True, fg=typer.colors.RED)
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..atomic import check_separate, check_writable
 from ..errors import ConfigError
 from ..export.quantize import ACCURACY_LEVEL, quantize_artifacts
 from .common import OverwriteOpt, reports_errors
@@ -21,6 +22,8 @@ def quantize(
     """Quantize the transformer step and text encoder weights to int8 (ONNX Runtime MatMulNBits)."""
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"--accuracy-level {accuracy_level}: choose 0 to 4")
+    check_separate([out], [artifacts])
+    check_writable(out, overwrite)
     quantize_artifacts(artifacts, out, bits=8, overwrite=overwrite, accuracy_level=accuracy_level)
     typer.echo(str(out))
 

@@ -13,16 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..atomic import check_writable
-from ..backends.factory import artifacts_manifest, create_backend, default_device, needs_artifacts
+from ..atomic import check_separate, check_writable
+from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
 from ..config import SamplingConfig, StarConfig
-from ..errors import ArtifactError, ConfigError, OutputError, WeightsError
-from ..export.manifest import Manifest, sha256_tree, verify_graph_hashes
-from ..images import save_png, to_pil
-from ..tokenizer import PromptTokenizer
+from ..errors import ConfigError, OutputError
+from ..export.manifest import Manifest
+from ..export.sources import check_sources
+from ..images import to_pil, write_png
 from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
+from ..outputs import output_set
 from ..pipeline import Generation, ScaleLoop
-from ..weights import ReleasePaths, resolve_release
+from ..tokenizer import PromptTokenizer
+from ..weights import ReleasePaths
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -31,7 +33,9 @@ from .common import (
     StarOpt,
     VaeOpt,
     WeightsOpt,
+    check_threads,
     load_model,
+    release_paths,
     reports_errors,
 )
 
@@ -56,13 +60,12 @@ def slug(prompt: str, limit: int = 40) -> str:
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Refuse existing or unwritable outputs before any work; creates the folder for several prompts."""
+    """Refuse existing or unwritable outputs before any work; nothing is created yet."""
     folder = paths[0].parent
     if len(paths) > 1 and not folder.is_dir():
         if folder.exists():
             raise OutputError(f"--out {folder}: exists and is not a folder; choose a folder name")
         check_writable(folder, overwrite=False)
-        folder.mkdir()
         return
     for path in paths:
         if path.is_dir():
@@ -76,32 +79,37 @@ def check_prompts(prompts: list[str], sampling: SamplingConfig) -> None:
     if last_seed >= 2**63:
         raise ConfigError(f"--seed {sampling.seed}: prompt {len(prompts) - 1} would use seed {last_seed} >= 2**63; use a smaller seed")
     for i, prompt in enumerate(prompts):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"prompt {i} is not valid UTF-8 text ({prompt!r}); pass the prompt in UTF-8") from None
         if not prompt.strip():
             log.warning("prompt %d is empty: it generates an unconditional image (cfg has no effect)", i)
 
 
-def check_artifact_sources(manifest: Manifest, paths: ReleasePaths) -> None:
-    """Refuse an artefact folder exported from other checkpoints than the ones given."""
-    for key, path in (("star", paths.star), ("vae", paths.vae), ("clip", paths.clip)):
-        record = manifest.sources.get(key)
-        if record is None:
-            continue
-        if not path.exists():
-            raise WeightsError(f"{path}: no such file or folder; check the path")
-        if sha256_tree(path) != record["sha256"]:
-            raise ArtifactError(
-                f"{manifest.root} was exported from {record['name']}, not from {path}; "
-                f"export again from these weights or drop the weight options"
-            )
-
-
 def open_artifacts(backend: str, artifacts: Path | None, paths: ReleasePaths | None) -> Manifest:
-    """The manifest of ``artifacts``, its graphs hash-checked, its sources matched to ``paths``."""
+    """The manifest of ``artifacts`` (every file hash-checked), its sources matched to ``paths``."""
     manifest = artifacts_manifest(artifacts, backend)
-    verify_graph_hashes(manifest)
     if paths is not None:
-        check_artifact_sources(manifest, paths)
+        check_sources(manifest, paths, "export again from these weights or drop the weight options")
     return manifest
+
+
+def run_inputs(backend: str, artifacts: Path | None, weights: Path | None, paths: ReleasePaths | None) -> list[Path]:
+    """Every file or folder ``run`` reads: the artefact folder, the release folder and its parts."""
+    parts = [p for p in (weights, *((paths.clip, paths.vae, paths.star) if paths else ())) if p is not None]
+    return parts + ([artifacts] if artifacts is not None and needs_artifacts(backend) else [])
+
+
+def save_images(paths: list[Path], prompts: list[str], images: list, meta: dict[str, str], seed: int, overwrite: bool) -> None:
+    """Write one PNG per prompt; an interrupted or failed run removes the PNGs (and folder) it wrote."""
+    folder = paths[0].parent if len(paths) > 1 else None
+    with output_set(folder) as outputs:
+        for i, (path, prompt, image) in enumerate(zip(paths, prompts, images)):
+            with outputs.file(path, overwrite) as tmp:
+                write_png(tmp, to_pil(image), meta | {"prompt": prompt, "seed": str(seed + i)})
+    for path in paths:
+        typer.echo(str(path))
 
 
 def memory_check(batch: int, dtype: str, device: str) -> Callable[[StarConfig], None]:
@@ -188,14 +196,18 @@ def run(
     if not prompts:
         raise ConfigError("give at least one prompt")
     check_prompts(prompts, sampling)
+    check_threads(threads)
     paths = output_paths(out, prompts)
     check_outputs(paths, overwrite)
     batch = min(batch_size, len(prompts))
     if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
+    given = any(v is not None for v in (weights, clip, vae, star))
+    release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
+    check_separate(paths + ([paths[0].parent] if len(paths) > 1 else []), run_inputs(backend, artifacts, weights, release))
+    check_device(device)
     if needs_artifacts(backend):
-        given = any(v is not None for v in (weights, clip, vae, star))
-        manifest = open_artifacts(backend, artifacts, resolve_release(weights, clip, vae, star) if given else None)
+        manifest = open_artifacts(backend, artifacts, release)
         memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device)(manifest.config)
         engine = create_backend(backend, device, manifest=manifest, threads=threads, provider=provider)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
@@ -211,13 +223,11 @@ def run(
         sampling = sampling.clamped(vocab)
     results = generate_batches(pipeline, prompts, sampling, batch_size)
     images = [img for r in results for img in r.images]
-    for i, (path, prompt, image) in enumerate(zip(paths, prompts, images)):
-        meta = {
-            "prompt": prompt, "seed": str(seed + i), "cfg": str(cfg), "top_k": str(sampling.top_k),
-            "top_p": str(top_p), "sampler": sampler, "backend": backend, "software": "star-deploy",
-        }
-        save_png(path, to_pil(image), meta)
-        typer.echo(str(path))
+    meta = {
+        "cfg": str(cfg), "top_k": str(sampling.top_k), "top_p": str(top_p), "sampler": sampler,
+        "backend": backend, "software": "star-deploy",
+    }
+    save_images(paths, prompts, images, meta, seed, overwrite)
     print_timings(results, len(images), f"{backend}, {device}")
 
 

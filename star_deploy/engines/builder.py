@@ -24,7 +24,7 @@ from types import ModuleType
 from .. import __version__
 from ..atomic import atomic_file
 from ..errors import ArtifactError, ConfigError, StarDeployError
-from ..export.manifest import Manifest, sha256_file
+from ..export.manifest import Manifest, graph_digest
 from ..export.readiness import check_graph
 from .profiles import Profile, check_batch_sizes, profile_table
 from .sidecar import ENGINES_DIR, EngineSidecar, RuntimeInfo, plan_path, sidecar_path, write_sidecar
@@ -123,11 +123,21 @@ def build_plan(trt: ModuleType, onnx_path: Path, profiles: list[Profile], option
     return bytes(memoryview(serialized)), bytes(memoryview(cache.serialize()))
 
 
+def engine_sidecar(manifest: Manifest, graph: str, options: BuildOptions, info: RuntimeInfo, profiles: list[Profile]) -> EngineSidecar:
+    """The sidecar of ``graph``'s plan; its ONNX digest is the manifest's (``graph_digest``: .onnx and .onnx.data)."""
+    return EngineSidecar(
+        graph=graph, precision=engine_precision(manifest, options.typing), typing=options.typing,
+        onnx_sha256=graph_digest(manifest.root, manifest.graphs[graph]), runtime=info,
+        batch_sizes=sorted(set(options.batch_sizes)), profiles=profiles,
+        builder=options.record() | {"star_deploy": __version__},
+    )
+
+
 def write_plan(root: Path, sidecar: EngineSidecar, plan: bytes) -> Path:
     """Write the plan then its sidecar, each atomically; a plan without sidecar is never loaded."""
     target = plan_path(root, sidecar.graph)
     sidecar_path(root, sidecar.graph).unlink(missing_ok=True)
-    with atomic_file(target) as tmp:
+    with atomic_file(target, overwrite=True) as tmp:
         tmp.write_bytes(plan)
     write_sidecar(sidecar_path(root, sidecar.graph), sidecar)
     return target
@@ -174,13 +184,9 @@ def build_engines(
         profiles = profile_table(manifest.config, spec, list(options.batch_sizes))
         log.info("building %s (%d profile(s)) on %s", graph, len(profiles), info.gpu_name)
         plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob)
-        sidecar = EngineSidecar(
-            graph=graph, precision=engine_precision(manifest, options.typing), typing=options.typing,
-            onnx_sha256=sha256_file(onnx_path), runtime=info, batch_sizes=sorted(set(options.batch_sizes)),
-            profiles=profiles, builder=options.record() | {"star_deploy": __version__},
-        )
+        sidecar = engine_sidecar(manifest, graph, options, info, profiles)
         written.append(write_plan(root, sidecar, plan))
-        with atomic_file(cache_path) as tmp:
+        with atomic_file(cache_path, overwrite=True) as tmp:
             tmp.write_bytes(cache_blob)
         if on_graph is not None:
             on_graph(graph)

@@ -74,7 +74,7 @@ def sidecar_path(root: Path, graph: str) -> Path:
 
 
 def write_sidecar(path: Path, sidecar: EngineSidecar) -> None:
-    write_text(path, json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n", overwrite=True)
 
 
 def load_sidecar(path: Path) -> EngineSidecar:

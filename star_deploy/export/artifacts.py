@@ -10,7 +10,7 @@ from .. import __version__
 from ..atomic import atomic_dir, write_text
 from ..tokenizer import TOKENIZER_JSON, save_tokenizer_json
 from ..weights import StarModel
-from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sha256_tree
+from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed, sha256_tree
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 
@@ -44,5 +44,5 @@ def export_artifacts(
         shutil.copytree(model.tokenizer_dir, tmp / TOKENIZER_DIR)
         save_tokenizer_json(model.tokenizer_dir, tmp / TOKENIZER_DIR / TOKENIZER_JSON)
         data = manifest_dict(model.config, precision, specs, tmp, source_records(model), tool_versions(), OPSET)
-        write_text(tmp / MANIFEST, dumps(data))
+        write_text(tmp / MANIFEST, dumps(sealed(data, tmp)))
     return out

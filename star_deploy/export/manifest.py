@@ -12,11 +12,14 @@ from ..config import StarConfig
 from ..errors import ArtifactError
 from ..records import read_record
 from ..graphs import GraphSpec, graph_specs
+from .manifest_schema import parse_config, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "star-deploy-artifacts"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: a sha256 of every file the export wrote (``files``) and of the manifest itself."""
 TOKENIZER_DIR = "tokenizer"
+SELF_DIGEST = "manifest_sha256"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
@@ -33,11 +36,37 @@ def graph_files(folder: Path, spec: GraphSpec) -> list[Path]:
     return [folder / spec.file, data] if data.is_file() else [folder / spec.file]
 
 
+def combine(digests: list[str]) -> str:
+    """One digest, or the sha256 of several concatenated."""
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
 def sha256_files(paths: list[Path]) -> str:
     """sha256 of one file, or of the concatenated digests of several."""
-    if len(paths) == 1:
-        return sha256_file(paths[0])
-    return hashlib.sha256("".join(sha256_file(p) for p in paths).encode()).hexdigest()
+    return combine([sha256_file(p) for p in paths])
+
+
+def graph_digest(folder: Path, spec: GraphSpec) -> str:
+    """The one digest of a graph (its .onnx and any .onnx.data): manifests and engine sidecars both record it."""
+    return sha256_files(graph_files(folder, spec))
+
+
+def file_table(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder`` except the manifest, by relative POSIX path."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+
+
+def body_digest(data: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest."""
+    body = {k: v for k, v in data.items() if k != SELF_DIGEST}
+    return hashlib.sha256(dumps(body).encode()).hexdigest()
+
+
+def sealed(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with the file table of ``folder`` and the manifest's own digest added."""
+    data = {k: v for k, v in data.items() if k != SELF_DIGEST} | {"files": file_table(folder)}
+    return data | {SELF_DIGEST: body_digest(data)}
 
 
 def sha256_tree(path: Path) -> str:
@@ -81,9 +110,7 @@ def manifest_dict(
     tools: dict[str, str],
     opset: int,
 ) -> dict[str, Any]:
-    graphs = {}
-    for name, spec in specs.items():
-        graphs[name] = spec.to_dict() | {"sha256": sha256_files(graph_files(folder, spec))}
+    graphs = {name: spec.to_dict() | {"sha256": graph_digest(folder, spec)} for name, spec in specs.items()}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -100,20 +127,46 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def load_manifest(root: Path) -> Manifest:
-    """Read and validate ``root/manifest.json``; every graph file must be present."""
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The validated contents of ``root/manifest.json``, its own digest checked; file hashes not yet."""
     path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{root}: is a file, not an artefact folder; pass the folder that `star-deploy export` made")
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such artefact directory; create it with `star-deploy export --out {root}`")
     data = read_record(path, FORMAT, FORMAT_VERSION, "manifest", f"{root} is not a complete export: run `star-deploy export` again")
-    config = StarConfig.from_dict(data["config"])
+    validate(data, path)
+    if body_digest(data) != data[SELF_DIGEST]:
+        raise ArtifactError(f"{path}: changed since export (its sha256 does not match); export again")
+    return data
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Refuse a folder where a file the export wrote is missing or differs from what it wrote."""
+    for rel, expected in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing; the artefact folder is incomplete, export again")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"{path}: changed or corrupted since export (sha256 mismatch); export again")
+
+
+def load_manifest(root: Path) -> Manifest:
+    """Read and validate ``root/manifest.json`` and verify every file it lists before anything uses them."""
+    path = root / MANIFEST
+    data = read_manifest(root)
+    config = parse_config(data["config"], path)
     precision = data["precision"]
     specs = graph_specs(config, precision)
     for name, spec in specs.items():
-        if data["graphs"].get(name, {}).get("inputs") != [t.to_dict() for t in spec.inputs]:
+        entry = data["graphs"][name]
+        io = [[t.to_dict() for t in spec.inputs], [t.to_dict() for t in spec.outputs]]
+        if entry["file"] != spec.file or [entry["inputs"], entry["outputs"]] != io:
             raise ArtifactError(f"{path}: graph {name} does not have the I/O this version expects; export again")
-        if not (root / spec.file).is_file():
-            raise ArtifactError(f"{root / spec.file}: missing; export again")
+        listed = [f for f in (spec.file, f"{spec.file}.data") if f in data["files"]]
+        if spec.file not in data["files"] or combine([data["files"][f] for f in listed]) != entry["sha256"]:
+            raise ArtifactError(f"{path}: graph {name} does not match its file table; export again")
+    verify_files(root, data["files"])
     return Manifest(
         root=root,
         config=config,
@@ -129,6 +182,5 @@ def load_manifest(root: Path) -> Manifest:
 def verify_graph_hashes(manifest: Manifest) -> None:
     """Refuse graph files whose contents differ from what the export wrote."""
     for name, expected in manifest.graph_hashes.items():
-        actual = sha256_files(graph_files(manifest.root, manifest.graphs[name]))
-        if actual != expected:
+        if graph_digest(manifest.root, manifest.graphs[name]) != expected:
             raise ArtifactError(f"{manifest.path(name)}: changed or corrupted since export (sha256 mismatch); export again")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..atomic import atomic_dir, write_text
 from ..errors import ArtifactError, BackendUnavailableError
-from .manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_files, load_manifest, sha256_files
+from .manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def quantize_artifacts(
                 quantize_graph(manifest.path(name), tmp / spec.file, bits, accuracy_level)
             else:
                 shutil.copy2(manifest.path(name), tmp / spec.file)
-            data["graphs"][name]["sha256"] = sha256_files(graph_files(tmp, spec))
+            data["graphs"][name]["sha256"] = graph_digest(tmp, spec)
         shutil.copytree(manifest.tokenizer_dir, tmp / TOKENIZER_DIR)
         data["precision"] = f"int{bits}"
         data["quantization"] = {
@@ -77,5 +77,5 @@ def quantize_artifacts(
             "bits": bits, "block_size": BLOCK_SIZE, "accuracy_level": accuracy_level,
             "graphs": list(QUANTIZED_GRAPHS), "source_precision": "fp32",
         }
-        write_text(tmp / MANIFEST, dumps(data))
+        write_text(tmp / MANIFEST, dumps(sealed(data, tmp)))
     return out
