@@ -85,7 +85,7 @@ def hub_snapshot(path: Path) -> Path:
 
 def star_for_resolution(folder: Path, resolution: int | None) -> Path | None:
     """In a folder with several official STAR checkpoints, the one trained for ``resolution``."""
-    from .weights import STAR_PATTERNS, resolution_from_name
+    from .release import STAR_PATTERNS, resolution_from_name
 
     found = sorted({p for pattern in STAR_PATTERNS for p in folder.glob(pattern)})
     if len(found) < 2 or resolution is None:

@@ -36,6 +36,8 @@ EXPORT_PRECISIONS = ("fp32", "fp16")
 QUANTIZED_PRECISIONS = ("int8", "int4")
 """Weight-only quantized copies of an fp32 export (``star-deploy quantize``): fp32 I/O."""
 PRECISIONS = EXPORT_PRECISIONS + QUANTIZED_PRECISIONS
+ACCURACY_LEVEL = 4
+"""MatMulNBits compute type of quantized graphs by default: 4 = int8 activations (fast), 1 = float32."""
 GRAPH_NAMES = ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder")
 
 

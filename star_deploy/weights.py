@@ -14,74 +14,12 @@ import torch
 
 from .config import SCHEDULES, StarConfig, TextEncoderConfig, TransformerConfig, VaeConfig
 from .errors import ConfigError, WeightsError
+from .release import ReleasePaths, check_readable, check_resolution_name
 from .model.text import load_text_encoder, text_encoder_config
 from .model.transformer import StarTransformer
 from .model.vqvae import UNUSED_VAE_PREFIXES, StarVQVAE
 
-STAR_PATTERNS = ("star*.pth", "star*.safetensors")
-VAE_PATTERNS = ("vae*.pth", "vae*.safetensors")
 StateDict = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ReleasePaths:
-    """The three parts of a STAR weight release."""
-
-    clip: Path
-    vae: Path
-    star: Path
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.clip / "tokenizer"
-
-    @property
-    def text_encoder(self) -> Path:
-        return self.clip / "text_encoder"
-
-
-def _single_match(folder: Path, patterns: tuple[str, ...], flag: str) -> Path:
-    found = sorted({p for pattern in patterns for p in folder.glob(pattern)})
-    if not found:
-        raise WeightsError(f"{folder}: no file matching {' or '.join(patterns)}; pass it with {flag} FILE")
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise WeightsError(f"{folder}: several candidates ({names}); choose one with {flag} FILE")
-    return found[0]
-
-
-def resolve_release(
-    weights: Path | None = None, clip: Path | None = None, vae: Path | None = None, star: Path | None = None
-) -> ReleasePaths:
-    """Explicit paths win; the rest are found in ``weights`` by the release's file names."""
-    if weights is not None:
-        if not weights.is_dir():
-            raise WeightsError(f"{weights}: not a directory; --weights takes the folder of the STAR release")
-        clip = clip or weights / "CLIP"
-        vae = vae or _single_match(weights, VAE_PATTERNS, "--vae")
-        star = star or _single_match(weights, STAR_PATTERNS, "--star")
-    missing = [flag for flag, value in (("--clip", clip), ("--vae", vae), ("--star", star)) if value is None]
-    if missing:
-        raise WeightsError(f"missing {', '.join(missing)}: give them, or --weights DIR with the whole release")
-    paths = ReleasePaths(Path(clip), Path(vae), Path(star))
-    for sub in (paths.tokenizer, paths.text_encoder):
-        if not sub.is_dir():
-            raise WeightsError(f"{sub}: not found; --clip takes the release's CLIP folder (tokenizer/ and text_encoder/)")
-    for f in (paths.vae, paths.star):
-        _check_readable(f)
-    return paths
-
-
-def _check_readable(path: Path) -> None:
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth or .safetensors)")
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file; check the path")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot be read ({exc.strerror}); fix its permissions") from None
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -122,7 +60,7 @@ def _refusal(exc: Exception) -> str:
 
 def read_state_file(path: Path) -> dict:
     """A .pth (safely, weights_only, never executing pickled code) or .safetensors file as a dict."""
-    _check_readable(path)
+    check_readable(path)
     if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
     is_zip = _check_zip(path)
@@ -173,25 +111,6 @@ def vae_state_dict(raw: dict, path: Path) -> StateDict:
     if "quantize.embedding.weight" not in sd:
         raise WeightsError(f"{path}: not a VQVAE state dict (no quantize.embedding.weight); use vae_ch160v4096z32.pth")
     return sd
-
-
-RELEASE_NAME = re.compile(r"star_rope_d(\d+)_(\d+)")
-
-
-def resolution_from_name(path: Path) -> int | None:
-    """The resolution an official file name states (star_rope_d30_512... -> 512), if any."""
-    match = RELEASE_NAME.match(path.name)
-    return int(match.group(2)) if match and int(match.group(2)) in SCHEDULES else None
-
-
-def check_resolution_name(path: Path, resolution: int) -> None:
-    """Refuse a resolution that contradicts the official checkpoint's file name."""
-    named = resolution_from_name(path)
-    if named is not None and named != resolution:
-        raise ConfigError(
-            f"{path.name}: this checkpoint was trained for {named} px but --resolution is {resolution}; "
-            f"pass --resolution {named}"
-        )
 
 
 def _shape(sd: StateDict, key: str, path: Path) -> torch.Size:

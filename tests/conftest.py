@@ -13,7 +13,8 @@ import torch
 from star_deploy.config import SamplingConfig
 from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.pipeline import ScaleLoop
-from star_deploy.weights import StarModel, load_release, resolve_release
+from star_deploy.release import resolve_release
+from star_deploy.weights import StarModel, load_release
 
 GOLDEN = Path(__file__).parent / "fixtures" / "tiny256"
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)

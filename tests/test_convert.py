@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from conftest import GOLDEN
 from star_deploy.cli import app
-from star_deploy.weights import load_release, read_state_file, resolve_release, star_state_dict
+from star_deploy.release import resolve_release
+from star_deploy.weights import load_release, read_state_file, star_state_dict
 
 runner = CliRunner()
 

@@ -27,7 +27,8 @@ from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import quantize_artifacts
 from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.pipeline import ScaleLoop
-from star_deploy.weights import StarModel, load_release, resolve_release
+from star_deploy.release import resolve_release
+from star_deploy.weights import StarModel, load_release
 
 BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
 if torch.cuda.is_available():

@@ -26,12 +26,10 @@ from ..weights import StarModel
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
+from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS
 
 log = logging.getLogger(__name__)
 
-BASELINE = "torch-eager"
-TORCH_GRAPHS = "torch-cuda-graphs"
-BENCH_BACKENDS = (BASELINE, "torch", TORCH_GRAPHS, "onnxruntime", "onnxruntime-int8", "tensorrt")
 PROMPTS = (
     "a photo of a red fox sitting in the snow, high quality",
     "a watercolor painting of a lighthouse at sunset",

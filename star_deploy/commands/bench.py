@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..atomic import check_writable
-from ..bench.report import print_report, write_json
-from ..backends.factory import check_device
-from ..bench.runner import BENCH_BACKENDS, BackendSource, BenchSettings, run_bench
+from ..backends.factory import check_device, require_torch
+from ..bench import BENCH_BACKENDS
 from ..config import PRESETS, SamplingConfig, preset
 from ..errors import ConfigError
-from ..weights import StarModel
 from .common import ClipOpt, ResolutionOpt, SamplerOpt, StarOpt, VaeOpt, WeightsOpt, check_threads, load_model, reports_errors
+
+if TYPE_CHECKING:
+    from ..weights import StarModel
 
 log = logging.getLogger("star_deploy")
 DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
@@ -59,6 +60,10 @@ def bench(
     With no weight options and no --random-weights, benchmarks the built-in demo model.
     """
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    require_torch("star-deploy bench")
+    from ..bench.report import print_report, write_json
+    from ..bench.runner import BackendSource, BenchSettings, run_bench
+
     check_threads(threads)
     check_device(device)
     settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed, sampler=sampler))

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..atomic import check_writable
-from ..bench.machine import machine_info
 from ..bench.report import write_json
 from ..errors import ConfigError
 from .common import OverwriteOpt, reports_errors
@@ -64,6 +63,7 @@ def bench_serve(
     require_serve()
     import torch
 
+    from ..bench.machine import machine_info
     from ..serve import runner
     from ..serve.bench import compare_level, server_load
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..engines.builder import BuildOptions, build_engines
 from ..export.manifest import load_manifest
 from .common import OverwriteOpt, reports_errors
 
@@ -32,6 +31,8 @@ def build_engine(
     The transformer step and scale update get one optimization profile per scale and batch
     size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt]'.
     """
+    from ..engines.builder import BuildOptions, build_engines
+
     manifest = load_manifest(artifacts)
     options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache)
     graphs = graph or list(manifest.graphs)

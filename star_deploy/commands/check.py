@@ -15,11 +15,9 @@ from ..atomic import check_writable, write_text
 from ..backends.factory import create_backend
 from ..config import SamplingConfig
 from ..engines.buffers import buffer_plan
-from ..engines.trt_api import import_tensorrt
 from ..engines.validate import ValidationReport, validate
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..export.manifest import Manifest, load_manifest
-from ..export.readiness import check_artifacts, load_ops_table
 from ..tokenizer import PromptTokenizer
 from ..pipeline import ScaleLoop
 from .common import load_model, reports_errors
@@ -30,6 +28,8 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 def report_readiness(manifest: Manifest) -> None:
     """Print one line per graph; raise with the first problem if any graph is not ready."""
+    from ..export.readiness import check_artifacts, load_ops_table
+
     table = load_ops_table()
     reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})
     typer.echo(f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset {table.opset_min}..{table.opset_max}):")
@@ -64,6 +64,8 @@ def print_validation(report: ValidationReport) -> None:
 
 
 def validation_pipelines(artifacts: Path, manifest: Manifest, reference: Path | None, device: str, reference_device: str):
+    from ..engines.trt_api import import_tensorrt
+
     import_tensorrt()
     ref_manifest = load_manifest(reference) if reference else manifest
     if ref_manifest.config != manifest.config:

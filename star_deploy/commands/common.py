@@ -7,14 +7,16 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from ..demo import DEMO_RESOLUTION, DEMO_WEIGHTS
 from ..errors import ConfigError, StarDeployError
 from ..signals import Interrupted, signals_as_interrupts
-from ..weights import ConfigCheck, ReleasePaths, StarModel, load_release, resolution_from_name, resolve_release
+from ..release import choose_resolution, release_paths
+
+if TYPE_CHECKING:
+    from ..weights import ConfigCheck, StarModel
 
 log = logging.getLogger("star_deploy")
 
@@ -73,29 +75,6 @@ def check_threads(threads: int) -> None:
         raise ConfigError(f"--threads {threads}: choose 0 (one per physical core) to {cpus} (the CPU count)")
 
 
-def release_paths(weights: Path | None, clip: Path | None, vae: Path | None, star: Path | None) -> ReleasePaths:
-    """The user's release, or the built-in demo model when no weight option is given."""
-    if weights is None and clip is None and vae is None and star is None:
-        weights = DEMO_WEIGHTS
-    return resolve_release(weights, clip, vae, star)
-
-
-def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
-    """The user's --resolution, else the demo's, else the one an official file name states."""
-    if resolution is not None:
-        return resolution
-    if paths.star.parent == DEMO_WEIGHTS:
-        return DEMO_RESOLUTION
-    named = resolution_from_name(paths.star)
-    if named is None:
-        raise ConfigError(
-            f"{paths.star.name}: pass --resolution (256, 512 or 1024): it cannot be read from the weights "
-            f"(256 and 512 checkpoints both have 10 scales)"
-        )
-    log.info("resolution %d (from the file name %s)", named, paths.star.name)
-    return named
-
-
 def load_model(
     weights: Path | None,
     clip: Path | None,
@@ -105,6 +84,11 @@ def load_model(
     check: ConfigCheck | None = None,
 ) -> StarModel:
     """Load the selected release; ``check`` sees the config before the weights are materialized."""
+    from ..backends.factory import require_torch
+
+    require_torch("loading .pth weights")
+    from ..weights import load_release
+
     paths = release_paths(weights, clip, vae, star)
     resolution = choose_resolution(paths, resolution)
     log.info("loading %s", paths.star)

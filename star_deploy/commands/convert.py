@@ -5,21 +5,26 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
 from ..errors import OutputError
 from ..export.manifest import sha256_file
-from ..weights import StateDict, check_tensor_values, read_state_file, resolve_release, star_state_dict, vae_state_dict
+from ..release import resolve_release
 from .common import OverwriteOpt, reports_errors
+
+if TYPE_CHECKING:
+    from ..weights import StateDict
 
 log = logging.getLogger("star_deploy")
 
 
 def checkpoint_tensors(path: Path) -> tuple[str, StateDict]:
     """(kind, flat state dict) of a STAR or VQVAE checkpoint, validated like `run` validates it."""
+    from ..weights import check_tensor_values, read_state_file, star_state_dict, vae_state_dict
+
     raw = read_state_file(path)
     if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):
         kind, sd = "star", star_state_dict(raw, path)

@@ -14,7 +14,6 @@ from ..atomic import check_separate, check_writable
 from ..config import StarConfig
 from ..errors import ConfigError
 from ..memory import available_bytes, check_fits, estimate
-from ..export.artifacts import export_artifacts
 from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
 from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, release_paths, reports_errors
 
@@ -45,6 +44,8 @@ def export(
 
     The folder appears only when complete: an interrupted export leaves nothing behind.
     """
+    from ..export.artifacts import export_artifacts
+
     if precision not in EXPORT_PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     check_writable(out, overwrite)

@@ -13,16 +13,7 @@ from rich.table import Table
 
 from ..errors import StarDeployError, WeightsError
 from ..export.manifest import MANIFEST, load_manifest
-from ..weights import (
-    infer_transformer_config,
-    infer_vae_config,
-    read_state_file,
-    read_text_config,
-    resolution_from_name,
-    resolve_release,
-    star_state_dict,
-    vae_state_dict,
-)
+from ..release import resolution_from_name, resolve_release
 from .common import reports_errors
 
 Info = dict[str, Any]
@@ -35,6 +26,8 @@ def _tensor_summary(sd: dict) -> Info:
 
 def inspect_checkpoint(path: Path) -> Info:
     """Kind and inferred config of a .pth / .safetensors file."""
+    from ..weights import infer_transformer_config, infer_vae_config, read_state_file, star_state_dict, vae_state_dict
+
     raw = read_state_file(path)
     info: Info = {"kind": "unknown", "path": str(path), "bytes": path.stat().st_size, "format": path.suffix.lstrip(".")}
     if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):
@@ -54,6 +47,8 @@ def inspect_checkpoint(path: Path) -> Info:
 
 
 def inspect_release(folder: Path) -> Info:
+    from ..weights import read_text_config
+
     paths = resolve_release(folder)
     return {
         "kind": "STAR release",

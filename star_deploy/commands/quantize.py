@@ -9,7 +9,7 @@ import typer
 
 from ..atomic import check_separate, check_writable
 from ..errors import ConfigError
-from ..export.quantize import ACCURACY_LEVEL, quantize_artifacts
+from ..graphs import ACCURACY_LEVEL
 from .common import OverwriteOpt, reports_errors
 
 
@@ -20,6 +20,8 @@ def quantize(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Quantize the transformer step and text encoder weights to int8 (ONNX Runtime MatMulNBits)."""
+    from ..export.quantize import quantize_artifacts
+
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"--accuracy-level {accuracy_level}: choose 0 to 4")
     check_separate([out], [artifacts])

@@ -16,6 +16,7 @@ from rich.table import Table
 from ..atomic import check_separate, check_writable
 from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
 from ..config import SamplingConfig, StarConfig
+from ..demo import DEMO_GRAPHS
 from ..errors import ConfigError, OutputError
 from ..export.manifest import Manifest
 from ..export.sources import check_sources
@@ -24,7 +25,7 @@ from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
 from ..outputs import output_set
 from ..pipeline import Generation, ScaleLoop
 from ..tokenizer import PromptTokenizer
-from ..weights import ReleasePaths
+from ..release import ReleasePaths
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -112,10 +113,10 @@ def save_images(paths: list[Path], prompts: list[str], images: list, meta: dict[
         typer.echo(str(path))
 
 
-def memory_check(batch: int, dtype: str, device: str) -> Callable[[StarConfig], None]:
+def memory_check(batch: int, dtype: str, device: str, weight_bytes: int | None = None) -> Callable[[StarConfig], None]:
     def check(config: StarConfig) -> None:
         if dtype in DTYPE_BYTES:
-            need = estimate(config, batch, dtype, device)
+            need = estimate(config, batch, dtype, device, weight_bytes)
             check_fits(need, available_bytes(device), device, f"batch {batch} at {config.resolution} px")
 
     return check
@@ -166,8 +167,8 @@ def run(
     top_k: Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens (0: off). Default: the official 600, capped at the codebook size.")] = None,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = 0.8,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 1,
-    backend: Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")] = "torch",
-    artifacts: Annotated[Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt).")] = None,
+    backend: Annotated[str | None, typer.Option(help="torch, onnxruntime or tensorrt. Default: torch with weight options, else onnxruntime (on --artifacts, or on the built-in demo's graphs).")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt). Default: the built-in demo's graphs.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None,
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
@@ -183,12 +184,17 @@ def run(
 ) -> None:
     """Generate images from PROMPTS and write PNGs (prompt, seed and sampler settings embedded).
 
-    With no weight options, the built-in demo model draws the prompt at 128 px: one circle,
+    With no weight options, the built-in demo model draws the prompt at 128 px (ONNX Runtime on
+    its shipped graphs: no PyTorch needed): one circle,
     square or triangle in one of eight colours on a plain background, e.g.
     "a red circle on a blue background" or "white backdrop with a small green square at the top left".
     An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
+    given = any(v is not None for v in (weights, clip, vae, star))
+    backend = backend or ("torch" if given else "onnxruntime")
+    if backend == "onnxruntime" and artifacts is None and not given:
+        artifacts = DEMO_GRAPHS
     sampling = SamplingConfig(cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed, sampler=sampler)
     device = default_device(backend, device)
     if batch_size < 1:
@@ -202,13 +208,12 @@ def run(
     batch = min(batch_size, len(prompts))
     if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
-    given = any(v is not None for v in (weights, clip, vae, star))
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(paths + ([paths[0].parent] if len(paths) > 1 else []), run_inputs(backend, artifacts, weights, release))
     check_device(device)
     if needs_artifacts(backend):
         manifest = open_artifacts(backend, artifacts, release)
-        memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device)(manifest.config)
+        memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device, manifest.graph_bytes)(manifest.config)
         engine = create_backend(backend, device, manifest=manifest, threads=threads, provider=provider)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:

@@ -368,7 +368,8 @@ def evaluate_release(out: Path, seeds: int) -> dict[str, float]:
     from ..backends.torch_backend import TorchBackend
     from ..pipeline import ScaleLoop
     from ..tokenizer import PromptTokenizer
-    from ..weights import load_release, resolve_release
+    from ..release import resolve_release
+    from ..weights import load_release
     from .evaluate import read_image
 
     model = load_release(resolve_release(weights=out), RESOLUTION)
@@ -412,7 +413,8 @@ def run(
     t0 = time.perf_counter()
     start = None
     if resume is not None:
-        from ..weights import load_release, resolve_release
+        from ..release import resolve_release
+        from ..weights import load_release
 
         model = load_release(resolve_release(weights=resume), RESOLUTION)
         start = (model.transformer, model.text_encoder)

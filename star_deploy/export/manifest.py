@@ -100,6 +100,11 @@ class Manifest:
     def tokenizer_dir(self) -> Path:
         return self.root / TOKENIZER_DIR
 
+    @property
+    def graph_bytes(self) -> int:
+        """Size of every graph file with its external data: about the weights a runtime loads."""
+        return sum(f.stat().st_size for spec in self.graphs.values() for f in graph_files(self.root, spec))
+
 
 def manifest_dict(
     config: StarConfig,

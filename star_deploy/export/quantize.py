@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_text
+from ..graphs import ACCURACY_LEVEL
 from ..errors import ArtifactError, BackendUnavailableError
 from .manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 QUANTIZED_GRAPHS = ("text_encoder", "transformer_step")
 BLOCK_SIZE = 32
-ACCURACY_LEVEL = 4
 """MatMulNBits accuracy level 4: int8 activations inside the kernel (VNNI/AMX on x86); 1 keeps fp32 compute."""
 
 

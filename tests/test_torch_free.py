@@ -1,0 +1,110 @@
+"""The base install: ONNX Runtime, numpy, tokenizers and Pillow run an export, and the demo, without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from star_deploy.config import SamplingConfig
+from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
+from star_deploy.demo.evaluate import Reading, read_image
+from star_deploy.images import read_png
+
+BLOCK_TORCH = "import sys; sys.modules.update(torch=None, transformers=None, onnx=None, onnxscript=None, safetensors=None)"
+"""Run first in the subprocess: any import of these raises ImportError, as on an install without them."""
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_without_torch(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    script = BLOCK_TORCH + "\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_readme_command_runs_the_demo_without_torch(tmp_path):
+    """`star-deploy run PROMPT -o circle.png` on the base install: ONNX Runtime on the shipped demo graphs."""
+    result = run_without_torch(
+        """
+        sys.argv = ["star-deploy", "run", "a red circle on a blue background", "-o", "circle.png"]
+        from star_deploy.cli import entry
+        entry()
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "circle.png", "only results go to stdout"
+    pixels, text = read_png(tmp_path / "circle.png")
+    assert text["backend"] == "onnxruntime" and text["sampler"] == "portable"
+    assert read_image(pixels.astype(np.float32) / 255) == Reading("red", "circle", "blue")
+
+
+def test_python_api_without_torch(tmp_path):
+    result = run_without_torch(
+        """
+        from star_deploy import StarPipeline
+        pipe = StarPipeline.from_pretrained()
+        out = pipe(["a green square on a white background", "a blue triangle"], seed=3)
+        out.images[0].save("square.png")
+        print(pipe.backend_name, len(out.images), out.images[0].size)
+        assert "torch" not in sys.modules or sys.modules["torch"] is None
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["onnxruntime", "2", "(128,", "128)"]
+
+
+def test_help_and_version_without_torch(tmp_path):
+    result = run_without_torch(
+        """
+        sys.argv = ["star-deploy", "--help"]
+        from star_deploy.cli import entry
+        try:
+            entry()
+        except SystemExit as exc:
+            assert exc.code == 0
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "export" in result.stdout and "run" in result.stdout
+
+
+def test_torch_only_work_says_how_to_get_torch(tmp_path):
+    result = run_without_torch(
+        """
+        sys.argv = ["star-deploy", "run", "a dog", "--backend", "torch", "-o", "dog.png"]
+        from star_deploy.cli import entry
+        entry()
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 2
+    assert "pip install 'star-deploy[torch]'" in result.stderr
+    assert not (tmp_path / "dog.png").exists()
+
+
+def test_shipped_demo_graphs_are_the_demo_weights():
+    """The ONNX demo (base install) and the PyTorch demo draw the same tokens for a seed."""
+    from star_deploy import StarPipeline
+
+    prompts = ["a red circle on a blue background", "a small green triangle in the top left on a white background"]
+    onnx = StarPipeline.from_pretrained(DEMO_GRAPHS)
+    ref = StarPipeline.from_pretrained(DEMO_WEIGHTS, backend="torch")
+    a, b = onnx(prompts, seed=7, output_type="np"), ref(prompts, seed=7, output_type="np")
+    assert np.array_equal(a.tokens, b.tokens)
+    assert np.abs(a.images - b.images).max() <= 1e-4
+    manifest = json.loads((DEMO_GRAPHS / "manifest.json").read_text())
+    assert manifest["precision"] == "fp32"
+
+
+def test_default_sampler_is_portable():
+    assert SamplingConfig().sampler == "portable"
