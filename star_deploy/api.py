@@ -19,7 +19,6 @@ from .errors import ConfigError, WeightsError
 from .images import to_pil
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from .pipeline import Generation, ScaleEvent, ScaleLoop
 
@@ -143,6 +142,9 @@ class StarPipeline:
     ) -> "StarPipeline":
         """Load a release folder, a Hugging Face snapshot of it, an artefact folder, or (None) the demo.
 
+        The demo runs with ONNX Runtime on its shipped graphs (no PyTorch needed), or with
+        ``backend="torch"`` on its weights.
+
         ``backend`` defaults to onnxruntime for an artefact folder (``star-deploy export``) and
         to torch for weights; ``dtype`` and ``cuda_graphs`` apply to torch; ``threads``,
         ``provider`` (cpu, cuda, tensorrt, openvino, coreml, directml), ``provider_options`` and
@@ -152,6 +154,10 @@ class StarPipeline:
         from .tokenizer import PromptTokenizer
         from .pipeline import ScaleLoop
 
+        if path is None and backend in (None, "onnxruntime"):
+            from .demo import DEMO_GRAPHS
+
+            path = DEMO_GRAPHS
         folder = None if path is None else hub_snapshot(Path(path))
         if folder is not None and not folder.exists():
             raise WeightsError(f"{folder}: no such file or folder; give a release folder, an artefact folder or None for the demo")
@@ -235,7 +241,7 @@ class StarPipeline:
 
 def load_weights(folder: Path | None, resolution: int | None):
     """The release in ``folder`` (the demo for None); several STAR checkpoints are told apart by ``resolution``."""
-    from .commands.common import load_model
+    from .release import load_model
 
     star = None if folder is None else star_for_resolution(folder, resolution)
     return load_model(folder, None, None, star, resolution)

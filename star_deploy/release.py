@@ -10,10 +10,15 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import SCHEDULES
 from .demo import DEMO_RESOLUTION, DEMO_WEIGHTS
 from .errors import ConfigError, WeightsError
+from .extras import require_torch
+
+if TYPE_CHECKING:
+    from .weights import ConfigCheck, StarModel
 
 log = logging.getLogger("star_deploy")
 
@@ -123,3 +128,21 @@ def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
         )
     log.info("resolution %d (from the file name %s)", named, paths.star.name)
     return named
+
+
+def load_model(
+    weights: Path | None,
+    clip: Path | None,
+    vae: Path | None,
+    star: Path | None,
+    resolution: int | None,
+    check: ConfigCheck | None = None,
+) -> StarModel:
+    """Load the selected release; ``check`` sees the config before the weights are materialized."""
+    require_torch("loading .pth weights")
+    from .weights import load_release
+
+    paths = release_paths(weights, clip, vae, star)
+    resolution = choose_resolution(paths, resolution)
+    log.info("loading %s", paths.star)
+    return load_release(paths, resolution, check)

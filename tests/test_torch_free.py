@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS

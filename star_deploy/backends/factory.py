@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailableError, ConfigError
+from ..errors import ConfigError
 from ..export.manifest import Manifest, load_manifest
 
 if TYPE_CHECKING:
@@ -68,15 +68,6 @@ def artifacts_manifest(artifacts: "Path | None", backend: str) -> Manifest:
     return load_manifest(artifacts)
 
 
-def require_torch(what: str) -> None:
-    """Refuse work that needs PyTorch on an install without it, saying how to get it."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise BackendUnavailableError(
-            f"{what} needs PyTorch: pip install 'star-deploy[torch]' (the base install runs exported graphs "
-            f"with --backend onnxruntime)"
-        ) from None
 
 
 def create_backend(

@@ -9,11 +9,22 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..atomic import check_writable
-from ..backends.factory import check_device, require_torch
+from ..backends.factory import check_device
+from ..extras import require_torch
 from ..bench import BENCH_BACKENDS
 from ..config import PRESETS, SamplingConfig, preset
 from ..errors import ConfigError
-from .common import ClipOpt, ResolutionOpt, SamplerOpt, StarOpt, VaeOpt, WeightsOpt, check_threads, load_model, reports_errors
+from ..release import load_model
+from .common import (
+    ClipOpt,
+    ResolutionOpt,
+    SamplerOpt,
+    StarOpt,
+    VaeOpt,
+    WeightsOpt,
+    check_threads,
+    reports_errors,
+)
 
 if TYPE_CHECKING:
     from ..weights import StarModel

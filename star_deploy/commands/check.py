@@ -20,7 +20,8 @@ from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..export.manifest import Manifest, load_manifest
 from ..tokenizer import PromptTokenizer
 from ..pipeline import ScaleLoop
-from .common import load_model, reports_errors
+from ..release import load_model
+from .common import reports_errors
 
 log = logging.getLogger("star_deploy")
 DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, high quality"]

@@ -7,16 +7,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ..errors import ConfigError, StarDeployError
 from ..signals import Interrupted, signals_as_interrupts
-from ..release import choose_resolution, release_paths
 
-if TYPE_CHECKING:
-    from ..weights import ConfigCheck, StarModel
 
 log = logging.getLogger("star_deploy")
 
@@ -73,23 +70,3 @@ def check_threads(threads: int) -> None:
     cpus = os.cpu_count() or 1
     if not 0 <= threads <= cpus:
         raise ConfigError(f"--threads {threads}: choose 0 (one per physical core) to {cpus} (the CPU count)")
-
-
-def load_model(
-    weights: Path | None,
-    clip: Path | None,
-    vae: Path | None,
-    star: Path | None,
-    resolution: int | None,
-    check: ConfigCheck | None = None,
-) -> StarModel:
-    """Load the selected release; ``check`` sees the config before the weights are materialized."""
-    from ..backends.factory import require_torch
-
-    require_torch("loading .pth weights")
-    from ..weights import load_release
-
-    paths = release_paths(weights, clip, vae, star)
-    resolution = choose_resolution(paths, resolution)
-    log.info("loading %s", paths.star)
-    return load_release(paths, resolution, check)

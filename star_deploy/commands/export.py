@@ -15,7 +15,16 @@ from ..config import StarConfig
 from ..errors import ConfigError
 from ..memory import available_bytes, check_fits, estimate
 from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
-from .common import ClipOpt, OverwriteOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, release_paths, reports_errors
+from ..release import load_model, release_paths
+from .common import (
+    ClipOpt,
+    OverwriteOpt,
+    ResolutionOpt,
+    StarOpt,
+    VaeOpt,
+    WeightsOpt,
+    reports_errors,
+)
 
 log = logging.getLogger("star_deploy")
 

@@ -18,7 +18,8 @@ from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, g
 from ..export.sources import check_sources
 from ..pipeline import ScaleLoop
 from ..tokenizer import PromptTokenizer
-from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, load_model, release_paths, reports_errors
+from ..release import load_model, release_paths
+from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, reports_errors
 
 DEFAULT_PROMPTS = (
     "a red circle on a blue background",

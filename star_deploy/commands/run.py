@@ -25,7 +25,7 @@ from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
 from ..outputs import output_set
 from ..pipeline import Generation, ScaleLoop
 from ..tokenizer import PromptTokenizer
-from ..release import ReleasePaths
+from ..release import ReleasePaths, load_model, release_paths
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -35,8 +35,6 @@ from .common import (
     VaeOpt,
     WeightsOpt,
     check_threads,
-    load_model,
-    release_paths,
     reports_errors,
 )
 
