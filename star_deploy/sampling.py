@@ -1,10 +1,11 @@
 """CFG ramp and top-k/top-p sampling: the portable sampler in numpy, shared rules for every backend.
 
 Two samplers exist (``SamplingConfig.sampler``):
-- ``portable`` (default): CFG, top-k/top-p and the draw in float64, one uniform per token from
-  a counter-based generator keyed by (seed, scale), inverse-CDF over token ids. The same
-  seed gives the same tokens on every backend and device, with or without torch, up to
-  floating-point ties of the backends' logits.
+- ``portable`` (default): CFG, top-k/top-p and the draw in float64; the draw is an
+  exponential race (argmax of p / Exp(1)) whose uniforms come from a keyed integer hash of
+  (seed, scale, token, codebook entry), computed the same way in numpy and in torch on any
+  device. The same seed gives the same tokens on every backend and device, with or without
+  torch, up to near-ties of the backends' logits.
 - ``official``: the official sampler's float32 math and ``torch.multinomial`` draws from one
   ``torch.Generator`` per prompt on the backend's device (``backends/torch_sampling.py``);
   on CPU it reproduces the official code's tokens draw for draw.
@@ -23,9 +24,42 @@ def guidance_scale(cfg: float, scale: int, num_scales: int) -> float:
     return cfg * scale / (num_scales - 1)
 
 
-def uniforms(seed: int, scale: int, count: int) -> np.ndarray:
-    """``count`` uniforms in [0, 1) (float64) for one prompt at one scale; Philox keyed by (seed, scale)."""
-    return np.random.Generator(np.random.Philox(key=[seed, scale])).random(count)
+MASK32 = 0xFFFFFFFF
+MIX = (0x85EBCA6B, 0xC2B2AE35)
+"""murmur3's fmix32 multipliers."""
+
+
+def stream_keys(seed: int, scale: int) -> tuple[int, int]:
+    """Two 32-bit keys for one prompt at one scale, mixed from (seed, scale)."""
+    x = (seed * 0x9E3779B97F4A7C15 + scale * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & ((1 << 64) - 1)
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    x ^= x >> 29
+    return x & MASK32, x >> 32
+
+
+def mul32(h, c: int):
+    """(h * c) mod 2**32 for int64 arrays h < 2**32, without overflowing 64 bits (numpy and torch alike)."""
+    return ((h & 0xFFFF) * c + ((((h >> 16) * c) & 0xFFFF) << 16)) & MASK32
+
+
+def fmix32(h):
+    """murmur3's finalizer on int64 arrays holding 32-bit values."""
+    h = h ^ (h >> 16)
+    h = mul32(h, MIX[0])
+    h = h ^ (h >> 13)
+    h = mul32(h, MIX[1])
+    return h ^ (h >> 16)
+
+
+def race_hash(counters, keys: tuple[int, int]):
+    """A 32-bit keyed hash of int64 counters (token index * V + codebook index), numpy or torch arrays."""
+    return fmix32(fmix32(counters ^ keys[0]) ^ keys[1])
+
+
+def race_uniforms(counters: np.ndarray, keys: tuple[int, int]) -> np.ndarray:
+    """Uniforms in (0, 1), float64, of ``race_hash``."""
+    return (race_hash(counters, keys).astype(np.float64) + 0.5) / 2.0**32
 
 
 def filter_top_k_top_p(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
@@ -51,11 +85,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def inverse_cdf(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """For probabilities (..., V) and uniforms (...,): the first token whose cumulative mass exceeds u."""
-    cdf = np.cumsum(probs, axis=-1)
-    target = u * cdf[..., -1]
-    return np.minimum((cdf <= target[..., None]).sum(axis=-1), probs.shape[-1] - 1)
+def exponential_race(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """For probabilities (..., V) and uniforms of the same shape: argmax of p / Exp(1), a draw from p.
+
+    Each token's draw perturbs only its own score, so two backends whose probabilities differ
+    slightly pick different tokens only where two scores nearly tie.
+    """
+    return np.argmax(probs / -np.log(u), axis=-1)
 
 
 class PortableSampler:
@@ -72,5 +108,6 @@ class PortableSampler:
         rows = np.asarray(logits, dtype=np.float64)
         guided = (1 + t) * rows[:b] - t * rows[b:]
         probs = softmax(filter_top_k_top_p(guided, s.top_k, s.top_p))
-        u = np.stack([uniforms(seed, scale, guided.shape[1]) for seed in self.seeds])
-        return inverse_cdf(probs, u).astype(np.int64)
+        counters = np.arange(probs.shape[1] * probs.shape[2], dtype=np.int64).reshape(probs.shape[1:])
+        u = np.stack([race_uniforms(counters, stream_keys(seed, scale)) for seed in self.seeds])
+        return exponential_race(probs, u).astype(np.int64)

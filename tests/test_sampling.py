@@ -9,7 +9,7 @@ import torch
 from star_deploy.backends import torch_sampling
 from star_deploy.config import SamplingConfig
 from star_deploy.errors import ConfigError
-from star_deploy.sampling import PortableSampler, filter_top_k_top_p, inverse_cdf, uniforms
+from star_deploy.sampling import PortableSampler, exponential_race, filter_top_k_top_p, race_hash, race_uniforms, stream_keys
 
 SETTINGS = [(0, 1.0), (50, 0.8), (1, 0.8), (200, 0.3), (0, 0.05)]
 
@@ -41,19 +41,22 @@ def test_numpy_filter_matches_the_official_filter(top_k, top_p):
     assert np.array_equal(np.isinf(filter_top_k_top_p(logits, top_k, top_p)), np.isinf(want))
 
 
-def test_inverse_cdf_draws_in_proportion_and_never_a_masked_token():
-    probs = np.array([[0.0, 0.25, 0.0, 0.75, 0.0]])
-    u = uniforms(3, 0, 20000)
-    draws = inverse_cdf(np.repeat(probs, len(u), axis=0), u)
+def test_race_draws_in_proportion_and_never_a_masked_token():
+    probs = np.array([0.0, 0.25, 0.0, 0.75, 0.0])
+    counters = np.arange(20000 * 5, dtype=np.int64).reshape(20000, 5)
+    draws = exponential_race(np.broadcast_to(probs, (20000, 5)), race_uniforms(counters, stream_keys(3, 0)))
     assert set(np.unique(draws)) == {1, 3}
     assert abs(np.mean(draws == 3) - 0.75) < 0.02
-    assert inverse_cdf(probs, np.array([0.0]))[0] == 1 and inverse_cdf(probs, np.array([0.999999]))[0] == 3
 
 
-def test_uniforms_depend_on_seed_and_scale_only():
-    assert np.array_equal(uniforms(5, 2, 10), uniforms(5, 2, 100)[:10])
-    assert not np.array_equal(uniforms(5, 2, 10), uniforms(5, 3, 10))
-    assert not np.array_equal(uniforms(5, 2, 10), uniforms(6, 2, 10))
+def test_hashed_uniforms_are_uniform_and_keyed():
+    counters = np.arange(200000, dtype=np.int64)
+    u = race_uniforms(counters, stream_keys(5, 2))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+    assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 19000
+    assert not np.array_equal(u, race_uniforms(counters, stream_keys(5, 3)))
+    assert not np.array_equal(u, race_uniforms(counters, stream_keys(6, 2)))
+    assert np.array_equal(race_hash(torch.from_numpy(counters), stream_keys(5, 2)).numpy(), race_hash(counters, stream_keys(5, 2)))
 
 
 def test_unknown_sampler_is_refused():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from ..config import SamplingConfig
-from ..sampling import guidance_scale, uniforms
+from ..sampling import guidance_scale, race_hash, stream_keys
 
 
 def apply_cfg(logits: torch.Tensor, t: float) -> torch.Tensor:
@@ -52,7 +51,7 @@ class OfficialSampler:
 
 
 class PortableSampler:
-    """The portable rule of ``star_deploy.sampling`` in float64 on the device; uniforms come from the host."""
+    """The portable rule of ``star_deploy.sampling`` in float64, uniforms hashed on the device itself."""
 
     def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], num_scales: int, device: torch.device) -> None:
         self.sampling = sampling
@@ -64,11 +63,10 @@ class PortableSampler:
         s = self.sampling
         guided = apply_cfg(logits.double(), guidance_scale(s.cfg, scale, self.num_scales))
         probs = filter_top_k_top_p(guided, s.top_k, s.top_p, stable=True).softmax(dim=-1)
-        u = np.stack([uniforms(seed, scale, guided.shape[1]) for seed in self.seeds])
-        u = torch.from_numpy(u).to(self.device, non_blocking=True)
-        cdf = probs.cumsum(dim=-1)
-        index = (cdf <= (u * cdf[..., -1])[..., None]).sum(dim=-1)
-        return index.clamp_(max=probs.shape[-1] - 1)
+        tokens, vocab = probs.shape[1:]
+        counters = torch.arange(tokens * vocab, dtype=torch.int64, device=probs.device).view(tokens, vocab)
+        u = torch.stack([(race_hash(counters, stream_keys(seed, scale)).double() + 0.5) / 2.0**32 for seed in self.seeds])
+        return (probs / -torch.log(u)).argmax(dim=-1)
 
 
 def make_sampler(sampling: SamplingConfig, seeds: Sequence[int], num_scales: int, device: torch.device):

@@ -208,9 +208,15 @@ def run(
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(paths + ([paths[0].parent] if len(paths) > 1 else []), run_inputs(backend, artifacts, weights, release))
-    check_device(device)
+    if backend != "tensorrt":
+        check_device(device)
     if needs_artifacts(backend):
         manifest = open_artifacts(backend, artifacts, release)
+        if resolution is not None and resolution != manifest.config.resolution:
+            raise ConfigError(
+                f"--resolution {resolution}: the artefacts in {manifest.root} are for "
+                f"{manifest.config.resolution} px; drop --resolution or export again"
+            )
         memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device, manifest.graph_bytes)(manifest.config)
         engine = create_backend(backend, device, manifest=manifest, threads=threads, provider=provider)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
