@@ -53,3 +53,19 @@ def test_default_model_runs_without_weight_options(tmp_path):
     assert pixels.shape == (128, 128, 3) and text["prompt"] == "a red circle on a blue background"
     assert read_image(pixels.astype(np.float32) / 255) == Reading("red", "circle", "blue")
 
+
+
+def test_run_writes_a_preview_per_scale(tmp_path):
+    """--previews: one PNG per prompt and scale; the last scale's preview is the image itself."""
+    out, previews = tmp_path / "imgs", tmp_path / "previews"
+    args = ["run", "a red circle on a blue background", "a green square", "-o", str(out), "--previews", str(previews)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in previews.iterdir())
+    assert len(files) == 2 * 6 and files[0] == "000_a_red_circle_on_a_blue_background_scale00.png"
+    last, text = read_png(previews / "001_a_green_square_scale05.png")
+    assert np.array_equal(last, read_png(out / "001_a_green_square.png")[0])
+    assert text["prompt"] == "a green square" and text["scale"] == "5" and text["seed"] == "1"
+    again = CliRunner().invoke(app, [*args[:4], "-o", str(tmp_path / "other"), "--previews", str(previews)])
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+    assert not (tmp_path / "other").exists()

@@ -22,8 +22,8 @@ from ..export.manifest import Manifest
 from ..export.sources import check_sources
 from ..images import to_pil, write_png
 from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
-from ..outputs import output_set
-from ..pipeline import Generation, ScaleLoop
+from ..outputs import OutputSet, output_set
+from ..pipeline import Generation, ScaleEvent, ScaleLoop
 from ..tokenizer import PromptTokenizer
 from ..release import ReleasePaths, load_model, release_paths
 from .common import (
@@ -142,19 +142,53 @@ def print_timings(results: list[Generation], images: int, label: str) -> None:
     Console(stderr=True).print(table)
 
 
+PreviewWriter = Callable[[int, ScaleEvent], None]
+"""Called with the batch's first prompt index and each scale's event."""
+
+
 def generate_batches(
-    pipeline: ScaleLoop, prompts: list[str], sampling: SamplingConfig, batch_size: int
+    pipeline: ScaleLoop, prompts: list[str], sampling: SamplingConfig, batch_size: int, on_preview: PreviewWriter | None = None
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
     results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True, console=console) as progress:
         task = progress.add_task("scales", total=len(prompts) * pipeline.config.num_scales)
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             seeds = [sampling.seed + start + i for i in range(len(chunk))]
-            advance = lambda event: progress.advance(task, len(chunk))  # noqa: E731
-            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=advance))
+
+            def on_scale(event: ScaleEvent, start: int = start, count: int = len(chunk)) -> None:
+                if on_preview is not None:
+                    on_preview(start, event)
+                progress.advance(task, count)
+
+            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale))
     return results
+
+
+def preview_paths(folder: Path, prompts: list[str], num_scales: int) -> list[list[Path]]:
+    """``folder/NNN_slug_scaleKK.png`` for every prompt and scale."""
+    return [[folder / f"{i:03d}_{slug(p)}_scale{k:02d}.png" for k in range(num_scales)] for i, p in enumerate(prompts)]
+
+
+def check_previews(folder: Path, overwrite: bool) -> None:
+    """Refuse a previews path that is a file, or a folder we cannot create, before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--previews {folder}: exists and is not a folder; choose a folder name")
+    if not folder.exists():
+        check_writable(folder, overwrite=False)
+
+
+def preview_writer(outputs: OutputSet, paths: list[list[Path]], metas: list[dict[str, str]], overwrite: bool) -> PreviewWriter:
+    """Write each scale's coarse images as PNGs (prompt i's text chunks ``metas[i]``), published through ``outputs``."""
+
+    def write(start: int, event: ScaleEvent) -> None:
+        for j, image in enumerate(event.preview()):
+            with outputs.file(paths[start + j][event.scale], overwrite) as tmp:
+                write_png(tmp, to_pil(image), metas[start + j] | {"scale": str(event.scale)})
+
+    return write
 
 
 def run(
@@ -172,6 +206,7 @@ def run(
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
     provider: Annotated[str | None, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt, openvino, coreml or directml (as installed). Default: cuda for --device cuda, else cpu.")] = None,
     sampler: SamplerOpt = "portable",
+    previews: Annotated[Path | None, typer.Option("--previews", help="Also write the coarse image after every scale into this folder (NNN_prompt_scaleKK.png).")] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch backend on CUDA: capture every scale as a CUDA graph on the first batch, replay it for the next (faster from the second batch on).")] = False,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
@@ -203,11 +238,14 @@ def run(
     check_threads(threads)
     paths = output_paths(out, prompts)
     check_outputs(paths, overwrite)
+    if previews is not None:
+        check_previews(previews, overwrite)
     batch = min(batch_size, len(prompts))
     if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
-    check_separate(paths + ([paths[0].parent] if len(paths) > 1 else []), run_inputs(backend, artifacts, weights, release))
+    written = paths + ([paths[0].parent] if len(paths) > 1 else []) + ([previews] if previews is not None else [])
+    check_separate(written, run_inputs(backend, artifacts, weights, release))
     if backend != "tensorrt":
         check_device(device)
     if needs_artifacts(backend):
@@ -230,13 +268,22 @@ def run(
         if top_k is not None:
             log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
         sampling = sampling.clamped(vocab)
-    results = generate_batches(pipeline, prompts, sampling, batch_size)
-    images = [img for r in results for img in r.images]
     meta = {
         "cfg": str(cfg), "top_k": str(sampling.top_k), "top_p": str(top_p), "sampler": sampler,
         "backend": backend, "software": "star-deploy",
     }
-    save_images(paths, prompts, images, meta, seed, overwrite)
+    with output_set(previews) as preview_outputs:
+        writer = None
+        if previews is not None:
+            names = preview_paths(previews, prompts, pipeline.config.num_scales)
+            if previews.is_dir():
+                for path in (p for row in names for p in row):
+                    check_writable(path, overwrite)
+            metas = [meta | {"prompt": p, "seed": str(seed + i)} for i, p in enumerate(prompts)]
+            writer = preview_writer(preview_outputs, names, metas, overwrite)
+        results = generate_batches(pipeline, prompts, sampling, batch_size, writer)
+        images = [img for r in results for img in r.images]
+        save_images(paths, prompts, images, meta, seed, overwrite)
     print_timings(results, len(images), f"{backend}, {device}")
 
 
