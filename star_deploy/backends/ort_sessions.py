@@ -79,11 +79,12 @@ def _cache_key(ort: ModuleType, manifest: Manifest, graph: str, provider: str) -
 
 
 def _cached(folder: Path, key: str) -> Path | None:
-    """A cache file for ``key`` whose contents match the digest in its name."""
+    """A cache file for ``key`` whose contents match the digest in its name; damaged ones are deleted."""
     for path in folder.glob(f"{key}.*.onnx"):
         if path.name == f"{key}.{_digest(path)}.onnx":
             return path
-        log.debug("ignoring damaged ORT cache file %s", path)
+        log.debug("removing damaged ORT cache file %s", path)
+        path.unlink(missing_ok=True)
     return None
 
 

@@ -1,0 +1,80 @@
+"""Command-line conventions and ONNX Runtime session handling: streams, flags, version, the optimized-graph cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from star_deploy import __version__
+from star_deploy.backends.ort_backend import OrtBackend
+from star_deploy.backends.ort_sessions import CACHE_DIR
+from star_deploy.cli import app, hoist_verbosity
+from star_deploy.config import SamplingConfig
+from star_deploy.export.manifest import load_manifest
+from star_deploy.pipeline import ScaleLoop
+from star_deploy.tokenizer import PromptTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "star_deploy", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"star-deploy {__version__}"
+
+
+def test_verbosity_flags_move_before_the_command():
+    assert hoist_verbosity(["run", "a", "-q", "-o", "x.png"]) == ["-q", "run", "a", "-o", "x.png"]
+    assert hoist_verbosity(["run", "--", "-q"]) == ["run", "--", "-q"]
+
+
+def test_python_m_runs_the_cli_with_results_on_stdout_and_logs_on_stderr(tmp_path):
+    """`python -m star_deploy run ... -v`: stdout holds the PNG's path alone; timings and logs go to stderr."""
+    result = module_cli("run", "a red circle on a blue background", "-o", "c.png", "-v", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "c.png\n"
+    assert "timings" in result.stderr and (tmp_path / "c.png").is_file()
+
+
+def test_quiet_after_the_command_hides_the_timings(tmp_path):
+    result = module_cli("run", "a red circle on a blue background", "-o", "c.png", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "c.png\n" and "timings" not in result.stderr
+
+
+def test_onnxruntime_caches_optimized_graphs_and_drops_damaged_ones(artifacts_fp32, tmp_path):
+    import shutil
+
+    folder = tmp_path / "art"
+    shutil.copytree(artifacts_fp32, folder, ignore=shutil.ignore_patterns(CACHE_DIR))
+    sampling = SamplingConfig(cfg=4.0, top_k=50, top_p=0.8)
+
+    def generate() -> np.ndarray:
+        manifest = load_manifest(folder)
+        return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir)).generate(["a red car."], sampling, [1]).tokens
+
+    first = generate()
+    cached = sorted((folder / CACHE_DIR).glob("*.onnx"))
+    assert len(cached) == 5 and all(p.name.startswith(p.name.split(".")[0] + ".cpu.ort") for p in cached)
+    step = next(p for p in cached if p.name.startswith("transformer_step."))
+    step.write_bytes(step.read_bytes()[:100])
+    assert np.array_equal(generate(), first)
+    again = sorted((folder / CACHE_DIR).glob("*.onnx"))
+    assert len(again) == 5 and step.stat().st_size > 100, "the damaged file was not replaced by a whole one"
+    assert np.array_equal(generate(), first)
+
+
+def test_unknown_provider_is_refused_clearly(artifacts_fp32, tmp_path):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["run", "a", "--artifacts", str(artifacts_fp32), "--provider", "openvino", "-o", str(out)])
+    assert result.exit_code == 2
+    assert "has no OpenVINOExecutionProvider" in result.output and not out.exists()
