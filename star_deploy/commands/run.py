@@ -16,6 +16,7 @@ from rich.table import Table
 from ..atomic import check_separate, check_writable
 from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
 from ..config import SamplingConfig, StarConfig
+from ..engines.trt_api import import_tensorrt
 from ..errors import ConfigError, OutputError
 from ..export.manifest import Manifest
 from ..export.sources import check_sources
@@ -202,6 +203,8 @@ def run(
     given = any(v is not None for v in (weights, clip, vae, star))
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(paths + ([paths[0].parent] if len(paths) > 1 else []), run_inputs(backend, artifacts, weights, release))
+    if backend == "tensorrt":
+        import_tensorrt()
     check_device(device)
     if needs_artifacts(backend):
         manifest = open_artifacts(backend, artifacts, release)
