@@ -107,7 +107,7 @@ def save_images(paths: list[Path], prompts: list[str], images: list, meta: dict[
     with output_set(folder) as outputs:
         for i, (path, prompt, image) in enumerate(zip(paths, prompts, images)):
             with outputs.file(path, overwrite) as tmp:
-                save_png(tmp, image, meta | {"prompt": prompt, "seed": str(seed + i)})
+                save_png(tmp, image, {"prompt": prompt, "seed": str(seed + i)} | meta)
     for path in paths:
         typer.echo(str(path))
 
@@ -202,7 +202,7 @@ def run(
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     given = any(v is not None for v in (weights, clip, vae, star))
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
-    check_separate(paths + ([paths[0].parent] if len(paths) > 1 else []), run_inputs(backend, artifacts, weights, release))
+    check_separate(paths, run_inputs(backend, artifacts, weights, release))
     if backend == "tensorrt":
         import_tensorrt()
     check_device(device)
