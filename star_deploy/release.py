@@ -24,6 +24,8 @@ log = logging.getLogger("star_deploy")
 
 STAR_PATTERNS = ("star*.pth", "star*.safetensors")
 VAE_PATTERNS = ("vae*.pth", "vae*.safetensors")
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+"""What CLIPTokenizer reads; without them transformers may silently fetch another tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ def resolve_release(
     for sub in (paths.tokenizer, paths.text_encoder):
         if not sub.is_dir():
             raise WeightsError(f"{sub}: not found; --clip takes the release's CLIP folder (tokenizer/ and text_encoder/)")
+    missing = [name for name in TOKENIZER_FILES if not (paths.tokenizer / name).is_file()]
+    if missing:
+        raise WeightsError(f"{paths.tokenizer}: no {' or '.join(missing)}; download the release's CLIP/ folder again")
     for f in (paths.vae, paths.star):
         check_readable(f)
     return paths

@@ -109,6 +109,9 @@ def bad(tmp_path_factory) -> Path:
     (root / "upper").mkdir()
     (root / "upper" / "star.SAFETENSORS").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     release(root, "rel")
+    no_vocab = release(root, "no_vocab", clip=False)
+    (no_vocab / "CLIP" / "tokenizer").mkdir(parents=True)
+    (no_vocab / "CLIP" / "text_encoder").symlink_to(GOLDEN / "CLIP" / "text_encoder")
     (root / "existing.png").write_bytes(b"keep me")
     (root / "a_file").write_text("x")
     (root / "dir.png").mkdir()
@@ -192,6 +195,7 @@ CASES = [
     ("run-out-folder-is-input", ["run", "a", "b", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel"], 2, "overlaps the input"),
     ("convert-out-is-input", ["convert", "{bad}/rel", "--out", "{bad}/rel", "--overwrite"], 2, "overlaps the input"),
     ("convert-out-inside-input", ["convert", "{bad}/rel", "--out", "{bad}/rel/safe"], 2, "overlaps the input"),
+    ("release-tokenizer-empty", RUN + w("no_vocab") + ["-o", "{out}"], 2, "no vocab.json or merges.txt; download the release's CLIP/ folder again"),
     # checkpoint values: non-float dtypes and non-finite values are refused at load, naming the key
     ("star-int8-tensor", RUN + w("int8_tensor") + ["-o", "{out}"], 2, "tensor pos_start has dtype int8, expected floating point"),
     ("star-bool-tensor", RUN + w("bool_tensor") + ["-o", "{out}"], 2, "tensor pos_start has dtype bool, expected floating point"),

@@ -69,3 +69,20 @@ def test_run_writes_a_preview_per_scale(tmp_path):
     again = CliRunner().invoke(app, [*args[:4], "-o", str(tmp_path / "other"), "--previews", str(previews)])
     assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
     assert not (tmp_path / "other").exists()
+
+
+def test_batch_of_seven_matches_one_at_a_time_within_one_grey_level(tmp_path):
+    """The README's promise, measured: batches sample identical tokens (tests/test_reference.py), but batched
+    convolutions and GEMMs sum in another order, so a pixel may round to the next grey level."""
+    prompts = [f"a {c} {s} on a white background" for c, s in zip(["red", "green", "blue", "yellow"] * 2, ["circle", "square", "triangle"] * 3)]
+    folders = {}
+    for batch in (1, 7):
+        folders[batch] = tmp_path / f"b{batch}"
+        result = CliRunner().invoke(app, ["run", *prompts, "--batch-size", str(batch), "-o", str(folders[batch])])
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in folders[1].iterdir())
+    assert names == sorted(p.name for p in folders[7].iterdir()) and len(names) == 8
+    for name in names:
+        (one, meta_one), (seven, meta_seven) = read_png(folders[1] / name), read_png(folders[7] / name)
+        assert meta_one == meta_seven
+        assert np.abs(one.astype(int) - seven.astype(int)).max() <= 1, name

@@ -22,7 +22,7 @@ from star_deploy.engines.buffers import (
     check_engine_names,
     kv_cache_bytes,
 )
-from star_deploy.engines.builder import BuildOptions
+from star_deploy.engines.builder import BuildOptions, engine_sidecar
 from star_deploy.engines.profiles import PER_SCALE_GRAPHS, dynamic_inputs, profile_table, select_profile
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.engines.validate import validate
@@ -178,6 +178,22 @@ def test_sidecar_mismatch_is_refused_with_the_rebuild_command(tmp_path, running,
         check_sidecar(sidecar_for(preset("tiny")), running, onnx_hash, plan)
     assert message in str(err.value)
     assert f"rebuild with `star-deploy build-engine {tmp_path / 'out'} --overwrite`" in str(err.value)
+
+
+def test_sidecar_of_a_graph_with_external_data_matches_its_manifest(artifacts_external, tmp_path):
+    """The builder records the same digest (.onnx + .onnx.data) that the runtime compares with the manifest."""
+    from star_deploy.export.manifest import load_manifest, sha256_file
+    from star_deploy.engines.sidecar import plan_path, sidecar_path
+
+    manifest = load_manifest(artifacts_external)
+    for graph, spec in manifest.graphs.items():
+        assert (artifacts_external / f"{spec.file}.data").is_file()
+        sidecar = engine_sidecar(manifest, graph, BuildOptions((1,)), BUILT, profile_table(manifest.config, spec, [1]))
+        assert sidecar.onnx_sha256 == manifest.graph_hashes[graph] != sha256_file(manifest.path(graph))
+        path = sidecar_path(tmp_path, graph)
+        path.parent.mkdir(exist_ok=True)
+        write_sidecar(path, sidecar)
+        check_sidecar(load_sidecar(path), BUILT, manifest.graph_hashes[graph], plan_path(tmp_path, graph))
 
 
 def test_missing_or_foreign_sidecar_is_refused(tmp_path):

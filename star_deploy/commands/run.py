@@ -106,7 +106,7 @@ def save_images(paths: list[Path], prompts: list[str], images: list, meta: dict[
     with output_set(folder) as outputs:
         for i, (path, prompt, image) in enumerate(zip(paths, prompts, images)):
             with outputs.file(path, overwrite) as tmp:
-                write_png(tmp, to_pil(image), meta | {"prompt": prompt, "seed": str(seed + i)})
+                write_png(tmp, to_pil(image), {"prompt": prompt, "seed": str(seed + i)} | meta)
     for path in paths:
         typer.echo(str(path))
 
@@ -244,10 +244,12 @@ def run(
     if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
-    written = paths + ([paths[0].parent] if len(paths) > 1 else []) + ([previews] if previews is not None else [])
-    check_separate(written, run_inputs(backend, artifacts, weights, release))
-    if backend != "tensorrt":
-        check_device(device)
+    check_separate(paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release))
+    if backend == "tensorrt":
+        from ..engines.trt_api import import_tensorrt
+
+        import_tensorrt()
+    check_device(device)
     if needs_artifacts(backend):
         manifest = open_artifacts(backend, artifacts, release)
         if resolution is not None and resolution != manifest.config.resolution:
