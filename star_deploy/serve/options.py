@@ -10,15 +10,9 @@ from .model import ModelSpec
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """Pipeline, replicas, resources and batching of one STAR application."""
+class ServeOptions(ModelSpec):
+    """The pipeline each replica loads (``ModelSpec``'s fields), replicas, resources and batching."""
 
-    backend: str = "torch"
-    weights: str | None = None
-    artifacts: str | None = None
-    device: str | None = None
-    dtype: str = "float32"
-    threads: int = 0
     replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -53,7 +47,7 @@ class ServeOptions:
         return cls(**args)
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.backend, self.weights, self.artifacts, self.device, self.dtype, self.threads)
+        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
