@@ -17,14 +17,14 @@ python3 -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda',
 
 if [[ "$what" == tests || "$what" == all ]]; then
     python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_demo.py -k "cuda" 2>&1 | tee -a "$log" || status=1
-    python3 -m star_deploy.cli run "a red circle on a blue background" "a small yellow triangle on black" \
+    python3 -m star_deploy run "a red circle on a blue background" "a small yellow triangle on black" --backend torch \
         "a green square on a white background" --device cuda --dtype float16 --cuda-graphs \
         --out "$OUT" --overwrite 2>&1 | tee -a "$log" || status=1
 fi
 
 if [[ "$what" == bench || "$what" == all ]]; then
     for p in ${PRESETS:-1024-d30 256-d16}; do
-        python3 -m star_deploy.cli bench --random-weights --preset "$p" --device cuda --dtype float16 \
+        python3 -m star_deploy bench --random-weights --preset "$p" --device cuda --dtype float16 \
             --backends torch-eager,torch,torch-cuda-graphs --warmup 2 --repeat "${REPEAT:-5}" \
             --json "$OUT/bench_$p.json" 2>&1 | tee -a "$log" || status=1
     done

@@ -69,3 +69,12 @@ def test_cuda_graphs_replay_the_eager_result(dtype):
         assert np.array_equal(got.tokens, want.tokens)
         assert max_err(got.images, want.images) == 0.0
     assert len(graphed.backend.graphs.captured) == 2 * len(graphed.config.patch_nums) + 1
+
+
+def test_portable_sampler_draws_the_cpu_tokens_on_cuda(fp32_cuda, torch_pipeline, no_tf32):
+    """One seed, two devices: the portable sampler gives the CPU's tokens on the GPU (fp32, TF32 off)."""
+    want = torch_pipeline.generate(PROMPTS, SAMPLING, seeds=[1, 2, 3])
+    got = fp32_cuda.generate(PROMPTS, SAMPLING, seeds=[1, 2, 3])
+    assert SAMPLING.sampler == "portable"
+    assert np.mean(got.tokens == want.tokens) >= 0.999
+    assert max_err(got.images, want.images) <= IMAGE_TOL
