@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..export.manifest import load_manifest
-from .common import OverwriteOpt, reports_errors
+from .common import OverwriteOpt, progress_bar, reports_errors
 
 log = logging.getLogger("star_deploy")
 
@@ -36,7 +35,7 @@ def build_engine(
     manifest = load_manifest(artifacts)
     options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache)
     graphs = graph or list(manifest.graphs)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("building engines", total=len(graphs))
         paths = build_engines(manifest, options, graphs, device, overwrite, on_graph=lambda g: progress.advance(task))
     for path in paths:

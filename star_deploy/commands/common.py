@@ -6,13 +6,17 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from ..errors import ConfigError, StarDeployError
 from ..signals import Interrupted, signals_as_interrupts
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 log = logging.getLogger("star_deploy")
@@ -70,3 +74,13 @@ def check_threads(threads: int) -> None:
     cpus = os.cpu_count() or 1
     if not 0 <= threads <= cpus:
         raise ConfigError(f"--threads {threads}: choose 0 (one per physical core) to {cpus} (the CPU count)")
+
+
+def progress_bar() -> AbstractContextManager[Progress]:
+    """A transient bar on stderr, shown only on a terminal (logs and pipes get none)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    return Progress(*columns, transient=True, console=console, disable=not console.is_terminal)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..atomic import check_separate, check_writable
 from ..config import StarConfig
@@ -23,6 +22,7 @@ from .common import (
     StarOpt,
     VaeOpt,
     WeightsOpt,
+    progress_bar,
     reports_errors,
 )
 
@@ -61,7 +61,7 @@ def export(
     paths = release_paths(weights, clip, vae, star)
     check_separate([out], [p for p in (weights, paths.clip, paths.vae, paths.star) if p is not None])
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("exporting", total=len(GRAPH_NAMES))
         export_artifacts(model, out, precision, overwrite, on_graph=lambda name: progress.advance(task))
     typer.echo(str(out))

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..atomic import check_separate, check_writable
@@ -35,6 +34,7 @@ from .common import (
     VaeOpt,
     WeightsOpt,
     check_threads,
+    progress_bar,
     reports_errors,
 )
 
@@ -151,8 +151,7 @@ def generate_batches(
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
     results = []
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True, console=console) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("scales", total=len(prompts) * pipeline.config.num_scales)
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
