@@ -15,7 +15,6 @@ from star_deploy.backends.torch_backend import KVCache
 from star_deploy.cli import app
 from star_deploy.config import PRESETS, SamplingConfig, preset
 from star_deploy.engines.buffers import (
-    Source,
     binding_plan,
     bound_tensor,
     buffer_plan,
@@ -23,12 +22,12 @@ from star_deploy.engines.buffers import (
     kv_cache_bytes,
 )
 from star_deploy.engines.builder import BuildOptions
-from star_deploy.engines.profiles import PER_SCALE_GRAPHS, dynamic_inputs, profile_table, select_profile
+from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.engines.validate import validate
 from star_deploy.evaluation import psnr
 from star_deploy.errors import ArtifactError, ConfigError
-from star_deploy.graphs import graph_specs
+from star_deploy.graphs import Role, graph_specs
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 KV_1024_D30_B1_FP16 = 4_355_020_800
@@ -60,7 +59,7 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
     specs = graph_specs(config, "fp16")
     step = profile_table(config, specs["transformer_step"], [2, 1, 2])
     assert len(step) == 2 * 14 and [p.batch for p in step[:14]] == [1] * 14
-    chosen = select_profile(step, "transformer_step", 2, 13)
+    chosen = select_profile(step, specs["transformer_step"], 2, 13)
     assert chosen.index == 27 and chosen.shapes["x"] == (4, 64 * 64, 1920)
     assert chosen.shapes["past_key.0"] == (9451 - 4096, 4, 30, 64)
     update = profile_table(config, specs["scale_update"], [1])
@@ -70,7 +69,7 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
     assert [(p.index, p.batch, p.scale) for p in decoder] == [(0, 1, None), (1, 4, None)]
     assert decoder[1].shapes == {"f_hat": (4, 32, 64, 64)}
     with pytest.raises(ArtifactError, match=r"built for \[1, 4\]\); rebuild with `star-deploy build-engine DIR --batch-size 2`"):
-        select_profile(decoder, "vq_decoder", 2)
+        select_profile(decoder, specs["vq_decoder"], 2)
     with pytest.raises(ConfigError, match="--batch-size"):
         profile_table(config, specs["vq_decoder"], [0])
 
@@ -78,7 +77,7 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
 def test_only_inputs_with_symbolic_dimensions_are_profiled():
     specs = graph_specs(preset("tiny"), "fp32")
     assert dynamic_inputs(specs["scale_update"]) == ["tokens", "f_hat", "upsample", "downsample"]
-    assert set(PER_SCALE_GRAPHS) == {"transformer_step", "scale_update"}
+    assert {name for name, spec in specs.items() if spec.per_scale} == {"transformer_step", "scale_update"}
 
 
 def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
@@ -104,12 +103,27 @@ def test_binding_plan_maps_every_manifest_name_once():
         plan = binding_plan(spec)
         assert [b.name for b in plan] == spec.input_names + spec.output_names
     step = {b.name: b for b in binding_plan(specs["transformer_step"])}
-    assert step["past_key.1"].source is Source.CACHE_PREFIX and step["past_key.1"].layer == 1
-    assert step["new_value.0"].source is Source.CACHE_SLOT and step["new_value.0"].is_value
-    assert step["cross_bias"].source is Source.TEXT_CONTEXT and step["x"].source is Source.CALLER
-    assert step["logits"].source is Source.OUTPUT
-    context = {b.name: b.source for b in binding_plan(specs["text_context"])}
-    assert context["start_tokens"] is Source.OUTPUT and context["cross_key.0"] is Source.TEXT_CONTEXT
+    assert step["past_key.1"].role is Role.CACHE_PREFIX and step["past_key.1"].layer == 1
+    assert step["new_value.0"].role is Role.CACHE_SLOT and step["new_value.0"].is_value
+    assert step["cross_bias"].role is Role.TEXT_CONTEXT and step["x"].role is Role.CALLER
+    assert step["logits"].role is Role.OUTPUT
+    context = {b.name: b.role for b in binding_plan(specs["text_context"])}
+    assert context["start_tokens"] is Role.OUTPUT and context["cross_key.0"] is Role.TEXT_CONTEXT
+
+
+def test_roles_pair_what_one_graph_writes_with_what_the_next_reads():
+    """The step reads exactly the text context that text_context writes; every cache layer has a prefix and a slot."""
+    config = preset("tiny")
+    specs = graph_specs(config, "fp16")
+    written = specs["text_context"].with_role(Role.TEXT_CONTEXT)
+    read = specs["transformer_step"].with_role(Role.TEXT_CONTEXT)
+    assert [(t.name, t.shape, t.dtype) for t in written] == [(t.name, t.shape, t.dtype) for t in read]
+    for role in (Role.CACHE_PREFIX, Role.CACHE_SLOT):
+        cache = specs["transformer_step"].with_role(role)
+        depth = config.transformer.depth
+        assert sorted((t.is_value, t.layer) for t in cache) == [(v, i) for v in (False, True) for i in range(depth)]
+    roles = {t.role for spec in specs.values() for t in spec.inputs + spec.outputs if spec.name != "transformer_step"}
+    assert roles == {Role.CALLER, Role.OUTPUT, Role.TEXT_CONTEXT}
 
 
 def test_cache_bindings_are_in_place_views_of_one_buffer():
