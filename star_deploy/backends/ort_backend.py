@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import SamplingConfig
+from ..dtypes import numpy_type
 from ..errors import BackendUnavailableError
 from ..graphs import Role, TensorSpec, scale_dims
 from ..export.manifest import Manifest
@@ -23,8 +24,6 @@ from ..tables import build_scale_tables
 from .ort_sessions import create_session, provider_entry
 
 log = logging.getLogger(__name__)
-
-NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
 def import_ort() -> ModuleType:
@@ -86,7 +85,7 @@ class OrtBackend:
         entry, self.io_device = provider_entry(ort, self.provider, device_id, provider_options)
         self.device = device
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"
-        self.kv_dtype = NUMPY_TYPES[manifest.graphs["transformer_step"].with_role(Role.CACHE_SLOT)[0].dtype]
+        self.kv_dtype = numpy_type(manifest.graphs["transformer_step"].with_role(Role.CACHE_SLOT)[0].dtype)
         self.sessions = {
             name: create_session(ort, manifest, name, entry, self.provider, threads, session_options)
             for name in manifest.graphs
@@ -100,12 +99,12 @@ class OrtBackend:
         spec, session = self.manifest.graphs[graph], self.sessions[graph]
         binding = session.io_binding()
         for name, array in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=NUMPY_TYPES[spec.tensor(name).dtype]))
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=numpy_type(spec.tensor(name).dtype)))
         device_outputs = bound(binding) if bound is not None else set()
         outputs = {}
         for t in spec.outputs:
             if t.name not in device_outputs:
-                outputs[t.name] = np.empty(t.concrete(dims), dtype=NUMPY_TYPES[t.dtype])
+                outputs[t.name] = np.empty(t.concrete(dims), dtype=numpy_type(t.dtype))
                 binding.bind_output(t.name, "cpu", 0, outputs[t.name].dtype, list(outputs[t.name].shape), outputs[t.name].ctypes.data)
         session.run_with_iobinding(binding)
         return outputs
@@ -119,7 +118,7 @@ class OrtBackend:
         dims = {"batch": b, "rows": 2 * b}
         spec = self.manifest.graphs["text_context"]
         self.text = {
-            t.name: DeviceTensor(self.ort, t.concrete(dims), NUMPY_TYPES[t.dtype], self.io_device)
+            t.name: DeviceTensor(self.ort, t.concrete(dims), numpy_type(t.dtype), self.io_device)
             for t in spec.with_role(Role.TEXT_CONTEXT)
         }
 

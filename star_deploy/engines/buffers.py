@@ -10,12 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import StarConfig
+from ..dtypes import tensor_bytes
 from ..errors import ArtifactError
 from ..graphs import CACHE_ROLES, GraphSpec, Role, compute_dtype
 from .profiles import profile_dims, profile_table
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1, "uint8": 1, "int8": 1}
-
 
 @dataclass(frozen=True)
 class Binding:
@@ -62,13 +60,6 @@ def check_engine_names(spec: GraphSpec, engine_inputs: list[str], engine_outputs
         f"the {spec.name} engine does not match the manifest (missing {missing or 'none'}, unexpected {extra or 'none'}); "
         "rebuild with `star-deploy build-engine DIR --overwrite`"
     )
-
-
-def tensor_bytes(shape: tuple[int, ...], dtype: str) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count * DTYPE_BYTES[dtype]
 
 
 def kv_cache_bytes(config: StarConfig, batch: int, precision: str = "fp16") -> int:
