@@ -118,7 +118,8 @@ class GraphSpec:
         }
 
 
-def compute_dtype(precision: str) -> str:
+def activation_dtype(precision: str) -> str:
+    """dtype of an export's activations, K/V and embeddings (fp32 islands and I/O of other tensors stay float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return "float16" if precision == "fp16" else "float32"
@@ -127,7 +128,7 @@ def compute_dtype(precision: str) -> str:
 def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphSpec]:
     """Every graph's I/O for ``config``; fp16 applies to activations, K/V and embeddings."""
     t, v = config.transformer, config.vae
-    act, f32, i64 = compute_dtype(precision), "float32", "int64"
+    act, f32, i64 = activation_dtype(precision), "float32", "int64"
     n, c, h, d, p = MAX_TEXT_TOKENS, t.width, t.heads, t.head_dim, config.final_side
     half = d // 2
     out, text = Role.OUTPUT, Role.TEXT_CONTEXT

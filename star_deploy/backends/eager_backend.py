@@ -14,7 +14,7 @@ import contextlib
 import torch
 
 from ..config import StarConfig
-from ..model.graphs import DecoderGraph, ScaleUpdateGraph
+from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph
 from ..model.text import TextEncoderModule
 from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows
 from ..weights import StarModel

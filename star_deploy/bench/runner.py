@@ -166,7 +166,7 @@ def timed(record: dict[str, float], key: str, func: Callable):
 
 
 def compute_dtype(name: str, backend) -> str:
-    """The dtype a backend's matmuls run in, for the floor."""
+    """The dtype a backend's matmuls run in, for the floor (a torch backend's --dtype, not an export precision)."""
     if name == BASELINE:
         return "float16" if str(backend.device).startswith("cuda") else "float32"
     if name == "tensorrt":

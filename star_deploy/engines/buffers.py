@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..config import StarConfig
 from ..dtypes import tensor_bytes
 from ..errors import ArtifactError
-from ..graphs import CACHE_ROLES, GraphSpec, Role, compute_dtype
+from ..graphs import CACHE_ROLES, GraphSpec, Role, activation_dtype
 from .profiles import profile_dims, profile_table
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def kv_cache_bytes(config: StarConfig, batch: int, precision: str = "fp16") -> i
     """Keys and values of every layer for the whole schedule: depth x 2 x (L, 2B, H, D)."""
     t = config.transformer
     shape = (config.total_tokens, 2 * batch, t.heads, t.head_dim)
-    return 2 * t.depth * tensor_bytes(shape, compute_dtype(precision))
+    return 2 * t.depth * tensor_bytes(shape, activation_dtype(precision))
 
 
 def graph_peak_bytes(config: StarConfig, spec: GraphSpec, batch: int) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Export the reference graphs (model/graphs.py) to ONNX with the dynamo exporter.
+"""Export the reference graphs (model/graph_modules.py) to ONNX with the dynamo exporter.
 
 Each graph's I/O comes from ``graphs.graph_specs``: the same declaration names the ONNX
 inputs/outputs, picks the dynamic axes and shapes the sample inputs.
@@ -18,8 +18,8 @@ from torch.export import Dim
 
 from ..config import StarConfig
 from ..dtypes import torch_dtype
-from ..graphs import GraphSpec, compute_dtype, graph_specs, scale_dims
-from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..graphs import GraphSpec, activation_dtype, graph_specs, scale_dims
+from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..tables import build_scale_tables
 from ..weights import StarModel
@@ -114,7 +114,7 @@ def export_graph(
 
 def cast_model(model: StarModel, precision: str) -> StarModel:
     """A copy of ``model`` in the precision's compute dtype (head and text encoder stay fp32)."""
-    dtype = torch_dtype(compute_dtype(precision))
+    dtype = torch_dtype(activation_dtype(precision))
     return copy.deepcopy(model).to("cpu", dtype)
 
 
