@@ -32,6 +32,10 @@ from star_deploy.graphs import Role, graph_specs
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 KV_1024_D30_B1_FP16 = 4_355_020_800
 """30 layers x (K, V) x 9451 tokens x 2 CFG rows x 30 heads x 64 x 2 bytes = 4.06 GiB."""
+TEXT_1024_D30_B1_FP16 = 77 * 4 + 30 * 2 * (30 * 77 * 64) * 2
+"""cross_bias (1, 1, 1, 77) fp32 + 30 layers x (K, V) x (1 prompt, 30 heads, 77 tokens, 64) fp16."""
+STEP_IO_1024_D30_B1_FP16 = 2 * 4096 * 1920 * 2 + 2 * 4096 * 32 * 4 + 2 * 4096 * 4096 * 4
+"""The last scale's step: x (2, 4096, 1920) fp16, rope_cos and rope_sin (4096, 32) fp32, logits (2, 4096, 4096) fp32."""
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -84,9 +88,10 @@ def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
     assert kv_cache_bytes(preset("1024-d30"), 1, "fp16") == KV_1024_D30_B1_FP16
     plan = buffer_plan(preset("1024-d30"), graph_specs(preset("1024-d30"), "fp16"), 1, "fp16")
     assert plan.kv_cache == KV_1024_D30_B1_FP16
-    # logits of the last scale dominate the transient buffers: 2 x 4096 x 4096 fp32 = 128 MiB
-    assert plan.transient_peak >= 2 * 4096 * 4096 * 4
-    assert plan.total == plan.kv_cache + plan.text_context + plan.transient_peak
+    assert plan.text_context == TEXT_1024_D30_B1_FP16 == 17_741_108
+    # the last scale's step I/O is the largest set of transient buffers (its logits alone are 128 MiB)
+    assert plan.transient_peak == STEP_IO_1024_D30_B1_FP16 == 166_723_584
+    assert plan.total == 4_539_485_492
 
 
 def test_kv_cache_plan_matches_the_allocated_cache():
