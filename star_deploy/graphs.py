@@ -21,6 +21,10 @@ Graphs (file ``<name>.onnx``):
   scale_update      tokens, f_hat, upsample, downsample, phi_weights, next_level -> f_hat_out, next_x
   vq_decoder        f_hat -> image
 
+Each tensor carries its Role (caller input, output, text context, cache prefix, cache slot):
+runtimes bind memory by role, never by parsing names. Per-scale graphs (transformer_step,
+scale_update) run once per scale and get one engine profile per scale.
+
 KV tensors are sequence-major, (sequence, rows, heads, head_dim), so the cache prefix a
 step reads and the slot it writes are contiguous views of one preallocated buffer.
 """
@@ -28,6 +32,7 @@ step reads and the slot it writes are contiguous views of one preallocated buffe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from .config import MAX_TEXT_TOKENS, NUM_PHI, StarConfig
 
@@ -41,25 +46,47 @@ ACCURACY_LEVEL = 4
 GRAPH_NAMES = ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder")
 
 
+class Role(str, Enum):
+    """What a tensor is to the runtime, and so where the memory bound to it comes from."""
+
+    CALLER = "caller"            # an input the pipeline passes in (ids, x, tokens, f_hat, tables)
+    OUTPUT = "output"            # a fresh output of this call
+    TEXT_CONTEXT = "text"        # text_context output kept for the whole schedule, read by every step
+    CACHE_PREFIX = "past"        # KV-cache view read by a step: rows [0, past)
+    CACHE_SLOT = "slot"          # KV-cache view written in place by a step: rows [past, past + tokens)
+
+
+CACHE_ROLES = (Role.CACHE_PREFIX, Role.CACHE_SLOT)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
+    """One graph I/O: name, symbolic shape, dtype, role; cache tensors also name their layer and K or V."""
+
     name: str
     shape: tuple[Dim, ...]
     dtype: str
+    role: Role = Role.CALLER
+    layer: int | None = None
+    is_value: bool = False
 
     def concrete(self, dims: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dimensions replaced from ``dims``."""
         return tuple(d if isinstance(d, int) else dims[d] for d in self.shape)
 
     def to_dict(self) -> dict:
+        """The manifest entry: name, shape and dtype (roles follow from the names and are not stored)."""
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 @dataclass(frozen=True)
 class GraphSpec:
+    """One graph's I/O; ``per_scale`` graphs are run (and get engine profiles) once per scale."""
+
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    per_scale: bool = False
 
     @property
     def file(self) -> str:
@@ -72,6 +99,10 @@ class GraphSpec:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    def with_role(self, role: Role) -> list[TensorSpec]:
+        """Every tensor of ``role``, inputs then outputs, in spec order."""
+        return [t for t in self.inputs + self.outputs if t.role is role]
 
     def tensor(self, name: str) -> TensorSpec:
         for t in self.inputs + self.outputs:
@@ -87,11 +118,8 @@ class GraphSpec:
         }
 
 
-def layer_names(prefix: str, depth: int) -> list[str]:
-    return [f"{prefix}.{i}" for i in range(depth)]
-
-
-def compute_dtype(precision: str) -> str:
+def activation_dtype(precision: str) -> str:
+    """dtype of an export's activations, K/V and embeddings (fp32 islands and I/O of other tensors stay float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return "float16" if precision == "fp16" else "float32"
@@ -100,19 +128,27 @@ def compute_dtype(precision: str) -> str:
 def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphSpec]:
     """Every graph's I/O for ``config``; fp16 applies to activations, K/V and embeddings."""
     t, v = config.transformer, config.vae
-    act, f32, i64 = compute_dtype(precision), "float32", "int64"
+    act, f32, i64 = activation_dtype(precision), "float32", "int64"
     n, c, h, d, p = MAX_TEXT_TOKENS, t.width, t.heads, t.head_dim, config.final_side
     half = d // 2
+    out, text = Role.OUTPUT, Role.TEXT_CONTEXT
 
-    def per_layer(prefix: str, shape: tuple[Dim, ...]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(name, shape, act) for name in layer_names(prefix, t.depth))
+    def per_layer(prefix: str, shape: tuple[Dim, ...], role: Role) -> tuple[TensorSpec, ...]:
+        value = prefix.endswith("value")
+        return tuple(
+            TensorSpec(f"{prefix}.{i}", shape, act, role, i if role in CACHE_ROLES else None, value)
+            for i in range(t.depth)
+        )
 
     cross_shape: tuple[Dim, ...] = ("batch", h, n, d)
     specs = [
         GraphSpec(
             "text_encoder",
             (TensorSpec("input_ids", ("rows", n), i64), TensorSpec("attention_mask", ("rows", n), i64)),
-            (TensorSpec("text_hidden", ("rows", n, t.text_width), f32), TensorSpec("text_pooled", ("rows", t.text_width), f32)),
+            (
+                TensorSpec("text_hidden", ("rows", n, t.text_width), f32, out),
+                TensorSpec("text_pooled", ("rows", t.text_width), f32, out),
+            ),
         ),
         GraphSpec(
             "text_context",
@@ -122,10 +158,10 @@ def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphS
                 TensorSpec("text_pooled", ("rows", t.text_width), f32),
             ),
             (
-                TensorSpec("start_tokens", ("rows", 1, c), act),
-                TensorSpec("cross_bias", ("batch", 1, 1, n), f32),
-                *per_layer("cross_key", cross_shape),
-                *per_layer("cross_value", cross_shape),
+                TensorSpec("start_tokens", ("rows", 1, c), act, out),
+                TensorSpec("cross_bias", ("batch", 1, 1, n), f32, text),
+                *per_layer("cross_key", cross_shape, text),
+                *per_layer("cross_value", cross_shape, text),
             ),
         ),
         GraphSpec(
@@ -134,17 +170,18 @@ def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphS
                 TensorSpec("x", ("rows", "tokens", c), act),
                 TensorSpec("rope_cos", ("tokens", half), f32),
                 TensorSpec("rope_sin", ("tokens", half), f32),
-                TensorSpec("cross_bias", ("batch", 1, 1, n), f32),
-                *per_layer("cross_key", cross_shape),
-                *per_layer("cross_value", cross_shape),
-                *per_layer("past_key", ("past", "rows", h, d)),
-                *per_layer("past_value", ("past", "rows", h, d)),
+                TensorSpec("cross_bias", ("batch", 1, 1, n), f32, text),
+                *per_layer("cross_key", cross_shape, text),
+                *per_layer("cross_value", cross_shape, text),
+                *per_layer("past_key", ("past", "rows", h, d), Role.CACHE_PREFIX),
+                *per_layer("past_value", ("past", "rows", h, d), Role.CACHE_PREFIX),
             ),
             (
-                TensorSpec("logits", ("rows", "tokens", t.vocab_size), f32),
-                *per_layer("new_key", ("tokens", "rows", h, d)),
-                *per_layer("new_value", ("tokens", "rows", h, d)),
+                TensorSpec("logits", ("rows", "tokens", t.vocab_size), f32, out),
+                *per_layer("new_key", ("tokens", "rows", h, d), Role.CACHE_SLOT),
+                *per_layer("new_value", ("tokens", "rows", h, d), Role.CACHE_SLOT),
             ),
+            per_scale=True,
         ),
         GraphSpec(
             "scale_update",
@@ -157,14 +194,15 @@ def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphS
                 TensorSpec("next_level", (1,), i64),
             ),
             (
-                TensorSpec("f_hat_out", ("batch", v.cvae, p, p), f32),
-                TensorSpec("next_x", ("rows", "next_tokens", c), act),
+                TensorSpec("f_hat_out", ("batch", v.cvae, p, p), f32, out),
+                TensorSpec("next_x", ("rows", "next_tokens", c), act, out),
             ),
+            per_scale=True,
         ),
         GraphSpec(
             "vq_decoder",
             (TensorSpec("f_hat", ("batch", v.cvae, p, p), f32),),
-            (TensorSpec("image", ("batch", 3, config.image_size, config.image_size), f32),),
+            (TensorSpec("image", ("batch", 3, config.image_size, config.image_size), f32, out),),
         ),
     ]
     return {s.name: s for s in specs}

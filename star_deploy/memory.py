@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass
 
 from .config import StarConfig
+from .dtypes import itemsize
 from .errors import MemoryBudgetError
 
 log = logging.getLogger("star_deploy")
 GIB = 1024**3
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 WARN_FRACTION = 0.8
 
 
@@ -57,7 +57,7 @@ def estimate(
 ) -> MemoryEstimate:
     """Weights (text encoder fp32, transformer/decoder in ``dtype``; or ``weight_bytes`` of exported
     graphs), KV cache and peak activations."""
-    size = DTYPE_BYTES[dtype]
+    size = itemsize(dtype)
     if weight_bytes is None:
         counts = parameter_counts(config)
         weight_bytes = counts["text_encoder"] * 4 + (counts["transformer"] + counts["vqvae"]) * size

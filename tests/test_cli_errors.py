@@ -376,6 +376,8 @@ ARTIFACT_CASES = [
     ("key-missing", lambda f: edit_manifest(f, lambda d: d.pop("tools"), reseal=True), "missing key(s) tools"),
     ("graphs-as-list", lambda f: edit_manifest(f, lambda d: d.__setitem__("graphs", list(d["graphs"].values())), reseal=True),
      "'graphs' must be an object keyed by graph name, not a list"),
+    ("graph-output-renamed", lambda f: edit_manifest(f, lambda d: d["graphs"]["transformer_step"]["outputs"][0].__setitem__("name", "out"), reseal=True),
+     "graph transformer_step does not have the outputs this version expects"),
     ("graph-sha256-missing", lambda f: edit_manifest(f, lambda d: d["graphs"]["text_encoder"].pop("sha256"), reseal=True),
      "graph text_encoder must have exactly the keys"),
     ("file-table-escapes", lambda f: edit_manifest(f, lambda d: d["files"].__setitem__("../x", "ab" * 32), reseal=True),

@@ -15,7 +15,6 @@ from star_deploy.backends.torch_backend import KVCache
 from star_deploy.cli import app
 from star_deploy.config import PRESETS, SamplingConfig, preset
 from star_deploy.engines.buffers import (
-    Source,
     binding_plan,
     bound_tensor,
     buffer_plan,
@@ -23,16 +22,20 @@ from star_deploy.engines.buffers import (
     kv_cache_bytes,
 )
 from star_deploy.engines.builder import BuildOptions, engine_sidecar
-from star_deploy.engines.profiles import PER_SCALE_GRAPHS, dynamic_inputs, profile_table, select_profile
+from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.engines.validate import validate
 from star_deploy.evaluation import psnr
 from star_deploy.errors import ArtifactError, ConfigError
-from star_deploy.graphs import graph_specs
+from star_deploy.graphs import Role, graph_specs
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 KV_1024_D30_B1_FP16 = 4_355_020_800
 """30 layers x (K, V) x 9451 tokens x 2 CFG rows x 30 heads x 64 x 2 bytes = 4.06 GiB."""
+TEXT_1024_D30_B1_FP16 = 77 * 4 + 30 * 2 * (30 * 77 * 64) * 2
+"""cross_bias (1, 1, 1, 77) fp32 + 30 layers x (K, V) x (1 prompt, 30 heads, 77 tokens, 64) fp16."""
+STEP_IO_1024_D30_B1_FP16 = 2 * 4096 * 1920 * 2 + 2 * 4096 * 32 * 4 + 2 * 4096 * 4096 * 4
+"""The last scale's step: x (2, 4096, 1920) fp16, rope_cos and rope_sin (4096, 32) fp32, logits (2, 4096, 4096) fp32."""
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -60,7 +63,7 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
     specs = graph_specs(config, "fp16")
     step = profile_table(config, specs["transformer_step"], [2, 1, 2])
     assert len(step) == 2 * 14 and [p.batch for p in step[:14]] == [1] * 14
-    chosen = select_profile(step, "transformer_step", 2, 13)
+    chosen = select_profile(step, specs["transformer_step"], 2, 13)
     assert chosen.index == 27 and chosen.shapes["x"] == (4, 64 * 64, 1920)
     assert chosen.shapes["past_key.0"] == (9451 - 4096, 4, 30, 64)
     update = profile_table(config, specs["scale_update"], [1])
@@ -70,7 +73,7 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
     assert [(p.index, p.batch, p.scale) for p in decoder] == [(0, 1, None), (1, 4, None)]
     assert decoder[1].shapes == {"f_hat": (4, 32, 64, 64)}
     with pytest.raises(ArtifactError, match=r"built for \[1, 4\]\); rebuild with `star-deploy build-engine DIR --batch-size 2`"):
-        select_profile(decoder, "vq_decoder", 2)
+        select_profile(decoder, specs["vq_decoder"], 2)
     with pytest.raises(ConfigError, match="--batch-size"):
         profile_table(config, specs["vq_decoder"], [0])
 
@@ -78,16 +81,17 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
 def test_only_inputs_with_symbolic_dimensions_are_profiled():
     specs = graph_specs(preset("tiny"), "fp32")
     assert dynamic_inputs(specs["scale_update"]) == ["tokens", "f_hat", "upsample", "downsample"]
-    assert set(PER_SCALE_GRAPHS) == {"transformer_step", "scale_update"}
+    assert {name for name, spec in specs.items() if spec.per_scale} == {"transformer_step", "scale_update"}
 
 
 def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
     assert kv_cache_bytes(preset("1024-d30"), 1, "fp16") == KV_1024_D30_B1_FP16
     plan = buffer_plan(preset("1024-d30"), graph_specs(preset("1024-d30"), "fp16"), 1, "fp16")
     assert plan.kv_cache == KV_1024_D30_B1_FP16
-    # logits of the last scale dominate the transient buffers: 2 x 4096 x 4096 fp32 = 128 MiB
-    assert plan.transient_peak >= 2 * 4096 * 4096 * 4
-    assert plan.total == plan.kv_cache + plan.text_context + plan.transient_peak
+    assert plan.text_context == TEXT_1024_D30_B1_FP16 == 17_741_108
+    # the last scale's step I/O is the largest set of transient buffers (its logits alone are 128 MiB)
+    assert plan.transient_peak == STEP_IO_1024_D30_B1_FP16 == 166_723_584
+    assert plan.total == 4_539_485_492
 
 
 def test_kv_cache_plan_matches_the_allocated_cache():
@@ -104,12 +108,27 @@ def test_binding_plan_maps_every_manifest_name_once():
         plan = binding_plan(spec)
         assert [b.name for b in plan] == spec.input_names + spec.output_names
     step = {b.name: b for b in binding_plan(specs["transformer_step"])}
-    assert step["past_key.1"].source is Source.CACHE_PREFIX and step["past_key.1"].layer == 1
-    assert step["new_value.0"].source is Source.CACHE_SLOT and step["new_value.0"].is_value
-    assert step["cross_bias"].source is Source.TEXT_CONTEXT and step["x"].source is Source.CALLER
-    assert step["logits"].source is Source.OUTPUT
-    context = {b.name: b.source for b in binding_plan(specs["text_context"])}
-    assert context["start_tokens"] is Source.OUTPUT and context["cross_key.0"] is Source.TEXT_CONTEXT
+    assert step["past_key.1"].role is Role.CACHE_PREFIX and step["past_key.1"].layer == 1
+    assert step["new_value.0"].role is Role.CACHE_SLOT and step["new_value.0"].is_value
+    assert step["cross_bias"].role is Role.TEXT_CONTEXT and step["x"].role is Role.CALLER
+    assert step["logits"].role is Role.OUTPUT
+    context = {b.name: b.role for b in binding_plan(specs["text_context"])}
+    assert context["start_tokens"] is Role.OUTPUT and context["cross_key.0"] is Role.TEXT_CONTEXT
+
+
+def test_roles_pair_what_one_graph_writes_with_what_the_next_reads():
+    """The step reads exactly the text context that text_context writes; every cache layer has a prefix and a slot."""
+    config = preset("tiny")
+    specs = graph_specs(config, "fp16")
+    written = specs["text_context"].with_role(Role.TEXT_CONTEXT)
+    read = specs["transformer_step"].with_role(Role.TEXT_CONTEXT)
+    assert [(t.name, t.shape, t.dtype) for t in written] == [(t.name, t.shape, t.dtype) for t in read]
+    for role in (Role.CACHE_PREFIX, Role.CACHE_SLOT):
+        cache = specs["transformer_step"].with_role(role)
+        depth = config.transformer.depth
+        assert sorted((t.is_value, t.layer) for t in cache) == [(v, i) for v in (False, True) for i in range(depth)]
+    roles = {t.role for spec in specs.values() for t in spec.inputs + spec.outputs if spec.name != "transformer_step"}
+    assert roles == {Role.CALLER, Role.OUTPUT, Role.TEXT_CONTEXT}
 
 
 def test_cache_bindings_are_in_place_views_of_one_buffer():

@@ -17,7 +17,15 @@ from star_deploy.pipeline import ScaleLoop
 
 PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 GRAPH_MAX_ERR = {"text_encoder": 1e-5, "transformer_step": 1e-2, "kv_cache": 1e-2, "scale_update": 5e-2, "vq_decoder": 1e-2}
-FP32_ISLANDS = {"LayerNormalization", "ReduceL2", "Softmax", "InstanceNormalization"}
+FP32_ISLANDS = {
+    "transformer_step": {"LayerNormalization": (3, 1), "ReduceL2": (3, 0), "Softmax": (2, 0)},
+    "text_context": {"ReduceL2": (1, 0)},
+    "vq_decoder": {"InstanceNormalization": None, "Softmax": None},
+}
+"""Ops that must read float32 tensors in an fp16 export, by graph, with their count as (per block, extra):
+LayerNorm 3 per block + the head's; QK L2-norm of self-attention q and k, cross-attention q, text keys;
+softmax of self- and cross-attention. None: at least one (the decoder's GroupNorm and attention)."""
+SHAPE_OPS = {"Unsqueeze", "Reshape", "Expand", "Slice", "Transpose", "Squeeze"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +45,59 @@ def test_fp16_step_graph_is_strongly_typed(artifacts_fp16):
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     assert outputs["logits"] == onnx.TensorProto.FLOAT
     assert outputs["new_key.0"] == onnx.TensorProto.FLOAT16
+
+
+def typed_graph(path) -> tuple[onnx.GraphProto, dict[str, int]]:
+    """The graph with shape inference run, and the element type of every named tensor."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    return graph, types | {i.name: i.data_type for i in graph.initializer}
+
+
+def data_types(node: onnx.NodeProto, types: dict[str, int]) -> set[str]:
+    """Element types of the node's non-integer inputs (integer inputs are axes and shapes)."""
+    names = {onnx.TensorProto.DataType.Name(types[i]) for i in node.input if i}
+    return names - {"INT64", "INT32"}
+
+
+def consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    """Nodes that read ``tensor``, looking through shape-only ops (the first arithmetic use)."""
+    found = []
+    for node in graph.node:
+        if tensor in node.input:
+            found += [c for o in node.output for c in consumers(graph, o)] if node.op_type in SHAPE_OPS else [node]
+    return found
+
+
+@pytest.mark.parametrize("graph_name", list(FP32_ISLANDS))
+def test_fp32_islands_run_on_fp32_inputs(artifacts_fp16, graph_name):
+    """LayerNorm statistics, QK L2-norm, softmax and GroupNorm nodes read float32 tensors in the fp16 export."""
+    manifest = load_manifest(artifacts_fp16)
+    graph, types = typed_graph(manifest.path(graph_name))
+    depth = manifest.config.transformer.depth
+    for op, count in FP32_ISLANDS[graph_name].items():
+        nodes = [n for n in graph.node if n.op_type == op]
+        expected = count[0] * depth + count[1] if count else max(len(nodes), 1)
+        assert len(nodes) == expected, f"{graph_name}: {len(nodes)} {op} nodes, expected {expected}"
+        assert all(data_types(n, types) == {"FLOAT"} for n in nodes), [(n.name, data_types(n, types)) for n in nodes]
+
+
+def test_fp16_step_rope_and_logits_head_run_in_fp32(artifacts_fp16):
+    """Every RoPE product reads rope_cos/rope_sin in float32; the logits head (LayerNorm, MatMul, bias) is float32."""
+    manifest = load_manifest(artifacts_fp16)
+    graph, types = typed_graph(manifest.path("transformer_step"))
+    depth = manifest.config.transformer.depth
+    for table in ("rope_cos", "rope_sin"):
+        uses = consumers(graph, table)
+        assert len(uses) == 4 * depth and {n.op_type for n in uses} == {"Mul"}, [n.op_type for n in uses]
+        assert all(data_types(n, types) == {"FLOAT"} for n in uses)
+    producer = {o: n for n in graph.node for o in n.output}
+    head, name = [], "logits"
+    while name in producer and len(head) < 3:
+        head.append(producer[name])
+        name = next(i for i in head[-1].input if i in producer)
+    assert [n.op_type for n in head] == ["Add", "MatMul", "LayerNormalization"]
+    assert all(data_types(n, types) == {"FLOAT"} for n in head)
 
 
 def test_fp16_graphs_close_to_reference(torch_pipeline, fp16_pipeline):

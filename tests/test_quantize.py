@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.evaluation import psnr, token_agreement
 from star_deploy.cli import app
-from star_deploy.errors import ArtifactError
+from star_deploy.errors import ArtifactError, OutputError
 from star_deploy.export.manifest import MANIFEST
 from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import QUANTIZED_GRAPHS, head_matmuls, quantize_artifacts
@@ -59,7 +59,7 @@ def test_int8_backend_follows_golden_tokens(int8_dir, golden, golden_cases, gold
 def test_quantize_refuses_missing_and_existing(int8_dir, artifacts_fp32, tmp_path):
     with pytest.raises(ArtifactError, match="export"):
         quantize_artifacts(tmp_path / "nothing", tmp_path / "out")
-    with pytest.raises(Exception, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         quantize_artifacts(artifacts_fp32, int8_dir)
 
 

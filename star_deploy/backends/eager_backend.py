@@ -14,9 +14,9 @@ import contextlib
 import torch
 
 from ..config import StarConfig
-from ..model.graphs import DecoderGraph, ScaleUpdateGraph
+from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph
 from ..model.text import TextEncoderModule
-from ..model.transformer import MASK_VALUE, Block, StarTransformer, layer_norm
+from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows
 from ..weights import StarModel
 from .torch_arrays import TorchArrays, device_tables
 
@@ -66,16 +66,21 @@ class EagerBackend(TorchArrays):
             return self.transformer.start_tokens(pooled.to(self.device))
 
     def _block(self, blk: Block, layer: int, x: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
-        eps = self.config.transformer.norm_eps
-        out, new_k, new_v = blk.attn(layer_norm(x, eps), tables["rope_cos"], tables["rope_sin"], self.keys[layer], self.values[layer])
-        self.keys[layer] = torch.cat((self.keys[layer], new_k.to(self.keys[layer].dtype)), dim=0)
-        self.values[layer] = torch.cat((self.values[layer], new_v.to(self.values[layer].dtype)), dim=0)
-        x = x + out
-        text_k, text_v = blk.cross_attn.text_kv(self.hidden)
-        cross = blk.cross_attn(layer_norm(x, eps), text_k.to(x.dtype), text_v.to(x.dtype), self.bias)
-        b = x.shape[0] // 2
-        x = x + torch.cat((cross[:b], cross[:b]), dim=0)
-        return x + blk.ffn(layer_norm(x, eps))
+        """The reference block's residual structure, driven the official way (see the module docstring)."""
+
+        def self_attn(h: torch.Tensor) -> torch.Tensor:
+            keys, values = self.keys[layer], self.values[layer]
+            out, new_k, new_v = blk.attn(h, tables["rope_cos"], tables["rope_sin"], keys, values)
+            self.keys[layer] = torch.cat((keys, new_k.to(keys.dtype)), dim=0)
+            self.values[layer] = torch.cat((values, new_v.to(values.dtype)), dim=0)
+            return out
+
+        def cross_attn(h: torch.Tensor) -> torch.Tensor:
+            text_k, text_v = blk.cross_attn.text_kv(self.hidden)
+            cross = blk.cross_attn(h, text_k.to(h.dtype), text_v.to(h.dtype), self.bias)
+            return both_cfg_rows(cross[: h.shape[0] // 2])
+
+        return blk.residual(x, self_attn, cross_attn)
 
     @torch.inference_mode()
     def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:

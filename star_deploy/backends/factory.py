@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..dtypes import check_compute_dtype, torch_dtype
 from ..errors import ConfigError
 from ..export.manifest import Manifest, load_manifest
 
@@ -13,19 +14,6 @@ if TYPE_CHECKING:
     from ..weights import StarModel
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
-"""Compute dtypes of the torch backend."""
-
-
-def torch_dtype(name: str):
-    """The torch dtype called ``name``."""
-    import torch
-
-    if name not in TORCH_DTYPE_NAMES:
-        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(TORCH_DTYPE_NAMES)}")
-    return getattr(torch, name)
-
-
 def default_device(backend: str, device: str | None) -> str:
     """The device asked for, else cuda for TensorRT and cpu for the rest."""
     return device or ("cuda" if backend == "tensorrt" else "cpu")
@@ -89,7 +77,7 @@ def create_backend(
         return TrtBackend(manifest, device)
     if backend == "torch":
         check_device(device)
-        dt = torch_dtype(dtype)
+        dt = torch_dtype(check_compute_dtype(dtype))
         from .torch_backend import TorchBackend
 
         if cuda_graphs and not device.startswith("cuda"):

@@ -15,16 +15,15 @@ from typing import Any
 import numpy as np
 
 from ..config import SamplingConfig
+from ..dtypes import numpy_type
 from ..errors import BackendUnavailableError
-from ..graphs import scale_dims
+from ..graphs import Role, TensorSpec, scale_dims
 from ..export.manifest import Manifest
 from ..sampling import PortableSampler
 from ..tables import build_scale_tables
 from .ort_sessions import create_session, provider_entry
 
 log = logging.getLogger(__name__)
-
-NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
 def import_ort() -> ModuleType:
@@ -59,6 +58,11 @@ class OrtKVCache:
         self.rows = rows
         self.length = 0
 
+    def layer(self, tensor: TensorSpec) -> DeviceTensor:
+        """The buffer behind a cache tensor: keys of every layer come first, then values."""
+        depth = len(self.layers) // 2
+        return self.layers[tensor.layer + (depth if tensor.is_value else 0)]
+
 
 class OrtBackend:
     """Runs ``manifest``'s graphs with ONNX Runtime on ``provider`` (default: CPU, or CUDA for a cuda device)."""
@@ -81,7 +85,7 @@ class OrtBackend:
         entry, self.io_device = provider_entry(ort, self.provider, device_id, provider_options)
         self.device = device
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"
-        self.kv_dtype = NUMPY_TYPES[manifest.graphs["transformer_step"].tensor("new_key.0").dtype]
+        self.kv_dtype = numpy_type(manifest.graphs["transformer_step"].with_role(Role.CACHE_SLOT)[0].dtype)
         self.sessions = {
             name: create_session(ort, manifest, name, entry, self.provider, threads, session_options)
             for name in manifest.graphs
@@ -95,12 +99,12 @@ class OrtBackend:
         spec, session = self.manifest.graphs[graph], self.sessions[graph]
         binding = session.io_binding()
         for name, array in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=NUMPY_TYPES[spec.tensor(name).dtype]))
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=numpy_type(spec.tensor(name).dtype)))
         device_outputs = bound(binding) if bound is not None else set()
         outputs = {}
         for t in spec.outputs:
             if t.name not in device_outputs:
-                outputs[t.name] = np.empty(t.concrete(dims), dtype=NUMPY_TYPES[t.dtype])
+                outputs[t.name] = np.empty(t.concrete(dims), dtype=numpy_type(t.dtype))
                 binding.bind_output(t.name, "cpu", 0, outputs[t.name].dtype, list(outputs[t.name].shape), outputs[t.name].ctypes.data)
         session.run_with_iobinding(binding)
         return outputs
@@ -114,8 +118,8 @@ class OrtBackend:
         dims = {"batch": b, "rows": 2 * b}
         spec = self.manifest.graphs["text_context"]
         self.text = {
-            t.name: DeviceTensor(self.ort, t.concrete(dims), NUMPY_TYPES[t.dtype], self.io_device)
-            for t in spec.outputs if t.name != "start_tokens"
+            t.name: DeviceTensor(self.ort, t.concrete(dims), numpy_type(t.dtype), self.io_device)
+            for t in spec.with_role(Role.TEXT_CONTEXT)
         }
 
         def bind_text(binding: Any) -> set[str]:
@@ -135,16 +139,16 @@ class OrtBackend:
         if self.cache is None:
             raise RuntimeError("begin() must run before step()")
         cache, tokens = self.cache, x.shape[1]
-        depth = self.config.transformer.depth
-        names = [f"{kind}.{i}" for kind in ("key", "value") for i in range(depth)]
+        spec = self.manifest.graphs["transformer_step"]
 
         def bind_state(binding: Any) -> set[str]:
-            for name, buf in self.text.items():
-                buf.bind(binding, name, 0, buf.shape[0], output=False)
-            for name, layer in zip(names, cache.layers):
-                layer.bind(binding, f"past_{name}", 0, cache.length, output=False)
-                layer.bind(binding, f"new_{name}", cache.length, tokens, output=True)
-            return {f"new_{n}" for n in names}
+            for t in spec.with_role(Role.TEXT_CONTEXT):
+                self.text[t.name].bind(binding, t.name, 0, self.text[t.name].shape[0], output=False)
+            for t in spec.with_role(Role.CACHE_PREFIX):
+                cache.layer(t).bind(binding, t.name, 0, cache.length, output=False)
+            for t in spec.with_role(Role.CACHE_SLOT):
+                cache.layer(t).bind(binding, t.name, cache.length, tokens, output=True)
+            return {t.name for t in spec.with_role(Role.CACHE_SLOT)}
 
         t = self.tables[scale]
         dims = {"rows": x.shape[0], "tokens": tokens}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import StarConfig
-from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..weights import StarModel
 from .cuda_graphs import CudaGraphs

@@ -23,13 +23,13 @@ from types import ModuleType
 
 import torch
 
-from ..engines.buffers import Source, binding_plan, bound_tensor, check_engine_names
+from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.profiles import Profile, select_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
 from ..engines.trt_api import cuda_device, import_tensorrt, make_logger, runtime_info, torch_dtype
 from ..errors import ArtifactError, StarDeployError
 from ..export.manifest import Manifest
-from ..graphs import scale_dims
+from ..graphs import Role, scale_dims
 from .torch_arrays import TorchArrays, device_tables
 from .torch_backend import KVCache
 
@@ -64,7 +64,7 @@ class TrtEngine:
         self.dtypes = {n: torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
 
     def profile(self, batch: int, scale: int | None = None) -> Profile:
-        return select_profile(self.profiles, self.graph, batch, scale)
+        return select_profile(self.profiles, self.spec, batch, scale)
 
     def run(self, profile: Profile, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Execute with ``profile`` reading ``inputs`` and writing into the given ``outputs`` buffers."""
@@ -140,8 +140,8 @@ class TrtBackend(TorchArrays):
         outs = self._outputs("text_context", {"batch": b, "rows": 2 * b})
         inputs = {"text_hidden": hidden[:b], "attention_mask": self.asarray(attention_mask)[:b], "text_pooled": pooled}
         engine.run(engine.profile(b), inputs, outs)
-        start = outs.pop("start_tokens")
-        self.text = outs
+        start = outs["start_tokens"]
+        self.text = {t.name: outs[t.name] for t in engine.spec.with_role(Role.TEXT_CONTEXT)}
         if self.cache is None or self.cache.rows != 2 * b:
             self.cache = None  # free the old cache before allocating the new one
             self.cache = KVCache(self.config, 2 * b, self.cache_dtype, self.device)
@@ -161,9 +161,9 @@ class TrtBackend(TorchArrays):
         inputs = {"x": x, "rope_cos": tables["rope_cos"], "rope_sin": tables["rope_sin"]}
         outputs = {"logits": logits}
         for b in self.plans["transformer_step"]:
-            if b.source in (Source.TEXT_CONTEXT, Source.CACHE_PREFIX):
+            if b.role in (Role.TEXT_CONTEXT, Role.CACHE_PREFIX):
                 inputs[b.name] = bound_tensor(b, self.cache, self.text, tokens)
-            elif b.source is Source.CACHE_SLOT:
+            elif b.role is Role.CACHE_SLOT:
                 outputs[b.name] = bound_tensor(b, self.cache, self.text, tokens)
         engine.run(engine.profile(rows // 2, scale), inputs, outputs)
         self.cache.length += tokens

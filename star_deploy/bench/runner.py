@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backends.factory import TORCH_DTYPE_NAMES, create_backend, torch_dtype
+from ..backends.factory import create_backend
 from ..config import SamplingConfig, StarConfig
+from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
 from ..export.manifest import Manifest
@@ -58,8 +59,8 @@ class BenchSettings:
             raise ConfigError(f"--backends {','.join(self.backends)}: choose from {', '.join(BENCH_BACKENDS)}")
         if self.batch_size < 1 or self.warmup < 0 or self.repeat < 1:
             raise ConfigError("--batch-size and --repeat must be >= 1, --warmup >= 0")
-        if self.dtype not in TORCH_DTYPE_NAMES:
-            raise ConfigError(f"--dtype {self.dtype}: choose one of {', '.join(TORCH_DTYPE_NAMES)}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"--dtype {self.dtype}: choose one of {', '.join(COMPUTE_DTYPES)}")
 
     @property
     def prompts(self) -> list[str]:
@@ -165,7 +166,7 @@ def timed(record: dict[str, float], key: str, func: Callable):
 
 
 def compute_dtype(name: str, backend) -> str:
-    """The dtype a backend's matmuls run in, for the floor."""
+    """The dtype a backend's matmuls run in, for the floor (a torch backend's --dtype, not an export precision)."""
     if name == BASELINE:
         return "float16" if str(backend.device).startswith("cuda") else "float32"
     if name == "tensorrt":
@@ -249,7 +250,7 @@ def build_report(
     """The JSON document: machine, floor, and per backend median/p90/throughput/ratios/stages."""
     flops = generation_flops(config, settings.batch_size)
     throughput, bandwidth = roofs.matmul_flops_per_s, roofs.copy_bytes_per_s
-    traffic = {d: generation_bytes(config, settings.batch_size, torch_dtype(d).itemsize) for d in throughput}
+    traffic = {d: generation_bytes(config, settings.batch_size, itemsize(d)) for d in throughput}
     floors = {d: roofline(flops, traffic[d], throughput[d], bandwidth) for d in throughput}
     backends: dict[str, dict] = {}
     baseline_median = None

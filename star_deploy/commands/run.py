@@ -16,11 +16,12 @@ from ..atomic import check_separate, check_writable
 from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
 from ..config import SamplingConfig, StarConfig
 from ..demo import DEMO_GRAPHS
+from ..dtypes import COMPUTE_DTYPES
 from ..errors import ConfigError, OutputError
 from ..export.manifest import Manifest
 from ..export.sources import check_sources
 from ..images import to_pil, write_png
-from ..memory import DTYPE_BYTES, available_bytes, check_fits, estimate
+from ..memory import available_bytes, check_fits, estimate
 from ..outputs import OutputSet, output_set
 from ..pipeline import Generation, ScaleEvent, ScaleLoop
 from ..tokenizer import PromptTokenizer
@@ -113,7 +114,7 @@ def save_images(paths: list[Path], prompts: list[str], images: list, meta: dict[
 
 def memory_check(batch: int, dtype: str, device: str, weight_bytes: int | None = None) -> Callable[[StarConfig], None]:
     def check(config: StarConfig) -> None:
-        if dtype in DTYPE_BYTES:
+        if dtype in COMPUTE_DTYPES:
             need = estimate(config, batch, dtype, device, weight_bytes)
             check_fits(need, available_bytes(device), device, f"batch {batch} at {config.resolution} px")
 

@@ -12,7 +12,7 @@ import torch
 
 from ..config import TransformerConfig
 from ..tables import rope_angles
-from ..model.transformer import MASK_VALUE, Block, StarTransformer, TextContext, layer_norm
+from ..model.transformer import MASK_VALUE, Block, StarTransformer, TextContext
 
 
 def scale_ids(sides: tuple[int, ...]) -> torch.Tensor:
@@ -60,9 +60,9 @@ class TeacherForcing(torch.nn.Module):
         return t.logits(x)
 
     def block(self, blk: Block, x: torch.Tensor, text: TextContext, layer: int, empty: torch.Tensor) -> torch.Tensor:
-        """``Block.forward`` for rows that each carry their own text."""
-        attn_out, _, _ = blk.attn(layer_norm(x, blk.eps), self.cos, self.sin, empty, empty, self.bias)
-        x = x + attn_out
-        cross = blk.cross_attn(layer_norm(x, blk.eps), text.keys[layer], text.values[layer], text.bias)
-        x = x + cross
-        return x + blk.ffn(layer_norm(x, blk.eps))
+        """The block's residual structure for the whole sequence, each row attending to its own text."""
+        return blk.residual(
+            x,
+            lambda h: blk.attn(h, self.cos, self.sin, empty, empty, self.bias)[0],
+            lambda h: blk.cross_attn(h, text.keys[layer], text.values[layer], text.bias),
+        )

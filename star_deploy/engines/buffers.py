@@ -8,72 +8,42 @@ view of the preallocated KV cache) and how many bytes the largest profile needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 from ..config import StarConfig
+from ..dtypes import tensor_bytes
 from ..errors import ArtifactError
-from ..graphs import GraphSpec, compute_dtype
+from ..graphs import CACHE_ROLES, GraphSpec, Role, activation_dtype
 from .profiles import profile_dims, profile_table
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1, "uint8": 1, "int8": 1}
-
-
-class Source(str, Enum):
-    """Where the memory bound to a tensor comes from."""
-
-    CALLER = "caller"            # an input the pipeline passes in (ids, x, tokens, f_hat, tables)
-    OUTPUT = "output"            # a fresh output tensor of this call
-    TEXT_CONTEXT = "text"        # text_context output kept for the whole schedule
-    CACHE_PREFIX = "past"        # view of the KV cache: rows [0, past)
-    CACHE_SLOT = "slot"          # view of the KV cache: rows [past, past + tokens), written in place
-
 
 @dataclass(frozen=True)
 class Binding:
-    """One engine I/O tensor: its manifest name, direction, memory source and cache layer."""
+    """One engine I/O tensor: its manifest name, direction, role (memory source) and cache layer."""
 
     name: str
     is_input: bool
-    source: Source
+    role: Role
     dtype: str
     layer: int | None = None
     is_value: bool = False
 
 
-def _layer(name: str) -> int:
-    return int(name.rsplit(".", 1)[1])
-
-
 def binding_plan(spec: GraphSpec) -> list[Binding]:
-    """Every tensor of ``spec`` mapped to its buffer source, inputs then outputs in spec order."""
-    plan = []
-    for t in spec.inputs:
-        base = t.name.split(".")[0]
-        if spec.name == "transformer_step" and base in ("past_key", "past_value"):
-            plan.append(Binding(t.name, True, Source.CACHE_PREFIX, t.dtype, _layer(t.name), base == "past_value"))
-        elif spec.name == "transformer_step" and (base in ("cross_key", "cross_value") or t.name == "cross_bias"):
-            plan.append(Binding(t.name, True, Source.TEXT_CONTEXT, t.dtype))
-        else:
-            plan.append(Binding(t.name, True, Source.CALLER, t.dtype))
-    for t in spec.outputs:
-        base = t.name.split(".")[0]
-        if spec.name == "transformer_step" and base in ("new_key", "new_value"):
-            plan.append(Binding(t.name, False, Source.CACHE_SLOT, t.dtype, _layer(t.name), base == "new_value"))
-        elif spec.name == "text_context" and t.name != "start_tokens":
-            plan.append(Binding(t.name, False, Source.TEXT_CONTEXT, t.dtype))
-        else:
-            plan.append(Binding(t.name, False, Source.OUTPUT, t.dtype))
-    return plan
+    """Every tensor of ``spec`` with the role its spec declares, inputs then outputs in spec order."""
+    return [
+        Binding(t.name, is_input, t.role, t.dtype, t.layer, t.is_value)
+        for is_input, tensors in ((True, spec.inputs), (False, spec.outputs))
+        for t in tensors
+    ]
 
 
 def bound_tensor(binding: Binding, cache, text: dict, tokens: int):
     """The KV-cache view (``cache`` a backends.torch_backend.KVCache) or text-context tensor behind ``binding``."""
-    if binding.source is Source.TEXT_CONTEXT:
+    if binding.role is Role.TEXT_CONTEXT:
         return text[binding.name]
-    if binding.source not in (Source.CACHE_PREFIX, Source.CACHE_SLOT):
+    if binding.role not in CACHE_ROLES:
         raise ValueError(f"{binding.name} is bound by the caller, not by the runtime")
     layers = cache.values if binding.is_value else cache.keys
-    if binding.source is Source.CACHE_PREFIX:
+    if binding.role is Role.CACHE_PREFIX:
         return layers[binding.layer][: cache.length]
     return layers[binding.layer][cache.length : cache.length + tokens]
 
@@ -92,25 +62,18 @@ def check_engine_names(spec: GraphSpec, engine_inputs: list[str], engine_outputs
     )
 
 
-def tensor_bytes(shape: tuple[int, ...], dtype: str) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count * DTYPE_BYTES[dtype]
-
-
 def kv_cache_bytes(config: StarConfig, batch: int, precision: str = "fp16") -> int:
     """Keys and values of every layer for the whole schedule: depth x 2 x (L, 2B, H, D)."""
     t = config.transformer
     shape = (config.total_tokens, 2 * batch, t.heads, t.head_dim)
-    return 2 * t.depth * tensor_bytes(shape, compute_dtype(precision))
+    return 2 * t.depth * tensor_bytes(shape, activation_dtype(precision))
 
 
 def graph_peak_bytes(config: StarConfig, spec: GraphSpec, batch: int) -> dict[str, int]:
     """Largest byte size of each I/O tensor of ``spec`` over its profiles at ``batch``."""
     peak: dict[str, int] = {}
     for profile in profile_table(config, spec, [batch]):
-        dims = profile_dims(config, spec.name, batch, profile.scale)
+        dims = profile_dims(config, batch, profile.scale)
         for t in spec.inputs + spec.outputs:
             peak[t.name] = max(peak.get(t.name, 0), tensor_bytes(t.concrete(dims), t.dtype))
     return peak
@@ -132,12 +95,12 @@ class BufferPlan:
 
 def buffer_plan(config: StarConfig, specs: dict[str, GraphSpec], batch: int, precision: str) -> BufferPlan:
     """Byte sizes of every buffer class (engine activation memory not included)."""
-    text = sum(b for n, b in graph_peak_bytes(config, specs["text_context"], batch).items()
-               if n not in ("text_hidden", "attention_mask", "text_pooled", "start_tokens"))
+    context = specs["text_context"]
+    peak = graph_peak_bytes(config, context, batch)
+    text = sum(peak[t.name] for t in context.with_role(Role.TEXT_CONTEXT))
     transient = 0
-    for name, spec in specs.items():
-        plan = {b.name: b for b in binding_plan(spec)}
+    for spec in specs.values():
         peak = graph_peak_bytes(config, spec, batch)
-        owned = [n for n, b in plan.items() if b.source in (Source.CALLER, Source.OUTPUT)]
-        transient = max(transient, sum(peak[n] for n in owned))
+        owned = spec.with_role(Role.CALLER) + spec.with_role(Role.OUTPUT)
+        transient = max(transient, sum(peak[t.name] for t in owned))
     return BufferPlan(batch, kv_cache_bytes(config, batch, precision), text, transient)

@@ -14,7 +14,6 @@ from ..config import StarConfig
 from ..errors import ArtifactError, ConfigError
 from ..graphs import GraphSpec, scale_dims
 
-PER_SCALE_GRAPHS = ("transformer_step", "scale_update")
 Shape = tuple[int, ...]
 
 
@@ -42,7 +41,8 @@ def dynamic_inputs(spec: GraphSpec) -> list[str]:
     return [t.name for t in spec.inputs if any(isinstance(d, str) for d in t.shape)]
 
 
-def profile_dims(config: StarConfig, graph: str, batch: int, scale: int | None) -> dict[str, int]:
+def profile_dims(config: StarConfig, batch: int, scale: int | None) -> dict[str, int]:
+    """Symbolic dimensions at ``batch`` prompts and ``scale`` (None: a graph that is not per-scale)."""
     if scale is None:
         return {"batch": batch, "rows": 2 * batch}
     return scale_dims(config, batch, scale)
@@ -57,24 +57,24 @@ def check_batch_sizes(batch_sizes: list[int]) -> list[int]:
 def profile_table(config: StarConfig, spec: GraphSpec, batch_sizes: list[int]) -> list[Profile]:
     """Every profile of ``spec``'s engine, in engine order."""
     names = dynamic_inputs(spec)
-    scales: list[int | None] = list(range(config.num_scales)) if spec.name in PER_SCALE_GRAPHS else [None]
+    scales: list[int | None] = list(range(config.num_scales)) if spec.per_scale else [None]
     profiles = []
     for batch in check_batch_sizes(batch_sizes):
         for scale in scales:
-            dims = profile_dims(config, spec.name, batch, scale)
+            dims = profile_dims(config, batch, scale)
             shapes = {n: spec.tensor(n).concrete(dims) for n in names}
             profiles.append(Profile(len(profiles), batch, scale, shapes))
     return profiles
 
 
-def select_profile(profiles: list[Profile], graph: str, batch: int, scale: int | None = None) -> Profile:
-    """The profile built for ``batch`` prompts at ``scale`` (None for per-batch graphs)."""
-    want_scale = scale if graph in PER_SCALE_GRAPHS else None
+def select_profile(profiles: list[Profile], spec: GraphSpec, batch: int, scale: int | None = None) -> Profile:
+    """The profile of ``spec``'s engine built for ``batch`` prompts at ``scale`` (ignored unless per-scale)."""
+    want_scale = scale if spec.per_scale else None
     for p in profiles:
         if p.batch == batch and p.scale == want_scale:
             return p
     built = sorted({p.batch for p in profiles})
     raise ArtifactError(
-        f"the {graph} engine has no profile for batch size {batch} (built for {built}); "
+        f"the {spec.name} engine has no profile for batch size {batch} (built for {built}); "
         f"rebuild with `star-deploy build-engine DIR --batch-size {batch}` or run with --batch-size in {built}"
     )

@@ -6,6 +6,8 @@ from types import ModuleType
 
 import torch
 
+from .. import dtypes
+from ..dtypes import name_of
 from ..errors import BackendUnavailableError
 from .sidecar import RuntimeInfo
 
@@ -59,12 +61,8 @@ def make_logger(trt: ModuleType):
 
 
 def torch_dtype(trt: ModuleType, dtype) -> torch.dtype:
-    """torch dtype of a ``tensorrt.DataType``."""
-    table = {
-        trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
-        trt.int32: torch.int32, trt.int64: torch.int64, trt.bool: torch.bool, trt.uint8: torch.uint8,
-        trt.int8: torch.int8,
-    }
-    if dtype not in table:
+    """torch dtype of a ``tensorrt.DataType`` (TensorRT names its types as the dtype table does)."""
+    name = name_of(trt, dtype)
+    if name is None:
         raise BackendUnavailableError(f"engine tensor type {dtype} has no torch equivalent")
-    return table[dtype]
+    return dtypes.torch_dtype(name)

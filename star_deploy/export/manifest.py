@@ -156,6 +156,15 @@ def verify_files(root: Path, files: dict[str, str]) -> None:
             raise ArtifactError(f"{path}: changed or corrupted since export (sha256 mismatch); export again")
 
 
+def check_graph_entry(entry: dict[str, Any], spec: GraphSpec, path: Path) -> None:
+    """Refuse a graph entry whose file, inputs or outputs differ from what this version exports."""
+    for kind, tensors in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        if entry[kind] != [t.to_dict() for t in tensors]:
+            raise ArtifactError(f"{path}: graph {spec.name} does not have the {kind} this version expects; export again")
+    if entry["file"] != spec.file:
+        raise ArtifactError(f"{path}: graph {spec.name} is not stored as {spec.file}; export again")
+
+
 def load_manifest(root: Path) -> Manifest:
     """Read and validate ``root/manifest.json`` and verify every file it lists before anything uses them."""
     path = root / MANIFEST
@@ -165,9 +174,7 @@ def load_manifest(root: Path) -> Manifest:
     specs = graph_specs(config, precision)
     for name, spec in specs.items():
         entry = data["graphs"][name]
-        io = [[t.to_dict() for t in spec.inputs], [t.to_dict() for t in spec.outputs]]
-        if entry["file"] != spec.file or [entry["inputs"], entry["outputs"]] != io:
-            raise ArtifactError(f"{path}: graph {name} does not have the I/O this version expects; export again")
+        check_graph_entry(entry, spec, path)
         listed = [f for f in (spec.file, f"{spec.file}.data") if f in data["files"]]
         if spec.file not in data["files"] or combine([data["files"][f] for f in listed]) != entry["sha256"]:
             raise ArtifactError(f"{path}: graph {name} does not match its file table; export again")

@@ -1,4 +1,4 @@
-"""Export the reference graphs (model/graphs.py) to ONNX with the dynamo exporter.
+"""Export the reference graphs (model/graph_modules.py) to ONNX with the dynamo exporter.
 
 Each graph's I/O comes from ``graphs.graph_specs``: the same declaration names the ONNX
 inputs/outputs, picks the dynamic axes and shapes the sample inputs.
@@ -17,8 +17,9 @@ from torch import nn
 from torch.export import Dim
 
 from ..config import StarConfig
-from ..graphs import GraphSpec, compute_dtype, graph_specs, scale_dims
-from ..model.graphs import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..dtypes import torch_dtype
+from ..graphs import GraphSpec, activation_dtype, graph_specs, scale_dims
+from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..tables import build_scale_tables
 from ..weights import StarModel
@@ -32,7 +33,6 @@ EXPORT_SCALE = 2
 """Sample shapes avoid sizes 0 and 1, which torch.export would specialize."""
 EXTERNAL_DATA_BYTES = 1_500_000_000
 """Weights above this go to ``<graph>.onnx.data`` (protobuf caps a file at 2 GB)."""
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
 
 def graph_modules(model: StarModel) -> dict[str, nn.Module]:
@@ -73,7 +73,7 @@ def sample_inputs(config: StarConfig, spec: GraphSpec) -> list[torch.Tensor]:
             high = config.text.vocab_size if t.name == "input_ids" else config.transformer.vocab_size
             out.append(torch.randint(0, high, shape, generator=gen))
         else:
-            out.append(torch.randn(shape, generator=gen).to(TORCH_DTYPES[t.dtype]))
+            out.append(torch.randn(shape, generator=gen).to(torch_dtype(t.dtype)))
     return out
 
 
@@ -114,7 +114,7 @@ def export_graph(
 
 def cast_model(model: StarModel, precision: str) -> StarModel:
     """A copy of ``model`` in the precision's compute dtype (head and text encoder stay fp32)."""
-    dtype = TORCH_DTYPES[compute_dtype(precision)]
+    dtype = torch_dtype(activation_dtype(precision))
     return copy.deepcopy(model).to("cpu", dtype)
 
 

@@ -10,6 +10,7 @@ and the logits head always run in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 
 from ..config import TransformerConfig
 
+Sublayer = Callable[[torch.Tensor], torch.Tensor]
+"""An attention sublayer as a block drives it: LayerNormed x -> its output, added to x."""
 MAX_SCALE_MUL = math.log(100.0)
 MASK_VALUE = -30000.0
 """Additive bias on padded text tokens: exp() underflows to 0 in fp32, representable in fp16."""
@@ -159,22 +162,37 @@ class Block(nn.Module):
         past_v: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attn_out, new_k, new_v = self.attn(layer_norm(x, self.eps), cos, sin, past_k, past_v, mask)
-        x = x + attn_out
-        x = x + cross_for_both_rows(self.cross_attn, layer_norm(x, self.eps), text, layer)
-        x = x + self.ffn(layer_norm(x, self.eps))
-        return x, new_k, new_v
+        """One block over the cache prefix ``past_k``/``past_v``: (x, new_k, new_v) in cache layout."""
+        new: list[torch.Tensor] = []
+
+        def self_attn(h: torch.Tensor) -> torch.Tensor:
+            out, new_k, new_v = self.attn(h, cos, sin, past_k, past_v, mask)
+            new.extend((new_k, new_v))
+            return out
+
+        x = self.residual(x, self_attn, lambda h: cross_for_both_rows(self.cross_attn, h, text, layer))
+        return x, new[0], new[1]
+
+    def residual(self, x: torch.Tensor, self_attn: Sublayer, cross_attn: Sublayer) -> torch.Tensor:
+        """The block's residual structure: x + self-attention, + cross-attention, + FFN, each on LayerNormed x."""
+        x = x + self_attn(layer_norm(x, self.eps))
+        x = x + cross_attn(layer_norm(x, self.eps))
+        return x + self.ffn(layer_norm(x, self.eps))
 
 
-def cross_for_both_rows(module: CrossAttention, x: torch.Tensor, text: "TextContext", layer: int) -> torch.Tensor:
-    """Cross-attention of each prompt's conditional row, added to both of its CFG rows.
+def both_cfg_rows(cond: torch.Tensor) -> torch.Tensor:
+    """The conditional rows' output (B, ...) for all CFG rows [cond; uncond] (2B, ...).
 
     Rows are [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]. The official block broadcasts
     the conditional row's cross-attention to the unconditional row (reference §5.1).
     """
+    return torch.cat((cond, cond), dim=0)
+
+
+def cross_for_both_rows(module: CrossAttention, x: torch.Tensor, text: "TextContext", layer: int) -> torch.Tensor:
+    """Cross-attention of each prompt's conditional row only, added to both of its CFG rows."""
     b = text.keys[layer].shape[0]
-    out = module(x[:b], text.keys[layer], text.values[layer], text.bias)
-    return torch.cat((out, out), dim=0)
+    return both_cfg_rows(module(x[:b], text.keys[layer], text.values[layer], text.bias))
 
 
 @dataclass
