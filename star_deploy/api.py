@@ -19,7 +19,6 @@ from .errors import ConfigError, WeightsError
 from .images import to_pil
 
 if TYPE_CHECKING:
-
     from .pipeline import Generation, ScaleEvent, ScaleLoop
 
 log = logging.getLogger("star_deploy")
@@ -45,7 +44,7 @@ class ScaleProgress:
     scale: int
     num_scales: int
     tokens: np.ndarray  # (N, p, p) int64
-    _event: "ScaleEvent"
+    _event: ScaleEvent
 
     def preview(self, output_type: OutputType = "pil") -> Any:
         """The coarse images decoded from the scales so far."""
@@ -116,7 +115,7 @@ def normalize_seeds(seed: int | Sequence[int], count: int) -> list[int]:
 class StarPipeline:
     """A STAR model loaded on one backend; call it with prompts to get images."""
 
-    def __init__(self, loop: "ScaleLoop", backend_name: str, precision: str) -> None:
+    def __init__(self, loop: ScaleLoop, backend_name: str, precision: str) -> None:
         self.loop = loop
         self.backend_name = backend_name
         self.precision = precision
@@ -139,7 +138,7 @@ class StarPipeline:
         provider: str | None = None,
         provider_options: dict[str, Any] | None = None,
         session_options: Any = None,
-    ) -> "StarPipeline":
+    ) -> StarPipeline:
         """Load a release folder, a Hugging Face snapshot of it, an artefact folder, or (None) the demo.
 
         The demo runs with ONNX Runtime on its shipped graphs (no PyTorch needed), or with
@@ -151,8 +150,8 @@ class StarPipeline:
         ``session_options`` (an ``onnxruntime.SessionOptions``) to onnxruntime.
         """
         from .backends.factory import create_backend, default_device
-        from .tokenizer import PromptTokenizer
         from .pipeline import ScaleLoop
+        from .tokenizer import PromptTokenizer
 
         if path is None and backend in (None, "onnxruntime"):
             from .demo import DEMO_GRAPHS
@@ -160,27 +159,37 @@ class StarPipeline:
             path = DEMO_GRAPHS
         folder = None if path is None else hub_snapshot(Path(path))
         if folder is not None and not folder.exists():
-            raise WeightsError(f"{folder}: no such file or folder; give a release folder, an artefact folder or None for the demo")
+            raise WeightsError(
+                f"{folder}: no such file or folder; give a release folder, an artefact folder or None for the demo"
+            )
         is_artifacts = folder is not None and (folder / MANIFEST).is_file()
         backend = backend or ("onnxruntime" if is_artifacts else "torch")
         device = default_device(backend, device)
         if backend == "torch":
             if is_artifacts:
-                raise ConfigError(f"{folder}: an artefact folder holds ONNX graphs; use backend='onnxruntime' or 'tensorrt'")
+                raise ConfigError(
+                    f"{folder}: an artefact folder holds ONNX graphs; use backend='onnxruntime' or 'tensorrt'"
+                )
             model = load_weights(folder, resolution)
             engine = create_backend("torch", device, model=model, dtype=dtype, cuda_graphs=cuda_graphs)
             return cls(ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir)), "torch", dtype)
         if not is_artifacts:
             raise ConfigError(
-                f"backend={backend!r} runs exported graphs: give an artefact folder made by `star-deploy export`, not {folder}"
+                f"backend={backend!r} runs exported graphs: give an artefact folder made by `star-deploy export`, not "
+                f"{folder}"
             )
         from .export.manifest import load_manifest, verify_graph_hashes
 
         manifest = load_manifest(folder)
         verify_graph_hashes(manifest)
         engine = create_backend(
-            backend, device, manifest=manifest, threads=threads, provider=provider,
-            provider_options=provider_options, session_options=session_options,
+            backend,
+            device,
+            manifest=manifest,
+            threads=threads,
+            provider=provider,
+            provider_options=provider_options,
+            session_options=session_options,
         )
         return cls(ScaleLoop(engine, PromptTokenizer(manifest.tokenizer_dir)), backend, manifest.precision)
 
@@ -211,7 +220,10 @@ class StarPipeline:
         prompts = normalize_prompts(prompt, num_images_per_prompt)
         seeds = normalize_seeds(seed, len(prompts))
         sampling = SamplingConfig(
-            cfg=guidance_scale, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seeds[0],
+            cfg=guidance_scale,
+            top_k=SamplingConfig.top_k if top_k is None else top_k,
+            top_p=top_p,
+            seed=seeds[0],
             sampler=sampler,
         )
         if batch_size is not None and batch_size < 1:
@@ -227,16 +239,18 @@ class StarPipeline:
 
     def _generate(
         self, prompts: list[str], sampling: SamplingConfig, seeds: list[int], callback: ScaleCallbackFn | None
-    ) -> "Generation":
+    ) -> Generation:
         on_scale = None
         if callback is not None:
-            def on_scale(event: "ScaleEvent") -> bool | None:
+
+            def on_scale(event: ScaleEvent) -> bool | None:
                 return callback(ScaleProgress(event.scale, event.num_scales, event.tokens, event))
 
         return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale)
 
     def __repr__(self) -> str:
-        return f"StarPipeline(backend={self.backend_name!r}, precision={self.precision!r}, resolution={self.config.resolution})"
+        settings = f"backend={self.backend_name!r}, precision={self.precision!r}, resolution={self.config.resolution}"
+        return f"StarPipeline({settings})"
 
 
 def load_weights(folder: Path | None, resolution: int | None):

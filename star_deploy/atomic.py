@@ -135,7 +135,9 @@ def publish(tmp: Path, path: Path, overwrite: bool) -> None:
             os.replace(tmp, path)
             _remove(old)
     except FileExistsError:
-        raise OutputError(f"{path}: already exists (written meanwhile by another process?); pass --overwrite to replace it") from None
+        raise OutputError(
+            f"{path}: already exists (written meanwhile by another process?); pass --overwrite to replace it"
+        ) from None
 
 
 def _errnos(exc: BaseException) -> Iterator[int]:
@@ -155,11 +157,16 @@ def write_failure(exc: Exception, path: Path, tmp: Path) -> OutputError | None:
     """The clear error for a write of ``path`` that failed with ``exc``; None if it is not an output problem."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir() or not tmp.parent.is_dir():
-        return OutputError(f"{parent}: the output folder was removed while {path.name} was written; nothing was kept, run again")
+        return OutputError(
+            f"{parent}: the output folder was removed while {path.name} was written; nothing was kept, run again"
+        )
     codes = set(_errnos(exc))
     if codes & set(FULL_ERRNOS):
         code = next(c for c in FULL_ERRNOS if c in codes)
-        return OutputError(f"{path}: {os.strerror(code).lower()} while writing; nothing was kept; free space or choose another output path")
+        return OutputError(
+            f"{path}: {os.strerror(code).lower()} while writing; nothing was kept; free space or choose another "
+            "output path"
+        )
     if isinstance(exc, PermissionError) or errno.EACCES in codes or errno.EROFS in codes:
         return OutputError(f"{path}: cannot write ({exc}); choose another output path")
     return None
@@ -167,7 +174,7 @@ def write_failure(exc: Exception, path: Path, tmp: Path) -> OutputError | None:
 
 @contextmanager
 def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it takes the name ``path`` (replacing it only with ``overwrite``)."""
+    """A temporary path beside ``path``; it becomes ``path`` on success (replacing one only with ``overwrite``)."""
     remove_stale_partials(path)
     tmp = _temp_name(path)
     try:
@@ -192,7 +199,9 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         tmp.mkdir()
     except OSError as exc:
-        raise OutputError(f"{path.parent}: cannot create a folder there ({exc.strerror}); choose another output path") from None
+        raise OutputError(
+            f"{path.parent}: cannot create a folder there ({exc.strerror}); choose another output path"
+        ) from None
     try:
         yield tmp
         publish(tmp, path, overwrite)

@@ -16,8 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .commands import bench, build_engine, check, convert, export, inspect, parity, quantize, run
-from .commands import bench_serve, serve
+from .commands import bench, bench_serve, build_engine, check, convert, export, inspect, parity, quantize, run, serve
 
 VERBOSITY_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 
@@ -54,9 +53,15 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages (also accepted after the command).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show warnings and errors only (also accepted after the command).")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show debug messages (also accepted after the command).")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show warnings and errors only (also accepted after the command).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     configure_logging(verbose, quiet)
 

@@ -135,7 +135,7 @@ class StarConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StarConfig":
+    def from_dict(cls, data: dict[str, Any]) -> StarConfig:
         vae = dict(data["vae"])
         vae["ch_mult"] = tuple(vae["ch_mult"])
         return cls(
@@ -159,7 +159,12 @@ def _preset(depth: int, resolution: int) -> StarConfig:
     width = 64 * depth
     return StarConfig(
         transformer=TransformerConfig(
-            depth=depth, width=width, heads=depth, text_width=1024, vocab_size=4096, cvae=32,
+            depth=depth,
+            width=width,
+            heads=depth,
+            text_width=1024,
+            vocab_size=4096,
+            cvae=32,
             num_scales=len(SCHEDULES[resolution]),
         ),
         vae=VaeConfig(vocab_size=4096, cvae=32, ch=160),
@@ -221,6 +226,6 @@ class SamplingConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
 
-    def clamped(self, vocab_size: int) -> "SamplingConfig":
+    def clamped(self, vocab_size: int) -> SamplingConfig:
         """top_k clamped to the codebook size (the official code crashes past it)."""
         return replace(self, top_k=min(self.top_k, vocab_size))

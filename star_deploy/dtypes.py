@@ -59,7 +59,7 @@ def numpy_type(name: str) -> type[np.generic]:
     return np.dtype(name).type
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype called ``name`` (imports torch)."""
     import torch
 

@@ -71,7 +71,9 @@ def token_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.asarray(a) == np.asarray(b)))
 
 
-def graph_parity(ref: Backend, test: Backend, tokenizer: PromptTokenizer, prompts: Sequence[str], seed: int = 0) -> dict[str, ErrorStats]:
+def graph_parity(
+    ref: Backend, test: Backend, tokenizer: PromptTokenizer, prompts: Sequence[str], seed: int = 0
+) -> dict[str, ErrorStats]:
     """Feed both backends the reference's inputs graph by graph, scale by scale; compare outputs.
 
     Tokens between scales are random (seeded), so every scale sees realistic, identical inputs.
@@ -85,7 +87,9 @@ def graph_parity(ref: Backend, test: Backend, tokenizer: PromptTokenizer, prompt
     stats["text_encoder"].add(host(hidden), test.to_numpy(t_hidden))
     stats["text_encoder"].add(host(pooled), test.to_numpy(t_pooled))
     x = host(ref.begin(hidden, toks.attention_mask, pooled))
-    stats["text_context"].add(x, test.to_numpy(test.begin(test.asarray(host(hidden)), toks.attention_mask, test.asarray(host(pooled)))))
+    stats["text_context"].add(
+        x, test.to_numpy(test.begin(test.asarray(host(hidden)), toks.attention_mask, test.asarray(host(pooled))))
+    )
     rng = np.random.default_rng(seed)
     f_hat = np.zeros((b, config.vae.cvae, config.final_side, config.final_side), dtype=np.float32)
     for k, side in enumerate(config.patch_nums):
@@ -137,7 +141,9 @@ class Fidelity:
         return asdict(self)
 
 
-def fidelity(ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]) -> Fidelity:
+def fidelity(
+    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]
+) -> Fidelity:
     """Teacher-forced (both fed the reference's tokens, both sampling with the same seeds)
     and free-running agreement of ``test`` with ``ref``."""
     free_ref = ref.generate(prompts, sampling, seeds, keep_logits=True)
@@ -169,7 +175,9 @@ def failures(result: Fidelity, limits: Thresholds) -> list[str]:
     if result.logits_max_abs > limits.logits_max_abs:
         out.append(f"logits max error {result.logits_max_abs:.3g} > {limits.logits_max_abs:g}")
     if result.teacher_forced_token_agreement < limits.teacher_forced_token_agreement:
-        out.append(f"token agreement {result.teacher_forced_token_agreement:.4f} < {limits.teacher_forced_token_agreement}")
+        out.append(
+            f"token agreement {result.teacher_forced_token_agreement:.4f} < {limits.teacher_forced_token_agreement}"
+        )
     if result.teacher_forced_psnr_db < limits.teacher_forced_psnr_db:
         out.append(f"teacher-forced PSNR {result.teacher_forced_psnr_db:.1f} dB < {limits.teacher_forced_psnr_db} dB")
     return out

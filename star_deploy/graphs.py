@@ -49,11 +49,11 @@ GRAPH_NAMES = ("text_encoder", "text_context", "transformer_step", "scale_update
 class Role(str, Enum):
     """What a tensor is to the runtime, and so where the memory bound to it comes from."""
 
-    CALLER = "caller"            # an input the pipeline passes in (ids, x, tokens, f_hat, tables)
-    OUTPUT = "output"            # a fresh output of this call
-    TEXT_CONTEXT = "text"        # text_context output kept for the whole schedule, read by every step
-    CACHE_PREFIX = "past"        # KV-cache view read by a step: rows [0, past)
-    CACHE_SLOT = "slot"          # KV-cache view written in place by a step: rows [past, past + tokens)
+    CALLER = "caller"  # an input the pipeline passes in (ids, x, tokens, f_hat, tables)
+    OUTPUT = "output"  # a fresh output of this call
+    TEXT_CONTEXT = "text"  # text_context output kept for the whole schedule, read by every step
+    CACHE_PREFIX = "past"  # KV-cache view read by a step: rows [0, past)
+    CACHE_SLOT = "slot"  # KV-cache view written in place by a step: rows [past, past + tokens)
 
 
 CACHE_ROLES = (Role.CACHE_PREFIX, Role.CACHE_SLOT)

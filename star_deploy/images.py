@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 
-
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounded to nearest."""
     pixels = np.rint(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * np.float32(255.0))
@@ -33,7 +32,9 @@ def png_info(text: Mapping[str, str]) -> PngImagePlugin.PngInfo:
 def png_bytes(pixels: np.ndarray, text: Mapping[str, str] | None = None, compress_level: int = 6) -> bytes:
     """An RGB PNG of ``pixels`` (H, W, 3) uint8, ``text`` in its chunks, in memory."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", pnginfo=png_info(text or {}), compress_level=compress_level)
+    Image.fromarray(pixels, "RGB").save(
+        buffer, format="PNG", pnginfo=png_info(text or {}), compress_level=compress_level
+    )
     return buffer.getvalue()
 
 

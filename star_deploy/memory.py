@@ -41,7 +41,7 @@ def parameter_counts(config: StarConfig) -> dict[str, int]:
     from .model.transformer import StarTransformer
     from .model.vqvae import StarVQVAE
 
-    def count(module: "torch.nn.Module") -> int:
+    def count(module: torch.nn.Module) -> int:
         return sum(t.numel() for t in module.state_dict().values())
 
     with torch.device("meta"):

@@ -28,7 +28,9 @@ class OutputSet:
         try:
             self.folder.mkdir()
         except OSError as exc:
-            raise OutputError(f"{self.folder}: cannot create the output folder ({exc.strerror}); choose another output path") from None
+            raise OutputError(
+                f"{self.folder}: cannot create the output folder ({exc.strerror}); choose another output path"
+            ) from None
         self.created_folder = True
 
     @contextmanager

@@ -21,7 +21,9 @@ def read_record(path: Path, fmt: str, version: int, what: str, fix: str) -> dict
         raise ArtifactError(f"{path}: not a star-deploy {what}; {fix}")
     found = data.get("format_version")
     if isinstance(found, int) and not isinstance(found, bool) and found > version:
-        raise ArtifactError(f"{path}: {what} version {found} is newer than this star-deploy reads ({version}); upgrade star-deploy")
+        raise ArtifactError(
+            f"{path}: {what} version {found} is newer than this star-deploy reads ({version}); upgrade star-deploy"
+        )
     if found != version:
         raise ArtifactError(f"{path}: {what} version {found} is older than this star-deploy reads ({version}); {fix}")
     return data

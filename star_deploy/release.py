@@ -71,7 +71,9 @@ def resolve_release(
     paths = ReleasePaths(Path(clip), Path(vae), Path(star))
     for sub in (paths.tokenizer, paths.text_encoder):
         if not sub.is_dir():
-            raise WeightsError(f"{sub}: not found; --clip takes the release's CLIP folder (tokenizer/ and text_encoder/)")
+            raise WeightsError(
+                f"{sub}: not found; --clip takes the release's CLIP folder (tokenizer/ and text_encoder/)"
+            )
     missing = [name for name in TOKENIZER_FILES if not (paths.tokenizer / name).is_file()]
     if missing:
         raise WeightsError(f"{paths.tokenizer}: no {' or '.join(missing)}; download the release's CLIP/ folder again")

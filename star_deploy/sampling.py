@@ -19,6 +19,7 @@ import numpy as np
 
 from .config import SamplingConfig
 
+
 def guidance_scale(cfg: float, scale: int, num_scales: int) -> float:
     """CFG strength at ``scale``: ramps linearly from 0 to ``cfg`` over the schedule."""
     return cfg * scale / (num_scales - 1)

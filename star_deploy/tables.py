@@ -24,7 +24,9 @@ def rope_angles(side: int, head_dim: int, theta: float, norm: float) -> np.ndarr
     col = (n % side).astype(np.float32) * scale
     row = (n // side).astype(np.float32) * scale
     quarter = head_dim // 4
-    freqs = (1.0 / np.float32(theta) ** (np.arange(quarter, dtype=np.float32) * np.float32(4 / head_dim))).astype(np.float32)
+    freqs = (1.0 / np.float32(theta) ** (np.arange(quarter, dtype=np.float32) * np.float32(4 / head_dim))).astype(
+        np.float32
+    )
     return np.concatenate([col[:, None] * freqs, row[:, None] * freqs], axis=1).astype(np.float32)
 
 

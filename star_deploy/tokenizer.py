@@ -41,7 +41,9 @@ def convert_clip_tokenizer(folder: Path):
     try:
         fast = CLIPTokenizerFast.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as exc:
-        raise WeightsError(f"{folder}: not a readable CLIP tokenizer ({str(exc)[:120]}); download CLIP/ again") from None
+        raise WeightsError(
+            f"{folder}: not a readable CLIP tokenizer ({str(exc)[:120]}); download CLIP/ again"
+        ) from None
     tok = fast.backend_tokenizer
     tok.enable_truncation(MAX_TEXT_TOKENS)
     tok.enable_padding(length=MAX_TEXT_TOKENS, pad_id=fast.pad_token_id, pad_token=fast.pad_token)
@@ -80,7 +82,12 @@ class PromptTokenizer:
     def __call__(self, prompts: list[str]) -> Tokens:
         for prompt in prompts:
             if self._overflows(prompt):
-                log.warning("prompt is longer than %d CLIP tokens; CLIP reads the first %d: %r", MAX_TEXT_TOKENS, MAX_TEXT_TOKENS, prompt[:60])
+                log.warning(
+                    "prompt is longer than %d CLIP tokens; CLIP reads the first %d: %r",
+                    MAX_TEXT_TOKENS,
+                    MAX_TEXT_TOKENS,
+                    prompt[:60],
+                )
         rows = self.tokenizer.encode_batch(list(prompts) + [""] * len(prompts))
         ids = np.array([r.ids for r in rows], dtype=np.int64)
         mask = np.array([r.attention_mask for r in rows], dtype=np.int64)

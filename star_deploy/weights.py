@@ -14,10 +14,10 @@ import torch
 
 from .config import SCHEDULES, StarConfig, TextEncoderConfig, TransformerConfig, VaeConfig
 from .errors import ConfigError, WeightsError
-from .release import ReleasePaths, check_readable, check_resolution_name
 from .model.text import load_text_encoder, text_encoder_config
 from .model.transformer import StarTransformer
 from .model.vqvae import UNUSED_VAE_PREFIXES, StarVQVAE
+from .release import ReleasePaths, check_readable, check_resolution_name
 
 StateDict = dict[str, torch.Tensor]
 
@@ -29,7 +29,9 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({str(exc)[:120]}); download or convert it again") from None
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({str(exc)[:120]}); download or convert it again"
+        ) from None
 
 
 def _check_zip(path: Path) -> bool:
@@ -53,8 +55,10 @@ LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 def _refusal(exc: Exception) -> str:
     text = str(exc)
     match = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"(Unsupported operand \d+)", text)
-    return f"unsupported global {match.group(1)}" if match and "GLOBAL" in match.group(0) else (
-        match.group(1) if match else "unsupported object"
+    return (
+        f"unsupported global {match.group(1)}"
+        if match and "GLOBAL" in match.group(0)
+        else (match.group(1) if match else "unsupported object")
     )
 
 
@@ -148,10 +152,14 @@ def check_tensor_values(sd: StateDict, expected: StateDict | None, path: Path) -
     for key, tensor in sd.items():
         want_float = expected[key].is_floating_point() if expected is not None and key in expected else True
         if want_float and not tensor.is_floating_point():
-            raise WeightsError(f"{path}: tensor {key} has dtype {str(tensor.dtype).removeprefix('torch.')}, expected floating point; "
-                               f"the checkpoint is damaged or of another model, download it again")
+            raise WeightsError(
+                f"{path}: tensor {key} has dtype {str(tensor.dtype).removeprefix('torch.')}, expected floating point; "
+                f"the checkpoint is damaged or of another model, download it again"
+            )
         if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            raise WeightsError(f"{path}: tensor {key} holds NaN or infinite values; the checkpoint is damaged, download it again")
+            raise WeightsError(
+                f"{path}: tensor {key} holds NaN or infinite values; the checkpoint is damaged, download it again"
+            )
 
 
 def load_strict(module: torch.nn.Module, sd: StateDict, path: Path, ignore: tuple[str, ...] = ()) -> None:
@@ -183,7 +191,7 @@ class StarModel:
     tokenizer_dir: Path
     sources: dict[str, Path]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "StarModel":
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StarModel:
         """Move to ``device``; the transformer and decoder take ``dtype``, the head stays fp32."""
         self.text_encoder.to(device)
         self.transformer.to(device=device, dtype=dtype)
@@ -203,14 +211,18 @@ def read_text_config(encoder_dir: Path) -> TextEncoderConfig:
     try:
         hf_config = CLIPTextConfig.from_pretrained(str(encoder_dir))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"{encoder_dir}: no readable CLIPTextModel config.json ({str(exc)[:120]}); download CLIP/ again") from None
+        raise WeightsError(
+            f"{encoder_dir}: no readable CLIPTextModel config.json ({str(exc)[:120]}); download CLIP/ again"
+        ) from None
     return text_encoder_config(SimpleNamespace(config=hf_config))
 
 
 def read_release_config(paths: ReleasePaths, resolution: int) -> tuple[StarConfig, StateDict, StateDict]:
     """The release's config and (memory-mapped) state dicts; nothing is materialized yet."""
     if resolution not in SCHEDULES:
-        raise ConfigError(f"no scale schedule for resolution {resolution}; choose one of {', '.join(map(str, SCHEDULES))}")
+        raise ConfigError(
+            f"no scale schedule for resolution {resolution}; choose one of {', '.join(map(str, SCHEDULES))}"
+        )
     check_resolution_name(paths.star, resolution)
     star_sd = star_state_dict(read_state_file(paths.star), paths.star)
     vae_sd = vae_state_dict(read_state_file(paths.vae), paths.vae)
@@ -235,7 +247,9 @@ def load_release(paths: ReleasePaths, resolution: int, check: ConfigCheck | None
     try:
         text_encoder = load_text_encoder(paths.text_encoder)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise WeightsError(f"{paths.text_encoder}: not a loadable CLIPTextModel ({str(exc)[:160]}); download CLIP/ again") from None
+        raise WeightsError(
+            f"{paths.text_encoder}: not a loadable CLIPTextModel ({str(exc)[:160]}); download CLIP/ again"
+        ) from None
     if text_encoder_config(text_encoder) != config.text:
         raise WeightsError(f"{paths.text_encoder}: weights do not match its config.json; download CLIP/ again")
     return build_model(config, star_sd, vae_sd, text_encoder, paths)
@@ -249,7 +263,10 @@ def build_model(
     vqvae = StarVQVAE(config.vae)
     load_strict(vqvae, vae_sd, paths.vae, ignore=UNUSED_VAE_PREFIXES)
     return StarModel(
-        config, text_encoder, transformer.eval(), vqvae.eval(), paths.tokenizer,
+        config,
+        text_encoder,
+        transformer.eval(),
+        vqvae.eval(),
+        paths.tokenizer,
         {"clip": paths.clip, "vae": paths.vae, "star": paths.star},
     )
-

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from star_deploy.config import SamplingConfig
-from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release
+from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.weights import StarModel, load_release
 
 GOLDEN = Path(__file__).parent / "fixtures" / "tiny256"
@@ -93,8 +93,11 @@ def golden_errors(pipeline: ScaleLoop, golden: dict, case: dict, sampling: Sampl
     """Max errors of the teacher-forced logits (every scale, both CFG rows) and image against a golden case."""
     k = case["key"]
     gen = pipeline.generate(
-        [case["prompt"]], sampling, seeds=[case["seed"]],
-        teacher_tokens=golden[f"{k}/tokens"], keep_logits=True,
+        [case["prompt"]],
+        sampling,
+        seeds=[case["seed"]],
+        teacher_tokens=golden[f"{k}/tokens"],
+        keep_logits=True,
     )
     return max_err(np.concatenate(gen.logits, axis=1), golden[f"{k}/logits"]), max_err(gen.images, golden[f"{k}/image"])
 

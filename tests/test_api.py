@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 from PIL import Image
 
-from conftest import GOLDEN
 from star_deploy import StarPipeline
 from star_deploy.errors import ConfigError, WeightsError
 

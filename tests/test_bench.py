@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN, load_golden_model
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
@@ -18,9 +19,8 @@ from star_deploy.bench.traffic import block_weights, generation_bytes, text_weig
 from star_deploy.cli import app
 from star_deploy.config import MAX_TEXT_TOKENS
 from star_deploy.evaluation import forced_fidelity, psnr, token_agreement
-from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.pipeline import ScaleLoop
-from conftest import GOLDEN, load_golden_model
+from star_deploy.tokenizer import PromptTokenizer
 
 
 def test_decoder_flops_match_the_flop_counter(tiny_model):
@@ -73,9 +73,21 @@ def test_teacher_forcing_on_own_tokens_draws_them_again(torch_pipeline, golden_s
 def test_bench_command_reports_every_backend(artifacts_fp32, tmp_path):
     out = tmp_path / "bench.json"
     args = [
-        "bench", "--weights", str(GOLDEN), "--resolution", "256", "--artifacts", str(artifacts_fp32),
-        "--backends", "torch-eager,torch,onnxruntime,onnxruntime-int8,tensorrt", "--repeat", "1", "--json", str(out),
-        "--sampler", "official",
+        "bench",
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "--artifacts",
+        str(artifacts_fp32),
+        "--backends",
+        "torch-eager,torch,onnxruntime,onnxruntime-int8,tensorrt",
+        "--repeat",
+        "1",
+        "--json",
+        str(out),
+        "--sampler",
+        "official",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def module_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "star_deploy", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "star_deploy", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_version():
@@ -60,7 +62,11 @@ def test_onnxruntime_caches_optimized_graphs_and_drops_damaged_ones(artifacts_fp
 
     def generate() -> np.ndarray:
         manifest = load_manifest(folder)
-        return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir)).generate(["a red car."], sampling, [1]).tokens
+        return (
+            ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+            .generate(["a red car."], sampling, [1])
+            .tokens
+        )
 
     first = generate()
     cached = sorted((folder / CACHE_DIR).glob("*.onnx"))
@@ -75,6 +81,8 @@ def test_onnxruntime_caches_optimized_graphs_and_drops_damaged_ones(artifacts_fp
 
 def test_unknown_provider_is_refused_clearly(artifacts_fp32, tmp_path):
     out = tmp_path / "x.png"
-    result = CliRunner().invoke(app, ["run", "a", "--artifacts", str(artifacts_fp32), "--provider", "openvino", "-o", str(out)])
+    result = CliRunner().invoke(
+        app, ["run", "a", "--artifacts", str(artifacts_fp32), "--provider", "openvino", "-o", str(out)]
+    )
     assert result.exit_code == 2
     assert "has no OpenVINOExecutionProvider" in result.output and not out.exists()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GOLDEN
 from typer.testing import CliRunner
 
-from conftest import GOLDEN
 from star_deploy.cli import app
 from star_deploy.images import read_png
 
@@ -36,8 +36,14 @@ class Evil:
         return (Path.touch, (self.marker,))
 
 
-def release(root: Path, name: str, star: bytes | Path | None = GOLDEN / "star.pth", star_name: str = "star.pth",
-            vae: bytes | Path | None = GOLDEN / "vae.pth", clip: bool = True) -> Path:
+def release(
+    root: Path,
+    name: str,
+    star: bytes | Path | None = GOLDEN / "star.pth",
+    star_name: str = "star.pth",
+    vae: bytes | Path | None = GOLDEN / "vae.pth",
+    clip: bool = True,
+) -> Path:
     """A release folder: CLIP and unchanged files are links to the golden ones, others written."""
     folder = root / name
     folder.mkdir()
@@ -72,7 +78,9 @@ def bad(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad")
     star = (GOLDEN / "star.pth").read_bytes()
     flipped = bytearray(star)
-    flipped[len(star) // 2 : len(star) // 2 + 64] = bytes(b ^ 0xFF for b in flipped[len(star) // 2 : len(star) // 2 + 64])
+    flipped[len(star) // 2 : len(star) // 2 + 64] = bytes(
+        b ^ 0xFF for b in flipped[len(star) // 2 : len(star) // 2 + 64]
+    )
     release(root, "no_star", star=None)
     release(root, "no_vae", vae=None)
     release(root, "no_clip", clip=False)
@@ -129,7 +137,12 @@ def w(name: str) -> list[str]:
 # (id, args, exit code, message fragment); {bad} = the bad-input folder, {out} = a fresh output path.
 CASES = [
     ("weights-missing", RUN + ["--weights", "{bad}/nope", "-o", "{out}"], 2, "not a directory"),
-    ("cuda-graphs-on-cpu", RUN + ["--weights", G, "--cuda-graphs", "-o", "{out}"], 2, "--cuda-graphs applies to --backend torch with --device cuda"),
+    (
+        "cuda-graphs-on-cpu",
+        RUN + ["--weights", G, "--cuda-graphs", "-o", "{out}"],
+        2,
+        "--cuda-graphs applies to --backend torch with --device cuda",
+    ),
     ("weights-is-file", RUN + w("a_file") + ["-o", "{out}"], 2, "not a directory"),
     ("release-no-star", RUN + w("no_star") + ["-o", "{out}"], 2, "no file matching star*.pth"),
     ("release-no-vae", RUN + w("no_vae") + ["-o", "{out}"], 2, "no file matching vae*.pth"),
@@ -143,7 +156,12 @@ CASES = [
     ("star-text", RUN + w("text") + ["-o", "{out}"], 2, "not a PyTorch checkpoint"),
     ("star-bitflip", RUN + w("flipped") + ["-o", "{out}"], 2, "checksum mismatch"),
     ("star-pickled-object", RUN + w("pickle_obj") + ["-o", "{out}"], 2, "(unsupported global test_cli_errors.Custom)"),
-    ("star-pickled-call", RUN + w("pickle_evil") + ["-o", "{out}"], 2, "refused, it holds objects other than tensors (unsupported global getattr)"),
+    (
+        "star-pickled-call",
+        RUN + w("pickle_evil") + ["-o", "{out}"],
+        2,
+        "refused, it holds objects other than tensors (unsupported global getattr)",
+    ),
     ("star-raw-pickle", RUN + w("raw_pickle") + ["-o", "{out}"], 2, "not a PyTorch checkpoint (unknown format)"),
     ("star-var-class-cond", RUN + w("var") + ["-o", "{out}"], 2, "class-conditional VAR"),
     ("star-trainer-without-model", RUN + w("no_trainer_sd") + ["-o", "{out}"], 2, "no 'var_wo_ddp'"),
@@ -176,47 +194,202 @@ CASES = [
     ("out-not-png", RUN + ["--weights", G, "-o", "{out}.jpg"], 2, "give a .png file name"),
     ("out-png-for-many", ["run", "a", "b", "--weights", G, "-o", "{out}"], 2, "several prompts need a folder"),
     ("backend-unknown", RUN + ["--weights", G, "--backend", "foo", "-o", "{out}"], 2, "unknown backend"),
-    ("ort-without-artifacts", RUN + ["--weights", G, "--backend", "onnxruntime", "-o", "{out}"], 2, "pass --artifacts DIR"),
-    ("ort-demo-other-resolution", RUN + ["--backend", "onnxruntime", "-o", "{out}"], 2, "--resolution 256: the artefacts in"),
-    ("artifacts-missing", RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/nope", "-o", "{out}"], 2, "no such artefact directory"),
-    ("artifacts-no-manifest", RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/no_star", "-o", "{out}"], 2, "manifest.json: missing"),
+    (
+        "ort-without-artifacts",
+        RUN + ["--weights", G, "--backend", "onnxruntime", "-o", "{out}"],
+        2,
+        "pass --artifacts DIR",
+    ),
+    (
+        "ort-demo-other-resolution",
+        RUN + ["--backend", "onnxruntime", "-o", "{out}"],
+        2,
+        "--resolution 256: the artefacts in",
+    ),
+    (
+        "artifacts-missing",
+        RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/nope", "-o", "{out}"],
+        2,
+        "no such artefact directory",
+    ),
+    (
+        "artifacts-no-manifest",
+        RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/no_star", "-o", "{out}"],
+        2,
+        "manifest.json: missing",
+    ),
     ("dtype-unknown", RUN + ["--weights", G, "--dtype", "float8", "-o", "{out}"], 2, "unknown dtype"),
     ("device-unknown", RUN + ["--weights", G, "--device", "tpu", "-o", "{out}"], 2, "unknown device"),
-    ("export-precision", ["export", "--weights", G, "--resolution", "256", "--precision", "fp8", "--out", "{out}"], 2, "--precision must be one of"),
-    ("export-out-exists", ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/no_star"], 2, "already exists; pass --overwrite"),
-    ("export-out-parent-missing", ["export", "--weights", G, "--resolution", "256", "--out", "{out}/a/b"], 2, "folder does not exist"),
-    ("export-bad-star", ["export", "--weights", "{bad}/pickle_obj", "--resolution", "256", "--out", "{out}"], 2, "refused"),
+    (
+        "export-precision",
+        ["export", "--weights", G, "--resolution", "256", "--precision", "fp8", "--out", "{out}"],
+        2,
+        "--precision must be one of",
+    ),
+    (
+        "export-out-exists",
+        ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/no_star"],
+        2,
+        "already exists; pass --overwrite",
+    ),
+    (
+        "export-out-parent-missing",
+        ["export", "--weights", G, "--resolution", "256", "--out", "{out}/a/b"],
+        2,
+        "folder does not exist",
+    ),
+    (
+        "export-bad-star",
+        ["export", "--weights", "{bad}/pickle_obj", "--resolution", "256", "--out", "{out}"],
+        2,
+        "refused",
+    ),
     # outputs that are, contain or are inside an input (data loss: `export --out rel --overwrite` deleted rel)
-    ("export-out-is-input", ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}/rel", "--overwrite"], 2, "overlaps the input"),
-    ("export-out-inside-input", ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}/rel/art"], 2, "overlaps the input"),
-    ("export-out-contains-input", ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}", "--overwrite"], 2, "overlaps the input"),
-    ("export-out-is-linked-input", ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/rel/CLIP", "--overwrite"], 2, "overlaps the input"),
-    ("run-out-inside-input", ["run", "a", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel/x.png"], 2, "overlaps the input"),
-    ("run-out-folder-is-input", ["run", "a", "b", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel"], 2, "overlaps the input"),
+    (
+        "export-out-is-input",
+        ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}/rel", "--overwrite"],
+        2,
+        "overlaps the input",
+    ),
+    (
+        "export-out-inside-input",
+        ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}/rel/art"],
+        2,
+        "overlaps the input",
+    ),
+    (
+        "export-out-contains-input",
+        ["export", "--weights", "{bad}/rel", "--resolution", "256", "--out", "{bad}", "--overwrite"],
+        2,
+        "overlaps the input",
+    ),
+    (
+        "export-out-is-linked-input",
+        ["export", "--weights", G, "--resolution", "256", "--out", "{bad}/rel/CLIP", "--overwrite"],
+        2,
+        "overlaps the input",
+    ),
+    (
+        "run-out-inside-input",
+        ["run", "a", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel/x.png"],
+        2,
+        "overlaps the input",
+    ),
+    (
+        "run-out-folder-is-input",
+        ["run", "a", "b", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel"],
+        2,
+        "overlaps the input",
+    ),
     ("convert-out-is-input", ["convert", "{bad}/rel", "--out", "{bad}/rel", "--overwrite"], 2, "overlaps the input"),
     ("convert-out-inside-input", ["convert", "{bad}/rel", "--out", "{bad}/rel/safe"], 2, "overlaps the input"),
-    ("release-tokenizer-empty", RUN + w("no_vocab") + ["-o", "{out}"], 2, "no vocab.json or merges.txt; download the release's CLIP/ folder again"),
+    (
+        "release-tokenizer-empty",
+        RUN + w("no_vocab") + ["-o", "{out}"],
+        2,
+        "no vocab.json or merges.txt; download the release's CLIP/ folder again",
+    ),
     # checkpoint values: non-float dtypes and non-finite values are refused at load, naming the key
-    ("star-int8-tensor", RUN + w("int8_tensor") + ["-o", "{out}"], 2, "tensor pos_start has dtype int8, expected floating point"),
-    ("star-bool-tensor", RUN + w("bool_tensor") + ["-o", "{out}"], 2, "tensor pos_start has dtype bool, expected floating point"),
-    ("star-nan-tensor", RUN + w("nan_tensor") + ["-o", "{out}"], 2, "tensor head_logits.weight holds NaN or infinite values"),
+    (
+        "star-int8-tensor",
+        RUN + w("int8_tensor") + ["-o", "{out}"],
+        2,
+        "tensor pos_start has dtype int8, expected floating point",
+    ),
+    (
+        "star-bool-tensor",
+        RUN + w("bool_tensor") + ["-o", "{out}"],
+        2,
+        "tensor pos_start has dtype bool, expected floating point",
+    ),
+    (
+        "star-nan-tensor",
+        RUN + w("nan_tensor") + ["-o", "{out}"],
+        2,
+        "tensor head_logits.weight holds NaN or infinite values",
+    ),
     ("star-inf-tensor", RUN + w("inf_tensor") + ["-o", "{out}"], 2, "tensor pos_start holds NaN or infinite values"),
-    ("convert-nan-tensor", ["convert", "{bad}/nan_tensor/star.pth", "--out", "{out}.safetensors"], 2, "tensor head_logits.weight holds NaN"),
-    ("star-upper-case-safetensors", RUN + ["--weights", G, "--star", "{bad}/upper/star.SAFETENSORS", "-o", "{out}"], 2, "not a readable safetensors"),
+    (
+        "convert-nan-tensor",
+        ["convert", "{bad}/nan_tensor/star.pth", "--out", "{out}.safetensors"],
+        2,
+        "tensor head_logits.weight holds NaN",
+    ),
+    (
+        "star-upper-case-safetensors",
+        RUN + ["--weights", G, "--star", "{bad}/upper/star.SAFETENSORS", "-o", "{out}"],
+        2,
+        "not a readable safetensors",
+    ),
     # options: bounded, checked before the model loads and before any output exists
-    ("threads-too-many", RUN + ["--weights", G, "--threads", "10000", "-o", "{out}"], 2, "--threads 10000: choose 0 (one per physical core) to"),
+    (
+        "threads-too-many",
+        RUN + ["--weights", G, "--threads", "10000", "-o", "{out}"],
+        2,
+        "--threads 10000: choose 0 (one per physical core) to",
+    ),
     ("threads-negative", RUN + ["--weights", G, "--threads", "-1", "-o", "{out}"], 2, "--threads -1: choose 0"),
     ("bench-threads-negative", ["bench", "--threads", "-1"], 2, "--threads -1: choose 0"),
     ("device-cuda-index", RUN + w("trunc_half") + ["--device", "cuda:99", "-o", "{out}"], 2, "--device cuda:99: "),
     ("device-cuda-garbage", RUN + ["--weights", G, "--device", "cuda:x", "-o", "{out}"], 2, "unknown device 'cuda:x'"),
-    ("cfg-overflows-float32", RUN + ["--weights", G, "--cfg", "1e39", "-o", "{out}"], 2, "cfg must be a finite number in [0, 1000]"),
-    ("prompt-not-utf8", ["run", "a \udcff", "--weights", G, "--resolution", "256", "-o", "{out}"], 2, "prompt 0 is not valid UTF-8"),
-    ("many-prompts-bad-weights", ["run", "a", "b", "--weights", "{bad}/trunc_half", "--resolution", "256", "-o", "{out}.d"], 2, "truncated"),
-    ("many-prompts-bad-device", ["run", "a", "b", "--weights", G, "--resolution", "256", "--device", "cuda:99", "-o", "{out}.d"], 2, "--device cuda:99: "),
-    ("many-prompts-no-artifacts", ["run", "a", "b", "--weights", G, "--backend", "onnxruntime", "-o", "{out}.d"], 2, "pass --artifacts DIR"),
-    ("artifacts-is-file", RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/a_file", "-o", "{out}"], 2, "is a file, not an artefact folder"),
-    ("parity-json-folder-missing", ["parity", "--artifacts", "{bad}/nope", "--weights", G, "--resolution", "256", "--json", "{out}/missing/r.json"], 2, "folder does not exist"),
-    ("check-json-folder-missing", ["check", "{bad}/nope", "--json", "{out}/missing/r.json"], 2, "folder does not exist"),
+    (
+        "cfg-overflows-float32",
+        RUN + ["--weights", G, "--cfg", "1e39", "-o", "{out}"],
+        2,
+        "cfg must be a finite number in [0, 1000]",
+    ),
+    (
+        "prompt-not-utf8",
+        ["run", "a \udcff", "--weights", G, "--resolution", "256", "-o", "{out}"],
+        2,
+        "prompt 0 is not valid UTF-8",
+    ),
+    (
+        "many-prompts-bad-weights",
+        ["run", "a", "b", "--weights", "{bad}/trunc_half", "--resolution", "256", "-o", "{out}.d"],
+        2,
+        "truncated",
+    ),
+    (
+        "many-prompts-bad-device",
+        ["run", "a", "b", "--weights", G, "--resolution", "256", "--device", "cuda:99", "-o", "{out}.d"],
+        2,
+        "--device cuda:99: ",
+    ),
+    (
+        "many-prompts-no-artifacts",
+        ["run", "a", "b", "--weights", G, "--backend", "onnxruntime", "-o", "{out}.d"],
+        2,
+        "pass --artifacts DIR",
+    ),
+    (
+        "artifacts-is-file",
+        RUN + ["--backend", "onnxruntime", "--artifacts", "{bad}/a_file", "-o", "{out}"],
+        2,
+        "is a file, not an artefact folder",
+    ),
+    (
+        "parity-json-folder-missing",
+        [
+            "parity",
+            "--artifacts",
+            "{bad}/nope",
+            "--weights",
+            G,
+            "--resolution",
+            "256",
+            "--json",
+            "{out}/missing/r.json",
+        ],
+        2,
+        "folder does not exist",
+    ),
+    (
+        "check-json-folder-missing",
+        ["check", "{bad}/nope", "--json", "{out}/missing/r.json"],
+        2,
+        "folder does not exist",
+    ),
 ]
 
 
@@ -330,7 +503,9 @@ def test_memory_estimate_counts_real_parameters_and_refuses_what_cannot_fit(tiny
     need = estimate(PRESETS["1024-d30"], batch=8, dtype="float16", device="cuda")
     assert 3 * GIB < need.weights < 5 * GIB
     assert need.kv_cache == 30 * 2 * (2 * 8) * 9451 * 1920 * 2  # layers, K+V, CFG rows, tokens, width, fp16
-    with pytest.raises(MemoryBudgetError, match=r"needs about .* GiB .* only 8.0 GiB is free on cuda; use a smaller --batch-size"):
+    with pytest.raises(
+        MemoryBudgetError, match=r"needs about .* GiB .* only 8.0 GiB is free on cuda; use a smaller --batch-size"
+    ):
         check_fits(need, 8 * GIB, "cuda", "batch 8 at 1024 px")
     check_fits(estimate(tiny_model.config, batch=1), 8 * GIB, "cpu", "tiny")
 
@@ -359,31 +534,85 @@ def truncate(path: Path) -> None:
 
 # (id, change to a copy of the fp32 export, message fragment)
 ARTIFACT_CASES = [
-    ("vocab-edited", lambda f: (f / "tokenizer" / "vocab.json").write_text((f / "tokenizer" / "vocab.json").read_text().replace('"red</w>"', '"blue</w>"', 1)),
-     "tokenizer/vocab.json: changed or corrupted since export"),
-    ("tokenizer-deleted", lambda f: shutil.rmtree(f / "tokenizer"), "tokenizer/merges.txt: missing; the artefact folder is incomplete"),
-    ("graph-truncated", lambda f: truncate(f / "transformer_step.onnx"), "transformer_step.onnx: changed or corrupted since export"),
+    (
+        "vocab-edited",
+        lambda f: (f / "tokenizer" / "vocab.json").write_text(
+            (f / "tokenizer" / "vocab.json").read_text().replace('"red</w>"', '"blue</w>"', 1)
+        ),
+        "tokenizer/vocab.json: changed or corrupted since export",
+    ),
+    (
+        "tokenizer-deleted",
+        lambda f: shutil.rmtree(f / "tokenizer"),
+        "tokenizer/merges.txt: missing; the artefact folder is incomplete",
+    ),
+    (
+        "graph-truncated",
+        lambda f: truncate(f / "transformer_step.onnx"),
+        "transformer_step.onnx: changed or corrupted since export",
+    ),
     ("graph-deleted", lambda f: (f / "vq_decoder.onnx").unlink(), "vq_decoder.onnx: missing"),
     ("manifest-not-json", lambda f: (f / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
-    ("precision-relabelled", lambda f: edit_manifest(f, setter("precision", "fp16"), reseal=False), "manifest.json: changed since export"),
-    ("resolution-edited", lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("resolution", 512), reseal=False), "manifest.json: changed since export"),
-    ("resolution-edited-resealed", lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("resolution", 512), reseal=True),
-     "inconsistent model config (resolution 512 does not use the scale schedule"),
-    ("schedule-edited-resealed", lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("patch_nums", [1, 2, 3]), reseal=True),
-     "inconsistent model config (resolution 256 has 3 scales but the transformer was trained with 10 (lvl_embed rows))"),
-    ("precision-unknown", lambda f: edit_manifest(f, setter("precision", "fp64"), reseal=True), "unknown precision 'fp64'"),
+    (
+        "precision-relabelled",
+        lambda f: edit_manifest(f, setter("precision", "fp16"), reseal=False),
+        "manifest.json: changed since export",
+    ),
+    (
+        "resolution-edited",
+        lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("resolution", 512), reseal=False),
+        "manifest.json: changed since export",
+    ),
+    (
+        "resolution-edited-resealed",
+        lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("resolution", 512), reseal=True),
+        "inconsistent model config (resolution 512 does not use the scale schedule",
+    ),
+    (
+        "schedule-edited-resealed",
+        lambda f: edit_manifest(f, lambda d: d["config"].__setitem__("patch_nums", [1, 2, 3]), reseal=True),
+        "inconsistent model config (resolution 256 has 3 scales but the transformer was trained with 10 (lvl_embed "
+        "rows))",
+    ),
+    (
+        "precision-unknown",
+        lambda f: edit_manifest(f, setter("precision", "fp64"), reseal=True),
+        "unknown precision 'fp64'",
+    ),
     ("key-extra", lambda f: edit_manifest(f, setter("comment", "x"), reseal=True), "unknown key(s) comment"),
     ("key-missing", lambda f: edit_manifest(f, lambda d: d.pop("tools"), reseal=True), "missing key(s) tools"),
-    ("graphs-as-list", lambda f: edit_manifest(f, lambda d: d.__setitem__("graphs", list(d["graphs"].values())), reseal=True),
-     "'graphs' must be an object keyed by graph name, not a list"),
-    ("graph-output-renamed", lambda f: edit_manifest(f, lambda d: d["graphs"]["transformer_step"]["outputs"][0].__setitem__("name", "out"), reseal=True),
-     "graph transformer_step does not have the outputs this version expects"),
-    ("graph-sha256-missing", lambda f: edit_manifest(f, lambda d: d["graphs"]["text_encoder"].pop("sha256"), reseal=True),
-     "graph text_encoder must have exactly the keys"),
-    ("file-table-escapes", lambda f: edit_manifest(f, lambda d: d["files"].__setitem__("../x", "ab" * 32), reseal=True),
-     "'files' lists '../x', which is not a path inside the folder"),
-    ("format-newer", lambda f: edit_manifest(f, setter("format_version", 99), reseal=True), "manifest version 99 is newer than this star-deploy reads (2); upgrade star-deploy"),
-    ("format-older", lambda f: edit_manifest(f, setter("format_version", 1), reseal=True), "manifest version 1 is older than this star-deploy reads (2)"),
+    (
+        "graphs-as-list",
+        lambda f: edit_manifest(f, lambda d: d.__setitem__("graphs", list(d["graphs"].values())), reseal=True),
+        "'graphs' must be an object keyed by graph name, not a list",
+    ),
+    (
+        "graph-output-renamed",
+        lambda f: edit_manifest(
+            f, lambda d: d["graphs"]["transformer_step"]["outputs"][0].__setitem__("name", "out"), reseal=True
+        ),
+        "graph transformer_step does not have the outputs this version expects",
+    ),
+    (
+        "graph-sha256-missing",
+        lambda f: edit_manifest(f, lambda d: d["graphs"]["text_encoder"].pop("sha256"), reseal=True),
+        "graph text_encoder must have exactly the keys",
+    ),
+    (
+        "file-table-escapes",
+        lambda f: edit_manifest(f, lambda d: d["files"].__setitem__("../x", "ab" * 32), reseal=True),
+        "'files' lists '../x', which is not a path inside the folder",
+    ),
+    (
+        "format-newer",
+        lambda f: edit_manifest(f, setter("format_version", 99), reseal=True),
+        "manifest version 99 is newer than this star-deploy reads (2); upgrade star-deploy",
+    ),
+    (
+        "format-older",
+        lambda f: edit_manifest(f, setter("format_version", 1), reseal=True),
+        "manifest version 1 is older than this star-deploy reads (2)",
+    ),
 ]
 ARTIFACT_COMMANDS = {
     "run": ["run", "a red square", "--backend", "onnxruntime", "--artifacts", "{art}", "-o", "{out}/x.png"],
@@ -414,7 +643,11 @@ def test_damaged_artifacts_fail_cleanly(command, change, fragment, artifacts_fp3
     assert contents(art) == before, "the artefact folder changed"
 
 
-@pytest.mark.parametrize(("out", "overwrite"), [("{art}", True), ("{art}/q", False), ("{art}/tokenizer", True)], ids=["is", "inside", "inside-sub"])
+@pytest.mark.parametrize(
+    ("out", "overwrite"),
+    [("{art}", True), ("{art}/q", False), ("{art}/tokenizer", True)],
+    ids=["is", "inside", "inside-sub"],
+)
 def test_quantize_refuses_an_output_overlapping_its_input(out, overwrite, artifacts_fp32, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(artifacts_fp32, art)
@@ -429,8 +662,11 @@ def test_missing_external_data_is_refused_by_every_reader(artifacts_external, tm
     art = tmp_path / "art"
     shutil.copytree(artifacts_external, art)
     (art / "transformer_step.onnx.data").unlink()
-    for args in (["check", str(art)], ["quantize", str(art), "--out", str(tmp_path / "q")],
-                 ["run", "a", "--backend", "onnxruntime", "--artifacts", str(art), "-o", str(tmp_path / "x.png")]):
+    for args in (
+        ["check", str(art)],
+        ["quantize", str(art), "--out", str(tmp_path / "q")],
+        ["run", "a", "--backend", "onnxruntime", "--artifacts", str(art), "-o", str(tmp_path / "x.png")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert "transformer_step.onnx.data: missing" in result.stderr and "ok" not in result.stdout
@@ -439,7 +675,20 @@ def test_missing_external_data_is_refused_by_every_reader(artifacts_external, tm
 
 def test_artifacts_of_other_weights_are_named_by_parity(artifacts_fp32, bad, tmp_path):
     """Same shape, other weights: parity names the source mismatch instead of failing the export's thresholds."""
-    args = ["parity", "--artifacts", str(artifacts_fp32), "--weights", f"{bad}/other_star", "--resolution", "256", "--prompt", "a"]
+    args = [
+        "parity",
+        "--artifacts",
+        str(artifacts_fp32),
+        "--weights",
+        f"{bad}/other_star",
+        "--resolution",
+        "256",
+        "--prompt",
+        "a",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
-    assert f"was exported from star.pth, not from {bad}/other_star/star.pth; pass the weights it was exported from" in result.stderr
+    assert (
+        f"was exported from star.pth, not from {bad}/other_star/star.pth; pass the weights it was exported from"
+        in result.stderr
+    )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 from typer.testing import CliRunner
 
-from conftest import GOLDEN
 from star_deploy.cli import app
 from star_deploy.demo.evaluate import Reading, read_image
 from star_deploy.images import read_png
@@ -18,7 +18,11 @@ GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8", "
 def test_run_png_within_one_grey_level(backend, golden, artifacts_fp32, tmp_path):
     out = tmp_path / "car.png"
     args = ["run", "a red car.", "-o", str(out), *GOLDEN_ARGS, "--backend", backend]
-    args += ["--artifacts", str(artifacts_fp32), "--threads", "1"] if backend != "torch" else ["--weights", str(GOLDEN), "--resolution", "256"]
+    args += (
+        ["--artifacts", str(artifacts_fp32), "--threads", "1"]
+        if backend != "torch"
+        else ["--weights", str(GOLDEN), "--resolution", "256"]
+    )
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     pixels, text = read_png(out)
@@ -29,7 +33,19 @@ def test_run_png_within_one_grey_level(backend, golden, artifacts_fp32, tmp_path
 
 def test_run_several_prompts_writes_a_folder(tmp_path):
     out = tmp_path / "imgs"
-    args = ["run", "a red car.", "", "-o", str(out), "--weights", str(GOLDEN), "--resolution", "256", "--batch-size", "2"]
+    args = [
+        "run",
+        "a red car.",
+        "",
+        "-o",
+        str(out),
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "--batch-size",
+        "2",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["000_a_red_car.png", "001_empty.png"]
@@ -37,8 +53,19 @@ def test_run_several_prompts_writes_a_folder(tmp_path):
 
 def test_parity_command_passes_on_fp32_artifacts(artifacts_fp32, tmp_path):
     report = tmp_path / "parity.json"
-    args = ["parity", "--artifacts", str(artifacts_fp32), "--weights", str(GOLDEN), "--resolution", "256",
-            "--prompt", "a red car.", "--json", str(report)]
+    args = [
+        "parity",
+        "--artifacts",
+        str(artifacts_fp32),
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "--prompt",
+        "a red car.",
+        "--json",
+        str(report),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and report.is_file()
@@ -52,7 +79,6 @@ def test_default_model_runs_without_weight_options(tmp_path):
     pixels, text = read_png(out)
     assert pixels.shape == (128, 128, 3) and text["prompt"] == "a red circle on a blue background"
     assert read_image(pixels.astype(np.float32) / 255) == Reading("red", "circle", "blue")
-
 
 
 def test_run_writes_a_preview_per_scale(tmp_path):
@@ -74,7 +100,10 @@ def test_run_writes_a_preview_per_scale(tmp_path):
 def test_batch_of_seven_matches_one_at_a_time_within_one_grey_level(tmp_path):
     """The README's promise, measured: batches sample identical tokens (tests/test_reference.py), but batched
     convolutions and GEMMs sum in another order, so a pixel may round to the next grey level."""
-    prompts = [f"a {c} {s} on a white background" for c, s in zip(["red", "green", "blue", "yellow"] * 2, ["circle", "square", "triangle"] * 3)]
+    prompts = [
+        f"a {c} {s} on a white background"
+        for c, s in zip(["red", "green", "blue", "yellow"] * 2, ["circle", "square", "triangle"] * 3)
+    ]
     folders = {}
     for batch in (1, 7):
         folders[batch] = tmp_path / f"b{batch}"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from conftest import GOLDEN
 from typer.testing import CliRunner
 
-from conftest import GOLDEN
 from star_deploy.cli import app
 from star_deploy.release import resolve_release
 from star_deploy.weights import load_release, read_state_file, star_state_dict

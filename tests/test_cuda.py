@@ -7,16 +7,16 @@ pipelines, and against the golden data only under teacher forcing.
 
 from __future__ import annotations
 
-import pytest
 import numpy as np
+import pytest
 import torch
-
 from conftest import golden_errors, load_golden_model, max_err
+
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.config import SamplingConfig
-from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.evaluation import THRESHOLDS, failures, fidelity
 from star_deploy.pipeline import ScaleLoop
+from star_deploy.tokenizer import PromptTokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from star_deploy.backends.ort_backend import OrtBackend
-from star_deploy.cli import app
 from star_deploy.backends.torch_backend import TorchBackend
+from star_deploy.cli import app
 from star_deploy.config import SCHEDULES, SamplingConfig
 from star_deploy.demo import DEMO_RESOLUTION, DEMO_WEIGHTS
 from star_deploy.demo.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
@@ -25,9 +25,9 @@ from star_deploy.demo.vq import quant_tables, quantize
 from star_deploy.export.artifacts import export_artifacts
 from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import quantize_artifacts
-from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release
+from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.weights import StarModel, load_release
 
 BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import GOLDEN
 from typer.testing import CliRunner
 
-from conftest import GOLDEN
 from star_deploy.cli import app
 
 runner = CliRunner()
@@ -38,9 +38,36 @@ def release_copy(root: Path) -> Path:
 
 
 CASES = {
-    "run": lambda disk, art, rel: ["run", "a red car.", "--weights", str(GOLDEN), "--resolution", "256", "-o", f"{disk}/x.png"],
-    "run-several": lambda disk, art, rel: ["run", "a", "b", "--weights", str(GOLDEN), "--resolution", "256", "-o", f"{disk}/imgs"],
-    "export": lambda disk, art, rel: ["export", "--weights", str(GOLDEN), "--resolution", "256", "--out", f"{disk}/art"],
+    "run": lambda disk, art, rel: [
+        "run",
+        "a red car.",
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "-o",
+        f"{disk}/x.png",
+    ],
+    "run-several": lambda disk, art, rel: [
+        "run",
+        "a",
+        "b",
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "-o",
+        f"{disk}/imgs",
+    ],
+    "export": lambda disk, art, rel: [
+        "export",
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "--out",
+        f"{disk}/art",
+    ],
     "quantize": lambda disk, art, rel: ["quantize", str(art), "--out", f"{disk}/q"],
     "convert-file": lambda disk, art, rel: ["convert", str(GOLDEN / "star.pth"), "--out", f"{disk}/star.safetensors"],
     "convert-release": lambda disk, art, rel: ["convert", str(rel), "--out", f"{disk}/safe"],

@@ -6,8 +6,8 @@ import importlib.util
 import json
 import shutil
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -25,8 +25,8 @@ from star_deploy.engines.builder import BuildOptions, engine_sidecar
 from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.engines.validate import validate
-from star_deploy.evaluation import psnr
 from star_deploy.errors import ArtifactError, ConfigError
+from star_deploy.evaluation import psnr
 from star_deploy.graphs import Role, graph_specs
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -72,7 +72,9 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
     decoder = profile_table(config, specs["vq_decoder"], [1, 4])
     assert [(p.index, p.batch, p.scale) for p in decoder] == [(0, 1, None), (1, 4, None)]
     assert decoder[1].shapes == {"f_hat": (4, 32, 64, 64)}
-    with pytest.raises(ArtifactError, match=r"built for \[1, 4\]\); rebuild with `star-deploy build-engine DIR --batch-size 2`"):
+    with pytest.raises(
+        ArtifactError, match=r"built for \[1, 4\]\); rebuild with `star-deploy build-engine DIR --batch-size 2`"
+    ):
         select_profile(decoder, specs["vq_decoder"], 2)
     with pytest.raises(ConfigError, match="--batch-size"):
         profile_table(config, specs["vq_decoder"], [0])
@@ -104,7 +106,7 @@ def test_kv_cache_plan_matches_the_allocated_cache():
 def test_binding_plan_maps_every_manifest_name_once():
     config = preset("tiny")
     specs = graph_specs(config, "fp16")
-    for name, spec in specs.items():
+    for spec in specs.values():
         plan = binding_plan(spec)
         assert [b.name for b in plan] == spec.input_names + spec.output_names
     step = {b.name: b for b in binding_plan(specs["transformer_step"])}
@@ -165,8 +167,16 @@ BUILT = RuntimeInfo("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 
 def sidecar_for(config) -> EngineSidecar:
     spec = graph_specs(config, "fp16")["transformer_step"]
-    return EngineSidecar("transformer_step", "fp16", "strong", "ab" * 32, BUILT, [1],
-                         profile_table(config, spec, [1]), {"optimization_level": 3})
+    return EngineSidecar(
+        "transformer_step",
+        "fp16",
+        "strong",
+        "ab" * 32,
+        BUILT,
+        [1],
+        profile_table(config, spec, [1]),
+        {"optimization_level": 3},
+    )
 
 
 def test_sidecar_round_trip(tmp_path):
@@ -185,9 +195,21 @@ def test_sidecar_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("running", "onnx_hash", "message"),
     [
-        (RuntimeInfo("10.8.0.43", BUILT.gpu_name, "9.0"), "ab" * 32, "built for TensorRT version 10.13.0.35, running 10.8.0.43"),
-        (RuntimeInfo(BUILT.tensorrt_version, "NVIDIA A100-SXM4-80GB", "8.0"), "ab" * 32, "built for GPU compute capability 9.0, running 8.0"),
-        (RuntimeInfo(BUILT.tensorrt_version, "NVIDIA H100 PCIe", "9.0"), "ab" * 32, "built for GPU NVIDIA H100 80GB HBM3, running NVIDIA H100 PCIe"),
+        (
+            RuntimeInfo("10.8.0.43", BUILT.gpu_name, "9.0"),
+            "ab" * 32,
+            "built for TensorRT version 10.13.0.35, running 10.8.0.43",
+        ),
+        (
+            RuntimeInfo(BUILT.tensorrt_version, "NVIDIA A100-SXM4-80GB", "8.0"),
+            "ab" * 32,
+            "built for GPU compute capability 9.0, running 8.0",
+        ),
+        (
+            RuntimeInfo(BUILT.tensorrt_version, "NVIDIA H100 PCIe", "9.0"),
+            "ab" * 32,
+            "built for GPU NVIDIA H100 80GB HBM3, running NVIDIA H100 PCIe",
+        ),
         (BUILT, "cd" * 32, "built from a different transformer_step.onnx"),
     ],
 )
@@ -201,8 +223,8 @@ def test_sidecar_mismatch_is_refused_with_the_rebuild_command(tmp_path, running,
 
 def test_sidecar_of_a_graph_with_external_data_matches_its_manifest(artifacts_external, tmp_path):
     """The builder records the same digest (.onnx + .onnx.data) that the runtime compares with the manifest."""
-    from star_deploy.export.manifest import load_manifest, sha256_file
     from star_deploy.engines.sidecar import plan_path, sidecar_path
+    from star_deploy.export.manifest import load_manifest, sha256_file
 
     manifest = load_manifest(artifacts_external)
     for graph, spec in manifest.graphs.items():
@@ -241,7 +263,14 @@ def test_psnr():
 def test_validation_metrics_on_two_cpu_backends(torch_pipeline, ort_pipeline):
     """The GPU validation's comparisons, run on torch vs ONNX Runtime (fp32): near-exact agreement."""
     report = validate(torch_pipeline, ort_pipeline, ["A cute dog"], SamplingConfig(seed=3), runs=0)
-    assert set(report.parity) == {"text_encoder", "text_context", "transformer_step", "kv_cache", "scale_update", "vq_decoder"}
+    assert set(report.parity) == {
+        "text_encoder",
+        "text_context",
+        "transformer_step",
+        "kv_cache",
+        "scale_update",
+        "vq_decoder",
+    }
     assert all(p.max_abs <= 1e-4 for p in report.parity.values()), report.parity
     assert len(report.token_agreement) == torch_pipeline.config.num_scales
     assert report.mean_token_agreement >= 0.999
@@ -250,14 +279,18 @@ def test_validation_metrics_on_two_cpu_backends(torch_pipeline, ort_pipeline):
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
-@pytest.mark.parametrize("args", [["build-engine"], ["run", "a cat", "--backend", "tensorrt", "--out", "x.png", "--artifacts"]])
+@pytest.mark.parametrize(
+    "args", [["build-engine"], ["run", "a cat", "--backend", "tensorrt", "--out", "x.png", "--artifacts"]]
+)
 def test_cli_without_tensorrt_says_what_to_install(artifacts_fp32, tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, [*args, str(artifacts_fp32)])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: TensorRT is not installed: pip install 'star-deploy[tensorrt]' "
-                     "(tensorrt>=10.0) on a machine with an NVIDIA GPU"]
+    assert lines == [
+        "error: TensorRT is not installed: pip install 'star-deploy[tensorrt]' "
+        "(tensorrt>=10.0) on a machine with an NVIDIA GPU"
+    ]
     assert not (artifacts_fp32 / "engines").exists()
 
 
@@ -300,8 +333,8 @@ def test_tensorrt_matches_onnxruntime_fp32(tiny_engines, artifacts_fp32):
     from star_deploy.backends.ort_backend import OrtBackend
     from star_deploy.backends.trt_backend import TrtBackend
     from star_deploy.export.manifest import load_manifest
-    from star_deploy.tokenizer import PromptTokenizer
     from star_deploy.pipeline import ScaleLoop
+    from star_deploy.tokenizer import PromptTokenizer
 
     manifest = load_manifest(tiny_engines)
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)

@@ -10,13 +10,19 @@ import onnx
 import pytest
 
 from star_deploy.config import SamplingConfig
-from star_deploy.export.manifest import load_manifest
-from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.evaluation import THRESHOLDS, failures, fidelity, graph_parity
+from star_deploy.export.manifest import load_manifest
 from star_deploy.pipeline import ScaleLoop
+from star_deploy.tokenizer import PromptTokenizer
 
 PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
-GRAPH_MAX_ERR = {"text_encoder": 1e-5, "transformer_step": 1e-2, "kv_cache": 1e-2, "scale_update": 5e-2, "vq_decoder": 1e-2}
+GRAPH_MAX_ERR = {
+    "text_encoder": 1e-5,
+    "transformer_step": 1e-2,
+    "kv_cache": 1e-2,
+    "scale_update": 5e-2,
+    "vq_decoder": 1e-2,
+}
 FP32_ISLANDS = {
     "transformer_step": {"LayerNormalization": (3, 1), "ReduceL2": (3, 0), "Softmax": (2, 0)},
     "text_context": {"ReduceL2": (1, 0)},

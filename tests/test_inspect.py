@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from conftest import GOLDEN
 from typer.testing import CliRunner
 
-from conftest import GOLDEN
 from star_deploy.cli import app
 
 runner = CliRunner()
@@ -22,7 +22,14 @@ def test_golden_star_checkpoint():
     info = inspect_json(GOLDEN / "star.pth")
     assert info["kind"] == "STAR transformer"
     cfg = info["config"]
-    assert (cfg["depth"], cfg["width"], cfg["heads"], cfg["vocab_size"], cfg["cvae"], cfg["num_scales"]) == (2, 128, 2, 256, 8, 10)
+    assert (cfg["depth"], cfg["width"], cfg["heads"], cfg["vocab_size"], cfg["cvae"], cfg["num_scales"]) == (
+        2,
+        128,
+        2,
+        256,
+        8,
+        10,
+    )
     assert info["tensors"] == 47 and info["dtypes"] == "float32"
     table = runner.invoke(app, ["inspect", str(GOLDEN / "star.pth")])
     assert table.exit_code == 0 and "STAR transformer" in table.stdout and "config.depth" in table.stdout

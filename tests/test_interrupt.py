@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import GOLDEN
+
 from star_deploy.atomic import remove_stale_partials
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,7 +20,19 @@ STARTUP_TIMEOUT = 240
 
 
 def start_export(out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "star_deploy.cli", "-q", "export", "--weights", str(GOLDEN), "--resolution", "256", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "star_deploy.cli",
+        "-q",
+        "export",
+        "--weights",
+        str(GOLDEN),
+        "--resolution",
+        "256",
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -73,7 +85,7 @@ def test_stale_partials_of_dead_processes_are_removed(tmp_path):
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    """``star-deploy ARGS`` in a child process at INFO level, stdout and stderr merged (they say when the model loads)."""
+    """``star-deploy ARGS`` in a child process at INFO level, stdout and stderr merged (they log the model load)."""
     cmd = [sys.executable, "-m", "star_deploy.cli", *args]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -181,7 +193,11 @@ def test_stale_partial_files_are_removed_like_folders(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    stale = [tmp_path / f".x.png.partial-{pid}", tmp_path / f"..x.png.partial-{pid}.partial-{pid}", tmp_path / f".x.png.partial-{pid}.old"]
+    stale = [
+        tmp_path / f".x.png.partial-{pid}",
+        tmp_path / f"..x.png.partial-{pid}.partial-{pid}",
+        tmp_path / f".x.png.partial-{pid}.old",
+    ]
     for path in stale:
         path.write_bytes(b"half a png")
     live = tmp_path / f".x.png.partial-{os.getppid()}"

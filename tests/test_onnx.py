@@ -7,11 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import max_err
+
+from star_deploy.evaluation import graph_parity
 from star_deploy.export.manifest import MANIFEST, load_manifest
 from star_deploy.graphs import graph_specs, scale_dims
-from star_deploy.evaluation import graph_parity
 
 STEP_TOL = 1e-4
 TEXT_TOL = 1e-5
@@ -33,14 +33,20 @@ def test_graph_io_names_follow_the_spec(artifacts_fp32):
 
 
 GRAPH_TOLERANCES = {
-    "text_encoder": TEXT_TOL, "text_context": STEP_TOL, "transformer_step": STEP_TOL, "kv_cache": STEP_TOL,
-    "scale_update": STEP_TOL, "vq_decoder": IMAGE_TOL,
+    "text_encoder": TEXT_TOL,
+    "text_context": STEP_TOL,
+    "transformer_step": STEP_TOL,
+    "kv_cache": STEP_TOL,
+    "scale_update": STEP_TOL,
+    "vq_decoder": IMAGE_TOL,
 }
 
 
 def test_every_graph_matches_torch_at_every_scale(torch_pipeline, ort_pipeline):
     """Same inputs into both backends, scale by scale: logits, new K/V, f_hat, next input, image."""
-    stats = graph_parity(torch_pipeline.backend, ort_pipeline.backend, torch_pipeline.tokenizer, ["a red car.", "A cute dog"])
+    stats = graph_parity(
+        torch_pipeline.backend, ort_pipeline.backend, torch_pipeline.tokenizer, ["a red car.", "A cute dog"]
+    )
     for name, tol in GRAPH_TOLERANCES.items():
         assert stats[name].count > 0 and stats[name].max_abs <= tol, (name, stats[name])
 
@@ -90,11 +96,11 @@ def test_export_refuses_existing_output(tiny_model, artifacts_fp32):
 def test_large_graphs_use_external_data(tiny_model, tmp_path, golden, golden_sampling):
     """With the size limit lowered, weights move to .onnx.data; the graphs still run and verify."""
     from star_deploy.backends.ort_backend import OrtBackend
-    from star_deploy.export.artifacts import export_artifacts
     from star_deploy.errors import ArtifactError
+    from star_deploy.export.artifacts import export_artifacts
     from star_deploy.export.manifest import verify_graph_hashes
-    from star_deploy.tokenizer import PromptTokenizer
     from star_deploy.pipeline import ScaleLoop
+    from star_deploy.tokenizer import PromptTokenizer
 
     out = export_artifacts(tiny_model, tmp_path / "ext", "fp32", external_bytes=0)
     assert (out / "transformer_step.onnx.data").is_file()

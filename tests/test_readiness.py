@@ -97,7 +97,8 @@ def test_fixed_dimension_where_the_contract_is_dynamic(tmp_path):
     report = check_graph(path, spec([("x", ("rows", "tokens"), "float32")], [("y", ("rows", "tokens"), "float32")]))
     assert report.problems == [
         "g.onnx: input 'x' axis 0 is fixed to 2 but must follow 'rows' across scales; export it as a dynamic dimension",
-        "g.onnx: output 'y' axis 0 is fixed to 2 but must follow 'rows' across scales; export it as a dynamic dimension",
+        "g.onnx: output 'y' axis 0 is fixed to 2 but must follow 'rows' across scales; export it as a dynamic "
+        "dimension",
     ]
 
 
@@ -114,8 +115,10 @@ def test_custom_domain_and_dynamic_reduce_axes(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
     path = tmp_path / "g.onnx"
     onnx.save(model, str(path))
-    toy = spec([("x", ("batch", 4), "float32"), ("axes", (1,), "int64")],
-               [("y", ("batch", 1), "float32"), ("z", ("batch", 4), "float32")])
+    toy = spec(
+        [("x", ("batch", 4), "float32"), ("axes", (1,), "int64")],
+        [("y", ("batch", 1), "float32"), ("z", ("batch", 4), "float32")],
+    )
     problems = check_graph(path, toy).problems
     assert any("node norm (ReduceL2): input 'axes' (axes) must be a constant" in p for p in problems)
     assert any("com.example::FancyOp is a custom-domain op" in p for p in problems)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import golden_errors, max_err
+
 from star_deploy.tokenizer import PromptTokenizer
 
 TEXT_TOL = 1e-5
@@ -45,9 +45,7 @@ def test_sampled_tokens_and_image_match_golden(torch_pipeline, golden, golden_ca
 
 
 def test_decoding_golden_tokens(torch_pipeline, golden, golden_sampling):
-    gen = torch_pipeline.generate(
-        ["a red car."], golden_sampling, seeds=[1], teacher_tokens=golden["p0_s1/tokens"]
-    )
+    gen = torch_pipeline.generate(["a red car."], golden_sampling, seeds=[1], teacher_tokens=golden["p0_s1/tokens"])
     assert max_err(gen.images, golden["p0_s1/image_from_tokens"]) <= IMAGE_TOL
 
 

@@ -9,7 +9,14 @@ import torch
 from star_deploy.backends import torch_sampling
 from star_deploy.config import SamplingConfig
 from star_deploy.errors import ConfigError
-from star_deploy.sampling import PortableSampler, exponential_race, filter_top_k_top_p, race_hash, race_uniforms, stream_keys
+from star_deploy.sampling import (
+    PortableSampler,
+    exponential_race,
+    filter_top_k_top_p,
+    race_hash,
+    race_uniforms,
+    stream_keys,
+)
 
 SETTINGS = [(0, 1.0), (50, 0.8), (1, 0.8), (200, 0.3), (0, 0.05)]
 
@@ -56,7 +63,9 @@ def test_hashed_uniforms_are_uniform_and_keyed():
     assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 19000
     assert not np.array_equal(u, race_uniforms(counters, stream_keys(5, 3)))
     assert not np.array_equal(u, race_uniforms(counters, stream_keys(6, 2)))
-    assert np.array_equal(race_hash(torch.from_numpy(counters), stream_keys(5, 2)).numpy(), race_hash(counters, stream_keys(5, 2)))
+    assert np.array_equal(
+        race_hash(torch.from_numpy(counters), stream_keys(5, 2)).numpy(), race_hash(counters, stream_keys(5, 2))
+    )
 
 
 def test_unknown_sampler_is_refused():

@@ -16,10 +16,17 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'star-
 
 from PIL import Image  # noqa: E402
 from ray import serve  # noqa: E402
-
 from serve_helpers import (  # noqa: E402
-    CHROMEDRIVER, CHROMIUM, b64_pixels, chromium_driver, free_port, png_pixels, post_all, same_image,
+    CHROMEDRIVER,
+    CHROMIUM,
+    b64_pixels,
+    chromium_driver,
+    free_port,
+    png_pixels,
+    post_all,
+    same_image,
 )
+
 from star_deploy.errors import ConfigError  # noqa: E402
 from star_deploy.serve import runner  # noqa: E402
 from star_deploy.serve.app import build_app  # noqa: E402
@@ -77,7 +84,12 @@ def test_png_carries_prompt_and_settings(url, references):
     image = Image.open(io.BytesIO(reply.body))
     assert image.size == (128, 128)
     assert {k: image.text[k] for k in ("prompt", "seed", "cfg", "top_k", "top_p", "backend")} == {
-        "prompt": "un carré bleu", "seed": "4", "cfg": "2.0", "top_k": "100", "top_p": "0.9", "backend": "torch",
+        "prompt": "un carré bleu",
+        "seed": "4",
+        "cfg": "2.0",
+        "top_k": "100",
+        "top_p": "0.9",
+        "backend": "torch",
     }
     assert request(f"{url}/v1/images", CASES[0]).body == request(f"{url}/v1/images", CASES[0]).body
 
@@ -133,7 +145,9 @@ def test_batched_images_match_single_runs(url, references):
     assert all(r.status == 200 for r in replies), [r.body[:200] for r in replies if r.status != 200]
     assert max(int(r.headers["x-batch-size"]) for r in replies) > 1, "requests were never batched"
     for i, reply in enumerate(replies):
-        assert same_image(png_pixels(reply.body), references[i % len(CASES)]), f"case {i % len(CASES)} differs when batched"
+        assert same_image(png_pixels(reply.body), references[i % len(CASES)]), (
+            f"case {i % len(CASES)} differs when batched"
+        )
 
 
 def test_stream_sends_a_preview_per_scale_then_the_final_image(url, references):
@@ -212,7 +226,10 @@ def test_killing_a_replica_mid_load_loses_no_request(url, references):
     assert request(f"{url}/v1/images", CASES[0]).status == 200
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
 def test_web_page_shows_previews_then_the_final_image(url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'star-deploy[serve]'")
 
 from serve_helpers import free_port, png_pixels, post_all  # noqa: E402
+
 from star_deploy.serve.client import request  # noqa: E402
 
 pytestmark = pytest.mark.serve
@@ -39,7 +40,18 @@ def test_serve_command_drains_on_sigterm(tmp_path):
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     log = (tmp_path / "serve.log").open("w+")
-    cmd = [sys.executable, "-m", "star_deploy.cli", "serve", "--port", str(port), "--num-cpus", "1", "--batch-wait", "0.2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "star_deploy.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "1",
+        "--batch-wait",
+        "0.2",
+    ]
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         wait_healthy(url, process)

@@ -16,7 +16,9 @@ from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
 from star_deploy.demo.evaluate import Reading, read_image
 from star_deploy.images import read_png
 
-BLOCK_TORCH = "import sys; sys.modules.update(torch=None, transformers=None, onnx=None, onnxscript=None, safetensors=None)"
+BLOCK_TORCH = (
+    "import sys; sys.modules.update(torch=None, transformers=None, onnx=None, onnxscript=None, safetensors=None)"
+)
 """Run first in the subprocess: any import of these raises ImportError, as on an install without them."""
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -69,8 +69,7 @@ class Backend(Protocol):
         """The sampler ``sampling.sampler`` names, working on this backend's arrays."""
         ...
 
-    def to_numpy(self, array: Array) -> np.ndarray:
-        ...
+    def to_numpy(self, array: Array) -> np.ndarray: ...
 
     def asarray(self, array: np.ndarray) -> Array:
         """A host array as this backend's own array type, on its device."""

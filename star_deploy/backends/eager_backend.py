@@ -61,7 +61,9 @@ class EagerBackend(TorchArrays):
             raise RuntimeError("encode_text() must run on the same rows before begin()")
         self.keys = self.transformer.empty_cache(rows, self.device)
         self.values = self.transformer.empty_cache(rows, self.device)
-        self.bias = torch.zeros(self.mask.shape, device=self.device).masked_fill(self.mask == 0, MASK_VALUE)[:, None, None, :]
+        self.bias = torch.zeros(self.mask.shape, device=self.device).masked_fill(self.mask == 0, MASK_VALUE)[
+            :, None, None, :
+        ]
         with self._autocast():
             return self.transformer.start_tokens(pooled.to(self.device))
 
@@ -94,7 +96,9 @@ class EagerBackend(TorchArrays):
     def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.tables[scale]
         with self._autocast():
-            f_hat, nxt = self.update_graph(self.asarray(tokens), f_hat, t["upsample"], t["downsample"], t["phi_weights"], t["next_level"])
+            f_hat, nxt = self.update_graph(
+                self.asarray(tokens), f_hat, t["upsample"], t["downsample"], t["phi_weights"], t["next_level"]
+            )
         return f_hat.float(), nxt.float()
 
     @torch.inference_mode()

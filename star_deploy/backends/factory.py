@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from ..weights import StarModel
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
 def default_device(backend: str, device: str | None) -> str:
     """The device asked for, else cuda for TensorRT and cpu for the rest."""
     return device or ("cuda" if backend == "tensorrt" else "cpu")
@@ -41,7 +43,9 @@ def check_device(device: str) -> None:
     index = device.removeprefix("cuda:")
     if device.startswith("cuda:") and int(index) >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}); choose one of them")
+        raise ConfigError(
+            f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}); choose one of them"
+        )
 
 
 def needs_artifacts(backend: str) -> bool:
@@ -50,18 +54,18 @@ def needs_artifacts(backend: str) -> bool:
     return backend != "torch"
 
 
-def artifacts_manifest(artifacts: "Path | None", backend: str) -> Manifest:
+def artifacts_manifest(artifacts: Path | None, backend: str) -> Manifest:
     if artifacts is None:
-        raise ConfigError(f"--backend {backend} runs exported graphs: pass --artifacts DIR (made by `star-deploy export`)")
+        raise ConfigError(
+            f"--backend {backend} runs exported graphs: pass --artifacts DIR (made by `star-deploy export`)"
+        )
     return load_manifest(artifacts)
-
-
 
 
 def create_backend(
     backend: str,
     device: str = "cpu",
-    model: "StarModel | None" = None,
+    model: StarModel | None = None,
     manifest: Manifest | None = None,
     dtype: str = "float32",
     threads: int = 0,

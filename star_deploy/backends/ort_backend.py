@@ -17,8 +17,8 @@ import numpy as np
 from ..config import SamplingConfig
 from ..dtypes import numpy_type
 from ..errors import BackendUnavailableError
-from ..graphs import Role, TensorSpec, scale_dims
 from ..export.manifest import Manifest
+from ..graphs import Role, TensorSpec, scale_dims
 from ..sampling import PortableSampler
 from ..tables import build_scale_tables
 from .ort_sessions import create_session, provider_entry
@@ -30,7 +30,9 @@ def import_ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError:
-        raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise BackendUnavailableError(
+            "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+        ) from None
     return onnxruntime
 
 
@@ -44,14 +46,20 @@ class DeviceTensor:
 
     def bind(self, binding: Any, name: str, start: int, count: int, output: bool) -> None:
         """Bind rows [start, start + count) under ``name``."""
-        args = (name, *self.device, self.dtype, [count, *self.shape[1:]], self.value.data_ptr() + start * self.row_bytes)
+        args = (
+            name,
+            *self.device,
+            self.dtype,
+            [count, *self.shape[1:]],
+            self.value.data_ptr() + start * self.row_bytes,
+        )
         (binding.bind_output if output else binding.bind_input)(*args)
 
 
 class OrtKVCache:
     """Keys then values of every layer for the whole schedule, (L, rows, H, D) each, allocated once."""
 
-    def __init__(self, ort: ModuleType, backend: "OrtBackend", rows: int) -> None:
+    def __init__(self, ort: ModuleType, backend: OrtBackend, rows: int) -> None:
         t, config = backend.config.transformer, backend.config
         shape = (config.total_tokens, rows, t.heads, t.head_dim)
         self.layers = [DeviceTensor(ort, shape, backend.kv_dtype, backend.io_device) for _ in range(2 * t.depth)]
@@ -94,7 +102,9 @@ class OrtBackend:
         self.cache: OrtKVCache | None = None
         self.text: dict[str, DeviceTensor] = {}
 
-    def _run(self, graph: str, inputs: dict[str, np.ndarray], dims: dict[str, int], bound=None) -> dict[str, np.ndarray]:
+    def _run(
+        self, graph: str, inputs: dict[str, np.ndarray], dims: dict[str, int], bound=None
+    ) -> dict[str, np.ndarray]:
         """Run ``graph``: host ``inputs``, ``bound(binding)`` for device buffers, host outputs for the rest."""
         spec, session = self.manifest.graphs[graph], self.sessions[graph]
         binding = session.io_binding()
@@ -105,12 +115,16 @@ class OrtBackend:
         for t in spec.outputs:
             if t.name not in device_outputs:
                 outputs[t.name] = np.empty(t.concrete(dims), dtype=numpy_type(t.dtype))
-                binding.bind_output(t.name, "cpu", 0, outputs[t.name].dtype, list(outputs[t.name].shape), outputs[t.name].ctypes.data)
+                binding.bind_output(
+                    t.name, "cpu", 0, outputs[t.name].dtype, list(outputs[t.name].shape), outputs[t.name].ctypes.data
+                )
         session.run_with_iobinding(binding)
         return outputs
 
     def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run("text_encoder", {"input_ids": input_ids, "attention_mask": attention_mask}, {"rows": input_ids.shape[0]})
+        out = self._run(
+            "text_encoder", {"input_ids": input_ids, "attention_mask": attention_mask}, {"rows": input_ids.shape[0]}
+        )
         return out["text_hidden"], out["text_pooled"]
 
     def begin(self, hidden: np.ndarray, attention_mask: np.ndarray, pooled: np.ndarray) -> np.ndarray:
@@ -152,13 +166,19 @@ class OrtBackend:
 
         t = self.tables[scale]
         dims = {"rows": x.shape[0], "tokens": tokens}
-        logits = self._run("transformer_step", {"x": x, "rope_cos": t["rope_cos"], "rope_sin": t["rope_sin"]}, dims, bind_state)
+        logits = self._run(
+            "transformer_step", {"x": x, "rope_cos": t["rope_cos"], "rope_sin": t["rope_sin"]}, dims, bind_state
+        )
         cache.length += tokens
         return logits["logits"]
 
     def update(self, scale: int, tokens: np.ndarray, f_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = self.tables[scale]
-        inputs = {"tokens": tokens, "f_hat": f_hat, **{k: t[k] for k in ("upsample", "downsample", "phi_weights", "next_level")}}
+        inputs = {
+            "tokens": tokens,
+            "f_hat": f_hat,
+            **{k: t[k] for k in ("upsample", "downsample", "phi_weights", "next_level")},
+        }
         out = self._run("scale_update", inputs, scale_dims(self.config, tokens.shape[0], scale))
         return out["f_hat_out"], out["next_x"]
 

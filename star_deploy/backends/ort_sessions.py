@@ -47,14 +47,18 @@ def provider_entry(
     if name not in available:
         raise BackendUnavailableError(
             f"onnxruntime {ort.__version__} has no {name} (installed: {', '.join(available)}); "
-            f"install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda and tensorrt), or use --provider cpu"
+            "install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda and tensorrt), or use "
+            "--provider cpu"
         )
     buffers = DEVICE_BUFFERS.get(provider, "cpu")
     settings = dict(options or {})
     if buffers == "cuda":
         settings.setdefault("device_id", device_id)
     entry = [(name, settings)] if settings else [name]
-    return (entry + ["CPUExecutionProvider"] if provider != "cpu" else entry), (buffers, device_id if buffers == "cuda" else 0)
+    return (entry + ["CPUExecutionProvider"] if provider != "cpu" else entry), (
+        buffers,
+        device_id if buffers == "cuda" else 0,
+    )
 
 
 def _options(ort: ModuleType, threads: int):

@@ -65,7 +65,9 @@ class PortableSampler:
         probs = filter_top_k_top_p(guided, s.top_k, s.top_p, stable=True).softmax(dim=-1)
         tokens, vocab = probs.shape[1:]
         counters = torch.arange(tokens * vocab, dtype=torch.int64, device=probs.device).view(tokens, vocab)
-        u = torch.stack([(race_hash(counters, stream_keys(seed, scale)).double() + 0.5) / 2.0**32 for seed in self.seeds])
+        u = torch.stack(
+            [(race_hash(counters, stream_keys(seed, scale)).double() + 0.5) / 2.0**32 for seed in self.seeds]
+        )
         return (probs / -torch.log(u)).argmax(dim=-1)
 
 

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 class TrtEngine:
     """One plan's life: check its sidecar, deserialize, bind tensors by name, run a profile."""
 
-    def __init__(self, trt: ModuleType, runtime, manifest: Manifest, graph: str, info: RuntimeInfo, stream: torch.cuda.Stream) -> None:
+    def __init__(
+        self, trt: ModuleType, runtime, manifest: Manifest, graph: str, info: RuntimeInfo, stream: torch.cuda.Stream
+    ) -> None:
         path = plan_path(manifest.root, graph)
         sidecar = load_sidecar(sidecar_path(manifest.root, graph))
         check_sidecar(sidecar, info, manifest.graph_hashes[graph], path)
@@ -49,7 +51,10 @@ class TrtEngine:
         self.profiles = sidecar.profiles
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ArtifactError(f"{path}: TensorRT could not deserialize it; rebuild with `star-deploy build-engine {manifest.root} --overwrite`")
+            raise ArtifactError(
+                f"{path}: TensorRT could not deserialize it; rebuild with `star-deploy build-engine {manifest.root} "
+                "--overwrite`"
+            )
         self._check_io(trt)
         self.context = self.engine.create_execution_context()
         self.active_profile = -1
@@ -59,8 +64,10 @@ class TrtEngine:
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         check_engine_names(self.spec, inputs, [n for n in names if n not in inputs])
         if self.engine.num_optimization_profiles != len(self.profiles):
-            raise ArtifactError(f"the {self.graph} engine has {self.engine.num_optimization_profiles} profiles, "
-                                f"its sidecar lists {len(self.profiles)}; rebuild with `star-deploy build-engine DIR --overwrite`")
+            raise ArtifactError(
+                f"the {self.graph} engine has {self.engine.num_optimization_profiles} profiles, "
+                f"its sidecar lists {len(self.profiles)}; rebuild with `star-deploy build-engine DIR --overwrite`"
+            )
         self.dtypes = {n: torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
 
     def profile(self, batch: int, scale: int | None = None) -> Profile:
@@ -78,7 +85,9 @@ class TrtEngine:
             tensor = tensor.to(self.stream.device, self.dtypes[name]).contiguous()
             keep.append(tensor)
             if not ctx.set_input_shape(name, tuple(tensor.shape)):
-                raise StarDeployError(f"{self.graph}: input {name} of shape {tuple(tensor.shape)} is outside profile {profile.index}")
+                raise StarDeployError(
+                    f"{self.graph}: input {name} of shape {tuple(tensor.shape)} is outside profile {profile.index}"
+                )
             ctx.set_tensor_address(name, tensor.data_ptr())
         for name, tensor in outputs.items():
             self._check_output(name, tensor)
@@ -124,7 +133,9 @@ class TrtBackend(TorchArrays):
 
     def _outputs(self, graph: str, dims: dict[str, int]) -> dict[str, torch.Tensor]:
         engine, spec = self.engines[graph], self.manifest.graphs[graph]
-        return {t.name: torch.empty(t.concrete(dims), dtype=engine.dtypes[t.name], device=self.device) for t in spec.outputs}
+        return {
+            t.name: torch.empty(t.concrete(dims), dtype=engine.dtypes[t.name], device=self.device) for t in spec.outputs
+        }
 
     def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         rows = input_ids.shape[0]
@@ -156,7 +167,9 @@ class TrtBackend(TorchArrays):
             raise RuntimeError(f"scale {scale} expects a cache of {expected} tokens, found {self.cache.length}")
         rows, tokens = x.shape[0], x.shape[1]
         engine = self.engines["transformer_step"]
-        logits = torch.empty((rows, tokens, self.config.transformer.vocab_size), dtype=engine.dtypes["logits"], device=self.device)
+        logits = torch.empty(
+            (rows, tokens, self.config.transformer.vocab_size), dtype=engine.dtypes["logits"], device=self.device
+        )
         tables = self.tables[scale]
         inputs = {"x": x, "rope_cos": tables["rope_cos"], "rope_sin": tables["rope_sin"]}
         outputs = {"logits": logits}
@@ -174,7 +187,11 @@ class TrtBackend(TorchArrays):
         dims = scale_dims(self.config, b, scale)
         engine = self.engines["scale_update"]
         outs = self._outputs("scale_update", dims)
-        inputs = {"tokens": self.asarray(tokens), "f_hat": f_hat, **{k: v for k, v in self.tables[scale].items() if k not in ("rope_cos", "rope_sin")}}
+        inputs = {
+            "tokens": self.asarray(tokens),
+            "f_hat": f_hat,
+            **{k: v for k, v in self.tables[scale].items() if k not in ("rope_cos", "rope_sin")},
+        }
         engine.run(engine.profile(b, scale), inputs, outs)
         return outs["f_hat_out"], outs["next_x"]
 

@@ -88,7 +88,7 @@ def decoder_flops(config: StarConfig, batch: int) -> float:
     cin = top
     for level in reversed(range(len(v.ch_mult))):
         cout = v.ch * v.ch_mult[level]
-        for i in range(v.num_res_blocks + 1):
+        for _ in range(v.num_res_blocks + 1):
             macs += resnet_macs(cin, cout, res)
             cin = cout
             if level == len(v.ch_mult) - 1:

@@ -98,7 +98,7 @@ class Roofs:
     matmul_flops_per_s: dict[str, float]
     copy_bytes_per_s: float
 
-    def best(self, other: "Roofs") -> "Roofs":
+    def best(self, other: Roofs) -> Roofs:
         """The higher of two measurements of each ceiling (a shared machine only ever slows a probe down)."""
         flops = {d: max(v, other.matmul_flops_per_s.get(d, 0.0)) for d, v in self.matmul_flops_per_s.items()}
         return Roofs(flops, max(self.copy_bytes_per_s, other.copy_bytes_per_s))
@@ -117,7 +117,7 @@ class PeakMemory:
         self.device = device
         self.peak_bytes = 0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:

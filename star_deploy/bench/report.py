@@ -32,15 +32,32 @@ def fidelity_text(f: dict) -> str:
 def summary_table(report: dict) -> Table:
     """One row per backend: median, p90, images/s, vs baseline, vs floor, memory, fidelity."""
     table = Table(title=f"star-deploy bench (floor {report['floor_s']:.2f} s fp32)")
-    for col in ("backend", "dtype", "median s", "p90 s", "img/s", "vs baseline", "vs floor", "peak GiB", "fidelity vs fp32"):
+    for col in (
+        "backend",
+        "dtype",
+        "median s",
+        "p90 s",
+        "img/s",
+        "vs baseline",
+        "vs floor",
+        "peak GiB",
+        "fidelity vs fp32",
+    ):
         table.add_column(col, justify="left" if col in ("backend", "dtype", "fidelity vs fp32") else "right")
     for name, e in report["backends"].items():
         if "skipped" in e:
             table.add_row(name, "", "", "", "", "", "", "", f"skipped: {e['skipped']}")
             continue
         table.add_row(
-            name, e["compute_dtype"], f"{e['median_s']:.2f}", f"{e['p90_s']:.2f}", f"{e['images_per_s']:.3f}",
-            ratio(e["vs_baseline"]), ratio(e["vs_floor"]), gib(e["peak_mem_bytes"]), fidelity_text(e["fidelity"]),
+            name,
+            e["compute_dtype"],
+            f"{e['median_s']:.2f}",
+            f"{e['p90_s']:.2f}",
+            f"{e['images_per_s']:.3f}",
+            ratio(e["vs_baseline"]),
+            ratio(e["vs_floor"]),
+            gib(e["peak_mem_bytes"]),
+            fidelity_text(e["fidelity"]),
         )
     return table
 
@@ -55,7 +72,15 @@ def stages_table(report: dict) -> Table:
             continue
         s = e["stages"]
         per_scale = " ".join(f"{t:.2f}" for t in s["steps"])
-        table.add_row(name, f"{s['text']:.2f}", per_scale, f"{sum(s['steps']):.2f}", f"{s['sampling']:.2f}", f"{s['update']:.2f}", f"{s['decode']:.2f}")
+        table.add_row(
+            name,
+            f"{s['text']:.2f}",
+            per_scale,
+            f"{sum(s['steps']):.2f}",
+            f"{s['sampling']:.2f}",
+            f"{s['update']:.2f}",
+            f"{s['decode']:.2f}",
+        )
     return table
 
 

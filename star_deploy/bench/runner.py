@@ -21,13 +21,13 @@ from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
 from ..export.manifest import Manifest
+from ..pipeline import Generation, ScaleLoop, StageTimes
 from ..tokenizer import PromptTokenizer
-from ..pipeline import Generation, StageTimes, ScaleLoop
 from ..weights import StarModel
+from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
-from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,9 @@ class BackendRun:
 class BackendSource:
     """Builds each backend from a model (copied per backend) and/or artefact directories."""
 
-    def __init__(self, model: StarModel | None, artifacts: Path | None, int8_artifacts: Path | None, settings: BenchSettings) -> None:
+    def __init__(
+        self, model: StarModel | None, artifacts: Path | None, int8_artifacts: Path | None, settings: BenchSettings
+    ) -> None:
         self.model = model
         self.settings = settings
         self._artifacts = artifacts
@@ -113,11 +115,15 @@ class BackendSource:
         """The fp32 artefact directory, exported from the model into a scratch folder if needed."""
         if self._artifacts is None:
             if self.model is None:
-                raise ConfigError("onnxruntime needs --artifacts DIR or a model (--weights / --random-weights) to export")
+                raise ConfigError(
+                    "onnxruntime needs --artifacts DIR or a model (--weights / --random-weights) to export"
+                )
             from ..export.artifacts import export_artifacts
 
             log.info("exporting the model to ONNX for onnxruntime (pass --artifacts to reuse an export)")
-            self._artifacts = timed(self.export_seconds, "export", lambda: export_artifacts(self.model, self._scratch() / "fp32", "fp32"))
+            self._artifacts = timed(
+                self.export_seconds, "export", lambda: export_artifacts(self.model, self._scratch() / "fp32", "fp32")
+            )
         return self._artifacts
 
     def int8_artifacts(self) -> Path:
@@ -126,7 +132,9 @@ class BackendSource:
 
             src = self.artifacts()
             log.info("quantizing %s to int8", src)
-            self._int8 = timed(self.export_seconds, "quantize", lambda: quantize_artifacts(src, self._scratch() / "int8"))
+            self._int8 = timed(
+                self.export_seconds, "quantize", lambda: quantize_artifacts(src, self._scratch() / "int8")
+            )
         return self._int8
 
     def manifest(self, int8: bool) -> Manifest:
@@ -175,7 +183,9 @@ def compute_dtype(name: str, backend) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def run_backend(name: str, backend, tokenizer: PromptTokenizer, settings: BenchSettings, reference: Generation | None) -> BackendRun:
+def run_backend(
+    name: str, backend, tokenizer: PromptTokenizer, settings: BenchSettings, reference: Generation | None
+) -> BackendRun:
     """Warm up (the first warmup is the teacher-forced fidelity run), then time ``repeat`` runs."""
     pipeline = ScaleLoop(backend, tokenizer)
     prompts, seeds, sampling = settings.prompts, settings.seeds, settings.sampling
@@ -183,13 +193,17 @@ def run_backend(name: str, backend, tokenizer: PromptTokenizer, settings: BenchS
     with PeakMemory(torch.device(settings.device)) as memory:
         for i in range(settings.warmup):
             if i == 0 and reference is not None:
-                report = forced_fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
+                report = forced_fidelity(
+                    reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens)
+                )
             else:
                 pipeline.generate(prompts, sampling, seeds)
         runs = [pipeline.generate(prompts, sampling, seeds) for _ in range(settings.repeat)]
     if reference is not None:
         if not report:
-            report = forced_fidelity(reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens))
+            report = forced_fidelity(
+                reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens)
+            )
         report["tokens_equal_fp32"] = bool(np.array_equal(runs[0].tokens, reference.tokens))
     return BackendRun(name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report)
 
@@ -268,12 +282,19 @@ def build_report(
     return {
         "machine": machine_info(device) | {"matmul_flops_per_s": throughput, "copy_bytes_per_s": bandwidth},
         "model": {
-            "preset_shape": config.to_dict(), "image_size": config.image_size, "flops": flops.to_dict(),
+            "preset_shape": config.to_dict(),
+            "image_size": config.image_size,
+            "flops": flops.to_dict(),
             "bytes_by_dtype": {d: b.to_dict() for d, b in traffic.items()},
         },
         "settings": {
-            "batch_size": settings.batch_size, "warmup": settings.warmup, "repeat": settings.repeat,
-            "device": settings.device, "dtype": settings.dtype, "seeds": settings.seeds, "prompts": settings.prompts,
+            "batch_size": settings.batch_size,
+            "warmup": settings.warmup,
+            "repeat": settings.repeat,
+            "device": settings.device,
+            "dtype": settings.dtype,
+            "seeds": settings.seeds,
+            "prompts": settings.prompts,
             "sampling": vars(settings.sampling),
         },
         "preparation_s": prep,
@@ -286,6 +307,7 @@ def build_report(
 
 def roofline(flops: StageTotals, traffic: StageTotals, flops_per_s: float, bytes_per_s: float) -> float:
     """Seconds at the roofs: per stage and scale, the larger of FLOPs over throughput and bytes over bandwidth."""
+
     def stage(f: float, b: float) -> float:
         return max(f / flops_per_s, b / bytes_per_s)
 

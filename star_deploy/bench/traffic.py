@@ -35,8 +35,7 @@ def generation_bytes(config: StarConfig, batch: int, itemsize: int) -> StageTota
     rows = 2 * batch
     weights = t.depth * block_weights(config) + t.width * t.vocab_size
     steps = []
-    for k, side in enumerate(config.patch_nums):
-        cached = config.scale_offsets()[k]
+    for cached in config.scale_offsets():
         cache = 2 * t.depth * cached * rows * t.width
         steps.append(float((weights + cache) * itemsize))
     cross_kv = t.depth * 2 * t.text_width * t.width

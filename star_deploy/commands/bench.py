@@ -10,10 +10,10 @@ import typer
 
 from ..atomic import check_writable
 from ..backends.factory import check_device
-from ..extras import require_torch
 from ..bench import BENCH_BACKENDS
 from ..config import PRESETS, SamplingConfig, preset
 from ..errors import ConfigError
+from ..extras import require_torch
 from ..release import load_model
 from .common import (
     ClipOpt,
@@ -33,7 +33,9 @@ log = logging.getLogger("star_deploy")
 DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
 
 
-def bench_model(random_weights: bool, preset_name: str, weights, clip, vae, star, resolution, need: bool) -> StarModel | None:
+def bench_model(
+    random_weights: bool, preset_name: str, weights, clip, vae, star, resolution, need: bool
+) -> StarModel | None:
     """The model the torch backends run (and onnxruntime exports): random, a release, or none."""
     if random_weights:
         from ..random_weights import random_model
@@ -46,11 +48,25 @@ def bench_model(random_weights: bool, preset_name: str, weights, clip, vae, star
 
 
 def bench(
-    backends: Annotated[str, typer.Option(help=f"Comma-separated, from: {', '.join(BENCH_BACKENDS)}.")] = DEFAULT_BACKENDS,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Benchmark a random-weight model of --preset's shape.")] = False,
-    preset_name: Annotated[str, typer.Option("--preset", help=f"Shape for --random-weights: {', '.join(PRESETS)}.")] = "256-d16",
-    artifacts: Annotated[Path | None, typer.Option(help="fp32 artefact folder for onnxruntime (default: export the model to a temporary folder).")] = None,
-    int8_artifacts: Annotated[Path | None, typer.Option("--int8-artifacts", help="int8 folder from `star-deploy quantize` (default: quantize --artifacts).")] = None,
+    backends: Annotated[
+        str, typer.Option(help=f"Comma-separated, from: {', '.join(BENCH_BACKENDS)}.")
+    ] = DEFAULT_BACKENDS,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="Benchmark a random-weight model of --preset's shape.")
+    ] = False,
+    preset_name: Annotated[
+        str, typer.Option("--preset", help=f"Shape for --random-weights: {', '.join(PRESETS)}.")
+    ] = "256-d16",
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(help="fp32 artefact folder for onnxruntime (default: export the model to a temporary folder)."),
+    ] = None,
+    int8_artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            "--int8-artifacts", help="int8 folder from `star-deploy quantize` (default: quantize --artifacts)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generation.")] = 1,
     warmup: Annotated[int, typer.Option(help="Untimed generations per backend (the first is the fidelity run).")] = 1,
     repeat: Annotated[int, typer.Option(help="Timed generations per backend.")] = 3,
@@ -59,7 +75,9 @@ def bench(
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed+i.")] = 0,
     sampler: SamplerOpt = "portable",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")
+    ] = None,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -77,7 +95,9 @@ def bench(
 
     check_threads(threads)
     check_device(device)
-    settings = BenchSettings(names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed, sampler=sampler))
+    settings = BenchSettings(
+        names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed, sampler=sampler)
+    )
     if json_path is not None:
         check_writable(json_path, overwrite=True)
     needs_model = any(n.startswith("torch") for n in names) or artifacts is None

@@ -16,8 +16,18 @@ from ..bench.report import write_json
 from ..errors import ConfigError
 from .common import OverwriteOpt, reports_errors
 from .serve import (
-    ArtifactsOpt, BackendOpt, BatchOpt, CpusOpt, DeviceOpt, DtypeOpt, GpusOpt, ReplicasOpt, ServeWeightsOpt, WaitOpt,
-    options, require_serve,
+    ArtifactsOpt,
+    BackendOpt,
+    BatchOpt,
+    CpusOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GpusOpt,
+    ReplicasOpt,
+    ServeWeightsOpt,
+    WaitOpt,
+    options,
+    require_serve,
 )
 
 log = logging.getLogger("star_deploy")
@@ -30,15 +40,23 @@ def table(report: dict) -> Table:
         out.add_column(name, justify="right")
     for row in report["rows"]:
         out.add_row(
-            str(row["clients"]), f"{row['rps']:.2f}", f"{row['p50_s']:.3f}", f"{row['p99_s']:.3f}", f"{row['mean_batch']:.1f}",
-            f"{row['pipeline_img_s']:.2f} ({row['batch_size']})", f"{row['efficiency']:.2f}", str(row["errors"]),
+            str(row["clients"]),
+            f"{row['rps']:.2f}",
+            f"{row['p50_s']:.3f}",
+            f"{row['p99_s']:.3f}",
+            f"{row['mean_batch']:.1f}",
+            f"{row['pipeline_img_s']:.2f} ({row['batch_size']})",
+            f"{row['efficiency']:.2f}",
+            str(row["errors"]),
         )
     return out
 
 
 def bench_serve(
     clients: Annotated[str, typer.Option(help="Comma-separated concurrent client counts.")] = "1,8,32",
-    requests_per_client: Annotated[int, typer.Option("--requests", help="Requests each client sends (at least 16 per level in all).")] = 4,
+    requests_per_client: Annotated[
+        int, typer.Option("--requests", help="Requests each client sends (at least 16 per level in all).")
+    ] = 4,
     repeats: Annotated[int, typer.Option(help="Pipeline batches timed per batch size.")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")] = Path("bench_serve.json"),
     port: Annotated[int, typer.Option(help="Port of the local server started for the run.")] = 8000,
@@ -79,14 +97,19 @@ def bench_serve(
         server_load(url, min(levels[-1], max_batch_size * replicas), 2)  # warm-up
         rows = []
         for c in levels:
-            rows.append(compare_level(url, opts.model_spec(), c, max(requests_per_client, -(-16 // c)), max_batch_size, replicas, repeats))
+            rows.append(
+                compare_level(
+                    url, opts.model_spec(), c, max(requests_per_client, -(-16 // c)), max_batch_size, replicas, repeats
+                )
+            )
             log.info("%d clients: %.2f req/s, efficiency %.2f", c, rows[-1]["rps"], rows[-1]["efficiency"])
     finally:
         runner.stop(30)
     report = {
         "machine": machine_info(torch.device(opts.device or "cpu")),
         "command": " ".join(["star-deploy", *sys.argv[1:]]),
-        **opts.to_dict(), "rows": rows,
+        **opts.to_dict(),
+        "rows": rows,
     }
     Console().print(table(report))
     write_json(report, out)

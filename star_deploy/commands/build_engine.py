@@ -15,13 +15,30 @@ log = logging.getLogger("star_deploy")
 
 
 def build_engine(
-    artifacts: Annotated[Path, typer.Argument(help="Artefact folder from `star-deploy export` (fp16 for FP16 engines).")],
-    batch_size: Annotated[list[int], typer.Option("--batch-size", "-b", help="Batch size to build profiles for; repeat for several.")] = [1],  # noqa: B006
+    artifacts: Annotated[
+        Path, typer.Argument(help="Artefact folder from `star-deploy export` (fp16 for FP16 engines).")
+    ],
+    batch_size: Annotated[
+        list[int], typer.Option("--batch-size", "-b", help="Batch size to build profiles for; repeat for several.")
+    ] = [1],  # noqa: B006
     workspace: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 8.0,
-    opt_level: Annotated[int, typer.Option("--opt-level", help="Builder optimization level 0..5 (higher: slower build, faster engine).")] = 3,
-    typing_mode: Annotated[str, typer.Option("--typing", help="strong: precision from the ONNX types (TensorRT 10.12+/11); fp16-flag: weakly typed FP16 builder flag (TensorRT 10 only).")] = "strong",
-    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file to reuse and update. Default: DIR/engines/timing.cache.")] = None,
-    graph: Annotated[list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")] = None,
+    opt_level: Annotated[
+        int, typer.Option("--opt-level", help="Builder optimization level 0..5 (higher: slower build, faster engine).")
+    ] = 3,
+    typing_mode: Annotated[
+        str,
+        typer.Option(
+            "--typing",
+            help="strong: precision from the ONNX types (TensorRT 10.12+/11); fp16-flag: weakly typed FP16 builder "
+            "flag (TensorRT 10 only).",
+        ),
+    ] = "strong",
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="Timing cache file to reuse and update. Default: DIR/engines/timing.cache.")
+    ] = None,
+    graph: Annotated[
+        list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")
+    ] = None,
     device: Annotated[str, typer.Option(help="CUDA device to build on (cuda or cuda:N).")] = "cuda",
     overwrite: OverwriteOpt = False,
 ) -> None:

@@ -18,9 +18,9 @@ from ..engines.buffers import buffer_plan
 from ..engines.validate import ValidationReport, validate
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..export.manifest import Manifest, load_manifest
-from ..tokenizer import PromptTokenizer
 from ..pipeline import ScaleLoop
 from ..release import load_model
+from ..tokenizer import PromptTokenizer
 from .common import reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -33,7 +33,10 @@ def report_readiness(manifest: Manifest) -> None:
 
     table = load_ops_table()
     reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})
-    typer.echo(f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset {table.opset_min}..{table.opset_max}):")
+    typer.echo(
+        f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset "
+        f"{table.opset_min}..{table.opset_max}):"
+    )
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
         typer.echo(f"  {r.graph:<17} {sum(r.op_counts.values()):>5} nodes, {len(r.op_counts):>3} op types  {status}")
@@ -41,14 +44,18 @@ def report_readiness(manifest: Manifest) -> None:
             typer.echo(f"    - {problem}", err=True)
     problems = [p for r in reports for p in r.problems]
     if problems:
-        raise ArtifactError(f"{manifest.root}: not ready for TensorRT ({len(problems)} problem(s)); first: {problems[0]}")
+        raise ArtifactError(
+            f"{manifest.root}: not ready for TensorRT ({len(problems)} problem(s)); first: {problems[0]}"
+        )
 
 
 def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
     for b in batch_sizes:
         plan = buffer_plan(manifest.config, manifest.graphs, b, manifest.precision)
-        typer.echo(f"device buffers at batch {b}: KV cache {plan.kv_cache / 2**20:.1f} MiB, text context "
-                   f"{plan.text_context / 2**20:.2f} MiB, largest transient I/O {plan.transient_peak / 2**20:.1f} MiB")
+        typer.echo(
+            f"device buffers at batch {b}: KV cache {plan.kv_cache / 2**20:.1f} MiB, text context "
+            f"{plan.text_context / 2**20:.2f} MiB, largest transient I/O {plan.transient_peak / 2**20:.1f} MiB"
+        )
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -57,14 +64,18 @@ def print_validation(report: ValidationReport) -> None:
         typer.echo(f"  {graph:<17} {p.max_abs:10.3e} {p.max_rel:10.3e}")
     per_scale = " ".join(f"{a:.3f}" for a in report.token_agreement)
     typer.echo(f"teacher-forced token agreement: mean {report.mean_token_agreement:.4f}  per scale: {per_scale}")
-    typer.echo(f"image PSNR vs reference: teacher-forced {report.teacher_psnr:.2f} dB, "
-               f"free-running {report.sampled_psnr:.2f} dB (sampled tokens equal: {report.sampled_token_match:.4f})")
+    typer.echo(
+        f"image PSNR vs reference: teacher-forced {report.teacher_psnr:.2f} dB, "
+        f"free-running {report.sampled_psnr:.2f} dB (sampled tokens equal: {report.sampled_token_match:.4f})"
+    )
     for who, times in report.timings.items():
         stages = "  ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items())
         typer.echo(f"timings ({who}): {stages}")
 
 
-def validation_pipelines(artifacts: Path, manifest: Manifest, reference: Path | None, device: str, reference_device: str):
+def validation_pipelines(
+    artifacts: Path, manifest: Manifest, reference: Path | None, device: str, reference_device: str
+):
     from ..engines.trt_api import import_tensorrt
 
     import_tensorrt()
@@ -85,12 +96,28 @@ def check_thresholds(report: ValidationReport, min_agreement: float, min_psnr: f
 
 
 def check(
-    artifacts: Annotated[Path | None, typer.Argument(help="Artefact folder from `star-deploy export`. Default: the built-in demo model, exported to a temporary folder.")] = None,
-    backend: Annotated[str | None, typer.Option(help="tensorrt: also validate DIR/engines on the GPU against ONNX Runtime.")] = None,
-    reference: Annotated[Path | None, typer.Option(help="Reference artefact folder (e.g. an fp32 export) run with ONNX Runtime. Default: DIR.")] = None,
+    artifacts: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Artefact folder from `star-deploy export`. Default: the built-in demo model, exported to a "
+            "temporary folder."
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="tensorrt: also validate DIR/engines on the GPU against ONNX Runtime.")
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Reference artefact folder (e.g. an fp32 export) run with ONNX Runtime. Default: DIR."),
+    ] = None,
     device: Annotated[str, typer.Option(help="CUDA device of the engines.")] = "cuda",
-    reference_device: Annotated[str, typer.Option(help="Device of the ONNX Runtime reference (cuda needs onnxruntime-gpu).")] = "cuda",
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Validation prompt; repeat for a batch (default: two built-in prompts).")] = None,
+    reference_device: Annotated[
+        str, typer.Option(help="Device of the ONNX Runtime reference (cuda needs onnxruntime-gpu).")
+    ] = "cuda",
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option("--prompt", help="Validation prompt; repeat for a batch (default: two built-in prompts)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
     runs: Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")] = 3,
     min_agreement: Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")] = 0.9,
@@ -103,7 +130,9 @@ def check(
     """
     if artifacts is None:
         if backend is not None:
-            raise ConfigError("--backend tensorrt validates built engines: pass the artefact folder they were built from")
+            raise ConfigError(
+                "--backend tensorrt validates built engines: pass the artefact folder they were built from"
+            )
         check_demo()
         return
     if json_out is not None:

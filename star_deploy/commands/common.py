@@ -23,26 +23,37 @@ log = logging.getLogger("star_deploy")
 
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option("--weights", help="Folder of the STAR release (CLIP/, vae*.pth, star*.pth). Default: the built-in demo STAR (128 px, trained on coloured shapes: 'a red circle on a blue background')."),
+    typer.Option(
+        "--weights",
+        help="Folder of the STAR release (CLIP/, vae*.pth, star*.pth). Default: the built-in demo STAR (128 px, "
+        "trained on coloured shapes: 'a red circle on a blue background').",
+    ),
 ]
-ClipOpt = Annotated[Path | None, typer.Option("--clip", help="The release's CLIP folder (tokenizer/ and text_encoder/).")]
+ClipOpt = Annotated[
+    Path | None, typer.Option("--clip", help="The release's CLIP folder (tokenizer/ and text_encoder/).")
+]
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="VQVAE checkpoint, e.g. vae_ch160v4096z32.pth.")]
 StarOpt = Annotated[Path | None, typer.Option("--star", help="STAR checkpoint, e.g. star_rope_d30_512*.pth.")]
 ResolutionOpt = Annotated[
     int | None,
-    typer.Option("--resolution", help="Output size the checkpoint was trained for: 256, 512 or 1024 (128 for the demo)."),
+    typer.Option(
+        "--resolution", help="Output size the checkpoint was trained for: 256, 512 or 1024 (128 for the demo)."
+    ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 SamplerOpt = Annotated[
     str,
-    typer.Option(help="portable: a seed gives the same tokens on every backend and device; official: the official code's torch.Generator draws (CPU: the official images)."),
+    typer.Option(
+        help="portable: a seed gives the same tokens on every backend and device; official: the official code's "
+        "torch.Generator draws (CPU: the official images)."
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def reports_errors(func: F) -> F:
-    """StarDeployError -> one line and exit 2; Ctrl-C or SIGTERM -> exit 130 or 143; anything else -> one line and exit 1."""
+    """StarDeployError: one line, exit 2; Ctrl-C or SIGTERM: exit 130 or 143; anything else: one line, exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -62,7 +73,8 @@ def reports_errors(func: F) -> F:
             log.debug("unexpected error", exc_info=True)
             typer.secho(
                 f"error: unexpected {type(exc).__name__}: {str(exc)[:200]}; rerun with -v for details and report it",
-                err=True, fg=typer.colors.RED,
+                err=True,
+                fg=typer.colors.RED,
             )
             raise typer.Exit(1) from None
 

@@ -74,8 +74,12 @@ def convert_release(src: Path, dst: Path, overwrite: bool) -> Path:
 
 
 def convert(
-    src: Annotated[Path, typer.Argument(help="A star*/vae* .pth checkpoint, or a release folder (CLIP/, vae*.pth, star*.pth).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file, or the folder to create for a release.")],
+    src: Annotated[
+        Path, typer.Argument(help="A star*/vae* .pth checkpoint, or a release folder (CLIP/, vae*.pth, star*.pth).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The .safetensors file, or the folder to create for a release.")
+    ],
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert official .pth checkpoints to safetensors (same tensors, no pickle); `--weights` accepts the result."""

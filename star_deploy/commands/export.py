@@ -12,8 +12,8 @@ import typer
 from ..atomic import check_separate, check_writable
 from ..config import StarConfig
 from ..errors import ConfigError
-from ..memory import available_bytes, check_fits, estimate
 from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
+from ..memory import available_bytes, check_fits, estimate
 from ..release import load_model, release_paths
 from .common import (
     ClipOpt,
@@ -37,8 +37,12 @@ def export_memory_check(config: StarConfig) -> None:
 
 
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Artefact folder to create (graphs, tokenizer, manifest.json).")],
-    precision: Annotated[str, typer.Option(help="fp32, or fp16 (strongly typed: norms, softmax, RoPE and logits head stay fp32).")] = "fp32",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Artefact folder to create (graphs, tokenizer, manifest.json).")
+    ],
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 (strongly typed: norms, softmax, RoPE and logits head stay fp32).")
+    ] = "fp32",
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,

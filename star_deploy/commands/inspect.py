@@ -155,7 +155,12 @@ def render(info: Info) -> None:
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A .pth/.safetensors checkpoint, a release folder, an artefact folder, an .onnx or a .plan.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A .pth/.safetensors checkpoint, a release folder, an artefact folder, an .onnx or a .plan."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")] = False,
 ) -> None:
     """Show what PATH is: the model config inferred from its tensors, or its manifest."""

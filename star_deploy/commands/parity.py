@@ -17,8 +17,8 @@ from ..errors import ConfigError
 from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
 from ..export.sources import check_sources
 from ..pipeline import ScaleLoop
-from ..tokenizer import PromptTokenizer
 from ..release import load_model, release_paths
+from ..tokenizer import PromptTokenizer
 from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, reports_errors
 
 DEFAULT_PROMPTS = (
@@ -50,7 +50,10 @@ def parity(
     artifacts: Annotated[Path, typer.Option(help="Artefact folder from `star-deploy export` to measure.")],
     backend: Annotated[str, typer.Option(help="Runtime for the artefacts: onnxruntime or tensorrt.")] = "onnxruntime",
     device: Annotated[str, typer.Option(help="Device of the measured backend: cpu or cuda.")] = "cpu",
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt to compare on (repeatable). Default: 4 built-in prompts.")] = None,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option("--prompt", help="Prompt to compare on (repeatable). Default: 4 built-in prompts."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
     weights: WeightsOpt = None,
@@ -67,23 +70,37 @@ def parity(
     if json_out is not None:
         check_writable(json_out, overwrite=True)
     manifest = artifacts_manifest(artifacts, backend)
-    check_sources(manifest, release_paths(weights, clip, vae, star), "pass the weights it was exported from (--weights or --star/--vae/--clip)")
+    check_sources(
+        manifest,
+        release_paths(weights, clip, vae, star),
+        "pass the weights it was exported from (--weights or --star/--vae/--clip)",
+    )
     model = load_model(weights, clip, vae, star, resolution)
     if model.config != manifest.config:
-        raise ConfigError(f"{artifacts} was exported from a model of another shape than the weights given; pass the same weights")
+        raise ConfigError(
+            f"{artifacts} was exported from a model of another shape than the weights given; pass the same weights"
+        )
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     reference = create_backend("torch", "cpu", model=model)
     tested = create_backend(backend, device, manifest=manifest)
     prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
     graphs = graph_parity(reference, tested, tokenizer, prompts, seed)
     seeds = [seed + i for i in range(len(prompts))]
-    result = fidelity(ScaleLoop(reference, tokenizer), ScaleLoop(tested, tokenizer), prompts, SamplingConfig(seed=seed), seeds)
+    result = fidelity(
+        ScaleLoop(reference, tokenizer), ScaleLoop(tested, tokenizer), prompts, SamplingConfig(seed=seed), seeds
+    )
     print_report(graphs, result, f"{backend} {manifest.precision} vs torch fp32 ({artifacts})")
     limits = THRESHOLDS[manifest.precision]
     failed = failures(result, limits)
     if json_out is not None:
-        report = {"precision": manifest.precision, "backend": backend, "graphs": {k: vars(v) for k, v in graphs.items()},
-                  "fidelity": result.to_dict(), "thresholds": vars(limits), "failures": failed}
+        report = {
+            "precision": manifest.precision,
+            "backend": backend,
+            "graphs": {k: vars(v) for k, v in graphs.items()},
+            "fidelity": result.to_dict(),
+            "thresholds": vars(limits),
+            "failures": failed,
+        }
         write_text(json_out, json.dumps(report, indent=2) + "\n", overwrite=True)
     if failed:
         typer.secho("FAIL: " + "; ".join(failed), err=True, fg=typer.colors.RED)

@@ -16,7 +16,9 @@ from .common import OverwriteOpt, reports_errors
 def quantize(
     artifacts: Annotated[Path, typer.Argument(help="fp32 artefact folder made by `star-deploy export`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New artefact folder (manifest precision int8).")],
-    accuracy_level: Annotated[int, typer.Option("--accuracy-level", help="MatMulNBits compute: 4 int8 (fast), 1 float32 (closer to fp32).")] = ACCURACY_LEVEL,
+    accuracy_level: Annotated[
+        int, typer.Option("--accuracy-level", help="MatMulNBits compute: 4 int8 (fast), 1 float32 (closer to fp32).")
+    ] = ACCURACY_LEVEL,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Quantize the transformer step and text encoder weights to int8 (ONNX Runtime MatMulNBits)."""

@@ -24,8 +24,8 @@ from ..images import to_pil, write_png
 from ..memory import available_bytes, check_fits, estimate
 from ..outputs import OutputSet, output_set
 from ..pipeline import Generation, ScaleEvent, ScaleLoop
-from ..tokenizer import PromptTokenizer
 from ..release import ReleasePaths, load_model, release_paths
+from ..tokenizer import PromptTokenizer
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -77,7 +77,9 @@ def check_prompts(prompts: list[str], sampling: SamplingConfig) -> None:
     """Refuse seeds that overflow; warn about empty prompts (legal: they generate unconditionally)."""
     last_seed = sampling.seed + len(prompts) - 1
     if last_seed >= 2**63:
-        raise ConfigError(f"--seed {sampling.seed}: prompt {len(prompts) - 1} would use seed {last_seed} >= 2**63; use a smaller seed")
+        raise ConfigError(
+            f"--seed {sampling.seed}: prompt {len(prompts) - 1} would use seed {last_seed} >= 2**63; use a smaller seed"
+        )
     for i, prompt in enumerate(prompts):
         try:
             prompt.encode("utf-8")
@@ -101,7 +103,9 @@ def run_inputs(backend: str, artifacts: Path | None, weights: Path | None, paths
     return parts + ([artifacts] if artifacts is not None and needs_artifacts(backend) else [])
 
 
-def save_images(paths: list[Path], prompts: list[str], images: list, meta: dict[str, str], seed: int, overwrite: bool) -> None:
+def save_images(
+    paths: list[Path], prompts: list[str], images: list, meta: dict[str, str], seed: int, overwrite: bool
+) -> None:
     """Write one PNG per prompt; an interrupted or failed run removes the PNGs (and folder) it wrote."""
     folder = paths[0].parent if len(paths) > 1 else None
     with output_set(folder) as outputs:
@@ -148,7 +152,11 @@ PreviewWriter = Callable[[int, ScaleEvent], None]
 
 
 def generate_batches(
-    pipeline: ScaleLoop, prompts: list[str], sampling: SamplingConfig, batch_size: int, on_preview: PreviewWriter | None = None
+    pipeline: ScaleLoop,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    batch_size: int,
+    on_preview: PreviewWriter | None = None,
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
     results = []
@@ -180,7 +188,9 @@ def check_previews(folder: Path, overwrite: bool) -> None:
         check_writable(folder, overwrite=False)
 
 
-def preview_writer(outputs: OutputSet, paths: list[list[Path]], metas: list[dict[str, str]], overwrite: bool) -> PreviewWriter:
+def preview_writer(
+    outputs: OutputSet, paths: list[list[Path]], metas: list[dict[str, str]], overwrite: bool
+) -> PreviewWriter:
     """Write each scale's coarse images as PNGs (prompt i's text chunks ``metas[i]``), published through ``outputs``."""
 
     def write(start: int, event: ScaleEvent) -> None:
@@ -193,21 +203,63 @@ def preview_writer(outputs: OutputSet, paths: list[list[Path]], metas: list[dict
 
 def run(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts; each gives one image.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (one prompt) or folder (several). Default star.png / star_images/.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="PNG file (one prompt) or folder (several). Default star.png / star_images/."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed+i.")] = 0,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance strength (ramps from 0 over the scales).")] = 4.0,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens (0: off). Default: the official 600, capped at the codebook size.")] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            help="Keep the k most likely tokens (0: off). Default: the official 600, capped at the codebook size.",
+        ),
+    ] = None,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = 0.8,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 1,
-    backend: Annotated[str | None, typer.Option(help="torch, onnxruntime or tensorrt. Default: torch with weight options, else onnxruntime (on --artifacts, or on the built-in demo's graphs).")] = None,
-    artifacts: Annotated[Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt). Default: the built-in demo's graphs.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="torch, onnxruntime or tensorrt. Default: torch with weight options, else onnxruntime (on "
+            "--artifacts, or on the built-in demo's graphs)."
+        ),
+    ] = None,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt). Default: the built-in demo's "
+            "graphs."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")] = "float32",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per physical core).")] = 0,
-    provider: Annotated[str | None, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt, openvino, coreml or directml (as installed). Default: cuda for --device cuda, else cpu.")] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="onnxruntime execution provider: cpu, cuda, tensorrt, openvino, coreml or directml (as installed). "
+            "Default: cuda for --device cuda, else cpu."
+        ),
+    ] = None,
     sampler: SamplerOpt = "portable",
-    previews: Annotated[Path | None, typer.Option("--previews", help="Also write the coarse image after every scale into this folder (NNN_prompt_scaleKK.png).")] = None,
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch backend on CUDA: capture every scale as a CUDA graph on the first batch, replay it for the next (faster from the second batch on).")] = False,
+    previews: Annotated[
+        Path | None,
+        typer.Option(
+            "--previews",
+            help="Also write the coarse image after every scale into this folder (NNN_prompt_scaleKK.png).",
+        ),
+    ] = None,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="torch backend on CUDA: capture every scale as a CUDA graph on the first batch, replay it for the "
+            "next (faster from the second batch on).",
+        ),
+    ] = False,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -228,7 +280,9 @@ def run(
     backend = backend or ("torch" if given else "onnxruntime")
     if backend == "onnxruntime" and artifacts is None and not given:
         artifacts = DEMO_GRAPHS
-    sampling = SamplingConfig(cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed, sampler=sampler)
+    sampling = SamplingConfig(
+        cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed, sampler=sampler
+    )
     device = default_device(backend, device)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -244,7 +298,9 @@ def run(
     if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
-    check_separate(paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release))
+    check_separate(
+        paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
+    )
     if backend == "tensorrt":
         from ..engines.trt_api import import_tensorrt
 
@@ -257,7 +313,9 @@ def run(
                 f"--resolution {resolution}: the artefacts in {manifest.root} are for "
                 f"{manifest.config.resolution} px; drop --resolution or export again"
             )
-        memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device, manifest.graph_bytes)(manifest.config)
+        memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device, manifest.graph_bytes)(
+            manifest.config
+        )
         engine = create_backend(backend, device, manifest=manifest, threads=threads, provider=provider)
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:
@@ -271,8 +329,12 @@ def run(
             log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
         sampling = sampling.clamped(vocab)
     meta = {
-        "cfg": str(cfg), "top_k": str(sampling.top_k), "top_p": str(top_p), "sampler": sampler,
-        "backend": backend, "software": "star-deploy",
+        "cfg": str(cfg),
+        "top_k": str(sampling.top_k),
+        "top_p": str(top_p),
+        "sampler": sampler,
+        "backend": backend,
+        "software": "star-deploy",
     }
     with output_set(previews) as preview_outputs:
         writer = None

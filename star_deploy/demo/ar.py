@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..config import TransformerConfig
-from ..tables import rope_angles
 from ..model.transformer import MASK_VALUE, Block, StarTransformer, TextContext
+from ..tables import rope_angles
 
 
 def scale_ids(sides: tuple[int, ...]) -> torch.Tensor:
@@ -29,7 +29,9 @@ def block_causal_bias(sides: tuple[int, ...]) -> torch.Tensor:
 
 def sequence_rope(sides: tuple[int, ...], config: TransformerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE cos/sin (L, D/2) of the whole sequence: the per-scale tables concatenated."""
-    angles = torch.cat([torch.from_numpy(rope_angles(p, config.head_dim, config.rope_theta, config.rope_norm)) for p in sides])
+    angles = torch.cat(
+        [torch.from_numpy(rope_angles(p, config.head_dim, config.rope_theta, config.rope_norm)) for p in sides]
+    )
     return angles.cos(), angles.sin()
 
 

@@ -36,9 +36,15 @@ SIZES: dict[str, float] = {"small": 18.0, "medium": 26.0, "large": 34.0}
 """Half-extent of a shape in pixels, by size word."""
 
 POSITIONS: dict[str, tuple[int, int]] = {
-    "top left": (0, 0), "top": (0, 1), "top right": (0, 2),
-    "left": (1, 0), "center": (1, 1), "right": (1, 2),
-    "bottom left": (2, 0), "bottom": (2, 1), "bottom right": (2, 2),
+    "top left": (0, 0),
+    "top": (0, 1),
+    "top right": (0, 2),
+    "left": (1, 0),
+    "center": (1, 1),
+    "right": (1, 2),
+    "bottom left": (2, 0),
+    "bottom": (2, 1),
+    "bottom right": (2, 2),
 }
 """Named positions as (row, column) cells of a 3x3 grid."""
 
@@ -52,11 +58,7 @@ Combo = tuple[str, str, str]
 def _all_combos() -> list[Combo]:
     names = list(COLOURS)
     return [
-        (c, s, b)
-        for ci, c in enumerate(names)
-        for si, s in enumerate(SHAPES)
-        for bi, b in enumerate(names)
-        if c != b
+        (c, s, b) for ci, c in enumerate(names) for si, s in enumerate(SHAPES) for bi, b in enumerate(names) if c != b
     ]
 
 
@@ -126,7 +128,11 @@ def render(scene: Scene) -> np.ndarray:
     return (alpha * fg + (1.0 - alpha) * bg).astype(np.float32)
 
 
-SIZE_WORDS = {"small": ("small", "tiny", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big", "huge")}
+SIZE_WORDS = {
+    "small": ("small", "tiny", "little"),
+    "medium": ("medium", "medium-sized"),
+    "large": ("large", "big", "huge"),
+}
 OMIT_SIZE = {"small": 0.0, "medium": 0.6, "large": 0.4}
 POSITION_WORDS = {
     "top left": ("in the top left corner", "at the top left", "in the upper left"),

@@ -36,7 +36,9 @@ class Reading:
 
 def _border(img: np.ndarray) -> np.ndarray:
     b = BORDER
-    return np.concatenate([img[:b].reshape(-1, 3), img[-b:].reshape(-1, 3), img[:, :b].reshape(-1, 3), img[:, -b:].reshape(-1, 3)])
+    return np.concatenate(
+        [img[:b].reshape(-1, 3), img[-b:].reshape(-1, 3), img[:, :b].reshape(-1, 3), img[:, -b:].reshape(-1, 3)]
+    )
 
 
 def _extent(counts: np.ndarray) -> tuple[int, int]:

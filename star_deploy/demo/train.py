@@ -37,7 +37,18 @@ from ..model.text import random_text_encoder
 from ..model.transformer import StarTransformer
 from ..weights import infer_vae_config
 from .ar import TeacherForcing
-from .data import COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES, TRAIN_COMBOS, caption, make_scenes, render_batch, sample_scene
+from .data import (
+    COLOURS,
+    HELD_OUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TRAIN_COMBOS,
+    caption,
+    make_scenes,
+    render_batch,
+    sample_scene,
+)
 from .vq import QuantTables, TrainableVQVAE, quant_tables, quantize, restart_dead_codes
 
 log = logging.getLogger("star_deploy.demo.train")
@@ -80,8 +91,21 @@ class TrainSpec:
 
 FULL = TrainSpec()
 QUICK = replace(
-    FULL, vae_steps=2, vae_batch=2, restart_every=1, scenes=8, text_width=32, text_layers=1, text_steps=2,
-    width=64, depth=1, heads=1, ar_steps=2, ar_batch=4, warmup=1, eval_seeds=0,
+    FULL,
+    vae_steps=2,
+    vae_batch=2,
+    restart_every=1,
+    scenes=8,
+    text_width=32,
+    text_layers=1,
+    text_steps=2,
+    width=64,
+    depth=1,
+    heads=1,
+    ar_steps=2,
+    ar_batch=4,
+    warmup=1,
+    eval_seeds=0,
 )
 
 
@@ -91,8 +115,13 @@ def vae_config(spec: TrainSpec) -> VaeConfig:
 
 def transformer_config(spec: TrainSpec) -> TransformerConfig:
     return TransformerConfig(
-        depth=spec.depth, width=spec.width, heads=spec.heads, text_width=spec.text_width,
-        vocab_size=spec.vocab, cvae=spec.cvae, num_scales=len(SCHEDULES[RESOLUTION]),
+        depth=spec.depth,
+        width=spec.width,
+        heads=spec.heads,
+        text_width=spec.text_width,
+        vocab_size=spec.vocab,
+        cvae=spec.cvae,
+        num_scales=len(SCHEDULES[RESOLUTION]),
     )
 
 
@@ -140,7 +169,9 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         left = elapsed / (step + 1) * (self.total - step - 1)
         text = " ".join(f"{k} {v / self.count:.4f}" for k, v in self.sums.items())
-        log.info("%s %d/%d %s | %.2f s/step, %.0f s left", self.name, step + 1, self.total, text, elapsed / (step + 1), left)
+        log.info(
+            "%s %d/%d %s | %.2f s/step, %.0f s left", self.name, step + 1, self.total, text, elapsed / (step + 1), left
+        )
         self.sums, self.count = {}, 0
 
 
@@ -180,7 +211,9 @@ def train_vae(spec: TrainSpec, tables: QuantTables) -> tuple[TrainableVQVAE, dic
 
 
 @torch.no_grad()
-def encode_scenes(vae: TrainableVQVAE, scenes: list, tables: QuantTables, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_scenes(
+    vae: TrainableVQVAE, scenes: list, tables: QuantTables, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token sequences (N, L) and teacher next-scale maps (N, L - 1, Cvae) of ``scenes``."""
     tokens, maps = [], []
     for i in range(0, len(scenes), batch):
@@ -227,8 +260,11 @@ class TextBatcher:
 
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "colour": tuple(COLOURS), "shape": SHAPES, "background": tuple(COLOURS),
-    "size": tuple(SIZES), "position": tuple(POSITIONS),
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "background": tuple(COLOURS),
+    "size": tuple(SIZES),
+    "position": tuple(POSITIONS),
 }
 """What the text encoder learns to read from a caption before the transformer trains on it."""
 
@@ -248,7 +284,7 @@ class AttributeHeads(nn.Module):
         return total / len(ATTRIBUTES)
 
 
-def pretrain_text(spec: TrainSpec, text: "TextBatcher") -> dict[str, float]:
+def pretrain_text(spec: TrainSpec, text: TextBatcher) -> dict[str, float]:
     """Stage 2a: teach the text encoder to read colour, shape, background, size and position.
 
     A cheap supervised warm start: the transformer then trains against text features that
@@ -315,7 +351,11 @@ def train_star(
     text_losses = pretrain_text(spec, text) if start is None else {}
     forcing = TeacherForcing(transformer, SCHEDULES[RESOLUTION]).train()
     sides = SCHEDULES[RESOLUTION]
-    weights = scale_weights(sides) if spec.balanced_loss else torch.full((sum(p * p for p in sides),), 1.0 / sum(p * p for p in sides))
+    weights = (
+        scale_weights(sides)
+        if spec.balanced_loss
+        else torch.full((sum(p * p for p in sides),), 1.0 / sum(p * p for p in sides))
+    )
     params = list(transformer.parameters()) + list(clip.parameters())
     opt = torch.optim.AdamW(params, lr=spec.ar_lr, betas=(0.9, 0.95), weight_decay=0.01)
     progress = Progress("star", spec.ar_steps, max(1, spec.ar_steps // 50))
@@ -341,7 +381,12 @@ def half_state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]
 
 
 def save_release(
-    out: Path, vae: TrainableVQVAE, transformer: StarTransformer, clip: nn.Module, tokenizer_dir: Path, dtype: torch.dtype
+    out: Path,
+    vae: TrainableVQVAE,
+    transformer: StarTransformer,
+    clip: nn.Module,
+    tokenizer_dir: Path,
+    dtype: torch.dtype,
 ) -> None:
     """The official layout: CLIP/tokenizer, CLIP/text_encoder, vae.pth, star.pth."""
     out.mkdir(parents=True, exist_ok=True)
@@ -356,19 +401,15 @@ def save_release(
 
 def held_out_prompts(seeds: int) -> list[tuple[str, tuple[str, str, str], int]]:
     """(prompt, combination, seed) for every held-out combination and seed."""
-    return [
-        (f"a {c} {s} on a {b} background", (c, s, b), seed)
-        for seed in range(seeds)
-        for c, s, b in HELD_OUT
-    ]
+    return [(f"a {c} {s} on a {b} background", (c, s, b), seed) for seed in range(seeds) for c, s, b in HELD_OUT]
 
 
 def evaluate_release(out: Path, seeds: int) -> dict[str, float]:
     """Pass rates of colours and shapes on held-out combinations, generated with the torch backend."""
     from ..backends.torch_backend import TorchBackend
     from ..pipeline import ScaleLoop
-    from ..tokenizer import PromptTokenizer
     from ..release import resolve_release
+    from ..tokenizer import PromptTokenizer
     from ..weights import load_release
     from .evaluate import read_image
 
@@ -400,13 +441,22 @@ def run_vae_only(spec: TrainSpec, out: Path, dtype: torch.dtype) -> dict:
     vae, losses = train_vae(spec, quant_tables(SCHEDULES[RESOLUTION]))
     out.mkdir(parents=True, exist_ok=True)
     torch.save(half_state(vae, dtype), out / "vae.pth")
-    record = {"spec": asdict(spec), "seconds": {"vae": round(time.perf_counter() - t0)}, "final_losses": {"vae": losses}}
+    record = {
+        "spec": asdict(spec),
+        "seconds": {"vae": round(time.perf_counter() - t0)},
+        "final_losses": {"vae": losses},
+    }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def run(
-    spec: TrainSpec, out: Path, tokenizer_dir: Path, dtype: torch.dtype, vae_from: Path | None = None, resume: Path | None = None
+    spec: TrainSpec,
+    out: Path,
+    tokenizer_dir: Path,
+    dtype: torch.dtype,
+    vae_from: Path | None = None,
+    resume: Path | None = None,
 ) -> dict:
     """Both stages (or stage 2 on a saved VQVAE, or more of stage 2 on a saved release), save, and evaluate."""
     tables = quant_tables(SCHEDULES[RESOLUTION])
@@ -454,7 +504,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vae-steps", type=int, help="override the VQVAE step count")
     p.add_argument("--ar-steps", type=int, help="override the transformer step count")
-    p.add_argument("--tokenizer", type=Path, default=PACKAGE_WEIGHTS / "CLIP" / "tokenizer", help="CLIP tokenizer folder")
+    p.add_argument(
+        "--tokenizer", type=Path, default=PACKAGE_WEIGHTS / "CLIP" / "tokenizer", help="CLIP tokenizer folder"
+    )
     p.add_argument("--vae-only", action="store_true", help="run stage 1 only and write OUT/vae.pth")
     p.add_argument("--resume", type=Path, help="continue stage 2 from this release folder (its vae.pth included)")
     p.add_argument("--ar-lr", type=float, help="override the transformer learning rate")

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VaeConfig
-from ..tables import area_matrix, bicubic_matrix, phi_index
 from ..model.vqvae import AttnBlock, ResnetBlock, StarVQVAE
+from ..tables import area_matrix, bicubic_matrix, phi_index
 
 
 class DemoEncoder(nn.Module):

@@ -15,6 +15,7 @@ from ..errors import ArtifactError
 from ..graphs import CACHE_ROLES, GraphSpec, Role, activation_dtype
 from .profiles import profile_dims, profile_table
 
+
 @dataclass(frozen=True)
 class Binding:
     """One engine I/O tensor: its manifest name, direction, role (memory source) and cache layer."""
@@ -57,7 +58,8 @@ def check_engine_names(spec: GraphSpec, engine_inputs: list[str], engine_outputs
     missing = sorted((want_in - got_in) | (want_out - got_out))
     extra = sorted((got_in - want_in) | (got_out - want_out))
     raise ArtifactError(
-        f"the {spec.name} engine does not match the manifest (missing {missing or 'none'}, unexpected {extra or 'none'}); "
+        f"the {spec.name} engine does not match the manifest (missing {missing or 'none'}, "
+        f"unexpected {extra or 'none'}); "
         "rebuild with `star-deploy build-engine DIR --overwrite`"
     )
 

@@ -51,7 +51,9 @@ class BuildOptions:
         if self.typing not in TYPING_MODES:
             raise ConfigError(f"--typing must be one of {', '.join(TYPING_MODES)}, got {self.typing!r}")
         if self.typing == "fp16-flag" and major_version(tensorrt_version) >= 11:
-            raise ConfigError("--typing fp16-flag: TensorRT 11 removed the FP16 builder flag; use --typing strong with an fp16 export")
+            raise ConfigError(
+                "--typing fp16-flag: TensorRT 11 removed the FP16 builder flag; use --typing strong with an fp16 export"
+            )
         if not 0 <= self.optimization_level <= 5:
             raise ConfigError(f"--opt-level must be in 0..5, got {self.optimization_level}")
         if self.workspace_gib <= 0:
@@ -107,7 +109,9 @@ def builder_config(trt: ModuleType, builder, options: BuildOptions, cache_blob: 
     return config
 
 
-def build_plan(trt: ModuleType, onnx_path: Path, profiles: list[Profile], options: BuildOptions, cache_blob: bytes) -> tuple[bytes, bytes]:
+def build_plan(
+    trt: ModuleType, onnx_path: Path, profiles: list[Profile], options: BuildOptions, cache_blob: bytes
+) -> tuple[bytes, bytes]:
     """Serialized plan and updated timing cache for one ONNX graph."""
     logger = make_logger(trt)
     builder = trt.Builder(logger)
@@ -118,17 +122,25 @@ def build_plan(trt: ModuleType, onnx_path: Path, profiles: list[Profile], option
     serialized = builder.build_serialized_network(network, config)
     del parser
     if serialized is None:
-        raise StarDeployError(f"{onnx_path}: TensorRT failed to build an engine (see the messages above; run with -v for details)")
+        raise StarDeployError(
+            f"{onnx_path}: TensorRT failed to build an engine (see the messages above; run with -v for details)"
+        )
     cache = config.get_timing_cache()
     return bytes(memoryview(serialized)), bytes(memoryview(cache.serialize()))
 
 
-def engine_sidecar(manifest: Manifest, graph: str, options: BuildOptions, info: RuntimeInfo, profiles: list[Profile]) -> EngineSidecar:
+def engine_sidecar(
+    manifest: Manifest, graph: str, options: BuildOptions, info: RuntimeInfo, profiles: list[Profile]
+) -> EngineSidecar:
     """The sidecar of ``graph``'s plan; its ONNX digest is the manifest's (``graph_digest``: .onnx and .onnx.data)."""
     return EngineSidecar(
-        graph=graph, precision=engine_precision(manifest, options.typing), typing=options.typing,
-        onnx_sha256=graph_digest(manifest.root, manifest.graphs[graph]), runtime=info,
-        batch_sizes=sorted(set(options.batch_sizes)), profiles=profiles,
+        graph=graph,
+        precision=engine_precision(manifest, options.typing),
+        typing=options.typing,
+        onnx_sha256=graph_digest(manifest.root, manifest.graphs[graph]),
+        runtime=info,
+        batch_sizes=sorted(set(options.batch_sizes)),
+        profiles=profiles,
         builder=options.record() | {"star_deploy": __version__},
     )
 
@@ -146,7 +158,10 @@ def write_plan(root: Path, sidecar: EngineSidecar, plan: bytes) -> Path:
 def check_ready(manifest: Manifest, graphs: list[str]) -> None:
     problems = [p for g in graphs for p in check_graph(manifest.path(g), manifest.graphs[g]).problems]
     if problems:
-        raise ArtifactError(f"{manifest.root}: not ready for TensorRT: {problems[0]} ({len(problems)} problem(s); see `star-deploy check`)")
+        raise ArtifactError(
+            f"{manifest.root}: not ready for TensorRT: {problems[0]} ({len(problems)} problem(s); see `star-deploy "
+            "check`)"
+        )
 
 
 def check_outputs(root: Path, graphs: list[str], overwrite: bool) -> None:

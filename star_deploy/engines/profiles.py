@@ -27,11 +27,15 @@ class Profile:
     shapes: dict[str, Shape]
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "batch": self.batch, "scale": self.scale,
-                "shapes": {k: list(v) for k, v in self.shapes.items()}}
+        return {
+            "index": self.index,
+            "batch": self.batch,
+            "scale": self.scale,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Profile":
+    def from_dict(cls, data: dict) -> Profile:
         shapes = {k: tuple(v) for k, v in data["shapes"].items()}
         return cls(data["index"], data["batch"], data["scale"], shapes)
 

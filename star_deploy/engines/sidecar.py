@@ -58,11 +58,19 @@ class EngineSidecar:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EngineSidecar":
+    def from_dict(cls, data: dict) -> EngineSidecar:
         runtime = RuntimeInfo(data["tensorrt_version"], data["gpu_name"], data["compute_capability"])
         profiles = [Profile.from_dict(p) for p in data["profiles"]]
-        return cls(data["graph"], data["precision"], data["typing"], data["onnx_sha256"], runtime,
-                   list(data["batch_sizes"]), profiles, dict(data.get("builder", {})))
+        return cls(
+            data["graph"],
+            data["precision"],
+            data["typing"],
+            data["onnx_sha256"],
+            runtime,
+            list(data["batch_sizes"]),
+            profiles,
+            dict(data.get("builder", {})),
+        )
 
 
 def plan_path(root: Path, graph: str) -> Path:

@@ -43,7 +43,9 @@ def cuda_device(device: str | torch.device = "cuda") -> torch.device:
     if dev.type != "cuda":
         raise BackendUnavailableError(f"TensorRT runs on CUDA GPUs only; use --device cuda (got {device})")
     if not torch.cuda.is_available():
-        raise BackendUnavailableError("TensorRT needs a CUDA GPU, and PyTorch sees none (check the driver and a CUDA build of torch)")
+        raise BackendUnavailableError(
+            "TensorRT needs a CUDA GPU, and PyTorch sees none (check the driver and a CUDA build of torch)"
+        )
     return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
 
 

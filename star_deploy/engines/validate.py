@@ -31,7 +31,9 @@ class ValidationReport:
         return statistics.fmean(self.token_agreement) if self.token_agreement else 0.0
 
 
-def teacher_forced(ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]):
+def teacher_forced(
+    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]
+):
     """Reference samples; the tested backend re-runs on the reference's tokens.
 
     Returns (per-scale agreement of the CFG-guided argmax, image PSNR of the teacher-forced run,
@@ -39,10 +41,17 @@ def teacher_forced(ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], samp
     """
     reference = ref.generate(prompts, sampling, seeds, keep_logits=True)
     forced = test.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True)
-    return guided_argmax_agreement(reference, forced, sampling), psnr(reference.images, forced.images), reference, forced
+    return (
+        guided_argmax_agreement(reference, forced, sampling),
+        psnr(reference.images, forced.images),
+        reference,
+        forced,
+    )
 
 
-def stage_timings(pipeline: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int, warmup: int = 1) -> dict[str, float]:
+def stage_timings(
+    pipeline: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int, warmup: int = 1
+) -> dict[str, float]:
     """Median seconds per stage over ``runs`` generations after ``warmup`` ones."""
     for _ in range(warmup):
         pipeline.generate(prompts, sampling)

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..config import StarConfig
 from ..errors import ArtifactError
-from ..records import read_record
 from ..graphs import GraphSpec, graph_specs
+from ..records import read_record
 from .manifest_schema import parse_config, validate
 
 MANIFEST = "manifest.json"
@@ -136,10 +136,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """The validated contents of ``root/manifest.json``, its own digest checked; file hashes not yet."""
     path = root / MANIFEST
     if root.exists() and not root.is_dir():
-        raise ArtifactError(f"{root}: is a file, not an artefact folder; pass the folder that `star-deploy export` made")
+        raise ArtifactError(
+            f"{root}: is a file, not an artefact folder; pass the folder that `star-deploy export` made"
+        )
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such artefact directory; create it with `star-deploy export --out {root}`")
-    data = read_record(path, FORMAT, FORMAT_VERSION, "manifest", f"{root} is not a complete export: run `star-deploy export` again")
+    data = read_record(
+        path, FORMAT, FORMAT_VERSION, "manifest", f"{root} is not a complete export: run `star-deploy export` again"
+    )
     validate(data, path)
     if body_digest(data) != data[SELF_DIGEST]:
         raise ArtifactError(f"{path}: changed since export (its sha256 does not match); export again")
@@ -160,7 +164,9 @@ def check_graph_entry(entry: dict[str, Any], spec: GraphSpec, path: Path) -> Non
     """Refuse a graph entry whose file, inputs or outputs differ from what this version exports."""
     for kind, tensors in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         if entry[kind] != [t.to_dict() for t in tensors]:
-            raise ArtifactError(f"{path}: graph {spec.name} does not have the {kind} this version expects; export again")
+            raise ArtifactError(
+                f"{path}: graph {spec.name} does not have the {kind} this version expects; export again"
+            )
     if entry["file"] != spec.file:
         raise ArtifactError(f"{path}: graph {spec.name} is not stored as {spec.file}; export again")
 
@@ -195,4 +201,6 @@ def verify_graph_hashes(manifest: Manifest) -> None:
     """Refuse graph files whose contents differ from what the export wrote."""
     for name, expected in manifest.graph_hashes.items():
         if graph_digest(manifest.root, manifest.graphs[name]) != expected:
-            raise ArtifactError(f"{manifest.path(name)}: changed or corrupted since export (sha256 mismatch); export again")
+            raise ArtifactError(
+                f"{manifest.path(name)}: changed or corrupted since export (sha256 mismatch); export again"
+            )

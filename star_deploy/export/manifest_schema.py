@@ -10,7 +10,18 @@ from ..config import SCHEDULES, StarConfig
 from ..errors import ArtifactError, ConfigError
 from ..graphs import GRAPH_NAMES, PRECISIONS
 
-REQUIRED = {"format", "format_version", "precision", "opset", "config", "graphs", "sources", "tools", "files", "manifest_sha256"}
+REQUIRED = {
+    "format",
+    "format_version",
+    "precision",
+    "opset",
+    "config",
+    "graphs",
+    "sources",
+    "tools",
+    "files",
+    "manifest_sha256",
+}
 OPTIONAL = {"quantization"}
 GRAPH_KEYS = {"file", "inputs", "outputs", "sha256"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -64,7 +75,9 @@ def check_scalars(data: dict[str, Any], path: Any) -> None:
         raise _fail(path, f"unknown precision {data['precision']!r} (known: {', '.join(PRECISIONS)})")
     if not isinstance(data["opset"], int) or isinstance(data["opset"], bool):
         raise _fail(path, "'opset' must be an integer")
-    if not isinstance(data["sources"], dict) or not all(isinstance(r, dict) and _is_sha(r.get("sha256")) for r in data["sources"].values()):
+    if not isinstance(data["sources"], dict) or not all(
+        isinstance(r, dict) and _is_sha(r.get("sha256")) for r in data["sources"].values()
+    ):
         raise _fail(path, "'sources' must map each checkpoint to a record with its sha256")
     if not isinstance(data["tools"], dict):
         raise _fail(path, "'tools' must be an object")
@@ -77,7 +90,9 @@ def parse_config(config: Any, path: Any) -> StarConfig:
     try:
         parsed = StarConfig.from_dict(config)
         if parsed.patch_nums != SCHEDULES.get(parsed.resolution):
-            raise ConfigError(f"resolution {parsed.resolution} does not use the scale schedule {list(parsed.patch_nums)}")
+            raise ConfigError(
+                f"resolution {parsed.resolution} does not use the scale schedule {list(parsed.patch_nums)}"
+            )
         return parsed
     except ConfigError as exc:
         raise _fail(path, f"inconsistent model config ({str(exc).split(';')[0]})") from None

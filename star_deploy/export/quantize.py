@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from ..atomic import atomic_dir, write_text
-from ..graphs import ACCURACY_LEVEL
 from ..errors import ArtifactError, BackendUnavailableError
+from ..graphs import ACCURACY_LEVEL
 from .manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,11 @@ def quantize_graph(src: Path, dst: Path, bits: int = 8, accuracy_level: int = AC
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     model = onnx.load(str(src))
     quantizer = MatMulNBitsQuantizer(
-        model, bits=bits, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=accuracy_level,
+        model,
+        bits=bits,
+        block_size=BLOCK_SIZE,
+        is_symmetric=True,
+        accuracy_level=accuracy_level,
         nodes_to_exclude=head_matmuls(model),
     )
     quantizer.process()
@@ -60,7 +64,9 @@ def quantize_artifacts(
     """Write an int8 copy of the fp32 artefact directory ``src`` into ``out``."""
     manifest = load_manifest(src)
     if manifest.precision != "fp32":
-        raise ArtifactError(f"{src}: precision {manifest.precision}; quantize an fp32 export (`star-deploy export --precision fp32`)")
+        raise ArtifactError(
+            f"{src}: precision {manifest.precision}; quantize an fp32 export (`star-deploy export --precision fp32`)"
+        )
     data = json.loads((src / MANIFEST).read_text())
     with atomic_dir(out, overwrite) as tmp:
         for name, spec in manifest.graphs.items():
@@ -74,8 +80,11 @@ def quantize_artifacts(
         data["precision"] = f"int{bits}"
         data["quantization"] = {
             "method": "onnxruntime MatMulNBits, weight-only, symmetric",
-            "bits": bits, "block_size": BLOCK_SIZE, "accuracy_level": accuracy_level,
-            "graphs": list(QUANTIZED_GRAPHS), "source_precision": "fp32",
+            "bits": bits,
+            "block_size": BLOCK_SIZE,
+            "accuracy_level": accuracy_level,
+            "graphs": list(QUANTIZED_GRAPHS),
+            "source_precision": "fp32",
         }
         write_text(tmp / MANIFEST, dumps(sealed(data, tmp)))
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import onnx
@@ -23,9 +23,15 @@ from ..graphs import GraphSpec, TensorSpec
 OPS_TABLE = Path(__file__).resolve().parent.parent / "data" / "trt_onnx_ops.json"
 ONNX_DOMAINS = ("", "ai.onnx")
 TYPE_NAMES = {
-    TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
-    TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.INT8: "INT8",
-    TensorProto.UINT8: "UINT8", TensorProto.BOOL: "BOOL", TensorProto.DOUBLE: "DOUBLE",
+    TensorProto.FLOAT: "FP32",
+    TensorProto.FLOAT16: "FP16",
+    TensorProto.BFLOAT16: "BF16",
+    TensorProto.INT32: "INT32",
+    TensorProto.INT64: "INT64",
+    TensorProto.INT8: "INT8",
+    TensorProto.UINT8: "UINT8",
+    TensorProto.BOOL: "BOOL",
+    TensorProto.DOUBLE: "DOUBLE",
     TensorProto.FLOAT8E4M3FN: "FP8",
 }
 IO_TYPES = {"FP32", "FP16", "BF16", "INT32", "INT64", "INT8", "UINT8", "BOOL"}
@@ -33,13 +39,31 @@ IO_TYPES = {"FP32", "FP16", "BF16", "INT32", "INT64", "INT8", "UINT8", "BOOL"}
 DATA_DEPENDENT_OPS = {"NonZero", "NonMaxSuppression", "Unique"}
 RESIZE_ALLOWED = {
     "mode": {"nearest", "linear"},
-    "coordinate_transformation_mode": {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"},
+    "coordinate_transformation_mode": {
+        "half_pixel",
+        "pytorch_half_pixel",
+        "tf_half_pixel_for_nn",
+        "asymmetric",
+        "align_corners",
+    },
     "nearest_mode": {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"},
     "keep_aspect_ratio_policy": {"stretch"},
 }
-CONSTANT_AXES_INPUT = {"Squeeze": 1, "Unsqueeze": 1, "ReduceL1": 1, "ReduceL2": 1, "ReduceLogSum": 1,
-                       "ReduceLogSumExp": 1, "ReduceMax": 1, "ReduceMean": 1, "ReduceMin": 1, "ReduceProd": 1,
-                       "ReduceSum": 1, "ReduceSumSquare": 1, "CumSum": 1}
+CONSTANT_AXES_INPUT = {
+    "Squeeze": 1,
+    "Unsqueeze": 1,
+    "ReduceL1": 1,
+    "ReduceL2": 1,
+    "ReduceLogSum": 1,
+    "ReduceLogSumExp": 1,
+    "ReduceMax": 1,
+    "ReduceMean": 1,
+    "ReduceMin": 1,
+    "ReduceProd": 1,
+    "ReduceSum": 1,
+    "ReduceSumSquare": 1,
+    "CumSum": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,7 @@ class OpsTable:
         return op in self.operators
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_ops_table(path: Path = OPS_TABLE) -> OpsTable:
     data = json.loads(path.read_text())
     ops = {name: frozenset(entry["types"]) for name, entry in data["operators"].items()}
@@ -114,8 +138,10 @@ def _check_restrictions(node: onnx.NodeProto, constants: set[str], report: Graph
         for attr, allowed in RESIZE_ALLOWED.items():
             value = _attr(node, attr)
             if value is not None and value not in allowed:
-                report.add(f"{where}: {attr}={value!r} is not supported by TensorRT (allowed: {', '.join(sorted(allowed))}); "
-                           "express the resampling as matrix products (see star_deploy/tables.py)")
+                report.add(
+                    f"{where}: {attr}={value!r} is not supported by TensorRT (allowed: {', '.join(sorted(allowed))}); "
+                    "express the resampling as matrix products (see star_deploy/tables.py)"
+                )
         if _attr(node, "antialias"):
             report.add(f"{where}: antialiased Resize is not supported by TensorRT")
     index = CONSTANT_AXES_INPUT.get(node.op_type)
@@ -139,12 +165,17 @@ def _check_nodes(model: onnx.ModelProto, table: OpsTable, report: GraphReport) -
         report.op_counts[node.op_type] = report.op_counts.get(node.op_type, 0) + 1
         where = f"node {node.name or '(unnamed)'}"
         if node.domain not in ONNX_DOMAINS:
-            report.add(f"{where}: operator {node.domain}::{node.op_type} is a custom-domain op the TensorRT ONNX parser "
-                       "does not know (it would need a plugin)")
+            report.add(
+                f"{where}: operator {node.domain}::{node.op_type} is a custom-domain op the TensorRT ONNX parser "
+                "does not know (it would need a plugin)"
+            )
             continue
         if not table.supports(node.op_type):
-            report.add(f"{where}: operator {node.op_type} is not supported by the TensorRT {table.tensorrt_version} ONNX parser "
-                       f"(see star_deploy/data/trt_onnx_ops.json); re-export without it")
+            report.add(
+                f"{where}: operator {node.op_type} is not supported by the TensorRT {table.tensorrt_version} ONNX "
+                "parser "
+                f"(see star_deploy/data/trt_onnx_ops.json); re-export without it"
+            )
             continue
         _check_types(node, types, table, report)
         _check_restrictions(node, constants, report)
@@ -162,9 +193,15 @@ def _check_types(node: onnx.NodeProto, types: dict[str, int], table: OpsTable, r
             continue
         type_name = TYPE_NAMES.get(elem, TensorProto.DataType.Name(elem))
         if type_name not in allowed:
-            need = "INT32" if type_name in ("INT64", "UINT64", "UINT32", "INT16") and "INT32" in allowed else " or ".join(sorted(allowed))
-            report.add(f"node {node.name or '(unnamed)'} ({node.op_type}): tensor {name!r} is {type_name}, "
-                       f"TensorRT runs {node.op_type} in {', '.join(sorted(allowed))} only; cast it to {need} in the export")
+            need = (
+                "INT32"
+                if type_name in ("INT64", "UINT64", "UINT32", "INT16") and "INT32" in allowed
+                else " or ".join(sorted(allowed))
+            )
+            report.add(
+                f"node {node.name or '(unnamed)'} ({node.op_type}): tensor {name!r} is {type_name}, "
+                f"TensorRT runs {node.op_type} in {', '.join(sorted(allowed))} only; cast it to {need} in the export"
+            )
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
@@ -194,11 +231,15 @@ def _check_io(values, specs: tuple[TensorSpec, ...], kind: str, report: GraphRep
             continue
         for axis, (got, want) in enumerate(zip(dims, spec.shape)):
             if isinstance(want, int) and got != want:
-                report.add(f"{kind} {spec.name!r} axis {axis} is dynamic ({got!r}) but no profile sets it "
-                           f"(the contract fixes it to {want}); export with a static size")
+                report.add(
+                    f"{kind} {spec.name!r} axis {axis} is dynamic ({got!r}) but no profile sets it "
+                    f"(the contract fixes it to {want}); export with a static size"
+                )
             elif isinstance(want, str) and isinstance(got, int):
-                report.add(f"{kind} {spec.name!r} axis {axis} is fixed to {got} but must follow {want!r} across scales; "
-                           "export it as a dynamic dimension")
+                report.add(
+                    f"{kind} {spec.name!r} axis {axis} is fixed to {got} but must follow {want!r} across scales; "
+                    "export it as a dynamic dimension"
+                )
 
 
 def check_graph(path: Path, spec: GraphSpec, table: OpsTable | None = None) -> GraphReport:
@@ -208,13 +249,17 @@ def check_graph(path: Path, spec: GraphSpec, table: OpsTable | None = None) -> G
     model = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), None)
     if opset is None or not table.opset_min <= opset <= table.opset_max:
-        report.add(f"opset {opset} is outside TensorRT {table.tensorrt_version}'s range "
-                   f"{table.opset_min}..{table.opset_max}; export with a supported opset")
+        report.add(
+            f"opset {opset} is outside TensorRT {table.tensorrt_version}'s range "
+            f"{table.opset_min}..{table.opset_max}; export with a supported opset"
+        )
     _check_nodes(model, table, report)
     for node in model.graph.node:
         if node.op_type in DATA_DEPENDENT_OPS:
-            report.add(f"node {node.name or '(unnamed)'} ({node.op_type}) has a data-dependent output shape; "
-                       "the runtime needs outputs whose shapes the profiles determine")
+            report.add(
+                f"node {node.name or '(unnamed)'} ({node.op_type}) has a data-dependent output shape; "
+                "the runtime needs outputs whose shapes the profiles determine"
+            )
     _check_io(model.graph.input, spec.inputs, "input", report)
     _check_io(model.graph.output, spec.outputs, "output", report)
     return report

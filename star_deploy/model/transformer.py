@@ -125,7 +125,9 @@ class CrossAttention(NormedAttention):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         return l2_normalize(k).to(text.dtype), v
 
-    def forward(self, x: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor, text_bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor, text_bias: torch.Tensor
+    ) -> torch.Tensor:
         b, l, c = x.shape
         q = F.linear(x, self.mat_q.weight, self.q_bias.to(x.dtype)).view(b, l, self.heads, -1)
         q = self.scaled_q(q.transpose(1, 2)).to(x.dtype)
@@ -156,7 +158,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        text: "TextContext",
+        text: TextContext,
         layer: int,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
@@ -189,7 +191,7 @@ def both_cfg_rows(cond: torch.Tensor) -> torch.Tensor:
     return torch.cat((cond, cond), dim=0)
 
 
-def cross_for_both_rows(module: CrossAttention, x: torch.Tensor, text: "TextContext", layer: int) -> torch.Tensor:
+def cross_for_both_rows(module: CrossAttention, x: torch.Tensor, text: TextContext, layer: int) -> torch.Tensor:
     """Cross-attention of each prompt's conditional row only, added to both of its CFG rows."""
     b = text.keys[layer].shape[0]
     return both_cfg_rows(module(x[:b], text.keys[layer], text.values[layer], text.bias))

@@ -168,6 +168,8 @@ class StarVQVAE(nn.Module):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Image in [0, 1] (B, 3, 16P, 16P) from f_hat (B, Cvae, P, P)."""
         dtype = self.decoder.conv_in.weight.dtype
-        z = F.conv2d(f_hat.to(dtype), self.post_quant_conv.weight.to(dtype), self.post_quant_conv.bias.to(dtype), padding=1)
+        z = F.conv2d(
+            f_hat.to(dtype), self.post_quant_conv.weight.to(dtype), self.post_quant_conv.bias.to(dtype), padding=1
+        )
         img = self.decoder(z).float().clamp(-1, 1)
         return (img + 1) * 0.5

@@ -25,5 +25,5 @@ def build(options: ServeOptions) -> Application:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Builder for Serve config files: ``import_path: star_deploy.serve.app:build_app``, ``args`` = ServeOptions fields."""
+    """Serve config files' builder: ``import_path: star_deploy.serve.app:build_app``, ``args``: ServeOptions."""
     return build(ServeOptions.from_args(dict(args or {})))

@@ -1,4 +1,4 @@
-"""bench-serve: server requests/s and latency at several client counts against the bare pipeline's batched throughput."""
+"""bench-serve: server requests/s and latency at several client counts vs the bare pipeline's batched throughput."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from .model import ImageModel, Job, ModelSpec
 
 log = logging.getLogger("star_deploy.serve")
 
-PROMPTS = ("a red circle on a blue background", "a green square on a white background", "a yellow triangle on a black background")
+PROMPTS = (
+    "a red circle on a blue background",
+    "a green square on a white background",
+    "a yellow triangle on a black background",
+)
 
 
 def job(i: int) -> dict:
@@ -77,13 +81,19 @@ def server_load(url: str, clients: int, requests_per_client: int, timeout_s: flo
     latencies = np.array([r[0] for r in rows if r[1] == 200] or [float("nan")])
     batches = [r[2] for r in rows if r[1] == 200]
     return LoadResult(
-        clients=clients, requests=len(rows), errors=sum(r[1] != 200 for r in rows), seconds=seconds,
-        p50_s=float(np.percentile(latencies, 50)), p99_s=float(np.percentile(latencies, 99)),
+        clients=clients,
+        requests=len(rows),
+        errors=sum(r[1] != 200 for r in rows),
+        seconds=seconds,
+        p50_s=float(np.percentile(latencies, 50)),
+        p99_s=float(np.percentile(latencies, 99)),
         mean_batch=float(np.mean(batches)) if batches else 0.0,
     )
 
 
-def compare_level(url: str, spec: ModelSpec, clients: int, requests_per_client: int, max_batch: int, replicas: int, repeats: int) -> dict:
+def compare_level(
+    url: str, spec: ModelSpec, clients: int, requests_per_client: int, max_batch: int, replicas: int, repeats: int
+) -> dict:
     """Server figures at ``clients`` and the pipeline's img/s at the same batch size, timed just before and after.
 
     The machine may be shared: the higher of the two pipeline readings is kept, so efficiency errs low.
@@ -94,6 +104,10 @@ def compare_level(url: str, spec: ModelSpec, clients: int, requests_per_client: 
     after = pipeline_throughput(spec, batch, repeats)
     reference = max(before, after) * min(replicas, -(-clients // batch))
     return {
-        **result.__dict__, "rps": result.rps, "batch_size": batch, "pipeline_img_s": reference,
-        "pipeline_readings": [before, after], "efficiency": result.rps / reference,
+        **result.__dict__,
+        "rps": result.rps,
+        "batch_size": batch,
+        "pipeline_img_s": reference,
+        "pipeline_readings": [before, after],
+        "efficiency": result.rps / reference,
     }

@@ -2,7 +2,6 @@
 
 No ``from __future__ import annotations`` here: FastAPI must see the real types of the route parameters."""
 
-
 import asyncio
 import json
 import logging
@@ -16,10 +15,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ..images import png_bytes
 from . import calls
 from .errors import ServiceUnavailable, error_response, install_handlers
 from .options import ServeOptions
-from ..images import png_bytes
 from .png import b64_png
 from .schema import ImageRequest, wants_json
 
@@ -27,7 +26,7 @@ log = logging.getLogger("star_deploy.serve")
 
 app = FastAPI(
     title="STAR text-to-image",
-    description="Scale-wise autoregressive text-to-image: final images, or one preview per scale as server-sent events.",
+    description="Scale-wise autoregressive text-to-image: final images, or a preview per scale as server-sent events.",
     version="1",
 )
 install_handlers(app)
@@ -36,8 +35,13 @@ install_handlers(app)
 def png_text(body: ImageRequest, result: dict[str, Any], backend: str) -> dict[str, str]:
     """The prompt and settings written into the PNG's text chunks."""
     return {
-        "prompt": body.prompt, "seed": str(body.seed), "cfg": str(body.cfg), "top_k": str(result["top_k"]),
-        "top_p": str(body.top_p), "backend": backend, "software": "star-deploy serve",
+        "prompt": body.prompt,
+        "seed": str(body.seed),
+        "cfg": str(body.cfg),
+        "top_k": str(result["top_k"]),
+        "top_p": str(body.top_p),
+        "backend": backend,
+        "software": "star-deploy serve",
     }
 
 
@@ -113,14 +117,21 @@ class StarIngress:
         text = png_text(body, result, info["backend"])
         headers = {"X-Batch-Size": str(result["batch_size"])}
         if wants_json(body, accept):
-            payload = {"image": b64_png(result["pixels"], text), "format": "png", **text, "batch_size": result["batch_size"]}
+            payload = {
+                "image": b64_png(result["pixels"], text),
+                "format": "png",
+                **text,
+                "batch_size": result["batch_size"],
+            }
             return JSONResponse(payload, headers=headers)
         return Response(png_bytes(result["pixels"], text), media_type="image/png", headers=headers)
 
     @app.post("/v1/images:stream", summary="Generate one image, streaming a preview per scale (text/event-stream)")
     async def images_stream(self, body: ImageRequest) -> StreamingResponse:
         self.admit(count=False)  # counted by the stream itself, which may never start if the client leaves
-        return StreamingResponse(self.events(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            self.events(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     async def events(self, body: ImageRequest) -> AsyncGenerator[bytes, None]:
         """preview events (one per scale), then final (or error)."""
@@ -130,7 +141,9 @@ class StarIngress:
             async for event in calls.stream(self.model, body.job(), self.options.retries):
                 if event.get("final"):
                     text = png_text(body, event, backend)
-                    yield sse("final", {"image": b64_png(event["pixels"], text), "batch_size": event["batch_size"], **text})
+                    yield sse(
+                        "final", {"image": b64_png(event["pixels"], text), "batch_size": event["batch_size"], **text}
+                    )
                 else:
                     image = b64_png(event["pixels"], compress_level=1)
                     yield sse("preview", {"scale": event["scale"], "num_scales": event["num_scales"], "image": image})

@@ -54,7 +54,11 @@ class ImageModel:
         self.spec = spec
         self.device = default_device(spec.backend, spec.device)
         self.pipe = StarPipeline.from_pretrained(
-            spec.artifacts or spec.weights, backend=spec.backend, device=self.device, dtype=spec.dtype, threads=spec.threads
+            spec.artifacts or spec.weights,
+            backend=spec.backend,
+            device=self.device,
+            dtype=spec.dtype,
+            threads=spec.threads,
         )
         self.config = self.pipe.config
         self.lock = threading.Lock()
@@ -62,9 +66,13 @@ class ImageModel:
     def info(self) -> dict[str, Any]:
         """Model config, backend, precision and device, for /v1/model."""
         return {
-            "backend": self.pipe.backend_name, "precision": self.pipe.precision, "device": self.device,
-            "resolution": self.config.resolution, "num_scales": self.config.num_scales,
-            "patch_nums": list(self.config.patch_nums), "config": self.config.to_dict(),
+            "backend": self.pipe.backend_name,
+            "precision": self.pipe.precision,
+            "device": self.device,
+            "resolution": self.config.resolution,
+            "num_scales": self.config.num_scales,
+            "patch_nums": list(self.config.patch_nums),
+            "config": self.config.to_dict(),
         }
 
     def top_k(self, job: Job) -> int:
@@ -88,6 +96,7 @@ class ImageModel:
         """One pipeline call for jobs that share their sampler settings."""
         callback = None
         if on_preview is not None:
+
             def callback(progress: Any) -> None:
                 coarse = to_pixels(progress.preview("np"))
                 on_preview(progress.scale, progress.num_scales, dict(zip(indices, coarse)))
@@ -95,7 +104,12 @@ class ImageModel:
         first = jobs[0]
         with self.lock:
             out = self.pipe(
-                [j.prompt for j in jobs], seed=[j.seed for j in jobs], guidance_scale=first.cfg, top_k=self.top_k(first),
-                top_p=first.top_p, output_type="np", callback_on_scale_end=callback,
+                [j.prompt for j in jobs],
+                seed=[j.seed for j in jobs],
+                guidance_scale=first.cfg,
+                top_k=self.top_k(first),
+                top_p=first.top_p,
+                output_type="np",
+                callback_on_scale_end=callback,
             )
         return to_pixels(out.images)

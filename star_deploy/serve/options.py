@@ -38,7 +38,7 @@ class ServeOptions(ModelSpec):
             raise ConfigError("num_gpus > 0 with device cpu wastes the GPU; pass device cuda or num_gpus 0")
 
     @classmethod
-    def from_args(cls, args: dict[str, Any]) -> "ServeOptions":
+    def from_args(cls, args: dict[str, Any]) -> ServeOptions:
         """Options from a Serve config file's ``args`` mapping; unknown keys are refused."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(args) - known)

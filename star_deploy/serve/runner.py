@@ -24,7 +24,9 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
 
 
-def start(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None) -> DeploymentHandle:
+def start(
+    options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None
+) -> DeploymentHandle:
     """Start Ray (if needed), Serve's HTTP proxy on host:port and the application; return the ingress handle."""
     init_ray(num_cpus)
     serve.start(http_options={"host": host, "port": port})
@@ -52,7 +54,7 @@ class StopSignal:
         self.event = threading.Event()
         self.previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self.handle)
         return self

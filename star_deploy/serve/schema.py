@@ -17,10 +17,18 @@ class ImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=MAX_PROMPT_CHARS)
 
-    prompt: str = Field(description="What to draw; the empty prompt draws unconditionally.", examples=["a red circle on a blue background"])
+    prompt: str = Field(
+        description="What to draw; the empty prompt draws unconditionally.",
+        examples=["a red circle on a blue background"],
+    )
     seed: int = Field(0, ge=0, lt=2**63, description="Random seed: the same seed and settings give the same image.")
     cfg: float = Field(4.0, ge=0.0, le=100.0, description="Classifier-free guidance strength.")
-    top_k: int | None = Field(None, ge=0, le=1_000_000, description="Keep the k most likely tokens (0: off; default: the official 600, capped at the codebook).")
+    top_k: int | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Keep the k most likely tokens (0: off; default: the official 600, capped at the codebook).",
+    )
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     response_format: Literal["png", "json"] | None = Field(
         None, description="png (image/png) or json (base64 PNG); default: from the Accept header, else png."
