@@ -43,8 +43,12 @@ class ScaleProgress:
 
     scale: int
     num_scales: int
-    tokens: np.ndarray  # (N, p, p) int64
     _event: ScaleEvent
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """This scale's token map (N, p, p) int64 (copied from the device when read)."""
+        return self._event.tokens
 
     def preview(self, output_type: OutputType = "pil") -> Any:
         """The coarse images decoded from the scales so far."""
@@ -244,9 +248,9 @@ class StarPipeline:
         if callback is not None:
 
             def on_scale(event: ScaleEvent) -> bool | None:
-                return callback(ScaleProgress(event.scale, event.num_scales, event.tokens, event))
+                return callback(ScaleProgress(event.scale, event.num_scales, event))
 
-        return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale)
+        return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False)
 
     def __repr__(self) -> str:
         settings = f"backend={self.backend_name!r}, precision={self.precision!r}, resolution={self.config.resolution}"

@@ -2,24 +2,30 @@
 
 It runs on host arrays and the backend's own arrays alike and imports no tensor library:
 the torch, TensorRT and ONNX Runtime backends all drive this same loop.
+
+On a device backend nothing leaves the device between the text encoder and the decoder:
+logits, sampled tokens (the backend's sampler), f_hat and the next input stay backend
+arrays, and the loop never waits for the device. Host copies happen only where a caller
+asks: ``keep_logits``, a callback reading ``ScaleEvent.tokens`` or a preview, and the
+final images and tokens. Stage times come from the backend's clock (CUDA events on a GPU),
+read once after the last stage.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import Array, Backend
+from .backends.base import Array, Backend, Clock, HostClock, NoClock
 from .config import SamplingConfig
 from .tokenizer import PromptTokenizer
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage of one generation (device-synchronized)."""
+    """Seconds spent per stage of one generation, by the backend's clock (all 0 for an untimed generation)."""
 
     text: float = 0.0
     steps: list[float] = field(default_factory=list)
@@ -48,13 +54,19 @@ class Generation:
 
 @dataclass
 class ScaleEvent:
-    """What a caller sees after each scale: this scale's tokens and a preview on demand."""
+    """What a caller sees after each scale: this scale's tokens and a preview, each copied to the host on demand."""
 
     scale: int
     num_scales: int
-    tokens: np.ndarray  # (B, p, p) int64
+    device_tokens: Array  # (B, p, p), the backend's array (or a host array)
     f_hat: Array
     backend: Backend
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """This scale's token map (B, p, p) int64 on the host (waits for the device)."""
+        t = self.device_tokens
+        return (t if isinstance(t, np.ndarray) else self.backend.to_numpy(t)).astype(np.int64)
 
     def preview(self) -> np.ndarray:
         """The coarse image (B, 3, H, W) in [0, 1] decoded from the scales so far."""
@@ -73,9 +85,11 @@ class ScaleLoop:
         self.tokenizer = tokenizer
         self.config = backend.config
 
-    def _sync(self) -> float:
-        self.backend.synchronize()
-        return time.perf_counter()
+    def clock(self, timing: bool) -> Clock:
+        if not timing:
+            return NoClock()
+        clock = getattr(self.backend, "clock", None)
+        return clock() if clock is not None else HostClock(self.backend.synchronize)
 
     def generate(
         self,
@@ -85,52 +99,51 @@ class ScaleLoop:
         teacher_tokens: np.ndarray | None = None,
         keep_logits: bool = False,
         on_scale: ScaleCallback | None = None,
+        timing: bool = True,
     ) -> Generation:
         """Generate one image per prompt; prompt i samples with seed ``seeds[i]`` (default: seed + i).
 
         ``teacher_tokens`` (B, L) replaces sampled tokens as the next input (teacher forcing):
         the sampler still draws, so draws of two backends stay comparable token by token.
         ``on_scale`` sees a ``ScaleEvent`` after every scale; if it returns False the loop
-        stops and the image is decoded from the scales done so far.
+        stops and the image is decoded from the scales done so far. ``timing=False`` skips
+        the stage clock (``Generation.times`` stays zero).
         """
         cfg, backend = self.config, self.backend
         b = len(prompts)
         seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(b)]
         sampling = sampling.clamped(cfg.transformer.vocab_size)
         teacher = None if teacher_tokens is None else np.asarray(teacher_tokens, dtype=np.int64)
-        times = StageTimes()
-        start = self._sync()
+        clock = self.clock(timing)
+        start = clock.mark()
         toks = self.tokenizer(list(prompts))
         hidden, pooled = backend.encode_text(toks.input_ids, toks.attention_mask)
         x = backend.begin(hidden, toks.attention_mask, pooled)
-        times.text = self._sync() - start
+        text_done = clock.mark()
         sampler = backend.sampler(sampling, seeds)
         f_hat = backend.new_f_hat(b)
-        tokens_per_scale, sampled_per_scale, logits_per_scale, offset = [], [], [], 0
+        tokens_per_scale, sampled_per_scale, logits_per_scale, marks, offset = [], [], [], [], 0
         for k, side in enumerate(cfg.patch_nums):
-            t0 = self._sync()
+            t0 = clock.mark()
             logits = backend.step(k, x)
-            t1 = self._sync()
+            t1 = clock.mark()
             if keep_logits:
                 logits_per_scale.append(backend.to_numpy(logits).astype(np.float32))
             sampled = sampler(logits, k)
             tokens = sampled if teacher is None else teacher[:, offset : offset + side * side]
-            t2 = self._sync()
+            t2 = clock.mark()
             f_hat, x = backend.update(k, tokens.reshape(b, side, side), f_hat)
-            t3 = self._sync()
-            times.steps.append(t1 - t0)
-            times.sampling += t2 - t1
-            times.update += t3 - t2
+            marks.append((t0, t1, t2, clock.mark()))
             tokens_per_scale.append(tokens)
             sampled_per_scale.append(sampled)
             offset += side * side
             if on_scale is not None:
-                event = ScaleEvent(k, cfg.num_scales, self._host(tokens).reshape(b, side, side), f_hat, backend)
+                event = ScaleEvent(k, cfg.num_scales, tokens.reshape(b, side, side), f_hat, backend)
                 if on_scale(event) is False:
                     break
-        t4 = self._sync()
+        t4 = clock.mark()
         images = backend.to_numpy(backend.decode(f_hat)).astype(np.float32)
-        times.decode = self._sync() - t4
+        times = stage_times(clock, start, text_done, marks, t4, clock.mark())
         return Generation(
             images, self._joined(tokens_per_scale), self._joined(sampled_per_scale), times, logits_per_scale
         )
@@ -141,3 +154,13 @@ class ScaleLoop:
     def _joined(self, per_scale: list) -> np.ndarray:
         """Token maps of every scale as one (B, L) int64 array, read back once at the end."""
         return np.concatenate([self._host(t).astype(np.int64) for t in per_scale], axis=1)
+
+
+def stage_times(clock: Clock, start, text_done, marks: list[tuple], decode_start, end) -> StageTimes:
+    """Read a generation's marks once it is over: (step start, step end, sampled, updated) per scale."""
+    times = StageTimes(text=clock.seconds(start, text_done), decode=clock.seconds(decode_start, end))
+    for t0, t1, t2, t3 in marks:
+        times.steps.append(clock.seconds(t0, t1))
+        times.sampling += clock.seconds(t1, t2)
+        times.update += clock.seconds(t2, t3)
+    return times

@@ -7,7 +7,8 @@ loop hands host arrays in (token ids, masks, teacher tokens) and reads results b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,6 +17,46 @@ from ..config import SamplingConfig, StarConfig
 
 Array = Any
 """A backend's own array type: a torch tensor, or a numpy array."""
+
+
+class Clock(Protocol):
+    """Stage timing of one generation: points marked in the backend's queue, read after the last one.
+
+    Marking must not wait for the device (on CUDA a mark is an event recorded in the stream),
+    so a timed generation queues work as an untimed one does; ``seconds`` may wait once.
+    """
+
+    def mark(self) -> Any:
+        """A point in the backend's queue of work, after everything queued so far."""
+        ...
+
+    def seconds(self, start: Any, end: Any) -> float:
+        """Seconds between two marks (waits for ``end`` to be reached)."""
+        ...
+
+
+class HostClock:
+    """Marks read ``time.perf_counter`` after ``synchronize``: for runtimes that finish each call before returning."""
+
+    def __init__(self, synchronize: Callable[[], None]) -> None:
+        self.synchronize = synchronize
+
+    def mark(self) -> float:
+        self.synchronize()
+        return time.perf_counter()
+
+    def seconds(self, start: float, end: float) -> float:
+        return end - start
+
+
+class NoClock:
+    """Untimed generation: marks cost nothing and every stage reads 0 s."""
+
+    def mark(self) -> None:
+        return None
+
+    def seconds(self, start: None, end: None) -> float:
+        return 0.0
 
 
 class Sampler(Protocol):
@@ -80,5 +121,9 @@ class Backend(Protocol):
         ...
 
     def synchronize(self) -> None:
-        """Wait for queued device work (timings)."""
+        """Wait for queued device work."""
+        ...
+
+    def clock(self) -> Clock:
+        """How this backend times stages without waiting for the device inside the loop."""
         ...

@@ -21,6 +21,7 @@ from ..export.manifest import Manifest
 from ..graphs import Role, TensorSpec, scale_dims
 from ..sampling import PortableSampler
 from ..tables import build_scale_tables
+from .base import HostClock
 from .ort_sessions import create_session, provider_entry
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,9 @@ class OrtBackend:
 
     def synchronize(self) -> None:
         """ONNX Runtime runs synchronously: every output is ready on return."""
+
+    def clock(self) -> HostClock:
+        return HostClock(self.synchronize)
 
 
 def official_sampler(sampling: SamplingConfig, seeds: Sequence[int], num_scales: int):

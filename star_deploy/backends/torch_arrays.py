@@ -9,12 +9,29 @@ import torch
 
 from ..config import SamplingConfig, StarConfig
 from ..tables import build_scale_tables
+from .base import Clock, HostClock
 from .torch_sampling import make_sampler
 
 
 def device_tables(config: StarConfig, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Every scale's tables as tensors on ``device``, by graph input name."""
     return [{k: torch.from_numpy(v).to(device) for k, v in t.arrays().items()} for t in build_scale_tables(config)]
+
+
+class CudaEventClock:
+    """Stage timing on a CUDA stream: each mark records an event; reading waits once, for the last one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def mark(self) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def seconds(self, start: torch.cuda.Event, end: torch.cuda.Event) -> float:
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
 
 
 class TorchArrays:
@@ -44,3 +61,9 @@ class TorchArrays:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def clock(self) -> Clock:
+        """CUDA events on a GPU (no wait inside the loop); the host clock on CPU, where every op has finished."""
+        if self.device.type == "cuda":
+            return CudaEventClock(self.device)
+        return HostClock(self.synchronize)

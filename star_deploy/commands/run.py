@@ -171,7 +171,8 @@ def generate_batches(
                     on_preview(start, event)
                 progress.advance(task, count)
 
-            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale))
+            timing = log.isEnabledFor(logging.INFO)  # print_timings shows them; untimed, nothing waits for the device
+            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale, timing=timing))
     return results
 
 
