@@ -139,6 +139,7 @@ class StarPipeline:
         resolution: int | None = None,
         threads: int = 0,
         cuda_graphs: bool = False,
+        compile: bool = False,
         provider: str | None = None,
         provider_options: dict[str, Any] | None = None,
         session_options: Any = None,
@@ -149,9 +150,9 @@ class StarPipeline:
         ``backend="torch"`` on its weights.
 
         ``backend`` defaults to onnxruntime for an artefact folder (``star-deploy export``) and
-        to torch for weights; ``dtype`` and ``cuda_graphs`` apply to torch; ``threads``,
-        ``provider`` (cpu, cuda, tensorrt, openvino, coreml, directml), ``provider_options`` and
-        ``session_options`` (an ``onnxruntime.SessionOptions``) to onnxruntime.
+        to torch for weights; ``dtype``, ``cuda_graphs`` and ``compile`` (torch.compile of the step)
+        apply to torch; ``threads``, ``provider`` (cpu, cuda, tensorrt, openvino, coreml, directml),
+        ``provider_options`` and ``session_options`` (an ``onnxruntime.SessionOptions``) to onnxruntime.
         """
         from .backends.factory import create_backend, default_device
         from .pipeline import ScaleLoop
@@ -175,7 +176,9 @@ class StarPipeline:
                     f"{folder}: an artefact folder holds ONNX graphs; use backend='onnxruntime' or 'tensorrt'"
                 )
             model = load_weights(folder, resolution)
-            engine = create_backend("torch", device, model=model, dtype=dtype, cuda_graphs=cuda_graphs)
+            engine = create_backend(
+                "torch", device, model=model, dtype=dtype, cuda_graphs=cuda_graphs, compile_step=compile
+            )
             return cls(ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir)), "torch", dtype)
         if not is_artifacts:
             raise ConfigError(

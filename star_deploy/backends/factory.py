@@ -70,11 +70,15 @@ def create_backend(
     dtype: str = "float32",
     threads: int = 0,
     cuda_graphs: bool = False,
+    compile_step: bool = False,
     provider: str | None = None,
     provider_options: dict[str, Any] | None = None,
     session_options: Any = None,
 ):
-    """The named backend on ``device``: torch runs ``model``, the others run ``manifest``."""
+    """The named backend on ``device``: torch runs ``model``, the others run ``manifest``.
+
+    ``cuda_graphs`` and ``compile_step`` (torch.compile of the transformer step) apply to torch.
+    """
     if backend == "tensorrt":
         from .trt_backend import TrtBackend
 
@@ -86,7 +90,7 @@ def create_backend(
 
         if cuda_graphs and not device.startswith("cuda"):
             raise ConfigError("CUDA graphs need --device cuda")
-        return TorchBackend(model, device, dt, cuda_graphs)
+        return TorchBackend(model, device, dt, cuda_graphs, compile_step)
     if backend == "onnxruntime":
         check_device_name(device)
         from .ort_backend import OrtBackend

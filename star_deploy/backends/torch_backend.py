@@ -37,11 +37,27 @@ class KVCache:
             dst[self.length : self.length + count].copy_(src)
 
 
+def compiled(fn, num_scales: int, backend: str = "inductor"):
+    """``fn`` through torch.compile (inductor), specialised to each scale's shapes.
+
+    Every scale has its own input length and cache length, so the step compiles once per
+    scale (on its first generation) and the recompile limit is raised to allow that.
+    """
+    limit = 2 * num_scales + 2
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+    return torch.compile(fn, backend=backend, dynamic=False)
+
+
 class TorchBackend(TorchArrays):
     """Runs the reference modules; ``dtype`` applies to the transformer and decoder.
 
     With ``cuda_graphs``, every scale's step (with its cache write), update and the decoder
-    are captured as CUDA graphs on the first generation and replayed afterwards.
+    are captured as CUDA graphs on the first generation and replayed afterwards. With
+    ``compile``, the step (with its cache write) runs through torch.compile, one compiled
+    graph per scale: the float32 islands (LayerNorm, RoPE, QK L2-norm) fuse with their
+    neighbours; the first generation pays the compilation.
     """
 
     name = "torch"
@@ -52,8 +68,10 @@ class TorchBackend(TorchArrays):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cuda_graphs: bool = False,
+        compile: bool | str = False,
     ) -> None:
         self.config = model.config
+        self.compiled = compile
         self.device = torch.device(device)
         self.dtype = dtype
         self.graphs = CudaGraphs(self.device) if cuda_graphs else None
@@ -66,6 +84,8 @@ class TorchBackend(TorchArrays):
         self.tables = device_tables(self.config, self.device)
         self.cache: KVCache | None = None
         self.text: list[torch.Tensor] = []
+        backend = compile if isinstance(compile, str) else "inductor"
+        self.step_fn = compiled(self._step, self.config.num_scales, backend) if compile else self._step
 
     @torch.inference_mode()
     def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +113,9 @@ class TorchBackend(TorchArrays):
             raise RuntimeError("begin() must run before step()")
         t = self.tables[scale]
         if self.graphs is None:
-            (logits,) = self._step(x, t["rope_cos"], t["rope_sin"])
+            (logits,) = self.step_fn(x, t["rope_cos"], t["rope_sin"])
         else:
-            (logits,) = self.graphs.run(("step", scale), self._step, x, t["rope_cos"], t["rope_sin"])
+            (logits,) = self.graphs.run(("step", scale), self.step_fn, x, t["rope_cos"], t["rope_sin"])
         self.cache.length += x.shape[1]
         return logits
 

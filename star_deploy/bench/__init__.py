@@ -2,5 +2,10 @@
 
 BASELINE = "torch-eager"
 TORCH_GRAPHS = "torch-cuda-graphs"
-BENCH_BACKENDS = (BASELINE, "torch", TORCH_GRAPHS, "onnxruntime", "onnxruntime-int8", "tensorrt")
+TORCH_COMPILED = "torch-compiled"
+TORCH_COMPILED_GRAPHS = "torch-compiled-cuda-graphs"
+TORCH_VARIANTS = {"torch": (False, False), TORCH_GRAPHS: (True, False), TORCH_COMPILED: (False, True)}
+TORCH_VARIANTS[TORCH_COMPILED_GRAPHS] = (True, True)
+"""The torch backend's bench names: (CUDA graphs, torch.compile of the step)."""
+BENCH_BACKENDS = (BASELINE, *TORCH_VARIANTS, "onnxruntime", "onnxruntime-int8", "tensorrt")
 """Backend names ``star-deploy bench --backends`` takes."""

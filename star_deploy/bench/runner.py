@@ -24,7 +24,7 @@ from ..export.manifest import Manifest
 from ..pipeline import Generation, ScaleLoop, StageTimes
 from ..tokenizer import PromptTokenizer
 from ..weights import StarModel
-from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS
+from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
@@ -145,8 +145,9 @@ class BackendSource:
     def build(self, name: str):
         """The backend ``name`` on the settings' device, or BackendUnavailableError."""
         s = self.settings
-        if name in (BASELINE, "torch", TORCH_GRAPHS):
-            if name == TORCH_GRAPHS and not s.device.startswith("cuda"):
+        if name == BASELINE or name in TORCH_VARIANTS:
+            graphs, compile_step = TORCH_VARIANTS.get(name, (False, False))
+            if graphs and not s.device.startswith("cuda"):
                 raise BackendUnavailableError(f"{name} needs --device cuda")
             if self.model is None:
                 raise BackendUnavailableError(f"{name} runs the PyTorch model: pass --weights or --random-weights")
@@ -155,7 +156,9 @@ class BackendSource:
                 from ..backends.eager_backend import EagerBackend
 
                 return EagerBackend(model, s.device)
-            return create_backend("torch", s.device, model=model, dtype=s.dtype, cuda_graphs=name == TORCH_GRAPHS)
+            return create_backend(
+                "torch", s.device, model=model, dtype=s.dtype, cuda_graphs=graphs, compile_step=compile_step
+            )
         if name == "tensorrt":
             return create_backend("tensorrt", s.device, manifest=self.manifest(False))
         return create_backend("onnxruntime", s.device, manifest=self.manifest(name.endswith("int8")), threads=s.threads)

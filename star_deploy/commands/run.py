@@ -261,6 +261,14 @@ def run(
             "next (faster from the second batch on).",
         ),
     ] = False,
+    compile_step: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch backend: run the transformer step through torch.compile (inductor), one graph per scale "
+            "compiled on the first batch (minutes for a large model; combine with --cuda-graphs on CUDA).",
+        ),
+    ] = False,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -298,6 +306,8 @@ def run(
     batch = min(batch_size, len(prompts))
     if cuda_graphs and (backend != "torch" or not device.startswith("cuda")):
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
+    if compile_step and backend != "torch":
+        raise ConfigError("--compile applies to --backend torch")
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
@@ -321,7 +331,9 @@ def run(
         tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     else:
         model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
-        engine = create_backend(backend, device, model=model, dtype=dtype, cuda_graphs=cuda_graphs)
+        engine = create_backend(
+            backend, device, model=model, dtype=dtype, cuda_graphs=cuda_graphs, compile_step=compile_step
+        )
         tokenizer = PromptTokenizer(model.tokenizer_dir)
     pipeline = ScaleLoop(engine, tokenizer)
     vocab = pipeline.config.transformer.vocab_size

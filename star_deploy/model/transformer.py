@@ -48,10 +48,10 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Softmax(q k^T + bias) v with scale 1, softmax in float32; q,k,v as (N, H, L, D).
 
-    Eager PyTorch runs the fused kernel (it accumulates the softmax in float32 for every
-    dtype); export keeps the explicit form so the graph's softmax stays float32.
+    Eager PyTorch and torch.compile run the fused kernel (it accumulates the softmax in
+    float32 for every dtype); export keeps the explicit form so the graph's softmax stays float32.
     """
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_exporting():
         mask = None if bias is None else bias.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     scores = torch.matmul(q, k.transpose(-1, -2)).float()
