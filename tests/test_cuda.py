@@ -27,9 +27,10 @@ PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 SAMPLING = SamplingConfig(cfg=4.0, top_k=50, top_p=0.8)
 
 
-def cuda_pipeline(dtype: torch.dtype = torch.float32, cuda_graphs: bool = False) -> ScaleLoop:
+def cuda_pipeline(dtype: torch.dtype = torch.float32, cuda_graphs: bool = False, compile: bool = False) -> ScaleLoop:
     model = load_golden_model()
-    return ScaleLoop(TorchBackend(model, "cuda", dtype, cuda_graphs), PromptTokenizer(model.tokenizer_dir))
+    backend = TorchBackend(model, "cuda", dtype, cuda_graphs, compile)
+    return ScaleLoop(backend, PromptTokenizer(model.tokenizer_dir))
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,23 @@ def test_cuda_graphs_replay_the_eager_result(dtype):
         assert np.array_equal(got.tokens, want.tokens)
         assert max_err(got.images, want.images) == 0.0
     assert len(graphed.backend.graphs.captured) == 2 * len(graphed.config.patch_nums) + 1
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_compiled_step_on_cuda(fp32_cuda, no_tf32, cuda_graphs):
+    """Inductor's kernels in fp32 give the eager tokens; in fp16 they meet the fp16 thresholds against fp32."""
+    compiled = cuda_pipeline(compile=True, cuda_graphs=cuda_graphs)
+    for seeds in ([1, 2, 3], [4, 5, 6]):
+        want, got = fp32_cuda.generate(PROMPTS, SAMPLING, seeds), compiled.generate(PROMPTS, SAMPLING, seeds)
+        assert np.mean(got.tokens == want.tokens) >= 0.999
+    result = fidelity(fp32_cuda, cuda_pipeline(torch.float16, cuda_graphs, compile=True), PROMPTS, SAMPLING, [1, 2, 3])
+    assert failures(result, THRESHOLDS["fp16"]) == [] and result.teacher_forced_token_agreement >= 0.99
+
+
+def test_event_clock_times_without_waiting(fp32_cuda):
+    gen = fp32_cuda.generate(PROMPTS[:1], SAMPLING, [1])
+    assert len(gen.times.steps) == fp32_cuda.config.num_scales and gen.times.total > 0
+    assert type(fp32_cuda.backend.clock()).__name__ == "CudaEventClock"
 
 
 def test_portable_sampler_draws_the_cpu_tokens_on_cuda(fp32_cuda, torch_pipeline, no_tf32):

@@ -5,6 +5,11 @@ concatenation every scale, the text's cross-attention K/V recomputed in every bl
 and cross-attention evaluated on every CFG row before the conditional row's output is
 broadcast to both rows of its prompt (reference §5.1). The math is the reference
 modules'; only the way they are driven follows the official code.
+
+On GPU one float16 autocast region spans the generation, from the text encoder to the
+decoder, as the official sampler's single ``torch.autocast`` block does: autocast then
+casts each float32 weight to float16 once per generation (its cast cache lives as long as
+the outermost region), not once per scale.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class EagerBackend(TorchArrays):
         self.hidden = self.mask = self.bias = torch.empty(0)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self.generation = contextlib.ExitStack()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """float16 autocast on GPU as the official sampler does; plain float32 on CPU."""
@@ -47,7 +53,9 @@ class EagerBackend(TorchArrays):
 
     @torch.inference_mode()
     def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode every row and keep them: cross-attention later runs on all rows."""
+        """Open the generation's autocast region; encode every row and keep them (cross-attention runs on all)."""
+        self.generation.close()
+        self.generation.enter_context(self._autocast())
         self.mask = self.asarray(attention_mask)
         with self._autocast():
             hidden, pooled = self.text_graph(self.asarray(input_ids), self.mask)
@@ -103,7 +111,13 @@ class EagerBackend(TorchArrays):
 
     @torch.inference_mode()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """The image; closes the generation's autocast region (and its weight-cast cache)."""
+        try:
+            return self.preview(f_hat)
+        finally:
+            self.generation.close()
+
+    @torch.inference_mode()
+    def preview(self, f_hat: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             return self.decoder_graph(f_hat.to(self.device)).float()
-
-    preview = decode

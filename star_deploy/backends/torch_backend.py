@@ -43,7 +43,7 @@ def compiled(fn, num_scales: int, backend: str = "inductor"):
     Every scale has its own input length and cache length, so the step compiles once per
     scale (on its first generation) and the recompile limit is raised to allow that.
     """
-    limit = 2 * num_scales + 2
+    limit = 4 * num_scales + 2  # room for a few backends of one process (each guards on its own cache)
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
