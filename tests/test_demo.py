@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.cli import app
@@ -23,7 +24,6 @@ from star_deploy.demo.evaluate import read_image
 from star_deploy.demo.train import held_out_prompts, load_vae, main
 from star_deploy.demo.vq import quant_tables, quantize
 from star_deploy.export.artifacts import export_artifacts
-from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import quantize_artifacts
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release

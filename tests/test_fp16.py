@@ -9,9 +9,9 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.config import SamplingConfig
 from star_deploy.evaluation import THRESHOLDS, failures, fidelity, graph_parity
-from star_deploy.export.manifest import load_manifest
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.tokenizer import PromptTokenizer
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifacts.manifest import Manifest
 from ..backends.factory import create_backend
 from ..config import SamplingConfig, StarConfig
 from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
-from ..export.manifest import Manifest
 from ..pipeline import Generation, ScaleLoop, StageTimes
 from ..tokenizer import PromptTokenizer
 from ..weights import StarModel
@@ -138,7 +138,7 @@ class BackendSource:
         return self._int8
 
     def manifest(self, int8: bool) -> Manifest:
-        from ..export.manifest import load_manifest
+        from ..artifacts.manifest import load_manifest
 
         return load_manifest(self.int8_artifacts() if int8 else self.artifacts())
 
