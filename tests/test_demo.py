@@ -19,16 +19,16 @@ from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.cli import app
 from star_deploy.config import SCHEDULES, SamplingConfig
 from star_deploy.demo import DEMO_RESOLUTION, DEMO_WEIGHTS
-from star_deploy.demo.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
-from star_deploy.demo.evaluate import read_image
-from star_deploy.demo.train import held_out_prompts, load_vae, main
-from star_deploy.demo.vq import quant_tables, quantize
 from star_deploy.export.artifacts import export_artifacts
 from star_deploy.export.quantize import quantize_artifacts
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release
 from star_deploy.tokenizer import PromptTokenizer
 from star_deploy.weights import StarModel, load_release
+from tools.demo_training.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
+from tools.demo_training.evaluate import read_image
+from tools.demo_training.train import held_out_prompts, load_vae, main
+from tools.demo_training.vq import quant_tables, quantize
 
 BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
 if torch.cuda.is_available():
