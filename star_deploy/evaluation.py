@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .config import SamplingConfig
-from .pipeline import Generation, ScaleLoop
+from .pipeline import Generation, ScaleLoop, median_stages
 from .sampling import guidance_scale
 from .tokenizer import PromptTokenizer
 
@@ -232,12 +232,8 @@ def stage_timings(
     for _ in range(warmup):
         pipeline.generate(prompts, sampling)
     samples = [pipeline.generate(prompts, sampling).times for _ in range(max(runs, 1))]
-    return {
-        "text": statistics.median(s.text for s in samples),
+    return median_stages(samples) | {
         "steps": statistics.median(sum(s.steps) for s in samples),
-        "sampling": statistics.median(s.sampling for s in samples),
-        "update": statistics.median(s.update for s in samples),
-        "decode": statistics.median(s.decode for s in samples),
         "total": statistics.median(s.total for s in samples),
     }
 

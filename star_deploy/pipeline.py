@@ -6,6 +6,7 @@ the torch, TensorRT and ONNX Runtime backends all drive this same loop.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ class StageTimes:
     @property
     def total(self) -> float:
         return self.text + sum(self.steps) + self.sampling + self.update + self.decode
+
+
+def median_stages(times: Sequence[StageTimes]) -> dict:
+    """Per-stage medians over several generations, the steps per scale."""
+    med = statistics.median
+    return {
+        "text": med(t.text for t in times),
+        "steps": [med(t.steps[k] for t in times) for k in range(len(times[0].steps))],
+        "sampling": med(t.sampling for t in times),
+        "update": med(t.update for t in times),
+        "decode": med(t.decode for t in times),
+    }
 
 
 @dataclass

@@ -115,7 +115,6 @@ def test_fp16_graphs_close_to_reference(torch_pipeline, fp16_pipeline):
 def test_fp16_fidelity_meets_thresholds(torch_pipeline, fp16_pipeline):
     result = fidelity(torch_pipeline, fp16_pipeline, PROMPTS, SamplingConfig(cfg=4.0, top_k=50, top_p=0.8), [1, 2, 3])
     assert failures(result, THRESHOLDS["fp16"]) == []
-    assert result.teacher_forced_token_agreement >= 0.99
 
 
 def test_fp32_artifacts_meet_fp32_thresholds(torch_pipeline, ort_pipeline):

@@ -21,7 +21,7 @@ from ..config import SamplingConfig, StarConfig
 from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
-from ..pipeline import Generation, ScaleLoop, StageTimes
+from ..pipeline import Generation, ScaleLoop, StageTimes, median_stages
 from ..tokenizer import PromptTokenizer
 from ..weights import StarModel
 from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS
@@ -330,16 +330,4 @@ def backend_entry(run: BackendRun, batch: int, floor: float) -> dict:
         "vs_floor": median / floor,
         "stages": stages,
         "fidelity": run.fidelity,
-    }
-
-
-def median_stages(times: list[StageTimes]) -> dict:
-    """Per-stage medians over the timed runs."""
-    med = statistics.median
-    return {
-        "text": med(t.text for t in times),
-        "steps": [med(t.steps[k] for t in times) for k in range(len(times[0].steps))],
-        "sampling": med(t.sampling for t in times),
-        "update": med(t.update for t in times),
-        "decode": med(t.decode for t in times),
     }
