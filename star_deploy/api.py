@@ -185,7 +185,7 @@ class StarPipeline:
                 f"backend={backend!r} runs exported graphs: give an artefact folder made by `star-deploy export`, not "
                 f"{folder}"
             )
-        from .export.manifest import load_manifest, verify_graph_hashes
+        from .artifacts.manifest import load_manifest, verify_graph_hashes
 
         manifest = load_manifest(folder)
         verify_graph_hashes(manifest)

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
 from .commands import bench, bench_serve, build_engine, check, convert, export, inspect, parity, quantize, run, serve
+from .version import __version__
 
 VERBOSITY_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 

@@ -1,12 +1,15 @@
 """How agreement between two backends is measured, once: graph errors, token agreement, PSNR, thresholds.
 
-`star-deploy parity`, `star-deploy check --backend tensorrt`, the benchmark and the tests
-all read these definitions and the one ``THRESHOLDS`` table.
+`star-deploy parity`, `star-deploy check --backend tensorrt` (``validate``), the benchmark and the
+tests all read these definitions and the one ``THRESHOLDS`` table. Written against the Backend
+protocol and ScaleLoop only, so the same code compares TensorRT engines with ONNX Runtime on a GPU
+machine and torch with ONNX Runtime in CPU tests.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .config import SamplingConfig
-from .pipeline import Generation, ScaleLoop
+from .pipeline import Generation, ScaleLoop, median_stages
 from .sampling import guidance_scale
 from .tokenizer import PromptTokenizer
 
@@ -141,14 +144,37 @@ class Fidelity:
         return asdict(self)
 
 
+@dataclass
+class Runs:
+    """The three generations every end-to-end comparison reads, all at the same seeds."""
+
+    reference: Generation
+    """The reference's free run, with its logits."""
+    forced: Generation
+    """The tested backend teacher-forced on the reference's tokens, with its logits."""
+    free: Generation
+    """The tested backend's free run."""
+
+
+def compare_runs(
+    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]
+) -> Runs:
+    """Reference samples; the tested backend re-runs on the reference's tokens, then runs freely."""
+    reference = ref.generate(prompts, sampling, seeds, keep_logits=True)
+    forced = test.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True)
+    return Runs(reference, forced, test.generate(prompts, sampling, seeds))
+
+
 def fidelity(
     ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]
 ) -> Fidelity:
     """Teacher-forced (both fed the reference's tokens, both sampling with the same seeds)
     and free-running agreement of ``test`` with ``ref``."""
-    free_ref = ref.generate(prompts, sampling, seeds, keep_logits=True)
-    forced = test.generate(prompts, sampling, seeds, teacher_tokens=free_ref.tokens, keep_logits=True)
-    free_test = test.generate(prompts, sampling, seeds)
+    return fidelity_of(compare_runs(ref, test, prompts, sampling, seeds), prompts, seeds)
+
+
+def fidelity_of(runs: Runs, prompts: Sequence[str], seeds: Sequence[int]) -> Fidelity:
+    free_ref, forced, free_test = runs.reference, runs.forced, runs.free
     logits_err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(free_ref.logits, forced.logits))
     per_prompt = [
         {
@@ -181,3 +207,53 @@ def failures(result: Fidelity, limits: Thresholds) -> list[str]:
     if result.teacher_forced_psnr_db < limits.teacher_forced_psnr_db:
         out.append(f"teacher-forced PSNR {result.teacher_forced_psnr_db:.1f} dB < {limits.teacher_forced_psnr_db} dB")
     return out
+
+
+@dataclass
+class ValidationReport:
+    """What `star-deploy check --backend tensorrt` prints."""
+
+    parity: dict[str, ErrorStats] = field(default_factory=dict)
+    token_agreement: list[float] = field(default_factory=list)
+    teacher_psnr: float = 0.0
+    sampled_psnr: float = 0.0
+    sampled_token_match: float = 0.0
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def mean_token_agreement(self) -> float:
+        return statistics.fmean(self.token_agreement) if self.token_agreement else 0.0
+
+
+def stage_timings(
+    pipeline: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per stage over ``runs`` generations after ``warmup`` ones."""
+    for _ in range(warmup):
+        pipeline.generate(prompts, sampling)
+    samples = [pipeline.generate(prompts, sampling).times for _ in range(max(runs, 1))]
+    return median_stages(samples) | {
+        "steps": statistics.median(sum(s.steps) for s in samples),
+        "total": statistics.median(s.total for s in samples),
+    }
+
+
+def validate(
+    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int = 3
+) -> ValidationReport:
+    """Every comparison of the tested pipeline's backend against the reference's."""
+    seeds = [sampling.seed + i for i in range(len(prompts))]
+    report = ValidationReport()
+    report.parity = graph_parity(ref.backend, test.backend, ref.tokenizer, prompts, sampling.seed)
+    compared = compare_runs(ref, test, prompts, sampling, seeds)
+    result = fidelity_of(compared, prompts, seeds)
+    report.token_agreement = guided_argmax_agreement(compared.reference, compared.forced, sampling)
+    report.teacher_psnr = result.teacher_forced_psnr_db
+    report.sampled_psnr = result.free_run_psnr_db
+    report.sampled_token_match = result.free_run_token_agreement
+    if runs > 0:
+        report.timings = {
+            "reference": stage_timings(ref, prompts, sampling, runs),
+            "tested": stage_timings(test, prompts, sampling, runs),
+        }
+    return report

@@ -13,6 +13,7 @@ read once after the last stage.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,18 @@ class StageTimes:
     @property
     def total(self) -> float:
         return self.text + sum(self.steps) + self.sampling + self.update + self.decode
+
+
+def median_stages(times: Sequence[StageTimes]) -> dict:
+    """Per-stage medians over several generations, the steps per scale."""
+    med = statistics.median
+    return {
+        "text": med(t.text for t in times),
+        "steps": [med(t.steps[k] for t in times) for k in range(len(times[0].steps))],
+        "sampling": med(t.sampling for t in times),
+        "update": med(t.update for t in times),
+        "decode": med(t.decode for t in times),
+    }
 
 
 @dataclass

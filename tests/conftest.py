@@ -76,8 +76,8 @@ def artifacts_fp16(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ort_pipeline(artifacts_fp32) -> ScaleLoop:
+    from star_deploy.artifacts.manifest import load_manifest
     from star_deploy.backends.ort_backend import OrtBackend
-    from star_deploy.export.manifest import load_manifest
 
     manifest = load_manifest(artifacts_fp32)
     return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))

@@ -11,11 +11,11 @@ import numpy as np
 from typer.testing import CliRunner
 
 from star_deploy import __version__
+from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.backends.ort_sessions import CACHE_DIR
 from star_deploy.cli import app, hoist_verbosity
 from star_deploy.config import SamplingConfig
-from star_deploy.export.manifest import load_manifest
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.tokenizer import PromptTokenizer
 

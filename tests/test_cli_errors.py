@@ -514,7 +514,7 @@ def edit_manifest(folder: Path, change, reseal: bool) -> None:
     """Apply ``change`` to manifest.json; ``reseal`` recomputes its own digest (a hand-made or buggy manifest)."""
     import json
 
-    from star_deploy.export.manifest import SELF_DIGEST, body_digest, dumps
+    from star_deploy.artifacts.manifest import SELF_DIGEST, body_digest, dumps
 
     path = folder / "manifest.json"
     data = json.loads(path.read_text())

@@ -8,8 +8,8 @@ from conftest import GOLDEN
 from typer.testing import CliRunner
 
 from star_deploy.cli import app
-from star_deploy.demo.evaluate import Reading, read_image
 from star_deploy.images import read_png
+from tools.demo_training.evaluate import Reading, read_image
 
 GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8", "--sampler", "official"]
 

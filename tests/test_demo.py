@@ -13,22 +13,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.cli import app
 from star_deploy.config import SCHEDULES, SamplingConfig
 from star_deploy.demo import DEMO_RESOLUTION, DEMO_WEIGHTS
-from star_deploy.demo.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
-from star_deploy.demo.evaluate import read_image
-from star_deploy.demo.train import held_out_prompts, load_vae, main
-from star_deploy.demo.vq import quant_tables, quantize
 from star_deploy.export.artifacts import export_artifacts
-from star_deploy.export.manifest import load_manifest
 from star_deploy.export.quantize import quantize_artifacts
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release
 from star_deploy.tokenizer import PromptTokenizer
-from star_deploy.weights import StarModel, load_release
+from star_deploy.weights import StarModel, load_release, read_state_file, star_state_dict, vae_state_dict
+from tools.demo_training.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
+from tools.demo_training.evaluate import read_image
+from tools.demo_training.train import held_out_prompts, load_vae, main
+from tools.demo_training.vq import quant_tables, quantize
 
 BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
 if torch.cuda.is_available():
@@ -94,8 +94,10 @@ def test_demo_release_layout_and_size() -> None:
     paths = resolve_release(weights=DEMO_WEIGHTS)
     assert (paths.tokenizer / "vocab.json").is_file()
     assert (paths.text_encoder / "model.safetensors").is_file()
-    raw = torch.load(paths.star, weights_only=True)
-    assert set(raw) == {"trainer"} and "var_wo_ddp" in raw["trainer"]
+    assert (paths.star.name, paths.vae.name) == ("star.safetensors", "vae.safetensors")
+    star = star_state_dict(read_state_file(paths.star), paths.star)
+    vae = vae_state_dict(read_state_file(paths.vae), paths.vae)
+    assert {t.dtype for t in (*star.values(), *vae.values())} == {torch.float16}
     total = sum(f.stat().st_size for f in DEMO_WEIGHTS.rglob("*") if f.is_file())
     assert total < 20 * 2**20
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from conftest import max_err
 
+from star_deploy.artifacts.manifest import MANIFEST, load_manifest
 from star_deploy.evaluation import graph_parity
-from star_deploy.export.manifest import MANIFEST, load_manifest
 from star_deploy.graphs import graph_specs, scale_dims
 
 STEP_TOL = 1e-4
@@ -95,10 +95,10 @@ def test_export_refuses_existing_output(tiny_model, artifacts_fp32):
 
 def test_large_graphs_use_external_data(tiny_model, tmp_path, golden, golden_sampling):
     """With the size limit lowered, weights move to .onnx.data; the graphs still run and verify."""
+    from star_deploy.artifacts.manifest import verify_graph_hashes
     from star_deploy.backends.ort_backend import OrtBackend
     from star_deploy.errors import ArtifactError
     from star_deploy.export.artifacts import export_artifacts
-    from star_deploy.export.manifest import verify_graph_hashes
     from star_deploy.pipeline import ScaleLoop
     from star_deploy.tokenizer import PromptTokenizer
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from star_deploy.artifacts.manifest import MANIFEST, load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.cli import app
 from star_deploy.errors import ArtifactError, OutputError
 from star_deploy.evaluation import psnr, token_agreement
-from star_deploy.export.manifest import MANIFEST, load_manifest
 from star_deploy.export.quantize import QUANTIZED_GRAPHS, head_matmuls, quantize_artifacts
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.tokenizer import PromptTokenizer

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from star_deploy.export.manifest import load_manifest
-from star_deploy.export.readiness import OPS_TABLE, check_artifacts, check_graph, load_ops_table
+from star_deploy.artifacts.manifest import load_manifest
+from star_deploy.artifacts.readiness import OPS_TABLE, check_artifacts, check_graph, load_ops_table
 from star_deploy.graphs import GraphSpec, TensorSpec
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TREES = ["star_deploy", "tests", "benchmarks"]
+TREES = ["star_deploy", "tests", "benchmarks", "tools"]
 
 
 @pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["lint", "format"])

@@ -13,8 +13,8 @@ import numpy as np
 
 from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
-from star_deploy.demo.evaluate import Reading, read_image
 from star_deploy.images import read_png
+from tools.demo_training.evaluate import Reading, read_image
 
 BLOCK_TORCH = (
     "import sys; sys.modules.update(torch=None, transformers=None, onnx=None, onnxscript=None, safetensors=None)"

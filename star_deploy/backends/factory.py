@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..artifacts.manifest import Manifest, load_manifest
 from ..dtypes import check_compute_dtype, torch_dtype
 from ..errors import ConfigError
-from ..export.manifest import Manifest, load_manifest
 
 if TYPE_CHECKING:
     from pathlib import Path

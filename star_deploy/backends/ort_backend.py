@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts.manifest import Manifest
 from ..config import SamplingConfig
 from ..dtypes import numpy_type
 from ..errors import BackendUnavailableError
-from ..export.manifest import Manifest
 from ..graphs import Role, TensorSpec, scale_dims
 from ..sampling import PortableSampler
 from ..tables import build_scale_tables

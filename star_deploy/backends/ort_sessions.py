@@ -15,8 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..artifacts.manifest import Manifest
 from ..errors import BackendUnavailableError, ConfigError
-from ..export.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

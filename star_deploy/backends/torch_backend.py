@@ -4,37 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..config import StarConfig
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..weights import StarModel
 from .cuda_graphs import CudaGraphs
+from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
-
-
-class KVCache:
-    """Keys and values of every layer for the whole schedule, (L, rows, H, D) each, allocated once."""
-
-    def __init__(self, config: StarConfig, rows: int, dtype: torch.dtype, device: torch.device) -> None:
-        t = config.transformer
-        shape = (config.total_tokens, rows, t.heads, t.head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
-        self.length = 0
-
-    @property
-    def rows(self) -> int:
-        return self.keys[0].shape[1]
-
-    def past(self) -> list[torch.Tensor]:
-        """Views of the filled prefix: keys of every layer, then values."""
-        return [k[: self.length] for k in self.keys] + [v[: self.length] for v in self.values]
-
-    def write(self, new: list[torch.Tensor]) -> None:
-        """Write this scale's keys then values (l, rows, H, D) after the prefix, without advancing."""
-        count = new[0].shape[0]
-        for dst, src in zip(self.keys + self.values, new):
-            dst[self.length : self.length + count].copy_(src)
 
 
 def compiled(fn, num_scales: int, backend: str = "inductor"):

@@ -23,15 +23,15 @@ from types import ModuleType
 
 import torch
 
+from ..artifacts.manifest import Manifest
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.profiles import Profile, select_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
 from ..engines.trt_api import cuda_device, import_tensorrt, make_logger, runtime_info, torch_dtype
 from ..errors import ArtifactError, StarDeployError
-from ..export.manifest import Manifest
 from ..graphs import Role, scale_dims
+from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
-from .torch_backend import KVCache
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifacts.manifest import Manifest
 from ..backends.factory import create_backend
 from ..config import SamplingConfig, StarConfig
 from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
-from ..export.manifest import Manifest
-from ..pipeline import Generation, ScaleLoop, StageTimes
+from ..pipeline import Generation, ScaleLoop, StageTimes, median_stages
 from ..tokenizer import PromptTokenizer
 from ..weights import StarModel
 from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
@@ -138,7 +138,7 @@ class BackendSource:
         return self._int8
 
     def manifest(self, int8: bool) -> Manifest:
-        from ..export.manifest import load_manifest
+        from ..artifacts.manifest import load_manifest
 
         return load_manifest(self.int8_artifacts() if int8 else self.artifacts())
 
@@ -333,16 +333,4 @@ def backend_entry(run: BackendRun, batch: int, floor: float) -> dict:
         "vs_floor": median / floor,
         "stages": stages,
         "fidelity": run.fidelity,
-    }
-
-
-def median_stages(times: list[StageTimes]) -> dict:
-    """Per-stage medians over the timed runs."""
-    med = statistics.median
-    return {
-        "text": med(t.text for t in times),
-        "steps": [med(t.steps[k] for t in times) for k in range(len(times[0].steps))],
-        "sampling": med(t.sampling for t in times),
-        "update": med(t.update for t in times),
-        "decode": med(t.decode for t in times),
     }

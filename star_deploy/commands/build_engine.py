@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..export.manifest import load_manifest
+from ..artifacts.manifest import load_manifest
 from .common import OverwriteOpt, progress_bar, reports_errors
 
 log = logging.getLogger("star_deploy")

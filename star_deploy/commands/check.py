@@ -11,13 +11,13 @@ from typing import Annotated
 
 import typer
 
+from ..artifacts.manifest import Manifest, load_manifest
 from ..atomic import check_writable, write_text
 from ..backends.factory import create_backend
 from ..config import SamplingConfig
 from ..engines.buffers import buffer_plan
-from ..engines.validate import ValidationReport, validate
 from ..errors import ArtifactError, ConfigError, StarDeployError
-from ..export.manifest import Manifest, load_manifest
+from ..evaluation import ValidationReport, validate
 from ..pipeline import ScaleLoop
 from ..release import load_model
 from ..tokenizer import PromptTokenizer
@@ -29,7 +29,7 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 def report_readiness(manifest: Manifest) -> None:
     """Print one line per graph; raise with the first problem if any graph is not ready."""
-    from ..export.readiness import check_artifacts, load_ops_table
+    from ..artifacts.readiness import check_artifacts, load_ops_table
 
     table = load_ops_table()
     reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..artifacts.manifest import sha256_file
 from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
 from ..errors import OutputError
-from ..export.manifest import sha256_file
 from ..release import resolve_release
 from .common import OverwriteOpt, reports_errors
 

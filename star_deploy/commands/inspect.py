@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..artifacts.manifest import MANIFEST, load_manifest
 from ..errors import StarDeployError, WeightsError
-from ..export.manifest import MANIFEST, load_manifest
 from ..release import resolution_from_name, resolve_release
 from .common import reports_errors
 

@@ -10,12 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..artifacts.sources import check_sources
 from ..atomic import check_writable, write_text
 from ..backends.factory import artifacts_manifest, create_backend
 from ..config import SamplingConfig
 from ..errors import ConfigError
 from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
-from ..export.sources import check_sources
 from ..pipeline import ScaleLoop
 from ..release import load_model, release_paths
 from ..tokenizer import PromptTokenizer

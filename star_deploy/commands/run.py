@@ -12,14 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..artifacts.manifest import Manifest
+from ..artifacts.sources import check_sources
 from ..atomic import check_separate, check_writable
 from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
 from ..config import SamplingConfig, StarConfig
 from ..demo import DEMO_GRAPHS
 from ..dtypes import COMPUTE_DTYPES
 from ..errors import ConfigError, OutputError
-from ..export.manifest import Manifest
-from ..export.sources import check_sources
 from ..images import to_pil, write_png
 from ..memory import available_bytes, check_fits, estimate
 from ..outputs import OutputSet, output_set

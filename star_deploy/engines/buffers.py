@@ -38,7 +38,7 @@ def binding_plan(spec: GraphSpec) -> list[Binding]:
 
 
 def bound_tensor(binding: Binding, cache, text: dict, tokens: int):
-    """The KV-cache view (``cache`` a backends.torch_backend.KVCache) or text-context tensor behind ``binding``."""
+    """The KV-cache view (``cache`` a backends.kv_cache.KVCache) or text-context tensor behind ``binding``."""
     if binding.role is Role.TEXT_CONTEXT:
         return text[binding.name]
     if binding.role not in CACHE_ROLES:

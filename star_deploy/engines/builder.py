@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
-from .. import __version__
+from ..artifacts.manifest import Manifest, graph_digest
+from ..artifacts.readiness import check_graph
 from ..atomic import atomic_file
 from ..errors import ArtifactError, ConfigError, StarDeployError
-from ..export.manifest import Manifest, graph_digest
-from ..export.readiness import check_graph
+from ..version import __version__
 from .profiles import Profile, check_batch_sizes, profile_table
 from .sidecar import ENGINES_DIR, EngineSidecar, RuntimeInfo, plan_path, sidecar_path, write_sidecar
 from .trt_api import cuda_device, import_tensorrt, major_version, make_logger, runtime_info

@@ -6,11 +6,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import __version__
+from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed, sha256_tree
 from ..atomic import atomic_dir, write_text
 from ..tokenizer import TOKENIZER_JSON, save_tokenizer_json
+from ..version import __version__
 from ..weights import StarModel
-from .manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed, sha256_tree
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 

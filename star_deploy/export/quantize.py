@@ -14,10 +14,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 from ..atomic import atomic_dir, write_text
 from ..errors import ArtifactError, BackendUnavailableError
 from ..graphs import ACCURACY_LEVEL
-from .manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ class ImageModel:
     """A loaded ``StarPipeline``; thread-safe (one generation at a time)."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        from .. import StarPipeline
+        from ..api import StarPipeline
         from ..backends.factory import default_device
 
         self.spec = spec

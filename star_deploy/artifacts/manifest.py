@@ -12,7 +12,7 @@ from ..config import StarConfig
 from ..errors import ArtifactError
 from ..graphs import GraphSpec, graph_specs
 from ..records import read_record
-from .manifest_schema import parse_config, validate
+from .schema import parse_config, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "star-deploy-artifacts"

@@ -1,6 +1,6 @@
-"""Train the built-in demo STAR on synthetic shapes; save it in the official release layout.
+"""Train the built-in demo STAR on synthetic shapes; save it in the release layout (weights as safetensors).
 
-    python -m star_deploy.demo.train --out DIR [--quick] [--seed N] [--threads N]
+    python -m tools.demo_training.train --out DIR [--quick] [--seed N] [--threads N]
 
 Stage 1 trains the multi-scale VQVAE. Stage 2 first teaches a small CLIP text encoder to
 read a caption's attributes, then trains the transformer and the text encoder together on
@@ -8,12 +8,15 @@ teacher-forced token sequences. Everything is seeded; on CPU with a fixed thread
 is reproducible. The shipped weights (``star_deploy/demo/weights``, its training.json holds
 the record) come from four runs, about 45 + 35 + 25 + 15 minutes on 2 cores:
 
-    python -m star_deploy.demo.train --vae-only --out stage1 --threads 1
-    python -m star_deploy.demo.train --vae-from stage1/vae.pth --out stage2 --threads 2
-    python -m star_deploy.demo.train --resume stage2 --seed 1 --ar-steps 1200 --ar-lr 5e-4 \
+    python -m tools.demo_training.train --vae-only --out stage1 --threads 1
+    python -m tools.demo_training.train --vae-from stage1/vae.safetensors --out stage2 --threads 2
+    python -m tools.demo_training.train --resume stage2 --seed 1 --ar-steps 1200 --ar-lr 5e-4 \
         --uniform-loss --threads 2 --out stage3
-    python -m star_deploy.demo.train --resume stage3 --seed 2 --ar-steps 1000 --ar-lr 3e-4 \
+    python -m tools.demo_training.train --resume stage3 --seed 2 --ar-steps 1000 --ar-lr 3e-4 \
         --uniform-loss --threads 2 --out star_deploy/demo/weights
+
+(Those runs wrote official-format vae.pth and star.pth; the shipped files are the same tensors,
+converted losslessly to safetensors.)
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SCHEDULES, SamplingConfig, TextEncoderConfig, TransformerConfig, VaeConfig
-from ..model.text import random_text_encoder
-from ..model.transformer import StarTransformer
-from ..weights import infer_vae_config
+from star_deploy.config import SCHEDULES, SamplingConfig, TextEncoderConfig, TransformerConfig, VaeConfig
+from star_deploy.demo import DEMO_WEIGHTS
+from star_deploy.model.text import random_text_encoder
+from star_deploy.model.transformer import StarTransformer
+from star_deploy.weights import infer_vae_config, read_state_file
+
 from .ar import TeacherForcing
 from .data import (
     COLOURS,
@@ -51,10 +56,11 @@ from .data import (
 )
 from .vq import QuantTables, TrainableVQVAE, quant_tables, quantize, restart_dead_codes
 
-log = logging.getLogger("star_deploy.demo.train")
+log = logging.getLogger("tools.demo_training.train")
 
 RESOLUTION = 128
-PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+VAE_FILE = "vae.safetensors"
+STAR_FILE = "star.safetensors"
 
 
 @dataclass(frozen=True)
@@ -377,7 +383,14 @@ def train_star(
 
 
 def half_state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to(dtype).clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().to(dtype).clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_state(module: nn.Module, dtype: torch.dtype, path: Path) -> None:
+    """A flat state dict as safetensors (what ``star_deploy.weights`` reads beside the official .pth)."""
+    from safetensors.torch import save_file
+
+    save_file(half_state(module, dtype), str(path))
 
 
 def save_release(
@@ -388,15 +401,15 @@ def save_release(
     tokenizer_dir: Path,
     dtype: torch.dtype,
 ) -> None:
-    """The official layout: CLIP/tokenizer, CLIP/text_encoder, vae.pth, star.pth."""
+    """The release layout: CLIP/tokenizer, CLIP/text_encoder, vae.safetensors, star.safetensors."""
     out.mkdir(parents=True, exist_ok=True)
     tok_out = out / "CLIP" / "tokenizer"
     if tok_out.resolve() != tokenizer_dir.resolve():
         shutil.copytree(tokenizer_dir, tok_out, dirs_exist_ok=True)
     clip.to(dtype).save_pretrained(str(out / "CLIP" / "text_encoder"))
     clip.float()
-    torch.save(half_state(vae, dtype), out / "vae.pth")
-    torch.save({"trainer": {"var_wo_ddp": half_state(transformer, dtype)}}, out / "star.pth")
+    save_state(vae, dtype, out / VAE_FILE)
+    save_state(transformer, dtype, out / STAR_FILE)
 
 
 def held_out_prompts(seeds: int) -> list[tuple[str, tuple[str, str, str], int]]:
@@ -406,11 +419,12 @@ def held_out_prompts(seeds: int) -> list[tuple[str, tuple[str, str, str], int]]:
 
 def evaluate_release(out: Path, seeds: int) -> dict[str, float]:
     """Pass rates of colours and shapes on held-out combinations, generated with the torch backend."""
-    from ..backends.torch_backend import TorchBackend
-    from ..pipeline import ScaleLoop
-    from ..release import resolve_release
-    from ..tokenizer import PromptTokenizer
-    from ..weights import load_release
+    from star_deploy.backends.torch_backend import TorchBackend
+    from star_deploy.pipeline import ScaleLoop
+    from star_deploy.release import resolve_release
+    from star_deploy.tokenizer import PromptTokenizer
+    from star_deploy.weights import load_release
+
     from .evaluate import read_image
 
     model = load_release(resolve_release(weights=out), RESOLUTION)
@@ -428,19 +442,19 @@ def rounded(vae: TrainableVQVAE, dtype: torch.dtype) -> TrainableVQVAE:
 
 
 def load_vae(path: Path) -> TrainableVQVAE:
-    """A VQVAE saved by an earlier run (its vae.pth, encoder included)."""
-    sd = torch.load(path, weights_only=True)
+    """A VQVAE saved by an earlier run (its vae.safetensors or vae.pth, encoder included)."""
+    sd = read_state_file(path)
     vae = TrainableVQVAE(infer_vae_config(sd, path))
     vae.load_state_dict({k: v.float() for k, v in sd.items()})
     return vae.eval()
 
 
 def run_vae_only(spec: TrainSpec, out: Path, dtype: torch.dtype) -> dict:
-    """Stage 1 alone: write out/vae.pth (encoder included) for a later ``--vae-from``."""
+    """Stage 1 alone: write out/vae.safetensors (encoder included) for a later ``--vae-from``."""
     t0 = time.perf_counter()
     vae, losses = train_vae(spec, quant_tables(SCHEDULES[RESOLUTION]))
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(half_state(vae, dtype), out / "vae.pth")
+    save_state(vae, dtype, out / VAE_FILE)
     record = {
         "spec": asdict(spec),
         "seconds": {"vae": round(time.perf_counter() - t0)},
@@ -463,12 +477,13 @@ def run(
     t0 = time.perf_counter()
     start = None
     if resume is not None:
-        from ..release import resolve_release
-        from ..weights import load_release
+        from star_deploy.release import resolve_release
+        from star_deploy.weights import load_release
 
-        model = load_release(resolve_release(weights=resume), RESOLUTION)
+        paths = resolve_release(weights=resume)
+        model = load_release(paths, RESOLUTION)
         start = (model.transformer, model.text_encoder)
-        vae, vae_losses = load_vae(resume / "vae.pth"), {"from": str(resume / "vae.pth")}
+        vae, vae_losses = load_vae(paths.vae), {"from": str(paths.vae)}
     elif vae_from is None:
         vae, vae_losses = train_vae(spec, tables)
     else:
@@ -497,22 +512,22 @@ def run(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m star_deploy.demo.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.demo_training.train", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="folder to write the release into")
     p.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vae-steps", type=int, help="override the VQVAE step count")
     p.add_argument("--ar-steps", type=int, help="override the transformer step count")
-    p.add_argument(
-        "--tokenizer", type=Path, default=PACKAGE_WEIGHTS / "CLIP" / "tokenizer", help="CLIP tokenizer folder"
-    )
-    p.add_argument("--vae-only", action="store_true", help="run stage 1 only and write OUT/vae.pth")
-    p.add_argument("--resume", type=Path, help="continue stage 2 from this release folder (its vae.pth included)")
+    p.add_argument("--tokenizer", type=Path, default=DEMO_WEIGHTS / "CLIP" / "tokenizer", help="CLIP tokenizer folder")
+    p.add_argument("--vae-only", action="store_true", help="run stage 1 only and write OUT/vae.safetensors")
+    p.add_argument("--resume", type=Path, help="continue stage 2 from this release folder (its VQVAE included)")
     p.add_argument("--ar-lr", type=float, help="override the transformer learning rate")
     p.add_argument("--uniform-loss", action="store_true", help="weight every token alike instead of every scale alike")
-    p.add_argument("--vae-from", type=Path, help="skip stage 1: reuse the vae.pth of an earlier run")
-    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="dtype of vae.pth and star.pth")
+    p.add_argument("--vae-from", type=Path, help="skip stage 1: reuse the VQVAE file of an earlier run")
+    p.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="dtype of the saved VQVAE and STAR weights"
+    )
     return p.parse_args(argv)
 
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import VaeConfig
-from ..model.vqvae import AttnBlock, ResnetBlock, StarVQVAE
-from ..tables import area_matrix, bicubic_matrix, phi_index
+from star_deploy.config import VaeConfig
+from star_deploy.model.vqvae import AttnBlock, ResnetBlock, StarVQVAE
+from star_deploy.tables import area_matrix, bicubic_matrix, phi_index
 
 
 class DemoEncoder(nn.Module):

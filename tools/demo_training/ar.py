@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TransformerConfig
-from ..model.transformer import MASK_VALUE, Block, StarTransformer, TextContext
-from ..tables import rope_angles
+from star_deploy.config import TransformerConfig
+from star_deploy.model.transformer import MASK_VALUE, Block, StarTransformer, TextContext
+from star_deploy.tables import rope_angles
 
 
 def scale_ids(sides: tuple[int, ...]) -> torch.Tensor:
