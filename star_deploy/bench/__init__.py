@@ -2,5 +2,11 @@
 
 BASELINE = "torch-eager"
 TORCH_GRAPHS = "torch-cuda-graphs"
-BENCH_BACKENDS = (BASELINE, "torch", TORCH_GRAPHS, "onnxruntime", "onnxruntime-int8", "tensorrt")
+ORT_PRECISIONS = {
+    "onnxruntime": "fp32",
+    "onnxruntime-int8": "int8",
+    "onnxruntime-int8-dynamic": "int8-dynamic",
+}
+"""ONNX Runtime bench backends and the artefact precision each runs."""
+BENCH_BACKENDS = (BASELINE, "torch", TORCH_GRAPHS, *ORT_PRECISIONS, "tensorrt")
 """Backend names ``star-deploy bench --backends`` takes."""
