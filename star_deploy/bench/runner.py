@@ -95,6 +95,7 @@ class BackendSource:
         self._artifacts = artifacts
         self._int8 = int8_artifacts
         self._dynamic: Path | None = None
+        self._mixed: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.export_seconds: dict[str, float] = {}
 
@@ -151,11 +152,29 @@ class BackendSource:
             )
         return self._dynamic
 
+    def mixed_artifacts(self) -> Path:
+        """int8-dynamic with MIXED_FLOAT_BLOCKS float32 (the backend runs MIXED_FLOAT_SCALES on fp32)."""
+        if self._mixed is None:
+            from ..export.dynamic_quant import MIXED_FLOAT_BLOCKS, dynamic_artifacts
+
+            src = self.artifacts()
+            self._mixed = timed(
+                self.export_seconds,
+                "quantize_mixed",
+                lambda: dynamic_artifacts(src, self._scratch() / "int8-mixed", keep_blocks=MIXED_FLOAT_BLOCKS),
+            )
+        return self._mixed
+
     def manifest(self, precision: str = "fp32") -> Manifest:
-        """The artefacts of ``precision`` (fp32, int8 or int8-dynamic), made on first use."""
+        """The artefacts of ``precision`` (fp32, int8, int8-dynamic or int8-mixed), made on first use."""
         from ..export.manifest import load_manifest
 
-        folders = {"fp32": self.artifacts, "int8": self.int8_artifacts, "int8-dynamic": self.dynamic_artifacts}
+        folders = {
+            "fp32": self.artifacts,
+            "int8": self.int8_artifacts,
+            "int8-dynamic": self.dynamic_artifacts,
+            "int8-mixed": self.mixed_artifacts,
+        }
         return load_manifest(folders[precision]())
 
     def build(self, name: str):
@@ -175,7 +194,12 @@ class BackendSource:
         if name == "tensorrt":
             return create_backend("tensorrt", s.device, manifest=self.manifest())
         manifest = self.manifest(ORT_PRECISIONS[name])
-        return create_backend("onnxruntime", s.device, manifest=manifest, threads=s.threads)
+        backend = create_backend("onnxruntime", s.device, manifest=manifest, threads=s.threads)
+        if ORT_PRECISIONS[name] == "int8-mixed":
+            from ..export.dynamic_quant import MIXED_FLOAT_SCALES
+
+            backend.step_scales_with(self.manifest(), MIXED_FLOAT_SCALES)
+        return backend
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -20,6 +20,12 @@ from .quantize import head_matmuls
 
 BLOCK_ROLES = ("qkv", "attn_out", "cross_q", "cross_out", "fc1", "fc2")
 """The weight MatMuls of one transformer block, in graph order."""
+MIXED_FLOAT_BLOCKS = (0, -1)
+MIXED_FLOAT_SCALES = (-1,)
+"""The mixed-precision point (bench backend ``onnxruntime-int8-mixed``): first and last blocks float32 in
+the int8 step graph, and the last scale on the fp32 step graph. Chosen by measured teacher-forced agreement
+on the 256-d16 random-weight model (96.0% all int8, 96.6% with these blocks float, 97.6% with the last
+scale float, 98.4% with both; docs/benchmarks.md)."""
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
