@@ -38,6 +38,7 @@ THRESHOLDS = {
     "fp16": Thresholds(logits_max_abs=0.25, teacher_forced_token_agreement=0.99, teacher_forced_psnr_db=35.0),
     "int8": Thresholds(logits_max_abs=1.0, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=30.0),
     "int4": Thresholds(logits_max_abs=2.0, teacher_forced_token_agreement=0.90, teacher_forced_psnr_db=25.0),
+    "int8-dynamic": Thresholds(logits_max_abs=2.0, teacher_forced_token_agreement=0.98, teacher_forced_psnr_db=35.0),
 }
 """Per precision; the README's "what is verified where" table cites these."""
 

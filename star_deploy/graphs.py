@@ -38,8 +38,9 @@ from .config import MAX_TEXT_TOKENS, NUM_PHI, StarConfig
 
 Dim = str | int
 EXPORT_PRECISIONS = ("fp32", "fp16")
-QUANTIZED_PRECISIONS = ("int8", "int4")
-"""Weight-only quantized copies of an fp32 export (``star-deploy quantize``): fp32 I/O."""
+QUANTIZED_PRECISIONS = ("int8", "int4", "int8-dynamic")
+"""Quantized copies of an fp32 export (``star-deploy quantize``), fp32 I/O: weight-only int8/int4 (MatMulNBits),
+or int8 weights and activations quantized at run time (MatMulInteger)."""
 PRECISIONS = EXPORT_PRECISIONS + QUANTIZED_PRECISIONS
 ACCURACY_LEVEL = 4
 """MatMulNBits compute type of quantized graphs by default: 4 = int8 activations (fast), 1 = float32."""

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from star_deploy.backends.eager_backend import EagerBackend
 from star_deploy.bench.flops import StageTotals, decoder_flops, step_flops
+from star_deploy.bench.machine import ISA_FLAGS, backend_isa, bf16_isa, cpu_flags
 from star_deploy.bench.runner import TORCH_GRAPHS, BackendSource, BenchSettings, roofline, run_bench
 from star_deploy.bench.traffic import block_weights, generation_bytes, text_weights
 from star_deploy.cli import app
@@ -131,3 +132,13 @@ def test_roofline_takes_the_binding_roof_per_stage():
     flops = StageTotals(text=20.0, steps=[1.0, 1000.0], update=0.0, decode=50.0)
     traffic = StageTotals(text=1.0, steps=[30.0, 30.0], update=0.0, decode=0.0)
     assert roofline(flops, traffic, flops_per_s=10.0, bytes_per_s=1.0) == 2.0 + 30.0 + 100.0 + 5.0
+
+
+def test_backend_isa_names_the_instructions():
+    avx2, vnni, amx = ["avx2", "fma"], ["avx2", "fma", "avx512f", "avx512_vnni"], ["avx512f", "amx_int8", "amx_bf16"]
+    assert backend_isa("int8-dynamic", "float32", avx2) == "AVX2 (no VNNI)"
+    assert backend_isa("int8", "float32", vnni) == "AVX512-VNNI"
+    assert backend_isa("int8", "float32", amx) == "AMX-INT8"
+    assert backend_isa("fp32", "float32", avx2) == "AVX2 FMA fp32"
+    assert backend_isa("fp32", "bfloat16", avx2) == "bf16 emulated" and bf16_isa(amx) == "AMX-BF16"
+    assert set(cpu_flags()) <= set(ISA_FLAGS)

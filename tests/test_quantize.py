@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +13,8 @@ from star_deploy.artifacts.manifest import MANIFEST, load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.cli import app
 from star_deploy.errors import ArtifactError, OutputError
-from star_deploy.evaluation import psnr, token_agreement
+from star_deploy.evaluation import THRESHOLDS, psnr, token_agreement
+from star_deploy.export.dynamic_quant import BLOCK_ROLES, block_matmuls, dynamic_artifacts, float_nodes
 from star_deploy.export.quantize import QUANTIZED_GRAPHS, head_matmuls, quantize_artifacts
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.tokenizer import PromptTokenizer
@@ -68,3 +70,63 @@ def test_quantize_command(artifacts_fp32, tmp_path):
     assert result.exit_code == 0, result.output
     assert load_manifest(tmp_path / "q").precision == "int8"
     assert json.loads((tmp_path / "q" / MANIFEST).read_text())["quantization"]["accuracy_level"] == 1
+
+
+@pytest.fixture(scope="module")
+def dynamic_dir(artifacts_fp32, tmp_path_factory):
+    return dynamic_artifacts(artifacts_fp32, tmp_path_factory.mktemp("dynamic") / "int8-dynamic")
+
+
+def forced_agreement(manifest, golden, golden_cases, golden_sampling, float_scales=None):
+    """Teacher-forced on the official tokens of every golden case: agreement over all their tokens, PSNRs."""
+    backend = OrtBackend(manifest)
+    if float_scales is not None:
+        backend.step_scales_with(float_scales[0], float_scales[1])
+    pipeline = ScaleLoop(backend, PromptTokenizer(manifest.tokenizer_dir))
+    sampled, reference, psnrs = [], [], []
+    for case in golden_cases:
+        tokens = golden[f"{case['key']}/tokens"]
+        gen = pipeline.generate([case["prompt"]], golden_sampling, [case["seed"]], teacher_tokens=tokens)
+        sampled.append(gen.sampled)
+        reference.append(tokens)
+        psnrs.append(psnr(gen.images, golden[f"{case['key']}/image"]))
+    return token_agreement(np.concatenate(sampled), np.concatenate(reference)), psnrs
+
+
+def test_dynamic_keeps_the_chosen_layers_float(artifacts_fp32):
+    manifest = load_manifest(artifacts_fp32)
+    step = onnx.load(str(manifest.path("transformer_step")))
+    depth = manifest.config.transformer.depth
+    assert len(block_matmuls(step, depth)) == depth * len(BLOCK_ROLES)
+    assert float_nodes(step, depth) == head_matmuls(step)
+    kept = float_nodes(step, depth, blocks=(-1,), roles=("qkv",))
+    assert len(kept) == len(BLOCK_ROLES) + (depth - 1) + 1
+    with pytest.raises(ValueError, match="unknown block roles"):
+        float_nodes(step, depth, (), ("ffn",))
+
+
+def test_int8_dynamic_meets_its_thresholds(dynamic_dir, golden, golden_cases, golden_sampling):
+    """The fast CPU path, teacher-forced on the official tokens of every golden case, against THRESHOLDS."""
+    manifest = load_manifest(dynamic_dir)
+    assert manifest.precision == "int8-dynamic"
+    step = onnx.load(str(manifest.path("transformer_step")))
+    assert "MatMulInteger" in {n.op_type for n in step.graph.node} and len(head_matmuls(step)) == 1
+    assert "MatMulInteger" not in op_types(manifest.path("text_encoder"))
+    limits = THRESHOLDS["int8-dynamic"]
+    agreement, psnrs = forced_agreement(manifest, golden, golden_cases, golden_sampling)
+    assert agreement >= limits.teacher_forced_token_agreement
+    assert min(psnrs) >= limits.teacher_forced_psnr_db
+
+
+def test_scales_switch_step_graphs(dynamic_dir, artifacts_fp32, golden, golden_cases, golden_sampling):
+    """Every scale on the fp32 step graph: exactly the official tokens again, through the int8 backend."""
+    manifest, fp32 = load_manifest(dynamic_dir), load_manifest(artifacts_fp32)
+    everywhere = (fp32, range(fp32.config.num_scales))
+    agreement, psnrs = forced_agreement(manifest, golden, golden_cases[:1], golden_sampling, everywhere)
+    assert agreement == 1.0 and min(psnrs) >= THRESHOLDS["fp32"].teacher_forced_psnr_db
+
+
+def test_quantize_command_dynamic(artifacts_fp32, tmp_path):
+    result = CliRunner().invoke(app, ["quantize", str(artifacts_fp32), "--out", str(tmp_path / "d"), "--dynamic"])
+    assert result.exit_code == 0, result.output
+    assert load_manifest(tmp_path / "d").precision == "int8-dynamic"

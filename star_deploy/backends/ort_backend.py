@@ -95,19 +95,30 @@ class OrtBackend:
         self.device = device
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"
         self.kv_dtype = numpy_type(manifest.graphs["transformer_step"].with_role(Role.CACHE_SLOT)[0].dtype)
-        self.sessions = {
-            name: create_session(ort, manifest, name, entry, self.provider, threads, session_options)
-            for name in manifest.graphs
-        }
+        self._session_args = (entry, self.provider, threads, session_options)
+        self.sessions = {name: create_session(ort, manifest, name, *self._session_args) for name in manifest.graphs}
+        self.scale_steps: dict[int, Any] = {}
         self.tables = [t.arrays() for t in build_scale_tables(self.config)]
         self.cache: OrtKVCache | None = None
         self.text: dict[str, DeviceTensor] = {}
 
+    def step_scales_with(self, manifest: Manifest, scales: Sequence[int]) -> None:
+        """Run the step of ``scales`` with ``manifest``'s step graph instead (same I/O, another precision).
+
+        The KV cache is explicit float32 I/O, so scales can switch graphs: e.g. int8 steps at the
+        small scales and float32 at the large ones, or the reverse.
+        """
+        mine, theirs = self.manifest.graphs["transformer_step"], manifest.graphs["transformer_step"]
+        if [t.name for t in mine.inputs + mine.outputs] != [t.name for t in theirs.inputs + theirs.outputs]:
+            raise ValueError(f"{manifest.root}: its step graph's inputs and outputs differ from this backend's")
+        session = create_session(self.ort, manifest, "transformer_step", *self._session_args)
+        self.scale_steps.update({k % self.config.num_scales: session for k in scales})
+
     def _run(
-        self, graph: str, inputs: dict[str, np.ndarray], dims: dict[str, int], bound=None
+        self, graph: str, inputs: dict[str, np.ndarray], dims: dict[str, int], bound=None, session=None
     ) -> dict[str, np.ndarray]:
         """Run ``graph``: host ``inputs``, ``bound(binding)`` for device buffers, host outputs for the rest."""
-        spec, session = self.manifest.graphs[graph], self.sessions[graph]
+        spec, session = self.manifest.graphs[graph], session or self.sessions[graph]
         binding = session.io_binding()
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=numpy_type(spec.tensor(name).dtype)))
@@ -167,9 +178,8 @@ class OrtBackend:
 
         t = self.tables[scale]
         dims = {"rows": x.shape[0], "tokens": tokens}
-        logits = self._run(
-            "transformer_step", {"x": x, "rope_cos": t["rope_cos"], "rope_sin": t["rope_sin"]}, dims, bind_state
-        )
+        inputs = {"x": x, "rope_cos": t["rope_cos"], "rope_sin": t["rope_sin"]}
+        logits = self._run("transformer_step", inputs, dims, bind_state, self.scale_steps.get(scale))
         cache.length += tokens
         return logits["logits"]
 

@@ -31,10 +31,14 @@ def fidelity_text(f: dict) -> str:
 
 def summary_table(report: dict) -> Table:
     """One row per backend: median, p90, images/s, vs baseline, vs floor, memory, fidelity."""
-    table = Table(title=f"star-deploy bench (floor {report['floor_s']:.2f} s fp32)")
+    machine = report["machine"]
+    on_cpu = report["settings"]["device"] == "cpu"
+    isa = f"; CPU flags: {' '.join(machine.get('cpu_flags') or ['none'])}" if on_cpu else ""
+    table = Table(title=f"star-deploy bench (floor {report['floor_s']:.2f} s fp32{isa})")
     for col in (
         "backend",
         "dtype",
+        "isa",
         "median s",
         "p90 s",
         "img/s",
@@ -43,14 +47,15 @@ def summary_table(report: dict) -> Table:
         "peak GiB",
         "fidelity vs fp32",
     ):
-        table.add_column(col, justify="left" if col in ("backend", "dtype", "fidelity vs fp32") else "right")
+        table.add_column(col, justify="left" if col in ("backend", "dtype", "isa", "fidelity vs fp32") else "right")
     for name, e in report["backends"].items():
         if "skipped" in e:
-            table.add_row(name, "", "", "", "", "", "", "", f"skipped: {e['skipped']}")
+            table.add_row(name, "", "", "", "", "", "", "", "", f"skipped: {e['skipped']}")
             continue
         table.add_row(
             name,
             e["compute_dtype"],
+            e.get("isa", ""),
             f"{e['median_s']:.2f}",
             f"{e['p90_s']:.2f}",
             f"{e['images_per_s']:.3f}",

@@ -24,9 +24,9 @@ from ..evaluation import forced_fidelity
 from ..pipeline import Generation, ScaleLoop, StageTimes, median_stages
 from ..tokenizer import PromptTokenizer
 from ..weights import StarModel
-from . import BASELINE, BENCH_BACKENDS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
+from . import BASELINE, BENCH_BACKENDS, ORT_PRECISIONS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
 from .flops import StageTotals, generation_flops
-from .machine import PeakMemory, Roofs, machine_info, measure_roofs
+from .machine import PeakMemory, Roofs, backend_isa, cpu_flags, machine_info, measure_roofs
 from .traffic import generation_bytes
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class BackendSource:
         self.settings = settings
         self._artifacts = artifacts
         self._int8 = int8_artifacts
+        self._dynamic: Path | None = None
+        self._mixed: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.export_seconds: dict[str, float] = {}
 
@@ -101,10 +103,10 @@ class BackendSource:
     def config(self) -> StarConfig:
         if self.model is not None:
             return self.model.config
-        return self.manifest(False).config
+        return self.manifest().config
 
     def tokenizer_dir(self) -> Path:
-        return self.model.tokenizer_dir if self.model is not None else self.manifest(False).tokenizer_dir
+        return self.model.tokenizer_dir if self.model is not None else self.manifest().tokenizer_dir
 
     def _scratch(self) -> Path:
         if self._tmp is None:
@@ -137,10 +139,43 @@ class BackendSource:
             )
         return self._int8
 
-    def manifest(self, int8: bool) -> Manifest:
+    def dynamic_artifacts(self) -> Path:
+        if self._dynamic is None:
+            from ..export.dynamic_quant import dynamic_artifacts
+
+            src = self.artifacts()
+            log.info("quantizing %s to int8 with dynamic activations", src)
+            self._dynamic = timed(
+                self.export_seconds,
+                "quantize_dynamic",
+                lambda: dynamic_artifacts(src, self._scratch() / "int8-dynamic"),
+            )
+        return self._dynamic
+
+    def mixed_artifacts(self) -> Path:
+        """int8-dynamic with MIXED_FLOAT_BLOCKS float32 (the backend runs MIXED_FLOAT_SCALES on fp32)."""
+        if self._mixed is None:
+            from ..export.dynamic_quant import MIXED_FLOAT_BLOCKS, dynamic_artifacts
+
+            src = self.artifacts()
+            self._mixed = timed(
+                self.export_seconds,
+                "quantize_mixed",
+                lambda: dynamic_artifacts(src, self._scratch() / "int8-mixed", keep_blocks=MIXED_FLOAT_BLOCKS),
+            )
+        return self._mixed
+
+    def manifest(self, precision: str = "fp32") -> Manifest:
+        """The artefacts of ``precision`` (fp32, int8, int8-dynamic or int8-mixed), made on first use."""
         from ..artifacts.manifest import load_manifest
 
-        return load_manifest(self.int8_artifacts() if int8 else self.artifacts())
+        folders = {
+            "fp32": self.artifacts,
+            "int8": self.int8_artifacts,
+            "int8-dynamic": self.dynamic_artifacts,
+            "int8-mixed": self.mixed_artifacts,
+        }
+        return load_manifest(folders[precision]())
 
     def build(self, name: str):
         """The backend ``name`` on the settings' device, or BackendUnavailableError."""
@@ -160,8 +195,14 @@ class BackendSource:
                 "torch", s.device, model=model, dtype=s.dtype, cuda_graphs=graphs, compile_step=compile_step
             )
         if name == "tensorrt":
-            return create_backend("tensorrt", s.device, manifest=self.manifest(False))
-        return create_backend("onnxruntime", s.device, manifest=self.manifest(name.endswith("int8")), threads=s.threads)
+            return create_backend("tensorrt", s.device, manifest=self.manifest())
+        manifest = self.manifest(ORT_PRECISIONS[name])
+        backend = create_backend("onnxruntime", s.device, manifest=manifest, threads=s.threads)
+        if ORT_PRECISIONS[name] == "int8-mixed":
+            from ..export.dynamic_quant import MIXED_FLOAT_SCALES
+
+            backend.step_scales_with(self.manifest(), MIXED_FLOAT_SCALES)
+        return backend
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -276,6 +317,8 @@ def build_report(
             backends[run.name] = {"skipped": run.skipped}
             continue
         entry = backend_entry(run, settings.batch_size, floors[run.compute_dtype])
+        precision = ORT_PRECISIONS.get(run.name, "fp32")
+        entry["isa"] = "CUDA" if device.type == "cuda" else backend_isa(precision, run.compute_dtype, cpu_flags())
         if run.name == BASELINE:
             baseline_median = entry["median_s"]
         backends[run.name] = entry

@@ -1,4 +1,4 @@
-"""``star-deploy quantize``: a weight-only int8 copy of an fp32 artefact directory."""
+"""``star-deploy quantize``: an int8 copy of an fp32 artefact directory (weight-only, or dynamic activations)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,33 @@ def quantize(
     accuracy_level: Annotated[
         int, typer.Option("--accuracy-level", help="MatMulNBits compute: 4 int8 (fast), 1 float32 (closer to fp32).")
     ] = ACCURACY_LEVEL,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="int8 weights and activations (MatMulInteger, precision int8-dynamic): the fast CPU path.",
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Quantize the transformer step and text encoder weights to int8 (ONNX Runtime MatMulNBits)."""
-    from ..export.quantize import quantize_artifacts
+    """Quantize the transformer step (and text encoder) weights to int8 for ONNX Runtime.
 
+    Default: weight-only MatMulNBits (precision int8). --dynamic: the step's MatMuls as
+    MatMulInteger with activations quantized at run time (precision int8-dynamic; the text
+    encoder and the logits head stay float32).
+    """
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"--accuracy-level {accuracy_level}: choose 0 to 4")
     check_separate([out], [artifacts])
     check_writable(out, overwrite)
-    quantize_artifacts(artifacts, out, bits=8, overwrite=overwrite, accuracy_level=accuracy_level)
+    if dynamic:
+        from ..export.dynamic_quant import dynamic_artifacts
+
+        dynamic_artifacts(artifacts, out, overwrite=overwrite)
+    else:
+        from ..export.quantize import quantize_artifacts
+
+        quantize_artifacts(artifacts, out, bits=8, overwrite=overwrite, accuracy_level=accuracy_level)
     typer.echo(str(out))
 
 

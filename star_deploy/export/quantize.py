@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
@@ -62,6 +64,27 @@ def quantize_artifacts(
     src: Path, out: Path, bits: int = 8, overwrite: bool = False, accuracy_level: int = ACCURACY_LEVEL
 ) -> Path:
     """Write an int8 copy of the fp32 artefact directory ``src`` into ``out``."""
+    rewrites = {name: partial(quantize_graph, bits=bits, accuracy_level=accuracy_level) for name in QUANTIZED_GRAPHS}
+    info = {
+        "method": "onnxruntime MatMulNBits, weight-only, symmetric",
+        "bits": bits,
+        "block_size": BLOCK_SIZE,
+        "accuracy_level": accuracy_level,
+        "graphs": list(QUANTIZED_GRAPHS),
+        "source_precision": "fp32",
+    }
+    return rewrite_artifacts(src, out, f"int{bits}", rewrites, info, overwrite)
+
+
+def rewrite_artifacts(
+    src: Path,
+    out: Path,
+    precision: str,
+    rewrites: dict[str, Callable[[Path, Path], None]],
+    info: dict,
+    overwrite: bool = False,
+) -> Path:
+    """Copy the fp32 artefact directory ``src`` into ``out``, the graphs in ``rewrites`` through their function."""
     manifest = load_manifest(src)
     if manifest.precision != "fp32":
         raise ArtifactError(
@@ -70,21 +93,14 @@ def quantize_artifacts(
     data = json.loads((src / MANIFEST).read_text())
     with atomic_dir(out, overwrite) as tmp:
         for name, spec in manifest.graphs.items():
-            if name in QUANTIZED_GRAPHS:
-                log.info("quantizing %s to int%d", spec.file, bits)
-                quantize_graph(manifest.path(name), tmp / spec.file, bits, accuracy_level)
+            if name in rewrites:
+                log.info("quantizing %s to %s", spec.file, precision)
+                rewrites[name](manifest.path(name), tmp / spec.file)
             else:
                 shutil.copy2(manifest.path(name), tmp / spec.file)
             data["graphs"][name]["sha256"] = graph_digest(tmp, spec)
         shutil.copytree(manifest.tokenizer_dir, tmp / TOKENIZER_DIR)
-        data["precision"] = f"int{bits}"
-        data["quantization"] = {
-            "method": "onnxruntime MatMulNBits, weight-only, symmetric",
-            "bits": bits,
-            "block_size": BLOCK_SIZE,
-            "accuracy_level": accuracy_level,
-            "graphs": list(QUANTIZED_GRAPHS),
-            "source_precision": "fp32",
-        }
+        data["precision"] = precision
+        data["quantization"] = info
         write_text(tmp / MANIFEST, dumps(sealed(data, tmp)))
     return out
