@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     # plain definitions: configs, the graph contract, dtypes, tables, sampling, files and records
     {
         "version",
+        "cpu_isa",
         "errors",
         "config",
         "dtypes",

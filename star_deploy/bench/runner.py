@@ -18,6 +18,7 @@ import torch
 from ..artifacts.manifest import Manifest
 from ..backends.factory import create_backend
 from ..config import SamplingConfig, StarConfig
+from ..cpu_isa import backend_isa, cpu_flags
 from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
@@ -26,7 +27,7 @@ from ..tokenizer import PromptTokenizer
 from ..weights import StarModel
 from . import BASELINE, BENCH_BACKENDS, ORT_PRECISIONS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
 from .flops import StageTotals, generation_flops
-from .machine import PeakMemory, Roofs, backend_isa, cpu_flags, machine_info, measure_roofs
+from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
 
 log = logging.getLogger(__name__)

@@ -105,8 +105,8 @@ def dynamic_artifacts(
     """
     import onnx
 
-    from ..bench.machine import cpu_flags
-    from .manifest import load_manifest
+    from ..artifacts.manifest import load_manifest
+    from ..cpu_isa import cpu_flags
     from .quantize import rewrite_artifacts
 
     depth = load_manifest(src).config.transformer.depth
