@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import logging
 import statistics
@@ -85,6 +86,18 @@ class BackendRun:
     skipped: str | None = None
 
 
+def quantizer(precision: str) -> Callable[[Path, Path], Path]:
+    """The function writing a ``precision`` copy of an fp32 artefact folder."""
+    if precision == "int8":
+        from ..export.quantize import quantize_artifacts
+
+        return quantize_artifacts
+    from ..export.dynamic_quant import MIXED_FLOAT_BLOCKS, dynamic_artifacts
+
+    keep = MIXED_FLOAT_BLOCKS if precision == "int8-mixed" else ()
+    return functools.partial(dynamic_artifacts, keep_blocks=keep)
+
+
 class BackendSource:
     """Builds each backend from a model (copied per backend) and/or artefact directories."""
 
@@ -94,9 +107,7 @@ class BackendSource:
         self.model = model
         self.settings = settings
         self._artifacts = artifacts
-        self._int8 = int8_artifacts
-        self._dynamic: Path | None = None
-        self._mixed: Path | None = None
+        self._quantized: dict[str, Path] = {} if int8_artifacts is None else {"int8": int8_artifacts}
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.export_seconds: dict[str, float] = {}
 
@@ -129,54 +140,21 @@ class BackendSource:
             )
         return self._artifacts
 
-    def int8_artifacts(self) -> Path:
-        if self._int8 is None:
-            from ..export.quantize import quantize_artifacts
-
-            src = self.artifacts()
-            log.info("quantizing %s to int8", src)
-            self._int8 = timed(
-                self.export_seconds, "quantize", lambda: quantize_artifacts(src, self._scratch() / "int8")
+    def quantized_artifacts(self, precision: str) -> Path:
+        """The fp32 export quantized to ``precision`` (int8, int8-dynamic or int8-mixed), made on first use."""
+        if precision not in self._quantized:
+            src, out = self.artifacts(), self._scratch() / precision
+            log.info("quantizing %s to %s", src, precision)
+            self._quantized[precision] = timed(
+                self.export_seconds, f"quantize {precision}", lambda: quantizer(precision)(src, out)
             )
-        return self._int8
-
-    def dynamic_artifacts(self) -> Path:
-        if self._dynamic is None:
-            from ..export.dynamic_quant import dynamic_artifacts
-
-            src = self.artifacts()
-            log.info("quantizing %s to int8 with dynamic activations", src)
-            self._dynamic = timed(
-                self.export_seconds,
-                "quantize_dynamic",
-                lambda: dynamic_artifacts(src, self._scratch() / "int8-dynamic"),
-            )
-        return self._dynamic
-
-    def mixed_artifacts(self) -> Path:
-        """int8-dynamic with MIXED_FLOAT_BLOCKS float32 (the backend runs MIXED_FLOAT_SCALES on fp32)."""
-        if self._mixed is None:
-            from ..export.dynamic_quant import MIXED_FLOAT_BLOCKS, dynamic_artifacts
-
-            src = self.artifacts()
-            self._mixed = timed(
-                self.export_seconds,
-                "quantize_mixed",
-                lambda: dynamic_artifacts(src, self._scratch() / "int8-mixed", keep_blocks=MIXED_FLOAT_BLOCKS),
-            )
-        return self._mixed
+        return self._quantized[precision]
 
     def manifest(self, precision: str = "fp32") -> Manifest:
-        """The artefacts of ``precision`` (fp32, int8, int8-dynamic or int8-mixed), made on first use."""
+        """The artefacts of ``precision``, exported or quantized on first use."""
         from ..artifacts.manifest import load_manifest
 
-        folders = {
-            "fp32": self.artifacts,
-            "int8": self.int8_artifacts,
-            "int8-dynamic": self.dynamic_artifacts,
-            "int8-mixed": self.mixed_artifacts,
-        }
-        return load_manifest(folders[precision]())
+        return load_manifest(self.artifacts() if precision == "fp32" else self.quantized_artifacts(precision))
 
     def build(self, name: str):
         """The backend ``name`` on the settings' device, or BackendUnavailableError."""
