@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
+from .signals import raise_if_interrupted
 
 PARTIAL = ".partial-"
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -179,6 +180,7 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = _temp_name(path)
     try:
         yield tmp
+        raise_if_interrupted()
         publish(tmp, path, overwrite)
     except Exception as exc:
         failure = write_failure(exc, path, tmp)
@@ -204,6 +206,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
         ) from None
     try:
         yield tmp
+        raise_if_interrupted()
         publish(tmp, path, overwrite)
     except Exception as exc:
         failure = write_failure(exc, path, tmp / "x")

@@ -24,11 +24,26 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+_received: list[int] = []
+"""Signals received in the current block, kept in case a library swallows the exception raised for them."""
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
     """Raise once; later signals are ignored so that the clean-up they interrupt can finish."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``Interrupted`` again if a signal arrived whose exception a library caught and dropped.
+
+    A signal handler's exception can surface inside a finaliser or a library's catch-all and be lost;
+    outputs call this before they are published so that an interrupted command never completes one.
+    """
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextmanager
@@ -38,10 +53,13 @@ def signals_as_interrupts() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    _received.clear()
     for sig in SIGNALS:
         signal.signal(sig, _raise)
     try:
         yield
+        raise_if_interrupted()
     finally:
+        _received.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN
 
-from star_deploy.atomic import remove_stale_partials
+from star_deploy.atomic import atomic_dir, atomic_file, remove_stale_partials
+from star_deploy.signals import Interrupted, signals_as_interrupts
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 240
@@ -230,3 +231,22 @@ def test_publish_never_replaces_without_overwrite(tmp_path):
         (tmp / "a").write_text("mine")
     assert [p.name for p in folder.iterdir()] == ["a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "x.png"]
+
+
+@pytest.mark.parametrize("output", ["folder", "file"])
+def test_a_signal_whose_exception_was_swallowed_still_stops_the_output(output, tmp_path):
+    target = tmp_path / "out"
+    write = atomic_dir if output == "folder" else atomic_file
+    with pytest.raises(Interrupted) as caught, signals_as_interrupts():
+        with write(target) as tmp:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except BaseException:  # noqa: BLE001 - a library that catches everything, as some do
+                pass
+            if output == "folder":
+                (tmp / "manifest.json").write_text("{}")
+            else:
+                tmp.write_text("x")
+    assert caught.value.exit_code == 143
+    assert list(tmp_path.iterdir()) == [], "an interrupted command published its output"
