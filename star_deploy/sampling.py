@@ -95,8 +95,36 @@ def exponential_race(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.argmax(probs / -np.log(u), axis=-1)
 
 
+def top_k_candidates(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Indices (ascending) and values of each row's top-k entries, or None where a tie at the k-th
+    value would keep more than k (the caller then filters the whole row)."""
+    vocab = logits.shape[-1]
+    idx = np.sort(np.argpartition(logits, vocab - top_k, axis=-1)[..., vocab - top_k :], axis=-1)
+    values = np.take_along_axis(logits, idx, axis=-1)
+    if np.count_nonzero(logits >= values.min(axis=-1, keepdims=True)) != idx.size:
+        return None
+    return idx, values
+
+
+def drop_outside_top_p(values: np.ndarray, idx: np.ndarray, top_p: float) -> np.ndarray:
+    """``values`` (..., k) of the entries ``idx`` with those outside the top-p mass set to -inf.
+
+    The same rule as ``filter_top_k_top_p`` on the full row: ties ordered by codebook index.
+    """
+    order = np.lexsort((idx, values), axis=-1)
+    drop_sorted = np.cumsum(softmax(np.take_along_axis(values, order, axis=-1)), axis=-1) <= (1 - top_p)
+    drop_sorted[..., -1] = False
+    drop = np.empty_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=-1)
+    return np.where(drop, -np.inf, values)
+
+
 class PortableSampler:
-    """The portable sampler on host arrays: logits (2B, l, V) float32 -> tokens (B, l) int64."""
+    """The portable rule on host arrays: logits (2B, l, V) float32 -> tokens (B, l) int64.
+
+    With top-k on, only each token's k candidates are filtered, hashed and raced: the entries
+    outside them have probability zero and can never win, so the draw is the full rule's.
+    """
 
     def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], num_scales: int) -> None:
         self.sampling = sampling
@@ -108,7 +136,14 @@ class PortableSampler:
         t = guidance_scale(s.cfg, scale, self.num_scales)
         rows = np.asarray(logits, dtype=np.float64)
         guided = (1 + t) * rows[:b] - t * rows[b:]
-        probs = softmax(filter_top_k_top_p(guided, s.top_k, s.top_p))
-        counters = np.arange(probs.shape[1] * probs.shape[2], dtype=np.int64).reshape(probs.shape[1:])
-        u = np.stack([race_uniforms(counters, stream_keys(seed, scale)) for seed in self.seeds])
-        return exponential_race(probs, u).astype(np.int64)
+        tokens, vocab = guided.shape[1:]
+        picked = top_k_candidates(guided, s.top_k) if 0 < s.top_k < vocab else None
+        if picked is None:
+            idx = np.broadcast_to(np.arange(vocab), guided.shape)
+            probs = softmax(filter_top_k_top_p(guided, s.top_k, s.top_p))
+        else:
+            idx, values = picked
+            probs = softmax(drop_outside_top_p(values, idx, s.top_p) if s.top_p > 0 else values)
+        counters = np.arange(tokens, dtype=np.int64)[:, None] * vocab + idx
+        u = np.stack([race_uniforms(counters[i], stream_keys(seed, scale)) for i, seed in enumerate(self.seeds)])
+        return np.take_along_axis(idx, exponential_race(probs, u)[..., None], axis=-1)[..., 0].astype(np.int64)

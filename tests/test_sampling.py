@@ -41,6 +41,21 @@ def test_portable_sampler_is_the_same_in_numpy_and_torch(top_k, top_p):
         assert np.array_equal(want, got), f"scale {scale}"
 
 
+@pytest.mark.parametrize("rounded", [False, True], ids=["distinct", "ties-at-kth"])
+def test_portable_sampler_on_top_k_candidates_draws_as_the_full_rule(rounded):
+    """The host sampler races only each token's top-k candidates; the torch sampler races the whole
+    codebook. At the default settings and codebook size they draw the same tokens, also where
+    rounded logits tie at the k-th value (the host then filters whole rows)."""
+    sampling = SamplingConfig(cfg=4.0, top_k=600, top_p=0.8, sampler="portable")
+    seeds = [0, 77]
+    host = PortableSampler(sampling, seeds, num_scales=10)
+    device = torch_sampling.PortableSampler(sampling, seeds, 10, torch.device("cpu"))
+    for scale in (3, 9):
+        logits = random_logits(scale, tokens=64, vocab=4096)
+        logits = np.round(logits) if rounded else logits
+        assert np.array_equal(host(logits, scale), device(torch.from_numpy(logits), scale).numpy())
+
+
 @pytest.mark.parametrize("top_k, top_p", SETTINGS)
 def test_numpy_filter_matches_the_official_filter(top_k, top_p):
     logits = random_logits(1)[0].astype(np.float64)
