@@ -23,6 +23,7 @@ from ..sampling import PortableSampler
 from ..tables import build_scale_tables
 from .base import HostClock
 from .ort_sessions import create_session, provider_entry
+from .text_cache import UnconditionalTextCache
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class OrtBackend:
         self.tables = [t.arrays() for t in build_scale_tables(self.config)]
         self.cache: OrtKVCache | None = None
         self.text: dict[str, DeviceTensor] = {}
+        self.text_cache = UnconditionalTextCache(self._encode_rows, np.concatenate)
 
     def step_scales_with(self, manifest: Manifest, scales: Sequence[int]) -> None:
         """Run the step of ``scales`` with ``manifest``'s step graph instead (same I/O, another precision).
@@ -134,6 +136,9 @@ class OrtBackend:
         return outputs
 
     def encode_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.text_cache(input_ids, attention_mask)
+
+    def _encode_rows(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self._run(
             "text_encoder", {"input_ids": input_ids, "attention_mask": attention_mask}, {"rows": input_ids.shape[0]}
         )

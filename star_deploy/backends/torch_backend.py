@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
@@ -9,6 +10,7 @@ from ..model.text import TextEncoderModule
 from ..weights import StarModel
 from .cuda_graphs import CudaGraphs
 from .kv_cache import KVCache
+from .text_cache import UnconditionalTextCache
 from .torch_arrays import TorchArrays, device_tables
 
 
@@ -59,11 +61,15 @@ class TorchBackend(TorchArrays):
         self.tables = device_tables(self.config, self.device)
         self.cache: KVCache | None = None
         self.text: list[torch.Tensor] = []
+        self.text_cache = UnconditionalTextCache(self._encode_rows, torch.cat)
         backend = compile if isinstance(compile, str) else "inductor"
         self.step_fn = compiled(self._step, self.config.num_scales, backend) if compile else self._step
 
-    @torch.inference_mode()
     def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text_cache(np.asarray(input_ids), np.asarray(attention_mask))
+
+    @torch.inference_mode()
+    def _encode_rows(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_graph(self.asarray(input_ids), self.asarray(attention_mask))
 
     @torch.inference_mode()
