@@ -2,7 +2,8 @@
 
 A multiply-add counts as 2 FLOPs. Counted: every matmul and convolution (projections,
 attention over the growing cache, cross-attention of the conditional rows, logits head,
-Phi refiner and resampling, VQVAE decoder, CLIP text encoder). Normalizations, softmax
+Phi refiner and resampling, VQVAE decoder, CLIP text encoder on the prompts: the
+unconditional "" row is the same in every generation and encoded once). Normalizations, softmax
 and activations are memory-bound and not counted.
 """
 
@@ -31,7 +32,7 @@ class StageTotals:
 
 
 def text_encoder_flops(config: StarConfig, rows: int) -> float:
-    """CLIP text tower over 77 tokens for every CFG row."""
+    """CLIP text tower over 77 tokens for ``rows`` rows."""
     t, n = config.text, MAX_TEXT_TOKENS
     per_layer = n * (4 * t.width**2 + 2 * t.width * t.intermediate) + 2 * n * n * t.width
     return 2.0 * rows * t.layers * per_layer
@@ -103,7 +104,7 @@ def decoder_flops(config: StarConfig, batch: int) -> float:
 def generation_flops(config: StarConfig, batch: int = 1) -> StageTotals:
     """FLOPs of generating ``batch`` images, split like pipeline.StageTimes."""
     return StageTotals(
-        text=text_encoder_flops(config, 2 * batch) + text_context_flops(config, batch),
+        text=text_encoder_flops(config, batch) + text_context_flops(config, batch),
         steps=[step_flops(config, batch, k) for k in range(config.num_scales)],
         update=sum(update_flops(config, batch, k) for k in range(config.num_scales)),
         decode=decoder_flops(config, batch),
