@@ -74,6 +74,7 @@ class ScaleEvent:
     device_tokens: Array  # (B, p, p), the backend's array (or a host array)
     f_hat: Array
     backend: Backend
+    decoded: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> np.ndarray:
@@ -82,8 +83,10 @@ class ScaleEvent:
         return (t if isinstance(t, np.ndarray) else self.backend.to_numpy(t)).astype(np.int64)
 
     def preview(self) -> np.ndarray:
-        """The coarse image (B, 3, H, W) in [0, 1] decoded from the scales so far."""
-        return self.backend.to_numpy(self.backend.preview(self.f_hat)).astype(np.float32)
+        """The coarse image (B, 3, H, W) in [0, 1] decoded from the scales so far (decoded once)."""
+        if self.decoded is None:
+            self.decoded = self.backend.to_numpy(self.backend.preview(self.f_hat)).astype(np.float32)
+        return self.decoded
 
 
 ScaleCallback = Callable[[ScaleEvent], "bool | None"]
@@ -136,6 +139,7 @@ class ScaleLoop:
         sampler = backend.sampler(sampling, seeds)
         f_hat = backend.new_f_hat(b)
         tokens_per_scale, sampled_per_scale, logits_per_scale, marks, offset = [], [], [], [], 0
+        event: ScaleEvent | None = None
         for k, side in enumerate(cfg.patch_nums):
             t0 = clock.mark()
             logits = backend.step(k, x)
@@ -155,7 +159,10 @@ class ScaleLoop:
                 if on_scale(event) is False:
                     break
         t4 = clock.mark()
-        images = backend.to_numpy(backend.decode(f_hat)).astype(np.float32)
+        if event is not None and event.decoded is not None:
+            images = event.decoded  # the caller already decoded the final f_hat as its last preview
+        else:
+            images = backend.to_numpy(backend.decode(f_hat)).astype(np.float32)
         times = stage_times(clock, start, text_done, marks, t4, clock.mark())
         return Generation(
             images, self._joined(tokens_per_scale), self._joined(sampled_per_scale), times, logits_per_scale
