@@ -100,7 +100,7 @@ def test_json_by_accept_header_or_field(url, references):
     for reply in (by_header, by_field):
         assert reply.status == 200 and reply.headers["content-type"] == "application/json"
         body = reply.json()
-        assert body["prompt"] == CASES[0]["prompt"] and body["seed"] == "0"
+        assert body["prompt"] == CASES[0]["prompt"] and body["seed"] == 0 and isinstance(body["cfg"], float)
         assert same_image(b64_pixels(body["image"]), references[0])
     png = request(f"{url}/v1/images", {**CASES[0], "response_format": "png"}, accept="application/json")
     assert png.headers["content-type"] == "image/png"

@@ -32,17 +32,22 @@ app = FastAPI(
 install_handlers(app)
 
 
-def png_text(body: ImageRequest, result: dict[str, Any], backend: str) -> dict[str, str]:
-    """The prompt and settings written into the PNG's text chunks."""
+def settings(body: ImageRequest, result: dict[str, Any], backend: str) -> dict[str, Any]:
+    """The prompt and the settings an image was made with (top_k as applied), typed as in the request."""
     return {
         "prompt": body.prompt,
-        "seed": str(body.seed),
-        "cfg": str(body.cfg),
-        "top_k": str(result["top_k"]),
-        "top_p": str(body.top_p),
+        "seed": body.seed,
+        "cfg": body.cfg,
+        "top_k": result["top_k"],
+        "top_p": body.top_p,
         "backend": backend,
         "software": "star-deploy serve",
     }
+
+
+def png_text(used: dict[str, Any]) -> dict[str, str]:
+    """``settings`` as the PNG's text chunks."""
+    return {key: str(value) for key, value in used.items()}
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -114,13 +119,14 @@ class StarIngress:
         finally:
             self.in_flight -= 1
         info = await self.model_info()
-        text = png_text(body, result, info["backend"])
+        used = settings(body, result, info["backend"])
+        text = png_text(used)
         headers = {"X-Batch-Size": str(result["batch_size"])}
         if wants_json(body, accept):
             payload = {
                 "image": b64_png(result["pixels"], text),
                 "format": "png",
-                **text,
+                **used,
                 "batch_size": result["batch_size"],
             }
             return JSONResponse(payload, headers=headers)
@@ -140,10 +146,9 @@ class StarIngress:
             backend = (await self.model_info())["backend"]
             async for event in calls.stream(self.model, body.job(), self.options.retries):
                 if event.get("final"):
-                    text = png_text(body, event, backend)
-                    yield sse(
-                        "final", {"image": b64_png(event["pixels"], text), "batch_size": event["batch_size"], **text}
-                    )
+                    used = settings(body, event, backend)
+                    image = b64_png(event["pixels"], png_text(used))
+                    yield sse("final", {"image": image, "batch_size": event["batch_size"], **used})
                 else:
                     image = b64_png(event["pixels"], compress_level=1)
                     yield sse("preview", {"scale": event["scale"], "num_scales": event["num_scales"], "image": image})
