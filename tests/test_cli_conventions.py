@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from star_deploy import __version__
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
-from star_deploy.backends.ort_sessions import CACHE_DIR
+from star_deploy.backends.ort_sessions import CACHE_DIR, cache_folder
 from star_deploy.cli import app, hoist_verbosity
 from star_deploy.config import SamplingConfig
 from star_deploy.pipeline import ScaleLoop
@@ -77,6 +77,25 @@ def test_onnxruntime_caches_optimized_graphs_and_drops_damaged_ones(artifacts_fp
     again = sorted((folder / CACHE_DIR).glob("*.onnx"))
     assert len(again) == 5 and step.stat().st_size > 100, "the damaged file was not replaced by a whole one"
     assert np.array_equal(generate(), first)
+
+
+def test_shipped_and_unwritable_graphs_are_cached_in_the_user_cache(artifacts_fp32, tmp_path, monkeypatch):
+    import shutil
+
+    from star_deploy.demo import DEMO_GRAPHS
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "star-deploy" / CACHE_DIR
+    assert cache_folder(DEMO_GRAPHS) == user, "the demo inside the package must not get a cache folder there"
+    folder = tmp_path / "art"
+    shutil.copytree(artifacts_fp32, folder, ignore=shutil.ignore_patterns(CACHE_DIR))
+    assert cache_folder(folder) == folder / CACHE_DIR
+    blocked = tmp_path / "blocked"  # its cache folder cannot be made (a file holds the name), as when read-only
+    shutil.copytree(artifacts_fp32, blocked, ignore=shutil.ignore_patterns(CACHE_DIR))
+    (blocked / CACHE_DIR).write_text("")
+    assert cache_folder(blocked) == user
+    OrtBackend(load_manifest(blocked))
+    assert len(list(user.glob("*.onnx"))) == 5
 
 
 def test_unknown_provider_is_refused_clearly(artifacts_fp32, tmp_path):

@@ -1,9 +1,11 @@
 """ONNX Runtime sessions as users configure them: execution providers, options, a cache of optimized graphs.
 
-The first load of a graph writes ORT's optimized form to ``DIR/ort_cache/`` (when DIR is
-writable); later loads read it with optimizations off and skip that work. A cache file is
-named by the graph's sha256, the provider and the ORT version, and carries a digest of its
-own contents, so a stale or damaged file is never used.
+The first load of a graph writes ORT's optimized form to ``DIR/ort_cache/``, or, for the
+graphs shipped inside the package (the demo) and for a read-only DIR, to the user's cache
+(``$XDG_CACHE_HOME/star-deploy/ort_cache``, default ``~/.cache``); later loads read it with
+optimizations off and skip that work. A cache file is named by the graph's sha256, the
+provider and the ORT version, and carries a digest of its own contents, so a stale or
+damaged file is never used.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ DEVICE_BUFFERS = {"cuda": "cuda", "tensorrt": "cuda"}
 """Providers whose KV cache lives in device memory; the rest use host memory."""
 
 CACHE_DIR = "ort_cache"
+PACKAGE = Path(__file__).resolve().parent.parent
 
 
 def provider_entry(
@@ -95,35 +98,51 @@ def _cached(folder: Path, key: str) -> Path | None:
 def create_session(
     ort: ModuleType, manifest: Manifest, graph: str, providers: list, provider: str, threads: int, user_options: Any
 ):
-    """An InferenceSession of ``graph``; optimized once and cached beside the graphs where possible."""
+    """An InferenceSession of ``graph``; optimized once and cached (``cache_folder``) where possible."""
     source = manifest.path(graph)
     if user_options is not None:
         return ort.InferenceSession(str(source), user_options, providers=providers)
-    folder = manifest.root / CACHE_DIR
     key = _cache_key(ort, manifest, graph, provider)
     external = source.with_name(source.name + ".data").exists()
-    cached = None if external else _cached(folder, key) if folder.is_dir() else None
+    folder = None if external else cache_folder(manifest.root)
+    cached = None if folder is None else _cached(folder, key)
     options = _options(ort, threads)
     if cached is not None:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(str(cached), options, providers=providers)
+    if folder is None:
+        return ort.InferenceSession(str(source), options, providers=providers)
     tmp = folder / f".{key}.partial-{os.getpid()}"
-    writable = not external and _prepare(folder)
-    if writable:
-        options.optimized_model_filepath = str(tmp)
+    options.optimized_model_filepath = str(tmp)
     try:
         session = ort.InferenceSession(str(source), options, providers=providers)
-        if writable and tmp.is_file():
+        if tmp.is_file():
             os.replace(tmp, folder / f"{key}.{_digest(tmp)}.onnx")
     finally:
         tmp.unlink(missing_ok=True)
     return session
 
 
+def user_cache() -> Path:
+    """The per-user cache of optimized graphs: ``$XDG_CACHE_HOME/star-deploy/ort_cache``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "star-deploy" / CACHE_DIR
+
+
+def cache_folder(root: Path) -> Path | None:
+    """``root/ort_cache`` for a writable artefact folder outside the package, else the user cache;
+    None where neither can be written (no cache)."""
+    inside_package = root.resolve().is_relative_to(PACKAGE)
+    for folder in ([] if inside_package else [root / CACHE_DIR]) + [user_cache()]:
+        if _prepare(folder):
+            return folder
+    return None
+
+
 def _prepare(folder: Path) -> bool:
-    """Create the cache folder if the artefact folder is writable; False (no cache) otherwise."""
+    """Create ``folder`` (and its parents) if we can; whether it is writable."""
     try:
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return False
     return os.access(folder, os.W_OK)
