@@ -55,6 +55,27 @@ def test_exported_artifacts(artifacts_fp32):
     assert graph["kind"] == "ONNX graph" and graph["opset"] == 18
 
 
+def test_damaged_artifacts_show_what_the_manifest_says_and_every_problem(artifacts_fp32, tmp_path):
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(artifacts_fp32, folder)
+    (folder / "vq_decoder.onnx").unlink()
+    step = folder / "transformer_step.onnx"
+    step.write_bytes(step.read_bytes()[:1000])
+    result = runner.invoke(app, ["inspect", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["kind"].startswith("artefact directory (damaged") and info["precision"] == "fp32"
+    assert info["graphs"]["vq_decoder"]["bytes"] == "missing" and info["graphs"]["transformer_step"]["bytes"] == 1000
+    problems = "\n".join(info["problems"])
+    assert "vq_decoder.onnx: missing" in problems and "transformer_step.onnx: changed or corrupted" in problems
+    assert "warning:" in result.stderr and "vq_decoder.onnx: missing" in result.stderr
+    (folder / "manifest.json").write_text("{")
+    broken = runner.invoke(app, ["inspect", str(folder)])
+    assert broken.exit_code == 2 and "manifest" in broken.stderr
+
+
 def test_unknown_and_missing_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     unknown = runner.invoke(app, ["inspect", str(tmp_path / "notes.txt")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +151,21 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return data
 
 
-def verify_files(root: Path, files: dict[str, str]) -> None:
-    """Refuse a folder where a file the export wrote is missing or differs from what it wrote."""
+def file_problems(root: Path, files: dict[str, str]) -> Iterator[str]:
+    """One message per file the export wrote that is missing or differs from what it wrote."""
     for rel, expected in files.items():
         path = root / rel
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing; the artefact folder is incomplete, export again")
-        if sha256_file(path) != expected:
-            raise ArtifactError(f"{path}: changed or corrupted since export (sha256 mismatch); export again")
+            yield f"{path}: missing; the artefact folder is incomplete, export again"
+        elif sha256_file(path) != expected:
+            yield f"{path}: changed or corrupted since export (sha256 mismatch); export again"
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Refuse a folder where a file the export wrote is missing or differs from what it wrote."""
+    problem = next(file_problems(root, files), None)
+    if problem is not None:
+        raise ArtifactError(problem)
 
 
 def check_graph_entry(entry: dict[str, Any], spec: GraphSpec, path: Path) -> None:

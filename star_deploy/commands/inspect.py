@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..artifacts.manifest import MANIFEST, load_manifest
-from ..errors import StarDeployError, WeightsError
+from ..artifacts.manifest import MANIFEST, file_problems, load_manifest, read_manifest
+from ..errors import ArtifactError, StarDeployError, WeightsError
 from ..release import resolution_from_name, resolve_release
 from .common import reports_errors
 
@@ -60,7 +60,10 @@ def inspect_release(folder: Path) -> Info:
 
 
 def inspect_artifacts(folder: Path) -> Info:
-    manifest = load_manifest(folder)
+    try:
+        manifest = load_manifest(folder)
+    except ArtifactError as exc:
+        return inspect_damaged_artifacts(folder, str(exc))
     graphs = {}
     for name, spec in manifest.graphs.items():
         graphs[name] = {
@@ -80,6 +83,27 @@ def inspect_artifacts(folder: Path) -> Info:
         "graphs": graphs,
         "sources": manifest.sources,
         "tools": manifest.tools,
+    }
+
+
+def inspect_damaged_artifacts(folder: Path, error: str) -> Info:
+    """What a readable manifest says of a folder whose files fail verification, and every problem found."""
+    data = read_manifest(folder)
+    problems = list(file_problems(folder, data["files"])) or [error]
+    graphs = {}
+    for name, entry in data["graphs"].items():
+        path = folder / entry["file"]
+        graphs[name] = {"file": entry["file"], "bytes": path.stat().st_size if path.is_file() else "missing"}
+    return {
+        "kind": "artefact directory (damaged: do not use; export again)",
+        "path": str(folder),
+        "problems": problems,
+        "precision": data["precision"],
+        "opset": data["opset"],
+        "config": data["config"],
+        "graphs": graphs,
+        "sources": data["sources"],
+        "tools": data["tools"],
     }
 
 
@@ -165,6 +189,8 @@ def inspect(
 ) -> None:
     """Show what PATH is: the model config inferred from its tensors, or its manifest."""
     info = describe(path)
+    for problem in info.get("problems", []):
+        typer.secho(f"warning: {problem}", err=True, fg=typer.colors.YELLOW)
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
     else:
