@@ -105,3 +105,17 @@ def test_unknown_provider_is_refused_clearly(artifacts_fp32, tmp_path):
     )
     assert result.exit_code == 2
     assert "has no OpenVINOExecutionProvider" in result.output and not out.exists()
+
+
+def test_artifact_folder_as_dir_or_as_the_artifacts_option(artifacts_fp32, tmp_path):
+    """check, quantize and build-engine take DIR like before, or --artifacts like run, parity and bench."""
+    runner = CliRunner()
+    positional = runner.invoke(app, ["check", str(artifacts_fp32)])
+    option = runner.invoke(app, ["check", "--artifacts", str(artifacts_fp32)])
+    assert positional.exit_code == 0 and option.exit_code == 0 and positional.stdout == option.stdout
+    both = runner.invoke(app, ["check", str(artifacts_fp32), "--artifacts", str(tmp_path)])
+    assert both.exit_code == 2 and "two artefact folders given" in both.stderr
+    for command in (["quantize", "--out", str(tmp_path / "q")], ["build-engine"]):
+        none = runner.invoke(app, command)
+        assert none.exit_code == 2 and "no artefact folder given" in none.stderr, none.output
+    assert list(tmp_path.iterdir()) == []

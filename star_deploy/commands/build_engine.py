@@ -9,15 +9,15 @@ from typing import Annotated
 import typer
 
 from ..artifacts.manifest import load_manifest
-from .common import OverwriteOpt, progress_bar, reports_errors
+from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, progress_bar, reports_errors
 
 log = logging.getLogger("star_deploy")
 
 
 def build_engine(
     artifacts: Annotated[
-        Path, typer.Argument(help="Artefact folder from `star-deploy export` (fp16 for FP16 engines).")
-    ],
+        Path | None, typer.Argument(help="Artefact folder from `star-deploy export` (fp16 for FP16 engines).")
+    ] = None,
     batch_size: Annotated[
         list[int], typer.Option("--batch-size", "-b", help="Batch size to build profiles for; repeat for several.")
     ] = [1],  # noqa: B006
@@ -40,6 +40,7 @@ def build_engine(
         list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")
     ] = None,
     device: Annotated[str, typer.Option(help="CUDA device to build on (cuda or cuda:N).")] = "cuda",
+    artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Build one TensorRT engine per graph into DIR/engines/<graph>.plan, each with a .json sidecar.
@@ -47,9 +48,10 @@ def build_engine(
     The transformer step and scale update get one optimization profile per scale and batch
     size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt]'.
     """
+    folder = artifacts_folder(artifacts, artifacts_option)
     from ..engines.builder import BuildOptions, build_engines
 
-    manifest = load_manifest(artifacts)
+    manifest = load_manifest(folder)
     options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache)
     graphs = graph or list(manifest.graphs)
     with progress_bar() as progress:

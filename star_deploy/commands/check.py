@@ -21,7 +21,7 @@ from ..evaluation import ValidationReport, validate
 from ..pipeline import ScaleLoop
 from ..release import load_model
 from ..tokenizer import PromptTokenizer
-from .common import reports_errors
+from .common import ArtifactsAlias, artifacts_folder, reports_errors
 
 log = logging.getLogger("star_deploy")
 DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, high quality"]
@@ -123,11 +123,13 @@ def check(
     min_agreement: Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")] = 0.9,
     min_psnr: Annotated[float, typer.Option(help="Fail below this teacher-forced image PSNR (dB).")] = 25.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the validation report as JSON.")] = None,
+    artifacts_option: ArtifactsAlias = None,
 ) -> None:
     """Check that every graph of DIR can be built by TensorRT; with --backend tensorrt, validate the engines.
 
     Readiness needs no GPU: supported operators, data types, Resize modes, profilable shapes.
     """
+    artifacts = artifacts_folder(artifacts, artifacts_option, required=False)
     if artifacts is None:
         if backend is not None:
             raise ConfigError(

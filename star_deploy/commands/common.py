@@ -40,6 +40,22 @@ ResolutionOpt = Annotated[
         "--resolution", help="Output size the checkpoint was trained for: 256, 512 or 1024 (128 for the demo)."
     ),
 ]
+ArtifactsAlias = Annotated[
+    Path | None,
+    typer.Option("--artifacts", help="The artefact folder, as run, parity and bench take it (instead of DIR)."),
+]
+
+
+def artifacts_folder(positional: Path | None, option: Path | None, required: bool = True) -> Path | None:
+    """The artefact folder given as DIR or as --artifacts (one of the two)."""
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(f"two artefact folders given: DIR {positional} and --artifacts {option}; give one")
+    folder = positional if positional is not None else option
+    if folder is None and required:
+        raise ConfigError("no artefact folder given: pass DIR (or --artifacts DIR), a folder from `star-deploy export`")
+    return folder
+
+
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 SamplerOpt = Annotated[
     str,

@@ -10,12 +10,12 @@ import typer
 from ..atomic import check_separate, check_writable
 from ..errors import ConfigError
 from ..graphs import ACCURACY_LEVEL
-from .common import OverwriteOpt, reports_errors
+from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, reports_errors
 
 
 def quantize(
-    artifacts: Annotated[Path, typer.Argument(help="fp32 artefact folder made by `star-deploy export`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New artefact folder (manifest precision int8).")],
+    artifacts: Annotated[Path | None, typer.Argument(help="fp32 artefact folder made by `star-deploy export`.")] = None,
     accuracy_level: Annotated[
         int, typer.Option("--accuracy-level", help="MatMulNBits compute: 4 int8 (fast), 1 float32 (closer to fp32).")
     ] = ACCURACY_LEVEL,
@@ -26,6 +26,7 @@ def quantize(
             help="int8 weights and activations (MatMulInteger, precision int8-dynamic): the fast CPU path.",
         ),
     ] = False,
+    artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Quantize the transformer step (and text encoder) weights to int8 for ONNX Runtime.
@@ -34,6 +35,7 @@ def quantize(
     MatMulInteger with activations quantized at run time (precision int8-dynamic; the text
     encoder and the logits head stay float32).
     """
+    artifacts = artifacts_folder(artifacts, artifacts_option)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"--accuracy-level {accuracy_level}: choose 0 to 4")
     check_separate([out], [artifacts])
