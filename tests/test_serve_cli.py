@@ -16,6 +16,7 @@ pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'sta
 
 from serve_helpers import free_port, png_pixels, post_all  # noqa: E402
 
+from star_deploy.demo import DEMO_WEIGHTS  # noqa: E402
 from star_deploy.serve.client import request  # noqa: E402
 
 pytestmark = pytest.mark.serve
@@ -51,10 +52,13 @@ def test_serve_command_drains_on_sigterm(tmp_path):
         "1",
         "--batch-wait",
         "0.2",
+        "--weights",
+        str(DEMO_WEIGHTS),
     ]
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         wait_healthy(url, process)
+        assert request(f"{url}/v1/model").json()["backend"] == "torch", "--weights serves on torch replicas"
         bodies = [{"prompt": "a red circle on a blue background", "seed": i} for i in range(4)]
         replies: list = []
         load = threading.Thread(target=lambda: replies.extend(post_all(f"{url}/v1/images", bodies)))

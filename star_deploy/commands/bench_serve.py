@@ -60,7 +60,7 @@ def bench_serve(
     repeats: Annotated[int, typer.Option(help="Pipeline batches timed per batch size.")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")] = Path("bench_serve.json"),
     port: Annotated[int, typer.Option(help="Port of the local server started for the run.")] = 8000,
-    backend: BackendOpt = "torch",
+    backend: BackendOpt = None,
     weights: ServeWeightsOpt = None,
     artifacts: ArtifactsOpt = None,
     device: DeviceOpt = None,

@@ -10,7 +10,12 @@ import typer
 from ..errors import BackendUnavailableError
 from .common import reports_errors
 
-BackendOpt = Annotated[str, typer.Option(help="torch, onnxruntime or tensorrt.")]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="torch, onnxruntime or tensorrt. Default: torch with --weights, else onnxruntime (needs no torch)."
+    ),
+]
 ArtifactsOpt = Annotated[
     Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt).")
 ]
@@ -65,7 +70,7 @@ def serve(
         str, typer.Option(help="Address the HTTP proxy listens on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    backend: BackendOpt = "torch",
+    backend: BackendOpt = None,
     weights: ServeWeightsOpt = None,
     artifacts: ArtifactsOpt = None,
     device: DeviceOpt = None,

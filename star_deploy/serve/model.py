@@ -18,14 +18,23 @@ PreviewCallback = Callable[[int, int, dict[int, np.ndarray]], None]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which pipeline a replica loads: backend, weights or artefact folder, device."""
+    """Which pipeline a replica loads: backend, weights or artefact folder, device.
 
-    backend: str = "torch"
+    ``backend`` None: torch with ``weights``, else ONNX Runtime (``artifacts``, or the demo's
+    graphs: the base install plus the serve extra serves without torch).
+    """
+
+    backend: str | None = None
     weights: str | None = None
     artifacts: str | None = None
     device: str | None = None
     dtype: str = "float32"
     threads: int = 0
+
+    @property
+    def runtime(self) -> str:
+        """The backend this spec loads."""
+        return self.backend or ("torch" if self.weights else "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,10 @@ class ImageModel:
         from ..backends.factory import default_device
 
         self.spec = spec
-        self.device = default_device(spec.backend, spec.device)
+        self.device = default_device(spec.runtime, spec.device)
         self.pipe = StarPipeline.from_pretrained(
             spec.artifacts or spec.weights,
-            backend=spec.backend,
+            backend=spec.runtime,
             device=self.device,
             dtype=spec.dtype,
             threads=spec.threads,

@@ -34,7 +34,7 @@ class ServeOptions(ModelSpec):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.num_gpus > 0 and (self.device or "cpu") == "cpu" and self.backend != "tensorrt":
+        if self.num_gpus > 0 and (self.device or "cpu") == "cpu" and self.runtime != "tensorrt":
             raise ConfigError("num_gpus > 0 with device cpu wastes the GPU; pass device cuda or num_gpus 0")
 
     @classmethod
@@ -47,7 +47,11 @@ class ServeOptions(ModelSpec):
         return cls(**args)
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
+        """What each replica loads; ONNX Runtime's threads default to the replica's CPUs (not every core)."""
+        spec = {f.name: getattr(self, f.name) for f in fields(ModelSpec)}
+        if spec["threads"] == 0 and self.num_cpus >= 1:
+            spec["threads"] = int(self.num_cpus)
+        return ModelSpec(**spec)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
