@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
@@ -109,3 +110,21 @@ def test_shipped_demo_graphs_are_the_demo_weights():
 
 def test_default_sampler_is_portable():
     assert SamplingConfig().sampler == "portable"
+
+
+def test_serve_replica_without_torch(tmp_path):
+    """The serve extra on the base install: the application imports, and a replica's model serves the demo."""
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'star-deploy[serve]'")
+    result = run_without_torch(
+        """
+        import star_deploy.serve.app
+        from star_deploy.serve.model import ImageModel, Job
+        from star_deploy.serve.options import ServeOptions
+        model = ImageModel(ServeOptions().model_spec())
+        image = model.generate([Job("a red circle on a blue background", seed=1)])[0]
+        print(model.info()["backend"], *image.shape)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["onnxruntime", "128", "128", "3"]
