@@ -119,3 +119,19 @@ def test_artifact_folder_as_dir_or_as_the_artifacts_option(artifacts_fp32, tmp_p
         none = runner.invoke(app, command)
         assert none.exit_code == 2 and "no artefact folder given" in none.stderr, none.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_made_on_another_kind_of_cpu_is_not_used(artifacts_fp32, tmp_path, monkeypatch):
+    """Optimized graphs can hold kernels chosen for the CPU (NCHWc blocks by vector width): the key has its ISA."""
+    import shutil
+
+    from star_deploy.backends import ort_sessions
+
+    folder = tmp_path / "art"
+    shutil.copytree(artifacts_fp32, folder, ignore=shutil.ignore_patterns(CACHE_DIR))
+    OrtBackend(load_manifest(folder))
+    here = sorted((folder / CACHE_DIR).glob("*.onnx"))
+    monkeypatch.setattr(ort_sessions, "cpu_flags", lambda: ["a-cpu-flag-no-cpu-has"])
+    OrtBackend(load_manifest(folder))
+    both = sorted((folder / CACHE_DIR).glob("*.onnx"))
+    assert len(here) == 5 and len(both) == 10, "the other CPU's backend reused this CPU's optimized graphs"

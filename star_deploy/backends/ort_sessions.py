@@ -4,8 +4,8 @@ The first load of a graph writes ORT's optimized form to ``DIR/ort_cache/``, or,
 graphs shipped inside the package (the demo) and for a read-only DIR, to the user's cache
 (``$XDG_CACHE_HOME/star-deploy/ort_cache``, default ``~/.cache``); later loads read it with
 optimizations off and skip that work. A cache file is named by the graph's sha256, the
-provider and the ORT version, and carries a digest of its own contents, so a stale or
-damaged file is never used.
+provider, the ORT version and the CPU's instruction sets, and carries a digest of its own
+contents, so a stale, foreign or damaged file is never used.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..artifacts.manifest import Manifest
+from ..cpu_isa import cpu_flags
 from ..errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,14 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def machine_tag() -> str:
+    """A short digest of the CPU architecture and instruction sets: an optimized graph may hold kernels
+    chosen for them (ONNX Runtime's NCHWc layout blocks by vector width), so a cache is per machine kind."""
+    return hashlib.sha256(",".join([platform.machine(), *cpu_flags()]).encode()).hexdigest()[:8]
+
+
 def _cache_key(ort: ModuleType, manifest: Manifest, graph: str, provider: str) -> str:
-    return f"{graph}.{provider}.ort{ort.__version__}.{manifest.graph_hashes[graph][:16]}"
+    return f"{graph}.{provider}.ort{ort.__version__}.{manifest.graph_hashes[graph][:16]}.{machine_tag()}"
 
 
 def _cached(folder: Path, key: str) -> Path | None:
