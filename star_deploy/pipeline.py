@@ -21,6 +21,7 @@ import numpy as np
 
 from .backends.base import Array, Backend, Clock, HostClock, NoClock
 from .config import SamplingConfig
+from .signals import raise_if_interrupted
 from .tokenizer import PromptTokenizer
 
 
@@ -141,6 +142,7 @@ class ScaleLoop:
         tokens_per_scale, sampled_per_scale, logits_per_scale, marks, offset = [], [], [], [], 0
         event: ScaleEvent | None = None
         for k, side in enumerate(cfg.patch_nums):
+            raise_if_interrupted()
             t0 = clock.mark()
             logits = backend.step(k, x)
             t1 = clock.mark()

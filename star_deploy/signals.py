@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,11 +41,23 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 def raise_if_interrupted() -> None:
     """Raise ``Interrupted`` again if a signal arrived whose exception a library caught and dropped.
 
-    A signal handler's exception can surface inside a finaliser or a library's catch-all and be lost;
-    outputs call this before they are published so that an interrupted command never completes one.
+    A signal handler's exception can surface inside a finaliser (a weakref callback during a torch
+    export, seen in practice) or a library's catch-all and be lost. Long loops call this between
+    steps, and outputs before they are published, so an interrupted command stops soon and never
+    completes an output.
     """
     if _received:
         raise Interrupted(_received[0])
+
+
+def _quiet_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops ``Interrupted`` (kept in ``_received``) and passes the rest on."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous(unraisable)
+
+    return hook
 
 
 @contextmanager
@@ -53,7 +67,9 @@ def signals_as_interrupts() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    previous_hook = sys.unraisablehook
     _received.clear()
+    sys.unraisablehook = _quiet_unraisable(previous_hook)
     for sig in SIGNALS:
         signal.signal(sig, _raise)
     try:
@@ -61,5 +77,6 @@ def signals_as_interrupts() -> Iterator[None]:
         raise_if_interrupted()
     finally:
         _received.clear()
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)

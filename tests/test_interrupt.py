@@ -250,3 +250,34 @@ def test_a_signal_whose_exception_was_swallowed_still_stops_the_output(output, t
                 tmp.write_text("x")
     assert caught.value.exit_code == 143
     assert list(tmp_path.iterdir()) == [], "an interrupted command published its output"
+
+
+FINALISER_SCRIPT = """
+import os, signal, sys, time
+from pathlib import Path
+from star_deploy.atomic import atomic_dir
+from star_deploy.signals import Interrupted, signals_as_interrupts
+
+class SignalsWhileFinalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here, inside __del__: an unraisable exception
+
+try:
+    with signals_as_interrupts(), atomic_dir(Path(sys.argv[1]) / "out") as tmp:
+        SignalsWhileFinalised()
+        (tmp / "manifest.json").write_text("{}")
+except Interrupted as exc:
+    print("interrupted", exc.exit_code)
+"""
+
+
+def test_a_signal_raised_inside_a_finaliser_stops_the_output_quietly(tmp_path):
+    """As in a weakref callback during a torch export: the exception is lost in ``__del__``; the output must
+    still not be published, and Python must not print the lost exception as a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-c", FINALISER_SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "interrupted 143", result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == [], "an interrupted command published its output"

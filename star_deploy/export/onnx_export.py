@@ -21,6 +21,7 @@ from ..dtypes import torch_dtype
 from ..graphs import GraphSpec, activation_dtype, graph_specs, scale_dims
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
+from ..signals import raise_if_interrupted
 from ..tables import build_scale_tables
 from ..weights import StarModel
 
@@ -126,6 +127,7 @@ def export_all(
     cast = cast_model(model, precision)
     modules = graph_modules(cast)
     for name, spec in specs.items():
+        raise_if_interrupted()
         log.info("exporting %s", spec.file)
         export_graph(modules[name].eval(), spec, sample_inputs(model.config, spec), folder / spec.file, external_bytes)
         if on_graph is not None:
