@@ -53,8 +53,11 @@ def fmix32(h):
     return h ^ (h >> 16)
 
 
-def race_hash(counters, keys: tuple[int, int]):
-    """A 32-bit keyed hash of int64 counters (token index * V + codebook index), numpy or torch arrays."""
+def race_hash(counters, keys: tuple):
+    """A 32-bit keyed hash of int64 counters (token index * V + codebook index), numpy or torch arrays.
+
+    ``keys`` are two 32-bit ints, or two int64 arrays that broadcast against ``counters``.
+    """
     return fmix32(fmix32(counters ^ keys[0]) ^ keys[1])
 
 

@@ -61,14 +61,22 @@ def test_cuda_fp16_meets_fp16_thresholds(fp32_cuda):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_graphs_replay_the_eager_result(dtype):
-    """Captured on the first generation, replayed on later ones with other prompts and seeds."""
+    """Captured on the first generation, replayed on later ones with other prompts, seeds and CFG.
+
+    Tokens are equal; images within one grey level (cuDNN autotuning may pick another
+    convolution kernel for each backend's decoder).
+    """
     eager, graphed = cuda_pipeline(dtype), cuda_pipeline(dtype, cuda_graphs=True)
-    for prompts, seeds in ((PROMPTS[:2], [1, 2]), (PROMPTS[1:], [7, 8]), (PROMPTS[:1], [3])):
-        want = eager.generate(prompts, SAMPLING, seeds)
-        got = graphed.generate(prompts, SAMPLING, seeds)
+    other_cfg = SamplingConfig(cfg=2.0, top_k=SAMPLING.top_k, top_p=SAMPLING.top_p)
+    runs = ((PROMPTS[:2], [1, 2], SAMPLING), (PROMPTS[1:], [7, 8], other_cfg), (PROMPTS[:1], [3], SAMPLING))
+    for prompts, seeds, sampling in runs:
+        want = eager.generate(prompts, sampling, seeds)
+        got = graphed.generate(prompts, sampling, seeds)
         assert np.array_equal(got.tokens, want.tokens)
-        assert max_err(got.images, want.images) == 0.0
-    assert len(graphed.backend.graphs.captured) == 2 * len(graphed.config.patch_nums) + 1
+        assert max_err(got.images, want.images) <= 1 / 255
+    kinds = [key if isinstance(key, str) else key[0] for key in graphed.backend.graphs.captured]
+    scales = len(graphed.config.patch_nums)
+    assert sorted(kinds) == sorted(["context", "decode"] + ["step", "sample", "update"] * scales)
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])

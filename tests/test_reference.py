@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import golden_errors, max_err
+import torch
+from conftest import golden_errors, load_golden_model, max_err
 
+from star_deploy.pipeline import ScaleLoop
 from star_deploy.tokenizer import PromptTokenizer
 
 TEXT_TOL = 1e-5
@@ -62,3 +64,16 @@ def test_different_seeds_differ(torch_pipeline, golden_sampling):
     a = torch_pipeline.generate(["a red car."], golden_sampling, seeds=[1])
     b = torch_pipeline.generate(["a red car."], golden_sampling, seeds=[2])
     assert not np.array_equal(a.tokens, b.tokens)
+
+
+def test_channels_last_decoder_matches_golden(golden, golden_sampling):
+    """The decoder layout the torch backend uses on a GPU, checked on CPU against the golden image."""
+    from star_deploy.backends.torch_backend import TorchBackend
+
+    model = load_golden_model()
+    pipeline = ScaleLoop(TorchBackend(model, channels_last=True), PromptTokenizer(model.tokenizer_dir))
+    assert pipeline.backend.memory_format == torch.channels_last
+    assert model.vqvae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    gen = pipeline.generate(["a red car."], golden_sampling, seeds=[1], teacher_tokens=golden["p0_s1/tokens"])
+    assert gen.images.flags.c_contiguous
+    assert max_err(gen.images, golden["p0_s1/image_from_tokens"]) <= IMAGE_TOL

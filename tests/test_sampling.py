@@ -41,6 +41,22 @@ def test_portable_sampler_is_the_same_in_numpy_and_torch(top_k, top_p):
         assert np.array_equal(want, got), f"scale {scale}"
 
 
+def test_a_portable_draw_reads_only_its_tensor_inputs():
+    """What a CUDA graph of the draw relies on: the draw made for one generation, fed another's CFG
+    strength and seed keys, gives that generation's tokens (no host value is baked in)."""
+    first = torch_sampling.PortableSampler(
+        SamplingConfig(cfg=1.5, top_k=50, top_p=0.8), [1, 2], 10, torch.device("cpu")
+    )
+    other = torch_sampling.PortableSampler(
+        SamplingConfig(cfg=6.0, top_k=50, top_p=0.8), [9, 3], 10, torch.device("cpu")
+    )
+    for scale in (2, 9):
+        logits = torch.from_numpy(random_logits(scale))
+        want = other(logits, scale)
+        assert not torch.equal(want, first(logits, scale))
+        assert torch.equal(first.draw(logits, other.guidance[scale], other.keys[scale]), want)
+
+
 @pytest.mark.parametrize("rounded", [False, True], ids=["distinct", "ties-at-kth"])
 def test_portable_sampler_on_top_k_candidates_draws_as_the_full_rule(rounded):
     """The host sampler races only each token's top-k candidates; the torch sampler races the whole

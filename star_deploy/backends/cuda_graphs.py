@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .torch_sampling import PortableSampler
+
 GraphFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
@@ -65,3 +67,24 @@ class CudaGraphs:
         if self.pool is None:
             self.pool = graph.pool()
         return Captured(graph, static, tuple(outputs))
+
+
+class GraphedSampler:
+    """The portable sampler's draw replayed as one CUDA graph per (scale, top-k, top-p).
+
+    The seeds' hash keys and the CFG strength are graph inputs, so one capture serves every
+    later generation whatever its seeds and CFG. The tokens are copied out of the graph's
+    static output, which the next replay of the same key overwrites.
+    """
+
+    def __init__(self, sampler: PortableSampler, graphs: CudaGraphs) -> None:
+        self.sampler, self.graphs = sampler, graphs
+
+    def __call__(self, logits: torch.Tensor, scale: int) -> torch.Tensor:
+        s = self.sampler
+        key = ("sample", scale, s.sampling.top_k, s.sampling.top_p)
+        (tokens,) = self.graphs.run(key, self._draw, logits, s.guidance[scale], s.keys[scale])
+        return tokens.clone()
+
+    def _draw(self, logits: torch.Tensor, guidance: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.sampler.draw(logits, guidance, keys),)

@@ -10,10 +10,18 @@ from ..config import SamplingConfig
 from ..sampling import guidance_scale, race_hash, stream_keys
 
 
-def apply_cfg(logits: torch.Tensor, t: float) -> torch.Tensor:
+def apply_cfg(logits: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """(1+t)·cond − t·uncond for logits (2B, l, V) with rows [cond; uncond]."""
     b = logits.shape[0] // 2
     return (1 + t) * logits[:b] - t * logits[b:]
+
+
+def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host table on ``device`` without a host wait (pinned, non-blocking on CUDA)."""
+    table = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, stable: bool = False) -> torch.Tensor:
@@ -51,23 +59,33 @@ class OfficialSampler:
 
 
 class PortableSampler:
-    """The portable rule of ``star_deploy.sampling`` in float64, uniforms hashed on the device itself."""
+    """The portable rule of ``star_deploy.sampling`` in float64, uniforms hashed on the device itself.
+
+    Every per-scale number (the CFG strength, the two hash keys of each prompt) is a device
+    tensor made once per generation, so a draw reads no host value: ``draw`` can be captured
+    in a CUDA graph and replayed for any seeds and CFG strength (top-k and top-p stay fixed).
+    """
 
     def __init__(self, sampling: SamplingConfig, seeds: Sequence[int], num_scales: int, device: torch.device) -> None:
         self.sampling = sampling
-        self.seeds = list(seeds)
         self.num_scales = num_scales
         self.device = device
+        scales = range(num_scales)
+        self.guidance = on_device([guidance_scale(sampling.cfg, k, num_scales) for k in scales], torch.float64, device)
+        self.keys = on_device([[stream_keys(s, k) for s in seeds] for k in scales], torch.int64, device)
 
     def __call__(self, logits: torch.Tensor, scale: int) -> torch.Tensor:
+        return self.draw(logits, self.guidance[scale], self.keys[scale])
+
+    def draw(self, logits: torch.Tensor, guidance: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, l) from logits (2B, l, V), the CFG strength (0-d) and each prompt's keys (B, 2)."""
         s = self.sampling
-        guided = apply_cfg(logits.double(), guidance_scale(s.cfg, scale, self.num_scales))
+        guided = apply_cfg(logits.double(), guidance)
         probs = filter_top_k_top_p(guided, s.top_k, s.top_p, stable=True).softmax(dim=-1)
         tokens, vocab = probs.shape[1:]
         counters = torch.arange(tokens * vocab, dtype=torch.int64, device=probs.device).view(tokens, vocab)
-        u = torch.stack(
-            [(race_hash(counters, stream_keys(seed, scale)).double() + 0.5) / 2.0**32 for seed in self.seeds]
-        )
+        hashed = race_hash(counters, (keys[:, 0, None, None], keys[:, 1, None, None]))
+        u = (hashed.double() + 0.5) / 2.0**32
         return (probs / -torch.log(u)).argmax(dim=-1)
 
 

@@ -257,8 +257,8 @@ def run(
         bool,
         typer.Option(
             "--cuda-graphs",
-            help="torch backend on CUDA: capture every scale as a CUDA graph on the first batch, replay it for the "
-            "next (faster from the second batch on).",
+            help="torch backend on CUDA: capture every scale (step, draw, update) and the decoder as CUDA graphs on "
+            "the first batch, replay them for the next (faster from the second batch on).",
         ),
     ] = False,
     compile_step: Annotated[
