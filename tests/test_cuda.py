@@ -103,3 +103,13 @@ def test_portable_sampler_draws_the_cpu_tokens_on_cuda(fp32_cuda, torch_pipeline
     assert SAMPLING.sampler == "portable"
     assert token_agreement(got.tokens, want.tokens) >= 0.999
     assert max_err(got.images, want.images) <= IMAGE_TOL
+
+
+def test_cached_unconditional_text_row_on_cuda(fp32_cuda):
+    """The "" row encoded alone and reused equals that row of a batched encoding on the GPU too
+    (on CPU they are bitwise equal; cuBLAS may choose other kernels for other row counts)."""
+    backend = fp32_cuda.backend
+    toks = fp32_cuda.tokenizer(PROMPTS)
+    whole = [backend.to_numpy(a) for a in backend._encode_rows(toks.input_ids, toks.attention_mask)]
+    cached = [backend.to_numpy(a) for a in backend.encode_text(toks.input_ids, toks.attention_mask)]
+    assert all(max_err(c, w) <= 1e-4 for c, w in zip(cached, whole, strict=True))
