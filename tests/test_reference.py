@@ -77,3 +77,12 @@ def test_channels_last_decoder_matches_golden(golden, golden_sampling):
     gen = pipeline.generate(["a red car."], golden_sampling, seeds=[1], teacher_tokens=golden["p0_s1/tokens"])
     assert gen.images.flags.c_contiguous
     assert max_err(gen.images, golden["p0_s1/image_from_tokens"]) <= IMAGE_TOL
+
+
+def test_decoder_layout_defaults_on_cpu():
+    """float32 keeps NCHW (batch-invariant to 1e-5); bfloat16 runs channels-last, whose oneDNN
+    kernels are the fast ones for it (NCHW bf16 convolutions are ~36x slower on AVX2 CPUs)."""
+    from star_deploy.backends.torch_backend import TorchBackend
+
+    assert TorchBackend(load_golden_model()).memory_format == torch.contiguous_format
+    assert TorchBackend(load_golden_model(), dtype=torch.bfloat16).memory_format == torch.channels_last

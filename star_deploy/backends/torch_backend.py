@@ -51,10 +51,12 @@ class TorchBackend(TorchArrays):
     generation and replayed afterwards; only the CLIP text encoder runs eagerly. With
     ``compile``, the step (with its cache write) runs through torch.compile, one compiled
     graph per scale: the float32 islands (LayerNorm, RoPE, QK L2-norm) fuse with their
-    neighbours; the first generation pays the compilation. With ``channels_last`` (default: on
-    a GPU), the decoder's convolutions run in channels-last layout (NHWC, the layout of
-    tensor-core convolution kernels), autotuned by cuDNN. On CPU it is off by default: there
-    it gained ~6% (noisy) and made the decoder's result depend on the batch size by ~2e-5.
+    neighbours; the first generation pays the compilation. With ``channels_last``, the
+    decoder's convolutions run in channels-last layout (NHWC), autotuned by cuDNN on a GPU.
+    By default it is on on a GPU (the layout of tensor-core convolution kernels) and for a
+    bfloat16/float16 decoder on CPU (oneDNN's NCHW kernels for them were 36x slower on an
+    AVX2 CPU); off for float32 on CPU, where it gained ~6% (noisy) and made the decoder's
+    result depend on the batch size by ~2e-5.
     """
 
     name = "torch"
@@ -80,7 +82,7 @@ class TorchBackend(TorchArrays):
         self.update_graph = ScaleUpdateGraph(model.transformer, model.vqvae)
         self.decoder_graph = DecoderGraph(model.vqvae)
         if channels_last is None:
-            channels_last = self.device.type == "cuda"
+            channels_last = self.device.type == "cuda" or dtype != torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for module in (model.vqvae.post_quant_conv, model.vqvae.decoder):
             module.to(memory_format=self.memory_format)
