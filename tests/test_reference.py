@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,16 @@ def test_decoder_layout_defaults_on_cpu():
 
     assert TorchBackend(load_golden_model()).memory_format == torch.contiguous_format
     assert TorchBackend(load_golden_model(), dtype=torch.bfloat16).memory_format == torch.channels_last
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_on_a_cpu_without_it_is_called_slow(dtype, caplog):
+    from star_deploy.backends.torch_backend import TorchBackend
+    from star_deploy.cpu_isa import backend_isa, cpu_flags
+
+    name = str(dtype).removeprefix("torch.")
+    with caplog.at_level(logging.WARNING, logger="star_deploy"):
+        TorchBackend(load_golden_model(), dtype=dtype)
+    warned = [r.getMessage() for r in caplog.records if "slower than float32" in r.getMessage()]
+    assert bool(warned) == backend_isa("fp32", name, cpu_flags()).endswith("emulated")
+    assert all(name in w and "--dtype float32" in w for w in warned)

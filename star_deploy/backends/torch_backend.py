@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import SamplingConfig
+from ..cpu_isa import backend_isa, cpu_flags
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..weights import StarModel
@@ -17,6 +19,8 @@ from .kv_cache import KVCache
 from .text_cache import UnconditionalTextCache
 from .torch_arrays import TorchArrays, device_tables
 from .torch_sampling import PortableSampler
+
+log = logging.getLogger(__name__)
 
 
 def compiled(fn, num_scales: int, backend: str = "inductor"):
@@ -41,6 +45,16 @@ def cudnn_autotuned() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = previous
+
+
+def warn_if_emulated(dtype: str) -> None:
+    """Say so when this CPU has no instructions for ``dtype``: its matmuls are then emulated, slower than float32."""
+    if backend_isa("fp32", dtype, cpu_flags()).endswith("emulated"):
+        log.warning(
+            "%s is emulated on this CPU (no AVX512-BF16, AVX512-FP16 or AMX), slower than float32; "
+            "use --dtype float32, or the onnxruntime backend",
+            dtype,
+        )
 
 
 class TorchBackend(TorchArrays):
@@ -75,6 +89,8 @@ class TorchBackend(TorchArrays):
         self.device = torch.device(device)
         self.dtype = dtype
         self.graphs = CudaGraphs(self.device) if cuda_graphs else None
+        if self.device.type == "cpu" and dtype != torch.float32:
+            warn_if_emulated(str(dtype).removeprefix("torch."))
         model.to(self.device, dtype)
         self.text_graph = TextEncoderModule(model.text_encoder)
         self.context_graph = TextContextGraph(model.transformer)
