@@ -15,7 +15,20 @@ from typing import Annotated
 
 import typer
 
-from .commands import bench, bench_serve, build_engine, check, convert, export, inspect, parity, quantize, run, serve
+from .commands import (
+    bench,
+    bench_serve,
+    build_engine,
+    check,
+    convert,
+    export,
+    inspect,
+    parity,
+    quantize,
+    run,
+    serve,
+    web,
+)
 from .version import __version__
 
 VERBOSITY_FLAGS = ("-v", "--verbose", "-q", "--quiet")
@@ -77,6 +90,7 @@ app.command("inspect")(inspect.command)
 app.command("convert")(convert.command)
 app.command("serve")(serve.command)
 app.command("bench-serve")(bench_serve.command)
+app.command("web")(web.command)
 
 
 def hoist_verbosity(argv: list[str]) -> list[str]:
