@@ -1,0 +1,139 @@
+"""A site in headless Chromium through selenium: open the page, call ``window.star.generate``, read the result.
+
+Used by ``star-deploy web --bench`` and the tests; needs Chromium, its chromedriver and selenium
+(``pip install selenium``; Debian: ``apt-get install chromium chromium-driver``).
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, StarDeployError
+from .server import site_server
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+LOAD_TIMEOUT_S = 120.0
+GENERATE_TIMEOUT_S = 300.0
+GENERATE_SCRIPT = """
+const [request, done] = [arguments[0], arguments[arguments.length - 1]];
+window.star.generate({...request, seed: BigInt(request.seed)}).then(
+  (r) => {
+    let bytes = "";
+    for (const b of r.image.data) bytes += String.fromCharCode(b);
+    done({tokens: r.tokens.map((t) => Array.from(t)), seconds: r.seconds, width: r.image.width,
+          height: r.image.height, rgba: btoa(bytes)});
+  },
+  (err) => done({error: String(err && err.message || err)}));
+"""
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """(chromium, chromedriver) where both are installed."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (chromium, driver) if chromium and driver else None
+
+
+@dataclass(frozen=True)
+class PageState:
+    """The page after loading: ready or error, its message, and how long it took."""
+
+    state: str
+    message: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BrowserImage:
+    """One generation in the browser: tokens of every scale joined (L,), pixels (H, W, 3) uint8, seconds."""
+
+    tokens: np.ndarray
+    pixels: np.ndarray
+    seconds: float
+
+
+class SiteBrowser:
+    """The site ``folder`` served on 127.0.0.1 and opened in a fresh headless Chromium (a context manager)."""
+
+    def __init__(self, folder: Path) -> None:
+        paths = chromium_paths()
+        if paths is None:
+            raise BackendUnavailableError("needs chromium and chromedriver: apt-get install chromium chromium-driver")
+        self.folder, self.paths = folder, paths
+        self.profile = tempfile.TemporaryDirectory(prefix="star-web-")
+        self.server = site_server(folder, 0)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.driver = None
+
+    def __enter__(self) -> SiteBrowser:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        try:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service
+        except ImportError:
+            self.__exit__(None, None, None)
+            raise BackendUnavailableError("driving Chromium needs selenium: pip install selenium") from None
+        options = webdriver.ChromeOptions()
+        options.binary_location = self.paths[0]
+        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={self.profile.name}"):
+            options.add_argument(flag)
+        self.driver = webdriver.Chrome(service=Service(executable_path=self.paths[1]), options=options)
+        self.driver.set_page_load_timeout(LOAD_TIMEOUT_S)
+        self.driver.set_script_timeout(GENERATE_TIMEOUT_S)
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.driver is not None:
+            self.driver.quit()
+        self.server.shutdown()
+        self.server.server_close()
+        self.profile.cleanup()
+
+    def page_state(self) -> str:
+        return self.driver.execute_script("return document.body.dataset.state || ''")
+
+    def wait_for(self, states: tuple[str, ...], timeout_s: float) -> str:
+        """Poll the page's state until it is one of ``states``; the last state seen at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        state = self.page_state()
+        while state not in states and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = self.page_state()
+        return state
+
+    def open(self, timeout_s: float = LOAD_TIMEOUT_S) -> PageState:
+        """Load the page and wait until it is ready (files verified, sessions created) or has failed."""
+        start = time.perf_counter()
+        self.driver.get(self.url)
+        state = self.wait_for(("ready", "error"), timeout_s)
+        message = self.driver.execute_script("return document.getElementById('message').textContent")
+        return PageState(state, message, time.perf_counter() - start)
+
+    def generate(self, prompt: str, seed: int, **settings: float) -> BrowserImage:
+        """``window.star.generate`` for one prompt; raises with the page's message if it fails."""
+        request = {"prompt": prompt, "seed": str(seed), **settings}
+        result = self.driver.execute_async_script(GENERATE_SCRIPT, request)
+        if "error" in result:
+            raise StarDeployError(f"the page failed to generate: {result['error']}")
+        rgba = np.frombuffer(base64.b64decode(result["rgba"]), np.uint8)
+        pixels = rgba.reshape(result["height"], result["width"], 4)[..., :3].copy()
+        tokens = np.concatenate([np.asarray(t, dtype=np.int64) for t in result["tokens"]])
+        return BrowserImage(tokens, pixels, float(result["seconds"]))

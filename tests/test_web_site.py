@@ -1,0 +1,139 @@
+"""`star-deploy web`: the site's files and refusals, and the demo site generating in headless Chromium.
+
+The browser tests need Chromium with chromedriver and onnxruntime-web's dist/ folder: from
+``STAR_DEPLOY_ORT_WEB``, else ``.ort-web/`` in the clone, which ``.ci/run`` fills with npm (and this
+module fills too where npm is installed). They skip only where Chromium or npm is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from star_deploy import StarPipeline
+from star_deploy.cli import app
+from star_deploy.demo import DEMO_GRAPHS
+from star_deploy.evaluation import psnr
+from star_deploy.images import to_uint8
+from star_deploy.web.browser import SiteBrowser, chromium_paths
+from star_deploy.web.runtime import ORT_WEB_VERSION
+from star_deploy.web.site import SITE_MANIFEST, build_site
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL_ORT_WEB = REPO / ".ort-web" / "node_modules" / "onnxruntime-web" / "dist"
+CASES = [
+    ("a red circle on a blue background", 0),
+    ("a green triangle in the top left on a white background", 7),
+    ("yellow backdrop with a big blue square", 123456789),
+]
+MIN_PSNR_DB = 35.0
+needs_chromium = pytest.mark.skipif(
+    chromium_paths() is None, reason="needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)
+
+
+def ort_web_dist() -> Path | None:
+    """onnxruntime-web's dist/: the environment's, the clone's, or installed into the clone with npm."""
+    if os.environ.get("STAR_DEPLOY_ORT_WEB"):
+        return Path(os.environ["STAR_DEPLOY_ORT_WEB"])
+    if not LOCAL_ORT_WEB.is_dir() and shutil.which("npm"):
+        subprocess.run(
+            ["npm", "install", "--prefix", str(REPO / ".ort-web"), "--no-save", "--no-audit", "--no-fund"]
+            + [f"onnxruntime-web@{ORT_WEB_VERSION}"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return LOCAL_ORT_WEB if LOCAL_ORT_WEB.is_dir() else None
+
+
+@pytest.fixture(scope="module")
+def dist() -> Path:
+    found = ort_web_dist()
+    if found is None:
+        pytest.skip(f"needs npm to install onnxruntime-web@{ORT_WEB_VERSION} (or STAR_DEPLOY_ORT_WEB=its dist/)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def site(dist, tmp_path_factory) -> Path:
+    return build_site(DEMO_GRAPHS, tmp_path_factory.mktemp("web") / "site", dist).out
+
+
+@pytest.fixture(scope="module")
+def references() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tokens (L,) and pixels (H, W, 3) of each case from Python: the demo on ONNX Runtime, fp32 graphs."""
+    pipe = StarPipeline.from_pretrained()
+    outputs = [pipe(prompt, seed=seed, output_type="np") for prompt, seed in CASES]
+    return [(o.tokens[0], to_uint8(o.images[0].transpose(2, 0, 1))) for o in outputs]
+
+
+def test_site_files_are_listed_with_their_sha256(site):
+    data = json.loads((site / SITE_MANIFEST).read_text())
+    files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()} - {SITE_MANIFEST}
+    assert set(data["files"]) == files
+    for name in ("index.html", "star.mjs", "tokenizer.json", "tables.bin", "graphs/transformer_step.onnx"):
+        assert name in files
+    total = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    graphs = sum((site / g["file"]).stat().st_size for g in data["graphs"].values())
+    assert graphs < 0.55 * sum(p.stat().st_size for p in DEMO_GRAPHS.glob("*.onnx")), "fp16 storage halves graphs"
+    assert total < 31e6, f"the demo site is {total / 1e6:.1f} MB"
+
+
+def test_web_refuses_without_ort_web_and_over_an_existing_site(site, dist, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["web", "--out", str(tmp_path / "s"), "--ort-web", str(tmp_path)])
+    assert missing.exit_code == 2
+    assert "npm install" in missing.output and "onnxruntime-web" in missing.output
+    existing = runner.invoke(app, ["web", "--out", str(site), "--ort-web", str(dist)])
+    assert existing.exit_code == 2 and "--overwrite" in existing.output
+    assert not (tmp_path / "s").exists()
+
+
+def check_against_python(result, reference: tuple[np.ndarray, np.ndarray], case) -> float:
+    tokens, pixels = reference
+    assert np.array_equal(result.tokens, tokens), f"{case}: the browser drew other tokens than Python"
+    diff = int(np.abs(result.pixels.astype(int) - pixels.astype(int)).max())
+    assert diff <= 1, f"{case}: the browser's image differs from Python's by {diff} grey levels"
+    return psnr(pixels / 255.0, result.pixels / 255.0)
+
+
+@needs_chromium
+def test_demo_site_draws_the_tokens_of_python_in_chromium(site, references):
+    with SiteBrowser(site) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        for case, reference in zip(CASES, references):
+            result = browser.generate(*case)
+            assert check_against_python(result, reference, case) >= MIN_PSNR_DB
+
+
+@needs_chromium
+def test_fp32_site_matches_python_within_one_grey_level(dist, references, tmp_path):
+    site = build_site(DEMO_GRAPHS, tmp_path / "site32", dist, storage="fp32").out
+    with SiteBrowser(site) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        check_against_python(browser.generate(*CASES[0]), references[0], CASES[0])
+
+
+@needs_chromium
+def test_a_tampered_graph_makes_the_page_refuse(site, tmp_path):
+    copy = Path(shutil.copytree(site, tmp_path / "tampered"))
+    graph = copy / "graphs" / "vq_decoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    graph.write_bytes(bytes(data))
+    with SiteBrowser(copy) as browser:
+        page = browser.open()
+        assert page.state == "error"
+        assert "graphs/vq_decoder.onnx does not match site.json" in page.message
+        assert "refusing to run" in page.message
+        assert browser.driver.execute_script("return window.star === undefined")
