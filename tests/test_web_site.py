@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +26,8 @@ from star_deploy import StarPipeline
 from star_deploy.cli import app
 from star_deploy.demo import DEMO_GRAPHS
 from star_deploy.evaluation import psnr
-from star_deploy.images import to_uint8
-from star_deploy.web.browser import SiteBrowser, chromium_paths
+from star_deploy.images import read_png, to_uint8
+from star_deploy.web.browser import SiteBrowser, chromium_paths, run_form
 from star_deploy.web.runtime import ORT_WEB_VERSION
 from star_deploy.web.site import SITE_MANIFEST, build_site
 
@@ -137,3 +142,55 @@ def test_a_tampered_graph_makes_the_page_refuse(site, tmp_path):
         assert "graphs/vq_decoder.onnx does not match site.json" in page.message
         assert "refusing to run" in page.message
         assert browser.driver.execute_script("return window.star === undefined")
+
+
+@needs_chromium
+def test_page_shows_every_scale_time_provider_and_offers_the_png(site, references, tmp_path):
+    with SiteBrowser(site) as browser:
+        assert browser.open().state == "ready"
+        run = run_form(browser, *CASES[1])
+    assert run.state == "done", run.message
+    assert run.previews == 6, "one preview per scale"
+    assert re.fullmatch(r"\d+\.\d\d s per image", run.time_text)
+    assert "execution provider: wasm" in run.provider_text
+    (tmp_path / "star.png").write_bytes(run.png)
+    pixels, text = read_png(tmp_path / "star.png")
+    assert np.abs(pixels.astype(int) - references[1][1].astype(int)).max() <= 1
+    assert text["prompt"] == CASES[1][0] and text["seed"] == str(CASES[1][1])
+    assert {"cfg", "top_k", "top_p", "sampler", "backend"} <= set(text)
+
+
+@needs_chromium
+def test_page_says_so_when_a_download_fails_or_webassembly_is_missing(site, tmp_path):
+    copy = Path(shutil.copytree(site, tmp_path / "partial"))
+    (copy / "tokenizer.json").unlink()
+    with SiteBrowser(copy) as browser:
+        page = browser.open()
+    assert page.state == "error"
+    assert "download of tokenizer.json failed: HTTP 404" in page.message
+    with SiteBrowser(site) as browser:
+        page = browser.open(before="delete globalThis.WebAssembly;")
+    assert page.state == "error" and "no WebAssembly" in page.message
+
+
+def test_serve_sends_cross_origin_isolation_headers_on_localhost_only(site):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "star_deploy", "web", "--out", str(site), "--serve", "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, reply = time.monotonic() + 60, None
+        while reply is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                reply = urllib.request.urlopen(f"http://127.0.0.1:{port}/star.mjs", timeout=5)
+            except OSError:
+                time.sleep(0.2)
+        assert reply is not None, "the site server did not answer"
+        assert reply.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert reply.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert reply.headers["Content-Type"].startswith("text/javascript")
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=30)
+    assert f"on http://127.0.0.1:{port}/" in log

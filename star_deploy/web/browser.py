@@ -119,8 +119,13 @@ class SiteBrowser:
             state = self.page_state()
         return state
 
-    def open(self, timeout_s: float = LOAD_TIMEOUT_S) -> PageState:
-        """Load the page and wait until it is ready (files verified, sessions created) or has failed."""
+    def open(self, timeout_s: float = LOAD_TIMEOUT_S, before: str | None = None) -> PageState:
+        """Load the page and wait until it is ready (files verified, sessions created) or has failed.
+
+        ``before`` is JavaScript run in the page before its own scripts (e.g. to remove an API).
+        """
+        if before is not None:
+            self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": before})
         start = time.perf_counter()
         self.driver.get(self.url)
         state = self.wait_for(("ready", "error"), timeout_s)
@@ -137,3 +142,53 @@ class SiteBrowser:
         pixels = rgba.reshape(result["height"], result["width"], 4)[..., :3].copy()
         tokens = np.concatenate([np.asarray(t, dtype=np.int64) for t in result["tokens"]])
         return BrowserImage(tokens, pixels, float(result["seconds"]))
+
+
+READ_DOWNLOAD_SCRIPT = """
+const done = arguments[arguments.length - 1];
+fetch(document.getElementById('download').href).then((r) => r.arrayBuffer()).then((b) => {
+  let bytes = "";
+  for (const x of new Uint8Array(b)) bytes += String.fromCharCode(x);
+  done(btoa(bytes));
+}, (err) => done(""));
+"""
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """One generation through the page's form: what it shows afterwards, and its PNG download."""
+
+    state: str
+    message: str
+    previews: int
+    time_text: str
+    provider_text: str
+    png: bytes
+    first_image_ms: float | None
+
+
+def fill(driver, element_id: str, value: str) -> None:
+    driver.execute_script("document.getElementById(arguments[0]).value = arguments[1]", element_id, value)
+
+
+def text_of(driver, element_id: str) -> str:
+    return driver.execute_script("return document.getElementById(arguments[0]).textContent", element_id)
+
+
+def run_form(browser: SiteBrowser, prompt: str, seed: int, timeout_s: float = GENERATE_TIMEOUT_S) -> PageRun:
+    """Type ``prompt`` and ``seed`` into the page, press Generate and wait until it is done or failed."""
+    driver = browser.driver
+    fill(driver, "prompt", prompt)
+    fill(driver, "seed", str(seed))
+    driver.execute_script("document.getElementById('generate').click()")
+    state = browser.wait_for(("done", "error"), timeout_s)
+    png = base64.b64decode(driver.execute_async_script(READ_DOWNLOAD_SCRIPT)) if state == "done" else b""
+    return PageRun(
+        state,
+        text_of(driver, "message"),
+        driver.execute_script("return document.querySelectorAll('#previews canvas').length"),
+        text_of(driver, "time"),
+        text_of(driver, "provider"),
+        png,
+        driver.execute_script("return window.firstImageMs ?? null"),
+    )

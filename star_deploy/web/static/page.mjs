@@ -68,6 +68,7 @@ async function generate(event) {
       onScale: async (s) => {
         const image = await s.preview();
         draw($("canvas"), image);
+        window.firstImageMs = window.firstImageMs ?? performance.now();
         preview(image);
         say(`scale ${s.scale + 1} of ${s.numScales}`);
       },
