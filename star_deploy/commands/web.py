@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +41,14 @@ def web(
         typer.Option("--serve", help="Serve the site on 127.0.0.1 with cross-origin isolation headers until Ctrl-C."),
     ] = False,
     port: Annotated[int, typer.Option("--port", help="Port of --serve (0: a free one).")] = 8000,
+    bench: Annotated[
+        bool,
+        typer.Option(
+            "--bench",
+            help="Measure the site: its size, and a generation in headless Chromium (WebAssembly) vs native ONNX "
+            "Runtime on ARTIFACTS' graphs in the same run; JSON on stdout.",
+        ),
+    ] = False,
     artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -48,22 +57,24 @@ def web(
     The folder holds index.html, the ES modules (star.mjs: StarGenerator.load(url) and generate()),
     the graphs, tokenizer.json, the per-scale tables, the onnxruntime-web runtime and site.json
     with the sha256 of every file, which the page checks before it runs. Any static host works;
-    WebAssembly threads need the cross-origin isolation headers that --serve sends.
+    WebAssembly threads need the cross-origin isolation headers that --serve sends. With --serve
+    or --bench and no ARTIFACTS, an existing site in --out is used as it is.
     """
+    from ..demo import DEMO_GRAPHS
     from ..web.runtime import check_ort_web
     from ..web.site import SITE_MANIFEST, build_site
 
     folder = artifacts_folder(artifacts, artifacts_option, required=False)
-    if serve and folder is None and not overwrite and (out / SITE_MANIFEST).is_file():
-        serve_site(out, port)
-        return
-    if folder is None:
-        from ..demo import DEMO_GRAPHS
+    reuse = (serve or bench) and folder is None and not overwrite and (out / SITE_MANIFEST).is_file()
+    folder = folder or DEMO_GRAPHS
+    if not reuse:
+        report = build_site(folder, out, check_ort_web(ort_web), storage, overwrite)
+        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, storage, out)
+        typer.echo(str(out))
+    if bench:
+        from ..web.bench import bench_site
 
-        folder = DEMO_GRAPHS
-    report = build_site(folder, out, check_ort_web(ort_web), storage, overwrite)
-    log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, storage, out)
-    typer.echo(str(out))
+        typer.echo(json.dumps(bench_site(out, folder), indent=2))
     if serve:
         serve_site(out, port)
 
