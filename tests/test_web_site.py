@@ -84,7 +84,7 @@ def test_site_files_are_listed_with_their_sha256(site):
     data = json.loads((site / SITE_MANIFEST).read_text())
     files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()} - {SITE_MANIFEST}
     assert set(data["files"]) == files
-    for name in ("index.html", "star.mjs", "tokenizer.json", "tables.bin", "graphs/transformer_step.onnx"):
+    for name in ("index.html", "star.mjs", "tokenizer.json", "tables.bin", "graphs/transformer_step.onnx.gz"):
         assert name in files
     total = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
     graphs = sum((site / g["file"]).stat().st_size for g in data["graphs"].values())
@@ -110,14 +110,21 @@ def check_against_python(result, reference: tuple[np.ndarray, np.ndarray], case)
     return psnr(pixels / 255.0, result.pixels / 255.0)
 
 
-@needs_chromium
-def test_demo_site_draws_the_tokens_of_python_in_chromium(site, references):
+@pytest.fixture(scope="module")
+def browser(site):
+    """The demo site open in one headless Chromium, ready to generate."""
+    if chromium_paths() is None:
+        pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver)")
     with SiteBrowser(site) as browser:
         page = browser.open()
         assert page.state == "ready", page.message
-        for case, reference in zip(CASES, references):
-            result = browser.generate(*case)
-            assert check_against_python(result, reference, case) >= MIN_PSNR_DB
+        yield browser
+
+
+def test_demo_site_draws_the_tokens_of_python_in_chromium(browser, references):
+    for case, reference in zip(CASES, references):
+        result = browser.generate(*case)
+        assert check_against_python(result, reference, case) >= MIN_PSNR_DB
 
 
 @needs_chromium
@@ -132,23 +139,20 @@ def test_fp32_site_matches_python_within_one_grey_level(dist, references, tmp_pa
 @needs_chromium
 def test_a_tampered_graph_makes_the_page_refuse(site, tmp_path):
     copy = Path(shutil.copytree(site, tmp_path / "tampered"))
-    graph = copy / "graphs" / "vq_decoder.onnx"
+    graph = copy / "graphs" / "vq_decoder.onnx.gz"
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0x01
     graph.write_bytes(bytes(data))
     with SiteBrowser(copy) as browser:
         page = browser.open()
         assert page.state == "error"
-        assert "graphs/vq_decoder.onnx does not match site.json" in page.message
+        assert "graphs/vq_decoder.onnx.gz does not match site.json" in page.message
         assert "refusing to run" in page.message
         assert browser.driver.execute_script("return window.star === undefined")
 
 
-@needs_chromium
-def test_page_shows_every_scale_time_provider_and_offers_the_png(site, references, tmp_path):
-    with SiteBrowser(site) as browser:
-        assert browser.open().state == "ready"
-        run = run_form(browser, *CASES[1])
+def test_page_shows_every_scale_time_provider_and_offers_the_png(browser, references, tmp_path):
+    run = run_form(browser, *CASES[1])
     assert run.state == "done", run.message
     assert run.previews == 6, "one preview per scale"
     assert re.fullmatch(r"\d+\.\d\d s per image", run.time_text)

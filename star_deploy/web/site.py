@@ -10,6 +10,7 @@ schedule, each graph's inputs and outputs with their roles, the per-scale tables
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import shutil
@@ -36,6 +37,9 @@ SITE_FORMAT = "star-deploy-web"
 SITE_FORMAT_VERSION = 1
 STORAGES = ("fp16", "fp32")
 TABLE_ALIGN = 8
+GZ = ".gz"
+GZIP_LEVEL = 6
+"""Level 9 saves 1% more and takes several times longer."""
 LOOP = {
     "text_encoder": {"ids": "input_ids", "mask": "attention_mask", "hidden": "text_hidden", "pooled": "text_pooled"},
     "text_context": {
@@ -67,16 +71,23 @@ def tensor_entry(t: TensorSpec) -> dict:
 
 def graph_entry(spec: GraphSpec, data_file: str | None) -> dict:
     entry = {
-        "file": f"graphs/{spec.file}",
+        "file": f"graphs/{spec.file}{GZ}",
         "inputs": [tensor_entry(t) for t in spec.inputs],
         "outputs": [tensor_entry(t) for t in spec.outputs],
         "per_scale": spec.per_scale,
     }
-    return entry | ({"data": f"graphs/{data_file}"} if data_file else {})
+    return entry | ({"data": f"graphs/{data_file}{GZ}"} if data_file else {})
+
+
+def gzip_file(path: Path) -> None:
+    """Replace ``path`` by ``path.gz`` (no timestamp: the same input gives the same bytes)."""
+    with path.open("rb") as src, gzip.GzipFile(path.with_name(path.name + GZ), "wb", GZIP_LEVEL, mtime=0) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    path.unlink()
 
 
 def write_graphs(manifest: Manifest, folder: Path, storage: str) -> dict[str, dict]:
-    """Each graph into ``folder/graphs``, its weights stored as ``storage``; the site manifest's graph entries."""
+    """Each graph, gzip-compressed, into ``folder/graphs``, its weights stored as ``storage``; their entries."""
     (folder / "graphs").mkdir()
     entries = {}
     for name, spec in manifest.graphs.items():
@@ -86,8 +97,10 @@ def write_graphs(manifest: Manifest, folder: Path, storage: str) -> dict[str, di
             store_fp16(source, target)
         else:
             shutil.copy2(source, target)
+        gzip_file(target)
         if external.exists():
             shutil.copy2(external, target.with_name(external.name))
+            gzip_file(target.with_name(external.name))
         entries[name] = graph_entry(spec, external.name if external.exists() else None)
     return entries
 
@@ -113,17 +126,13 @@ def write_runtime(dist: Path, folder: Path) -> dict[str, dict]:
     (folder / "ort").mkdir()
     builds = {}
     for build in BUILDS:
-        for name in (build.module, build.glue):
+        for name in (build.module, build.glue, build.binary):
             shutil.copy2(dist / name, folder / "ort" / name)
-        with (
-            (dist / build.binary).open("rb") as src,
-            gzip.GzipFile(folder / "ort" / f"{build.binary}.gz", "wb", 9, mtime=0) as dst,
-        ):
-            shutil.copyfileobj(src, dst, 1 << 20)
+        gzip_file(folder / "ort" / build.binary)
         builds[build.name] = {
             "module": f"ort/{build.module}",
             "glue": f"ort/{build.glue}",
-            "binary": f"ort/{build.binary}.gz",
+            "binary": f"ort/{build.binary}{GZ}",
             "providers": list(build.providers),
         }
     return builds
@@ -140,9 +149,25 @@ def model_entry(manifest: Manifest) -> dict:
     }
 
 
+def content_sha256(path: Path) -> str:
+    """sha256 of a gzip file's decompressed contents."""
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    """sha256 and size of a file; for a .gz file also the sha256 of its contents, which the page checks
+    where a host sends the file decompressed (Content-Encoding: gzip)."""
+    entry = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return entry | ({"content_sha256": content_sha256(path)} if path.suffix == GZ else {})
+
+
 def file_entries(folder: Path) -> dict[str, dict]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SITE_MANIFEST)
-    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in files}
+    return {p.relative_to(folder).as_posix(): file_entry(p) for p in files}
 
 
 def site_manifest(

@@ -60,14 +60,18 @@ class VerifiedFiles {
     }
     if (!response.ok) throw new SiteError(`download of ${path} failed: HTTP ${response.status}; reload the page`);
     const bytes = new Uint8Array(await response.arrayBuffer());
+    // A .gz file arrives as stored, or decompressed by a host that sends it with Content-Encoding: gzip.
+    const gz = path.endsWith(".gz");
+    const compressed = gz && bytes[0] === 0x1f && bytes[1] === 0x8b;
+    const expected = gz && !compressed ? entry.content_sha256 : entry.sha256;
     const digest = await sha256(bytes);
-    if (digest !== entry.sha256) {
+    if (digest !== expected) {
       throw new SiteError(
-        `${path} does not match site.json (sha256 ${digest.slice(0, 12)}…, expected ${entry.sha256.slice(0, 12)}…): ` +
+        `${path} does not match site.json (sha256 ${digest.slice(0, 12)}…, expected ${expected.slice(0, 12)}…): ` +
           "the file was changed or damaged; refusing to run. Rebuild or re-upload the site.",
       );
     }
-    return bytes;
+    return compressed ? gunzip(bytes) : bytes;
   }
 }
 
@@ -106,7 +110,7 @@ async function loadRuntime(files, base, manifest, provider) {
   const [binary] = await Promise.all([files.get(build.binary), files.get(build.module), files.get(build.glue)]);
   const ort = await import(new URL(build.module, base).href);
   ort.env.wasm.wasmPaths = new URL(build.glue.slice(0, build.glue.lastIndexOf("/") + 1), base).href;
-  ort.env.wasm.wasmBinary = await gunzip(binary);
+  ort.env.wasm.wasmBinary = binary;
   const isolated = typeof crossOriginIsolated !== "undefined" && crossOriginIsolated;
   const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 1 : 1;
   ort.env.wasm.numThreads = isolated ? Math.min(cores, 8) : 1;
@@ -218,7 +222,7 @@ export class StarGenerator {
     for (const [i, name] of names.entries()) {
       const options = { executionProviders: [provider], graphOptimizationLevel: "all" };
       const data = manifest.graphs[name].data;
-      if (data) options.externalData = [{ path: data.split("/").pop(), data: externals[i] }];
+      if (data) options.externalData = [{ path: data.split("/").pop().replace(/\.gz$/, ""), data: externals[i] }];
       sessions[name] = await ort.InferenceSession.create(graphs[i], options);
     }
     const tokenizer = new ClipTokenizer(JSON.parse(new TextDecoder().decode(tokenizerBytes)));
