@@ -21,7 +21,7 @@ import torch
 from ..config import StarConfig
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph
 from ..model.text import TextEncoderModule
-from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows
+from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows, rotary_tables
 from ..weights import StarModel
 from .torch_arrays import TorchArrays, device_tables
 
@@ -75,12 +75,12 @@ class EagerBackend(TorchArrays):
         with self._autocast():
             return self.transformer.start_tokens(pooled.to(self.device))
 
-    def _block(self, blk: Block, layer: int, x: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _block(self, blk: Block, layer: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The reference block's residual structure, driven the official way (see the module docstring)."""
 
         def self_attn(h: torch.Tensor) -> torch.Tensor:
             keys, values = self.keys[layer], self.values[layer]
-            out, new_k, new_v = blk.attn(h, tables["rope_cos"], tables["rope_sin"], keys, values)
+            out, new_k, new_v = blk.attn(h, *rope, keys, values)
             self.keys[layer] = torch.cat((keys, new_k.to(keys.dtype)), dim=0)
             self.values[layer] = torch.cat((values, new_v.to(values.dtype)), dim=0)
             return out
@@ -95,9 +95,10 @@ class EagerBackend(TorchArrays):
     @torch.inference_mode()
     def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
         t = self.tables[scale]
+        rope = rotary_tables(t["rope_cos"], t["rope_sin"])
         with self._autocast():
             for layer, blk in enumerate(self.transformer.blocks):
-                x = self._block(blk, layer, x, t)
+                x = self._block(blk, layer, x, rope)
             return self.transformer.logits(x).float()
 
     @torch.inference_mode()

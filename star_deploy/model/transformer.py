@@ -4,7 +4,14 @@ State-dict names match the official checkpoint (``["trainer"]["var_wo_ddp"]``).
 KV layout everywhere: (sequence, rows, heads, head_dim), sequence-major, so that the
 cache prefix a step reads and the slot it writes are contiguous views of one buffer.
 Compute dtype follows the weights; LayerNorm statistics, the QK L2-norm, softmax, RoPE
-and the logits head always run in float32.
+and the logits head always run in float32 (LayerNorm of float16/bfloat16 activations
+accumulates in float32 inside its kernel, so its input is not cast: no float32 copy of the
+large activations).
+
+A block runs few kernels per step: one QKV GEMM with its bias fused at load time, RoPE and
+the L2-norm applied to q and k together with the per-head scale folded into one multiply,
+SDPA for attention, and the conditional rows' cross-attention added to both CFG rows by
+broadcasting. A block takes only tensors, so one compiled block serves every layer.
 """
 
 from __future__ import annotations
@@ -27,18 +34,38 @@ MASK_VALUE = -30000.0
 
 
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Affine-free LayerNorm computed in float32, returned in x's dtype."""
+    """Affine-free LayerNorm with float32 statistics, returned in x's dtype.
+
+    The kernel accumulates in float32 for every dtype; export keeps the explicit cast so the
+    ONNX graph's normalization stays float32 whatever its runtime does with float16.
+    """
+    if x.dtype == torch.float32 or not torch.compiler.is_exporting():
+        return F.layer_norm(x, x.shape[-1:], eps=eps)
     return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
 
 
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-width RoPE factors (l, 1, 1, D) from the per-pair tables (l, D/2): once per step, for every block.
+
+    With them the rotation of pairs (2m, 2m+1) is ``x * cos + swap_pairs(x) * sin``.
+    """
+    full_cos = cos.repeat_interleave(2, dim=-1)
+    signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return full_cos[:, None, None, :], signed_sin[:, None, None, :]
+
+
+def swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """Channels (2m, 2m+1) -> (2m+1, 2m)."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2m, 2m+1) of x (N, l, H, D) by angles given as cos/sin (l, D/2)."""
-    shape = x.shape
-    pairs = x.float().reshape(*shape[:-1], shape[-1] // 2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.reshape(shape)
+    """Rotate channel pairs of x (N, l, ..., D) in float32 by the full-width factors of ``rotary_tables``.
+
+    Equal bit for bit to ``(x0 cos - x1 sin, x0 sin + x1 cos)`` per pair.
+    """
+    x = x.float()
+    return x * cos + swap_pairs(x) * sin
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +89,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
 
 class NormedAttention(nn.Module):
-    """Parameters shared by STAR's self- and cross-attention: biases, QK-norm scale, output projection."""
+    """Parameters shared by STAR's self- and cross-attention: biases, QK-norm scale, output projection.
+
+    ``q_scale`` (H, 1) float32, ``exp(min(scale_mul, log 100))``, is derived from the
+    parameters (not saved) and refreshed whenever they load or move.
+    """
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -72,23 +103,40 @@ class NormedAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(width))
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.proj = nn.Linear(width, width)
+        self.register_buffer("q_scale", torch.empty(0), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module.fuse())
 
-    def scaled_q(self, q: torch.Tensor) -> torch.Tensor:
-        """L2-normalized q times the learned per-head scale, float32; q as (N, H, l, D)."""
-        return l2_normalize(q) * self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Recompute the derived tensors from the parameters (after loading or moving them)."""
+        self.q_scale = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp().view(self.heads, 1)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.fuse()
+        return self
 
 
 class SelfAttention(NormedAttention):
+    """``qkv_bias`` (3C,) is the fused (q_bias, 0, v_bias), derived like ``q_scale``."""
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__(width, heads)
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.register_buffer("qk_scale", torch.empty(0), persistent=False)
+        self.register_buffer("qkv_bias", torch.empty(0), persistent=False)
+        self.fuse()
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projections of x (N, l, C) as (N, l, H, D) each."""
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).to(x.dtype)
+    @torch.no_grad()
+    def fuse(self) -> None:
+        super().fuse()
+        self.qk_scale = torch.cat((self.q_scale[None], torch.ones_like(self.q_scale)[None]))
+        self.qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """Projections of x (N, l, C) as one (N, l, 3, H, D) tensor."""
         n, l, c = x.shape
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(n, l, 3, self.heads, c // self.heads)
-        return qkv.unbind(dim=2)
+        return F.linear(x, self.mat_qkv.weight, self.qkv_bias).view(n, l, 3, self.heads, c // self.heads)
 
     def forward(
         self,
@@ -99,14 +147,16 @@ class SelfAttention(NormedAttention):
         past_v: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Attend over past + this scale; returns (output, new_k, new_v) in cache layout."""
-        q, k, v = self.qkv(x)
-        q = self.scaled_q(apply_rope(q, cos, sin).transpose(1, 2))
-        k = l2_normalize(apply_rope(k, cos, sin))
-        new_k, new_v = k.to(x.dtype).transpose(0, 1), v.transpose(0, 1)
+        """Attend over past + this scale; returns (output, new_k, new_v) in cache layout.
+
+        ``cos``/``sin`` are the full-width factors of ``rotary_tables``.
+        """
+        qkv = self.qkv(x)
+        qk = (l2_normalize(apply_rope(qkv[:, :, :2], cos, sin)) * self.qk_scale).to(x.dtype)
+        q, new_k, new_v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(0, 1), qkv[:, :, 2].transpose(0, 1)
         keys = torch.cat((past_k, new_k), dim=0).permute(1, 2, 0, 3)
         values = torch.cat((past_v, new_v), dim=0).permute(1, 2, 0, 3)
-        out = attention(q.to(x.dtype), keys, values, mask)
+        out = attention(q, keys, values, mask)
         out = out.transpose(1, 2).reshape(x.shape)
         return self.proj(out), new_k, new_v
 
@@ -116,6 +166,7 @@ class CrossAttention(NormedAttention):
         super().__init__(width, heads)
         self.mat_q = nn.Linear(width, width, bias=False)
         self.mat_kv = nn.Linear(text_width, 2 * width, bias=False)
+        self.fuse()
 
     def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized keys and values of the text (B, Lt, T) as (B, H, Lt, D); once per prompt."""
@@ -130,7 +181,7 @@ class CrossAttention(NormedAttention):
     ) -> torch.Tensor:
         b, l, c = x.shape
         q = F.linear(x, self.mat_q.weight, self.q_bias.to(x.dtype)).view(b, l, self.heads, -1)
-        q = self.scaled_q(q.transpose(1, 2)).to(x.dtype)
+        q = (l2_normalize(q) * self.q_scale).to(x.dtype).transpose(1, 2)
         out = attention(q, text_k, text_v, text_bias)
         return self.proj(out.transpose(1, 2).reshape(b, l, c))
 
@@ -158,13 +209,18 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        text: TextContext,
-        layer: int,
+        text_k: torch.Tensor,
+        text_v: torch.Tensor,
+        text_bias: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One block over the cache prefix ``past_k``/``past_v``: (x, new_k, new_v) in cache layout."""
+        """One block over the cache prefix ``past_k``/``past_v``: (x, new_k, new_v) in cache layout.
+
+        ``cos``/``sin`` come from ``rotary_tables``; ``text_*`` are this layer's cross K/V
+        and the text bias of the conditional rows (see ``TextContext``).
+        """
         new: list[torch.Tensor] = []
 
         def self_attn(h: torch.Tensor) -> torch.Tensor:
@@ -172,29 +228,41 @@ class Block(nn.Module):
             new.extend((new_k, new_v))
             return out
 
-        x = self.residual(x, self_attn, lambda h: cross_for_both_rows(self.cross_attn, h, text, layer))
+        x = self.residual(x, self_attn, lambda h: self.cross_attn(h[: text_k.shape[0]], text_k, text_v, text_bias))
         return x, new[0], new[1]
 
     def residual(self, x: torch.Tensor, self_attn: Sublayer, cross_attn: Sublayer) -> torch.Tensor:
-        """The block's residual structure: x + self-attention, + cross-attention, + FFN, each on LayerNormed x."""
+        """The block's residual structure: x + self-attention, + cross-attention, + FFN, each on LayerNormed x.
+
+        A cross-attention output of the conditional rows only is added to both CFG rows (``add_to_rows``).
+        """
         x = x + self_attn(layer_norm(x, self.eps))
-        x = x + cross_attn(layer_norm(x, self.eps))
+        x = add_to_rows(x, cross_attn(layer_norm(x, self.eps)))
         return x + self.ffn(layer_norm(x, self.eps))
 
 
-def both_cfg_rows(cond: torch.Tensor) -> torch.Tensor:
-    """The conditional rows' output (B, ...) for all CFG rows [cond; uncond] (2B, ...).
+def add_to_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """x + out; an ``out`` of the B conditional rows of x's 2B rows [cond; uncond] goes to both rows of its prompt.
 
-    Rows are [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]. The official block broadcasts
-    the conditional row's cross-attention to the unconditional row (reference §5.1).
+    The official block broadcasts the conditional row's cross-attention to the
+    unconditional row (reference §5.1); broadcasting the add does it without a copy.
     """
+    if out.shape[0] == x.shape[0]:
+        return x + out
+    return (x.unflatten(0, (2, -1)) + out).flatten(0, 1)
+
+
+def both_cfg_rows(cond: torch.Tensor) -> torch.Tensor:
+    """The conditional rows' output (B, ...) for all CFG rows [cond; uncond] (2B, ...)."""
     return torch.cat((cond, cond), dim=0)
 
 
-def cross_for_both_rows(module: CrossAttention, x: torch.Tensor, text: TextContext, layer: int) -> torch.Tensor:
-    """Cross-attention of each prompt's conditional row only, added to both of its CFG rows."""
-    b = text.keys[layer].shape[0]
-    return both_cfg_rows(module(x[:b], text.keys[layer], text.values[layer], text.bias))
+BlockCall = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""How ``StarTransformer.step`` runs a block: ``call(block, *block inputs)`` (a compiled function, say)."""
+
+
+def call_block(block: Block, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return block(*args)
 
 
 @dataclass
@@ -256,11 +324,17 @@ class StarTransformer(nn.Module):
         past_keys: list[torch.Tensor],
         past_values: list[torch.Tensor],
         mask: torch.Tensor | None = None,
+        call: BlockCall = call_block,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """One scale: x (2B, l, C) over cached (S, 2B, H, D) -> logits (2B, l, V), new K/V."""
+        """One scale: x (2B, l, C) over cached (S, 2B, H, D) -> logits (2B, l, V), new K/V.
+
+        ``cos``/``sin`` are the scale's per-pair RoPE tables (l, D/2).
+        """
+        cos, sin = rotary_tables(cos, sin)
         new_keys, new_values = [], []
         for i, blk in enumerate(self.blocks):
-            x, k, v = blk(x, cos, sin, text, i, past_keys[i], past_values[i], mask)
+            args = (cos, sin, text.keys[i], text.values[i], text.bias, past_keys[i], past_values[i], mask)
+            x, k, v = call(blk, x, *args)
             new_keys.append(k)
             new_values.append(v)
         return self.logits(x), new_keys, new_values

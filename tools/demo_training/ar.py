@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from star_deploy.config import TransformerConfig
-from star_deploy.model.transformer import MASK_VALUE, Block, StarTransformer, TextContext
+from star_deploy.model.transformer import MASK_VALUE, Block, StarTransformer, TextContext, rotary_tables
 from star_deploy.tables import rope_angles
 
 
@@ -41,7 +41,7 @@ class TeacherForcing(torch.nn.Module):
     def __init__(self, transformer: StarTransformer, sides: tuple[int, ...]) -> None:
         super().__init__()
         self.transformer = transformer
-        cos, sin = sequence_rope(sides, transformer.config)
+        cos, sin = rotary_tables(*sequence_rope(sides, transformer.config))
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.register_buffer("bias", block_causal_bias(sides), persistent=False)
