@@ -49,7 +49,7 @@ LAYERS: list[set[str]] = [
     {"evaluation", "export"},
     # the Python API and the benchmark
     {"api", "bench"},
-    {"serve"},
+    {"serve", "web"},
     {"commands"},
     {"cli", "__main__", "star_deploy"},
 ]
