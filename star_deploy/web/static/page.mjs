@@ -26,10 +26,16 @@ function preview(image) {
   $("previews").append(c);
 }
 
+function wholeNumber(id) {
+  const text = $(id).value.trim();
+  if (!/^\d+$/.test(text)) throw new Error(`${id} must be a whole number >= 0, got "${text}"`);
+  return text;
+}
+
 function settings() {
   return {
     prompt: $("prompt").value,
-    seed: $("seed").value === "" ? 0 : BigInt($("seed").value),
+    seed: BigInt(wholeNumber("seed")),
     cfg: Number($("cfg").value),
     top_k: Number($("top_k").value),
     top_p: Number($("top_p").value),
@@ -62,7 +68,9 @@ async function generate(event) {
   setState("running");
   try {
     const request = settings();
-    say("generating…");
+    const long = window.star.tokenizer.encode(request.prompt).overflowing;
+    const note = long ? " (the prompt is longer than CLIP reads: only its first 77 tokens count)" : "";
+    say(`generating…${note}`);
     const result = await window.star.generate({
       ...request,
       onScale: async (s) => {
@@ -70,13 +78,13 @@ async function generate(event) {
         draw($("canvas"), image);
         window.firstImageMs = window.firstImageMs ?? performance.now();
         preview(image);
-        say(`scale ${s.scale + 1} of ${s.numScales}`);
+        say(`scale ${s.scale + 1} of ${s.numScales}${note}`);
       },
     });
     draw($("canvas"), result.image);
     $("time").textContent = `${result.seconds.toFixed(2)} s per image`;
     await offerDownload(request);
-    say("done");
+    say(`done${note}`);
     setState("done");
   } catch (err) {
     say(`error: ${err.message}`, true);
