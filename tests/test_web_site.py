@@ -29,6 +29,7 @@ from star_deploy.evaluation import psnr
 from star_deploy.images import read_png, to_uint8
 from star_deploy.web.browser import SiteBrowser, chromium_paths, run_form
 from star_deploy.web.runtime import ORT_WEB_VERSION
+from star_deploy.web.server import SiteHandler
 from star_deploy.web.site import SITE_MANIFEST, build_site
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,3 +198,19 @@ def test_serve_sends_cross_origin_isolation_headers_on_localhost_only(site):
         server.terminate()
         _, log = server.communicate(timeout=30)
     assert f"on http://127.0.0.1:{port}/" in log
+
+
+class GzipEncodingHandler(SiteHandler):
+    """A host that sends .gz files with Content-Encoding: gzip, so the browser hands their contents to the page."""
+
+    def end_headers(self) -> None:
+        if self.path.endswith(".gz"):
+            self.send_header("Content-Encoding", "gzip")
+        super().end_headers()
+
+
+@needs_chromium
+def test_page_checks_gz_files_a_host_decompresses(site):
+    with SiteBrowser(site, GzipEncodingHandler) as browser:
+        page = browser.open()
+    assert page.state == "ready", page.message

@@ -18,7 +18,7 @@ from types import TracebackType
 import numpy as np
 
 from ..errors import BackendUnavailableError, StarDeployError
-from .server import site_server
+from .server import SiteHandler, site_server
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -73,13 +73,13 @@ class BrowserImage:
 class SiteBrowser:
     """The site ``folder`` served on 127.0.0.1 and opened in a fresh headless Chromium (a context manager)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, handler: type[SiteHandler] = SiteHandler) -> None:
         paths = chromium_paths()
         if paths is None:
             raise BackendUnavailableError("needs chromium and chromedriver: apt-get install chromium chromium-driver")
         self.folder, self.paths = folder, paths
         self.profile = tempfile.TemporaryDirectory(prefix="star-web-")
-        self.server = site_server(folder, 0)
+        self.server = site_server(folder, 0, handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self.driver = None
 

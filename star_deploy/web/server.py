@@ -38,7 +38,6 @@ class SiteHandler(SimpleHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def site_server(folder: Path, port: int = 0) -> ThreadingHTTPServer:
+def site_server(folder: Path, port: int = 0, handler: type[SiteHandler] = SiteHandler) -> ThreadingHTTPServer:
     """A server of ``folder`` on 127.0.0.1:``port`` (0: a free port); call ``serve_forever`` to run it."""
-    handler = functools.partial(SiteHandler, directory=str(folder))
-    return ThreadingHTTPServer(("127.0.0.1", port), handler)
+    return ThreadingHTTPServer(("127.0.0.1", port), functools.partial(handler, directory=str(folder)))
