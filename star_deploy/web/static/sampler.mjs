@@ -97,13 +97,19 @@ export function dropOutsideTopP(values, idx, topP) {
 
 /** A row's top-k codebook indices (ascending) and values, or null where a tie at the k-th value keeps more than k. */
 export function topKCandidates(row, topK) {
-  const order = Array.from(row.keys()).sort((a, b) => row[b] - row[a] || a - b);
-  const kth = row[order[topK - 1]];
+  const kth = Float64Array.from(row).sort()[row.length - topK];
   let kept = 0;
   for (const v of row) if (v >= kth) kept++;
   if (kept !== topK) return null;
-  const idx = order.slice(0, topK).sort((a, b) => a - b);
-  return { idx, values: Float64Array.from(idx, (i) => row[i]) };
+  const idx = new Array(topK);
+  const values = new Float64Array(topK);
+  for (let i = 0, j = 0; i < row.length; i++) {
+    if (row[i] >= kth) {
+      idx[j] = i;
+      values[j++] = row[i];
+    }
+  }
+  return { idx, values };
 }
 
 /** A full row with entries outside top-k, then outside the top-p mass, set to -inf. */
@@ -115,7 +121,7 @@ export function filterTopKTopP(row, topK, topP) {
     for (let i = 0; i < vocab; i++) if (out[i] < kth) out[i] = -Infinity;
   }
   if (topP > 0) {
-    const order = Array.from(out.keys()).sort(sortKey(out));
+    const order = Int32Array.from(out.keys()).sort(sortKey(out));
     const probs = softmax(Float64Array.from(order, (i) => out[i]));
     let cum = 0;
     const drop = [];
