@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,26 +16,15 @@ from ..cpu_isa import backend_isa, cpu_flags
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..weights import StarModel
+from .compiled_block import CompileCache, compiled_block
 from .cuda_graphs import CudaGraphs, GraphedSampler
+from .decoder_layout import LayoutChoice, layout_name, measure_layout, set_layout
 from .kv_cache import KVCache
 from .text_cache import UnconditionalTextCache
 from .torch_arrays import TorchArrays, device_tables
 from .torch_sampling import PortableSampler
 
 log = logging.getLogger(__name__)
-
-
-def compiled(fn, num_scales: int, backend: str = "inductor"):
-    """``fn`` through torch.compile (inductor), specialised to each scale's shapes.
-
-    Every scale has its own input length and cache length, so the step compiles once per
-    scale (on its first generation) and the recompile limit is raised to allow that.
-    """
-    limit = 4 * num_scales + 2  # room for a few backends of one process (each guards on its own cache)
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
-    return torch.compile(fn, backend=backend, dynamic=False)
 
 
 @contextmanager
@@ -62,15 +53,22 @@ class TorchBackend(TorchArrays):
 
     With ``cuda_graphs``, the text context, every scale's step (with its cache write), its
     portable draw and its update, and the decoder are captured as CUDA graphs on the first
-    generation and replayed afterwards; only the CLIP text encoder runs eagerly. With
-    ``compile``, the step (with its cache write) runs through torch.compile, one compiled
-    graph per scale: the float32 islands (LayerNorm, RoPE, QK L2-norm) fuse with their
-    neighbours; the first generation pays the compilation. With ``channels_last``, the
-    decoder's convolutions run in channels-last layout (NHWC), autotuned by cuDNN on a GPU.
-    By default it is on on a GPU (the layout of tensor-core convolution kernels) and for a
-    bfloat16/float16 decoder on CPU (oneDNN's NCHW kernels for them were 36x slower on an
-    AVX2 CPU); off for float32 on CPU, where it gained ~6% (noisy) and made the decoder's
-    result depend on the batch size by ~2e-5.
+    generation and replayed afterwards; only the CLIP text encoder runs eagerly.
+
+    With ``compile`` (True for inductor, or a torch.compile backend name), the transformer
+    block runs through torch.compile, compiled once and shared by every block (regional
+    compilation, see ``compiled_block.py``): the float32 islands fuse with their neighbours
+    and the first generation pays the compilation. ``compile_dynamic`` makes the sequence
+    lengths symbolic after the first scales (three graphs for the whole schedule), otherwise
+    each scale is its own specialisation. ``compile_cache`` names a folder keeping the
+    compiled artefacts, loaded at start and saved after a generation compiled something new.
+
+    ``channels_last`` sets the decoder's convolution layout (NHWC when True, NCHW when
+    False). ``"measure"`` times both at the first decode on this device and keeps the faster,
+    recorded in ``decoder_layout``; it is the default on a GPU. On CPU the default is NCHW for
+    float32 (channels-last gained ~6%, noisy, and made the decoder's result depend on the batch
+    size by ~2e-5) and channels-last for bfloat16/float16 (oneDNN's NCHW kernels for them
+    were 36x slower on an AVX2 CPU).
     """
 
     name = "torch"
@@ -82,7 +80,9 @@ class TorchBackend(TorchArrays):
         dtype: torch.dtype = torch.float32,
         cuda_graphs: bool = False,
         compile: bool | str = False,
-        channels_last: bool | None = None,
+        channels_last: bool | str | None = None,
+        compile_dynamic: bool = True,
+        compile_cache: Path | None = None,
     ) -> None:
         self.config = model.config
         self.compiled = compile
@@ -92,22 +92,38 @@ class TorchBackend(TorchArrays):
         if self.device.type == "cpu" and dtype != torch.float32:
             warn_if_emulated(str(dtype).removeprefix("torch."))
         model.to(self.device, dtype)
+        self.compile_cache = CompileCache(compile_cache) if compile and compile_cache is not None else None
+        backend = compile if isinstance(compile, str) else "inductor"
+        block_call = compiled_block(self.config.num_scales, backend, compile_dynamic) if compile else None
         self.text_graph = TextEncoderModule(model.text_encoder)
         self.context_graph = TextContextGraph(model.transformer)
-        self.step_graph = StepGraph(model.transformer)
+        self.step_graph = StepGraph(model.transformer, block_call)
         self.update_graph = ScaleUpdateGraph(model.transformer, model.vqvae)
         self.decoder_graph = DecoderGraph(model.vqvae)
-        if channels_last is None:
-            channels_last = self.device.type == "cuda" or dtype != torch.float32
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        for module in (model.vqvae.post_quant_conv, model.vqvae.decoder):
-            module.to(memory_format=self.memory_format)
+        self.decoder_modules = (model.vqvae.post_quant_conv, model.vqvae.decoder)
+        self.decoder_layout = self._initial_layout(channels_last)
+        set_layout(self.decoder_modules, self.memory_format)
         self.tables = device_tables(self.config, self.device)
         self.cache: KVCache | None = None
         self.text: list[torch.Tensor] = []
         self.text_cache = UnconditionalTextCache(self._encode_rows, torch.cat)
-        backend = compile if isinstance(compile, str) else "inductor"
-        self.step_fn = compiled(self._step, self.config.num_scales, backend) if compile else self._step
+
+    def _initial_layout(self, channels_last: bool | str | None) -> LayoutChoice | None:
+        """The fixed layout asked for or the CPU default; None when it is to be measured at the first decode."""
+        if channels_last is None:
+            if self.device.type == "cuda":
+                return None
+            channels_last = self.dtype != torch.float32
+        if channels_last == "measure":
+            return None
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last={channels_last!r}: use True, False, None or 'measure'")
+        return LayoutChoice(layout_name(torch.channels_last if channels_last else torch.contiguous_format))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The decoder's layout (NCHW until a measured choice is made)."""
+        return torch.contiguous_format if self.decoder_layout is None else self.decoder_layout.memory_format
 
     def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_cache(np.asarray(input_ids), np.asarray(attention_mask))
@@ -149,9 +165,9 @@ class TorchBackend(TorchArrays):
             raise RuntimeError("begin() must run before step()")
         t = self.tables[scale]
         if self.graphs is None:
-            (logits,) = self.step_fn(x, t["rope_cos"], t["rope_sin"])
+            (logits,) = self._step(x, t["rope_cos"], t["rope_sin"])
         else:
-            (logits,) = self.graphs.run(("step", scale), self.step_fn, x, t["rope_cos"], t["rope_sin"])
+            (logits,) = self.graphs.run(("step", scale), self._step, x, t["rope_cos"], t["rope_sin"])
         self.cache.length += x.shape[1]
         return logits
 
@@ -171,6 +187,12 @@ class TorchBackend(TorchArrays):
 
     @torch.inference_mode()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """The image; the first one on a device chooses the decoder layout, and saves new compiled artefacts."""
+        if self.decoder_layout is None:
+            decode = functools.partial(self._decode, f_hat)
+            self.decoder_layout = measure_layout(self.decoder_modules, decode, self.synchronize)
+        if self.compile_cache is not None:
+            self.compile_cache.save_if_new()
         if self.graphs is None:
             return self._decode(f_hat)
         (image,) = self.graphs.run("decode", lambda f: (self._decode(f),), f_hat.to(self.device))
@@ -181,8 +203,8 @@ class TorchBackend(TorchArrays):
         """Eager decode: a captured decoder graph must only replay in the scale loop's order."""
         return self._decode(f_hat)
 
-    def _decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+    def _decode(self, f_hat: torch.Tensor, memory_format: torch.memory_format | None = None) -> torch.Tensor:
         """The image (B, 3, H, W), contiguous whatever layout the convolutions ran in."""
-        f_hat = f_hat.to(self.device).contiguous(memory_format=self.memory_format)
+        f_hat = f_hat.to(self.device).contiguous(memory_format=memory_format or self.memory_format)
         with cudnn_autotuned() if self.device.type == "cuda" else nullcontext():
             return self.decoder_graph(f_hat).contiguous()

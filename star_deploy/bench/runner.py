@@ -84,6 +84,8 @@ class BackendRun:
     first: Generation | None
     fidelity: dict = field(default_factory=dict)
     skipped: str | None = None
+    details: dict = field(default_factory=dict)
+    """What the backend chose while warming up (decoder layout) and the warm-up wall times (compilation)."""
 
 
 def quantizer(precision: str) -> Callable[[Path, Path], Path]:
@@ -213,14 +215,17 @@ def run_backend(
     pipeline = ScaleLoop(backend, tokenizer)
     prompts, seeds, sampling = settings.prompts, settings.seeds, settings.sampling
     report: dict = {}
+    warmup_s: list[float] = []
     with PeakMemory(torch.device(settings.device)) as memory:
         for i in range(settings.warmup):
+            start = time.perf_counter()
             if i == 0 and reference is not None:
                 report = forced_fidelity(
                     reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens)
                 )
             else:
                 pipeline.generate(prompts, sampling, seeds)
+            warmup_s.append(time.perf_counter() - start)
         runs = [pipeline.generate(prompts, sampling, seeds) for _ in range(settings.repeat)]
     if reference is not None:
         if not report:
@@ -228,7 +233,19 @@ def run_backend(
                 reference, pipeline.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens)
             )
         report["tokens_equal_fp32"] = bool(np.array_equal(runs[0].tokens, reference.tokens))
-    return BackendRun(name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report)
+    details = backend_details(backend, warmup_s)
+    return BackendRun(
+        name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report, details=details
+    )
+
+
+def backend_details(backend, warmup_s: list[float]) -> dict:
+    """The warm-up wall times (the first one pays torch.compile) and the decoder layout a torch backend chose."""
+    details: dict = {"warmup_s": warmup_s}
+    layout = getattr(backend, "decoder_layout", None)
+    if layout is not None:
+        details["decoder_layout"] = layout.record()
+    return details
 
 
 def fp32_reference(source: BackendSource, tokenizer: PromptTokenizer, settings: BenchSettings) -> Generation | None:
@@ -355,4 +372,5 @@ def backend_entry(run: BackendRun, batch: int, floor: float) -> dict:
         "vs_floor": median / floor,
         "stages": stages,
         "fidelity": run.fidelity,
+        **run.details,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .transformer import StarTransformer, TextContext
+from .transformer import BlockCall, StarTransformer, TextContext, call_block
 from .vqvae import StarVQVAE
 
 
@@ -31,18 +31,20 @@ class StepGraph(nn.Module):
 
     Inputs: x, rope_cos, rope_sin, cross_bias, cross_key.* , cross_value.*, past_key.*, past_value.*
     Outputs: logits, new_key.*, new_value.*
+    ``call`` runs each block (the torch backend passes a compiled one).
     """
 
-    def __init__(self, transformer: StarTransformer) -> None:
+    def __init__(self, transformer: StarTransformer, call: BlockCall | None = None) -> None:
         super().__init__()
         self.transformer = transformer
         self.depth = transformer.config.depth
+        self.call = call or call_block
 
     def forward(self, x, rope_cos, rope_sin, cross_bias, *layer_tensors):
         d = self.depth
         groups = [list(layer_tensors[i * d : (i + 1) * d]) for i in range(4)]
         text = TextContext(groups[0], groups[1], cross_bias)
-        logits, keys, values = self.transformer.step(x, rope_cos, rope_sin, text, groups[2], groups[3])
+        logits, keys, values = self.transformer.step(x, rope_cos, rope_sin, text, groups[2], groups[3], call=self.call)
         return (logits, *keys, *values)
 
 
