@@ -71,13 +71,15 @@ def create_backend(
     threads: int = 0,
     cuda_graphs: bool = False,
     compile_step: bool = False,
+    compile_cache: Path | None = None,
     provider: str | None = None,
     provider_options: dict[str, Any] | None = None,
     session_options: Any = None,
 ):
     """The named backend on ``device``: torch runs ``model``, the others run ``manifest``.
 
-    ``cuda_graphs`` and ``compile_step`` (torch.compile of the transformer step) apply to torch.
+    ``cuda_graphs``, ``compile_step`` (torch.compile of the transformer block) and
+    ``compile_cache`` (the folder keeping what it compiled) apply to torch.
     """
     if backend == "tensorrt":
         from .trt_backend import TrtBackend
@@ -90,7 +92,7 @@ def create_backend(
 
         if cuda_graphs and not device.startswith("cuda"):
             raise ConfigError("CUDA graphs need --device cuda")
-        return TorchBackend(model, device, dt, cuda_graphs, compile_step)
+        return TorchBackend(model, device, dt, cuda_graphs, compile_step, compile_cache=compile_cache)
     if backend == "onnxruntime":
         check_device_name(device)
         from .ort_backend import OrtBackend

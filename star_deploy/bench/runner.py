@@ -54,6 +54,8 @@ class BenchSettings:
     threads: int = 0
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    compile_cache: Path | None = None
+    """Folder of the torch-compiled* backends' compiled artefacts (see backends/compiled_block.py)."""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
@@ -173,7 +175,13 @@ class BackendSource:
 
                 return EagerBackend(model, s.device)
             return create_backend(
-                "torch", s.device, model=model, dtype=s.dtype, cuda_graphs=graphs, compile_step=compile_step
+                "torch",
+                s.device,
+                model=model,
+                dtype=s.dtype,
+                cuda_graphs=graphs,
+                compile_step=compile_step,
+                compile_cache=s.compile_cache,
             )
         if name == "tensorrt":
             return create_backend("tensorrt", s.device, manifest=self.manifest())

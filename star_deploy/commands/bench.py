@@ -78,6 +78,10 @@ def bench(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")
     ] = None,
+    compile_cache: Annotated[
+        Path | None,
+        typer.Option(help="Folder keeping torch-compiled* backends' compiled artefacts between runs (created)."),
+    ] = None,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -96,7 +100,16 @@ def bench(
     check_threads(threads)
     check_device(device)
     settings = BenchSettings(
-        names, batch_size, warmup, repeat, device, dtype, threads, seed, SamplingConfig(seed=seed, sampler=sampler)
+        names,
+        batch_size,
+        warmup,
+        repeat,
+        device,
+        dtype,
+        threads,
+        seed,
+        SamplingConfig(seed=seed, sampler=sampler),
+        compile_cache=compile_cache,
     )
     if json_path is not None:
         check_writable(json_path, overwrite=True)
