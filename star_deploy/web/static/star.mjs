@@ -26,6 +26,12 @@ function arrayType(dtype) {
   return type;
 }
 
+/** `data` viewed as `like`'s type: float16 outputs may arrive as Float16Array, the cache holds their bits. */
+function rawData(data, like) {
+  if (data.constructor === like.constructor) return data;
+  return new like.constructor(data.buffer, data.byteOffset, data.byteLength / like.BYTES_PER_ELEMENT);
+}
+
 function hex(buffer) {
   return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -59,7 +65,12 @@ class VerifiedFiles {
       throw new SiteError(`download of ${path} failed (${err.message}); check the connection and reload`);
     }
     if (!response.ok) throw new SiteError(`download of ${path} failed: HTTP ${response.status}; reload the page`);
-    const bytes = new Uint8Array(await response.arrayBuffer());
+    let bytes;
+    try {
+      bytes = new Uint8Array(await response.arrayBuffer());
+    } catch (err) {
+      throw new SiteError(`download of ${path} broke off (${err.message}); check the connection and reload`);
+    }
     // A .gz file arrives as stored, or decompressed by a host that sends it with Content-Encoding: gzip.
     const gz = path.endsWith(".gz");
     const compressed = gz && bytes[0] === 0x1f && bytes[1] === 0x8b;
@@ -188,6 +199,30 @@ class KVCache {
   }
 }
 
+/**
+ * One session per graph, each graph downloaded and verified while the previous session is created: at most
+ * two graphs' bytes are held at once, which is what lets a site with large graphs load in a browser tab.
+ */
+async function createSessions(ort, files, manifest, provider, report) {
+  const names = Object.keys(manifest.graphs);
+  const fetchGraph = (name) => {
+    const g = manifest.graphs[name];
+    return Promise.all([files.get(g.file), g.data ? files.get(g.data) : null]);
+  };
+  const sessions = {};
+  let next = fetchGraph(names[0]);
+  for (const [i, name] of names.entries()) {
+    const [model, data] = await next;
+    next = i + 1 < names.length ? fetchGraph(names[i + 1]) : null;
+    next?.catch(() => {});
+    report(`loading ${name} (${i + 1} of ${names.length})`);
+    const options = { executionProviders: [provider], graphOptimizationLevel: "all" };
+    if (data) options.externalData = [{ path: manifest.graphs[name].data.split("/").pop().replace(/\.gz$/, ""), data }];
+    sessions[name] = await ort.InferenceSession.create(model, options);
+  }
+  return sessions;
+}
+
 /** A loaded site: sessions of the five graphs, the tokenizer and the per-scale tables. */
 export class StarGenerator {
   constructor(parts) {
@@ -209,22 +244,12 @@ export class StarGenerator {
     const files = new VerifiedFiles(base, manifest);
     const provider = await chooseProvider(executionProvider, manifest.runtime.builds);
     report(`downloading and verifying (${provider})`);
-    const names = Object.keys(manifest.graphs);
-    const [graphs, tokenizerBytes, tableBytes] = await Promise.all([
-      Promise.all(names.map((n) => files.get(manifest.graphs[n].file))),
+    const [tokenizerBytes, tableBytes, { ort, threads }] = await Promise.all([
       files.get(manifest.tokenizer),
       files.get(manifest.tables.file),
+      loadRuntime(files, base, manifest, provider),
     ]);
-    const externals = await Promise.all(names.map((n) => (manifest.graphs[n].data ? files.get(manifest.graphs[n].data) : null)));
-    const { ort, threads } = await loadRuntime(files, base, manifest, provider);
-    report("creating sessions");
-    const sessions = {};
-    for (const [i, name] of names.entries()) {
-      const options = { executionProviders: [provider], graphOptimizationLevel: "all" };
-      const data = manifest.graphs[name].data;
-      if (data) options.externalData = [{ path: data.split("/").pop().replace(/\.gz$/, ""), data: externals[i] }];
-      sessions[name] = await ort.InferenceSession.create(graphs[i], options);
-    }
+    const sessions = await createSessions(ort, files, manifest, provider, report);
     const tokenizer = new ClipTokenizer(JSON.parse(new TextDecoder().decode(tokenizerBytes)));
     return new StarGenerator({ ort, manifest, sessions, tokenizer, tables: tableBytes, provider, threads });
   }
@@ -320,7 +345,7 @@ export class StarGenerator {
       const out = await this.run("transformer_step", this.stepFeeds(k, x, text, cache, dims));
       for (const t of this.manifest.graphs.transformer_step.outputs.filter((t) => t.role === SLOT)) {
         const buf = cache.buffer(t);
-        buf.data.set(out[t.name].data, cache.length * buf.rowSize);
+        buf.data.set(rawData(out[t.name].data, buf.data), cache.length * buf.rowSize);
       }
       cache.length += dims.tokens;
       const logits = out[loop.transformer_step.logits].data;
