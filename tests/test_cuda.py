@@ -12,7 +12,10 @@ import pytest
 import torch
 from conftest import golden_errors, load_golden_model, max_err
 
+from star_deploy.backends.compiled_block import graphs_compiled
+from star_deploy.backends.decoder_layout import LAYOUTS
 from star_deploy.backends.torch_backend import TorchBackend
+from star_deploy.bench.ops import cuda_kernels_per_block
 from star_deploy.config import SamplingConfig
 from star_deploy.evaluation import THRESHOLDS, failures, fidelity, token_agreement
 from star_deploy.pipeline import ScaleLoop
@@ -27,9 +30,11 @@ PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 SAMPLING = SamplingConfig(cfg=4.0, top_k=50, top_p=0.8)
 
 
-def cuda_pipeline(dtype: torch.dtype = torch.float32, cuda_graphs: bool = False, compile: bool = False) -> ScaleLoop:
+def cuda_pipeline(
+    dtype: torch.dtype = torch.float32, cuda_graphs: bool = False, compile: bool = False, **options
+) -> ScaleLoop:
     model = load_golden_model()
-    backend = TorchBackend(model, "cuda", dtype, cuda_graphs, compile)
+    backend = TorchBackend(model, "cuda", dtype, cuda_graphs, compile, **options)
     return ScaleLoop(backend, PromptTokenizer(model.tokenizer_dir))
 
 
@@ -113,3 +118,55 @@ def test_cached_unconditional_text_row_on_cuda(fp32_cuda):
     whole = [backend.to_numpy(a) for a in backend._encode_rows(toks.input_ids, toks.attention_mask)]
     cached = [backend.to_numpy(a) for a in backend.encode_text(toks.input_ids, toks.attention_mask)]
     assert all(max_err(c, w) <= 1e-4 for c, w in zip(cached, whole, strict=True))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_both_decoder_layouts_match_golden_on_cuda(golden, golden_cases, golden_sampling, no_tf32, channels_last):
+    _, image_err = golden_errors(cuda_pipeline(channels_last=channels_last), golden, golden_cases[0], golden_sampling)
+    assert image_err <= IMAGE_TOL
+
+
+def test_decoder_layout_is_measured_on_cuda(fp32_cuda):
+    """On a GPU the default times both layouts at the first decode and keeps the faster."""
+    fp32_cuda.generate(PROMPTS[:1], SAMPLING, [1])
+    choice = fp32_cuda.backend.decoder_layout
+    assert choice.measured and set(choice.seconds) == set(LAYOUTS)
+    assert choice.layout == min(choice.seconds, key=choice.seconds.get)
+
+
+def test_attention_runs_fused_sdpa_kernels_on_cuda():
+    """With the math (unfused) SDPA backend disallowed, every attention of an fp16 generation still runs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fused = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    loop = cuda_pipeline(torch.float16)
+    with sdpa_kernel(fused):
+        gen = loop.generate(PROMPTS, SAMPLING, [1, 2, 3])
+    assert np.isfinite(gen.images).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernels_per_block_on_cuda(dtype):
+    """The CUDA kernels one eager block launches per step: the CPU count (29 / 34 aten ops) plus GEMM helpers."""
+    model = load_golden_model()
+    model.to("cuda", dtype)
+    assert all(cuda_kernels_per_block(model, scale) <= 45 for scale in (0, 5))
+
+
+def test_regional_compile_on_cuda_restarts_from_its_cache(tmp_path):
+    """At most 3 block graphs for the schedule; a second backend on the saved folder compiles no kernel."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
+
+    folder = tmp_path / "compiled"
+    torch._dynamo.reset()
+    with fresh_cache():
+        before = graphs_compiled()
+        want = cuda_pipeline(torch.float16, compile=True, compile_cache=folder).generate(PROMPTS, SAMPLING, [1, 2, 3])
+        assert 1 <= graphs_compiled() - before <= 3
+    torch._dynamo.reset()
+    misses = counters["inductor"]["fxgraph_cache_miss"]
+    with fresh_cache():
+        got = cuda_pipeline(torch.float16, compile=True, compile_cache=folder).generate(PROMPTS, SAMPLING, [1, 2, 3])
+    assert counters["inductor"]["fxgraph_cache_miss"] == misses
+    assert np.array_equal(got.tokens, want.tokens)

@@ -69,17 +69,17 @@ def kernel_ops(prof: profile) -> tuple[list[str], int]:
     return kernels, views
 
 
-def step_inputs(model: StarModel, scale: int, rows: int = 2) -> tuple:
+def step_inputs(model: StarModel, scale: int, rows: int = 2, device: str = "cpu") -> tuple:
     """Random inputs of the transformer step at ``scale`` (the shapes of a batch of ``rows // 2`` prompts)."""
     t, dtype = model.config.transformer, model.transformer.dtype
     patch_nums = model.config.patch_nums
     past = sum(p * p for p in patch_nums[:scale])
     tables = build_scale_tables(model.config)[scale].arrays()
-    x = torch.randn(rows, patch_nums[scale] ** 2, t.width, dtype=dtype)
-    cross = [torch.randn(rows // 2, t.heads, 77, t.head_dim, dtype=dtype) for _ in range(t.depth)]
-    text = TextContext(cross, [c.clone() for c in cross], torch.zeros(rows // 2, 1, 1, 77))
-    past_kv = [torch.randn(past, rows, t.heads, t.head_dim, dtype=dtype) for _ in range(t.depth)]
-    cos, sin = (torch.from_numpy(tables[k]) for k in ("rope_cos", "rope_sin"))
+    x = torch.randn(rows, patch_nums[scale] ** 2, t.width, dtype=dtype, device=device)
+    cross = [torch.randn(rows // 2, t.heads, 77, t.head_dim, dtype=dtype, device=device) for _ in range(t.depth)]
+    text = TextContext(cross, [c.clone() for c in cross], torch.zeros(rows // 2, 1, 1, 77, device=device))
+    past_kv = [torch.randn(past, rows, t.heads, t.head_dim, dtype=dtype, device=device) for _ in range(t.depth)]
+    cos, sin = (torch.from_numpy(tables[k]).to(device) for k in ("rope_cos", "rope_sin"))
     return x, cos, sin, text, past_kv, [p.clone() for p in past_kv]
 
 
@@ -102,3 +102,21 @@ def count_block_ops(model: StarModel, scale: int) -> BlockOps:
     depth = model.config.transformer.depth
     compute = Counter({n: c // depth for n, c in step.items() if c >= depth})
     return BlockOps(scale, inputs[0].shape[1], compute, (step_views - head_views) // depth)
+
+
+def cuda_kernels(fn, *args) -> int:
+    """CUDA kernels ``fn(*args)`` launches, after one warm-up call."""
+    fn(*args)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(*args)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+@torch.inference_mode()
+def cuda_kernels_per_block(model: StarModel, scale: int) -> float:
+    """CUDA kernels per block of one step at ``scale`` (the step's, less the logits head's, over the depth)."""
+    inputs = step_inputs(model, scale, device="cuda")
+    step = cuda_kernels(model.transformer.step, *inputs)
+    return (step - cuda_kernels(model.transformer.logits, inputs[0])) / model.config.transformer.depth
