@@ -214,3 +214,16 @@ def test_page_checks_gz_files_a_host_decompresses(site):
     with SiteBrowser(site, GzipEncodingHandler) as browser:
         page = browser.open()
     assert page.state == "ready", page.message
+
+
+@needs_chromium
+def test_fp16_export_runs_in_chromium_with_the_tokens_of_python(artifacts_fp16, dist, tmp_path):
+    """A strongly typed fp16 export (float16 activations and KV cache) through the page: Python's tokens."""
+    site = build_site(artifacts_fp16, tmp_path / "site", dist).out
+    prompt, seed = "a red car.", 3
+    python = StarPipeline.from_pretrained(artifacts_fp16)(prompt, seed=seed, output_type="np")
+    with SiteBrowser(site) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        result = browser.generate(prompt, seed)
+    check_against_python(result, (python.tokens[0], to_uint8(python.images[0].transpose(2, 0, 1))), prompt)

@@ -149,20 +149,21 @@ def model_entry(manifest: Manifest) -> dict:
     }
 
 
-def content_sha256(path: Path) -> str:
-    """sha256 of a gzip file's decompressed contents."""
-    digest = hashlib.sha256()
+def gzip_contents(path: Path) -> dict:
+    """sha256 and size of a gzip file's decompressed contents."""
+    digest, size = hashlib.sha256(), 0
     with gzip.open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return {"content_sha256": digest.hexdigest(), "content_size": size}
 
 
 def file_entry(path: Path) -> dict:
-    """sha256 and size of a file; for a .gz file also the sha256 of its contents, which the page checks
-    where a host sends the file decompressed (Content-Encoding: gzip)."""
+    """sha256 and size of a file; for a .gz file also those of its contents: the page decompresses it into
+    a buffer of that size, and checks the contents where a host sends it decompressed (Content-Encoding: gzip)."""
     entry = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    return entry | ({"content_sha256": content_sha256(path)} if path.suffix == GZ else {})
+    return entry | (gzip_contents(path) if path.suffix == GZ else {})
 
 
 def file_entries(folder: Path) -> dict[str, dict]:

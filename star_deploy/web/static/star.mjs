@@ -43,9 +43,26 @@ async function sha256(bytes) {
   return hex(await crypto.subtle.digest("SHA-256", bytes));
 }
 
-async function gunzip(bytes) {
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
+/** The contents of gzip `bytes`, `size` bytes long, read chunk by chunk into one buffer. */
+async function gunzip(bytes, size) {
+  const source = new ReadableStream({
+    start(controller) {
+      controller.enqueue(bytes);
+      controller.close();
+    },
+  });
+  const reader = source.pipeThrough(new DecompressionStream("gzip")).getReader();
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (at + value.length > size) throw new Error("longer than site.json says");
+    out.set(value, at);
+    at += value.length;
+  }
+  if (at !== size) throw new Error("shorter than site.json says");
+  return out;
 }
 
 /** The site's files, each downloaded once and checked against the sha256 in site.json. */
@@ -82,7 +99,12 @@ class VerifiedFiles {
           "the file was changed or damaged; refusing to run. Rebuild or re-upload the site.",
       );
     }
-    return compressed ? gunzip(bytes) : bytes;
+    if (!compressed) return bytes;
+    try {
+      return await gunzip(bytes, entry.content_size);
+    } catch (err) {
+      throw new SiteError(`${path} could not be decompressed (${err.message}); rebuild the site`);
+    }
   }
 }
 
