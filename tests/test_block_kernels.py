@@ -64,3 +64,23 @@ def test_bfloat16_block_keeps_its_activations_in_bfloat16(tiny_model):
     with Float32Activations(x.shape) as mode:
         out, _, _ = model.transformer.blocks[0](x, *inputs)
     assert out.dtype == torch.bfloat16 and mode.ops == []
+
+
+def test_fused_tensors_follow_the_parameters(tiny_model):
+    """In training the biases and QK scale get gradients; loading changed weights updates the fused tensors."""
+    model = tiny_model_as(tiny_model, torch.float32)
+    block = model.transformer.blocks[0]
+    x, cos, sin, text, past_k, past_v = step_inputs(model, 3)
+    inputs = (*rotary_tables(cos, sin), text.keys[0], text.values[0], text.bias, past_k[0], past_v[0])
+    block.train()
+    block(x, *inputs)[0].square().sum().backward()
+    assert all(p.grad.abs().sum() > 0 for p in (block.attn.q_bias, block.attn.v_bias, block.attn.scale_mul_1H11))
+    block.eval()
+    state = {k: v + 0.5 if k.endswith(("q_bias", "scale_mul_1H11")) else v for k, v in block.state_dict().items()}
+    block.load_state_dict(state)
+    with torch.inference_mode():
+        fused = block(x, *inputs)[0]
+    with torch.no_grad():
+        fresh = block.train()(x, *inputs)[0]
+    assert torch.allclose(fused, fresh, atol=1e-5)
+    assert torch.equal(block.attn.qkv_bias[: x.shape[-1]], state["attn.q_bias"])

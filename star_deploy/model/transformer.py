@@ -92,8 +92,11 @@ class NormedAttention(nn.Module):
     """Parameters shared by STAR's self- and cross-attention: biases, QK-norm scale, output projection.
 
     ``q_scale`` (H, 1) float32, ``exp(min(scale_mul, log 100))``, is derived from the
-    parameters (not saved) and refreshed whenever they load or move.
+    parameters (not saved) and refreshed whenever they load or move; while they may change
+    (training, autograd on) it is computed afresh from them at every call instead.
     """
+
+    DERIVED: tuple[str, ...] = ("q_scale",)
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -109,7 +112,17 @@ class NormedAttention(nn.Module):
     @torch.no_grad()
     def fuse(self) -> None:
         """Recompute the derived tensors from the parameters (after loading or moving them)."""
-        self.q_scale = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp().view(self.heads, 1)
+        for name in self.DERIVED:
+            setattr(self, name, getattr(self, f"_{name}")())
+
+    def derived(self, name: str) -> torch.Tensor:
+        """The derived tensor ``name``: the fused one, or computed now while the parameters may change."""
+        if self.training or torch.is_grad_enabled():
+            return getattr(self, f"_{name}")()
+        return getattr(self, name)
+
+    def _q_scale(self) -> torch.Tensor:
+        return self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp().view(self.heads, 1)
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -118,7 +131,9 @@ class NormedAttention(nn.Module):
 
 
 class SelfAttention(NormedAttention):
-    """``qkv_bias`` (3C,) is the fused (q_bias, 0, v_bias), derived like ``q_scale``."""
+    """``qkv_bias`` (3C,) is the fused (q_bias, 0, v_bias), ``qk_scale`` (2, H, 1) the scales of q and k (1)."""
+
+    DERIVED = ("q_scale", "qk_scale", "qkv_bias")
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__(width, heads)
@@ -127,16 +142,17 @@ class SelfAttention(NormedAttention):
         self.register_buffer("qkv_bias", torch.empty(0), persistent=False)
         self.fuse()
 
-    @torch.no_grad()
-    def fuse(self) -> None:
-        super().fuse()
-        self.qk_scale = torch.cat((self.q_scale[None], torch.ones_like(self.q_scale)[None]))
-        self.qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+    def _qk_scale(self) -> torch.Tensor:
+        q_scale = self._q_scale()
+        return torch.stack((q_scale, torch.ones_like(q_scale)))
+
+    def _qkv_bias(self) -> torch.Tensor:
+        return torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """Projections of x (N, l, C) as one (N, l, 3, H, D) tensor."""
         n, l, c = x.shape
-        return F.linear(x, self.mat_qkv.weight, self.qkv_bias).view(n, l, 3, self.heads, c // self.heads)
+        return F.linear(x, self.mat_qkv.weight, self.derived("qkv_bias")).view(n, l, 3, self.heads, c // self.heads)
 
     def forward(
         self,
@@ -152,7 +168,7 @@ class SelfAttention(NormedAttention):
         ``cos``/``sin`` are the full-width factors of ``rotary_tables``.
         """
         qkv = self.qkv(x)
-        qk = (l2_normalize(apply_rope(qkv[:, :, :2], cos, sin)) * self.qk_scale).to(x.dtype)
+        qk = (l2_normalize(apply_rope(qkv[:, :, :2], cos, sin)) * self.derived("qk_scale")).to(x.dtype)
         q, new_k, new_v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(0, 1), qkv[:, :, 2].transpose(0, 1)
         keys = torch.cat((past_k, new_k), dim=0).permute(1, 2, 0, 3)
         values = torch.cat((past_v, new_v), dim=0).permute(1, 2, 0, 3)
@@ -181,7 +197,7 @@ class CrossAttention(NormedAttention):
     ) -> torch.Tensor:
         b, l, c = x.shape
         q = F.linear(x, self.mat_q.weight, self.q_bias.to(x.dtype)).view(b, l, self.heads, -1)
-        q = (l2_normalize(q) * self.q_scale).to(x.dtype).transpose(1, 2)
+        q = (l2_normalize(q) * self.derived("q_scale")).to(x.dtype).transpose(1, 2)
         out = attention(q, text_k, text_v, text_bias)
         return self.proj(out.transpose(1, 2).reshape(b, l, c))
 
