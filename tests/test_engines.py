@@ -281,8 +281,8 @@ def test_cli_without_tensorrt_says_what_to_install(artifacts_fp32, tmp_path, mon
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [
-        "error: TensorRT is not installed: pip install 'star-deploy[tensorrt]' "
-        "(tensorrt>=10.0) on a machine with an NVIDIA GPU"
+        "error: TensorRT is not installed: pip install 'star-deploy[tensorrt-cu12]' (CUDA 12 torch) or "
+        "'star-deploy[tensorrt-cu13]' (CUDA 13 torch) on a machine with an NVIDIA GPU"
     ]
     assert not (artifacts_fp32 / "engines").exists()
 
@@ -355,3 +355,16 @@ def test_tensorrt_refuses_a_plan_for_another_gpu(tiny_engines):
             TrtBackend(load_manifest(tiny_engines), "cuda")
     finally:
         path.write_text(original)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_fake_tensorrt_is_installed_only_inside_its_fixture():
+    from conftest import fake_tensorrt_installed
+
+    from star_deploy.engines.gpu import CudaRuntime, cuda
+
+    with fake_tensorrt_installed() as module:
+        assert importlib.util.find_spec("tensorrt") is not None and module.__version__.startswith("10.")
+        assert type(cuda()).__name__ == "HostRuntime"
+    assert importlib.util.find_spec("tensorrt") is None
+    assert isinstance(cuda(), CudaRuntime)

@@ -58,7 +58,8 @@ def build_engine(
     """Build one TensorRT engine per graph into DIR/engines/<graph>.plan, each with a .json sidecar.
 
     The transformer step and scale update get one optimization profile per scale and batch
-    size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt]'.
+    size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt-cu12]' (tensorrt-cu13 for a
+    CUDA 13 torch).
     """
     folder = artifacts_folder(artifacts, artifacts_option)
     from ..engines.builder import BuildOptions, build_engines

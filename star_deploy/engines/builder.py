@@ -198,7 +198,7 @@ def check_ready(manifest: Manifest, graphs: list[str]) -> None:
 
 def default_timing_cache(root: Path, info: RuntimeInfo) -> Path:
     """DIR/engines/timing-<GPU>-trt<version>.cache: a cache is only valid for the GPU and TensorRT that made it."""
-    gpu = re.sub(r"[^A-Za-z0-9.]+", "_", info.gpu_name).strip("_")
+    gpu = re.sub(r"[^A-Za-z0-9.-]+", "_", info.gpu_name).strip("_")
     return root / ENGINES_DIR / f"timing-{gpu}-trt{info.tensorrt_version}.cache"
 
 
