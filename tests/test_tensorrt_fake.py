@@ -95,7 +95,7 @@ def test_tensorrt_backend_samples_the_golden_tokens(fake_trt, engines, golden, g
 def test_extras_pin_tensorrt_per_cuda_major():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
-    assert "tensorrt-cu12>=10.0,<11" in extras["tensorrt-cu12"]
+    assert "tensorrt-cu12>=10.1,<11" in extras["tensorrt-cu12"]
     assert any(r.startswith("tensorrt-cu13>=") for r in extras["tensorrt-cu13"])
     assert not any(r.startswith("tensorrt>") or r == "tensorrt" for deps in extras.values() for r in deps)
 

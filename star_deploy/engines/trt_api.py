@@ -18,7 +18,8 @@ INSTALL_HINT = (
     "pip install 'star-deploy[tensorrt-cu12]' (CUDA 12 torch) or 'star-deploy[tensorrt-cu13]' (CUDA 13 torch) "
     "on a machine with an NVIDIA GPU"
 )
-MIN_MAJOR = 10
+MIN_VERSION = (10, 1)
+"""set_device_memory(memory, size) and get_device_memory_size_for_profile_v2 came with 10.1."""
 CUDA_WHEEL = re.compile(r"^tensorrt[-_]cu(\d+)(?:[-_]bindings)?$", re.IGNORECASE)
 
 
@@ -28,9 +29,9 @@ def import_tensorrt() -> ModuleType:
         import tensorrt
     except ImportError:
         raise BackendUnavailableError(f"TensorRT is not installed: {INSTALL_HINT}") from None
-    if major_version(tensorrt.__version__) < MIN_MAJOR:
+    if minor_version(tensorrt.__version__) < MIN_VERSION:
         raise BackendUnavailableError(
-            f"TensorRT {tensorrt.__version__} is too old (need >= {MIN_MAJOR}.0): {INSTALL_HINT}"
+            f"TensorRT {tensorrt.__version__} is too old (need >= {MIN_VERSION[0]}.{MIN_VERSION[1]}): {INSTALL_HINT}"
         )
     check_cuda_major(tensorrt_cuda_major(), cuda().cuda_major(), tensorrt.__version__)
     return tensorrt
