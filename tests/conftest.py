@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +113,38 @@ def artifacts_external(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("export") / "tiny_external"
     return export_artifacts(load_golden_model(), out, "fp32", external_bytes=0)
+
+
+FAKE_TENSORRT = Path(__file__).parent / "fake_tensorrt"
+
+
+@contextmanager
+def fake_tensorrt_installed(cuda_major: int = 12) -> Iterator:
+    """``tests/fake_tensorrt`` as the ``tensorrt`` module and its host GPUs as the CUDA runtime, inside the block.
+
+    Nothing leaks: the path, the imported modules and the runtime are all removed afterwards.
+    """
+    from star_deploy.engines.gpu import use_runtime
+
+    sys.path.insert(0, str(FAKE_TENSORRT))
+    importlib.invalidate_caches()
+    try:
+        import host_cuda
+        import tensorrt
+
+        tensorrt._cuda.reset()
+        tensorrt.ERRORS.clear()
+        with use_runtime(host_cuda.HostRuntime(cuda_major)):
+            yield tensorrt
+    finally:
+        sys.path.remove(str(FAKE_TENSORRT))
+        for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "host_cuda")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+
+
+@pytest.fixture(scope="module")
+def fake_trt():
+    """The fake TensorRT for every test of a module that asks for it."""
+    with fake_tensorrt_installed() as module:
+        yield module

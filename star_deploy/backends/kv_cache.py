@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..config import StarConfig
@@ -10,11 +12,14 @@ from ..config import StarConfig
 class KVCache:
     """Keys and values of every layer for the whole schedule, (L, rows, H, D) each, allocated once."""
 
-    def __init__(self, config: StarConfig, rows: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, config: StarConfig, rows: int, dtype: torch.dtype, device: torch.device, empty: Callable = torch.empty
+    ) -> None:
+        """``empty(shape, dtype, device)`` allocates each layer's buffer (TensorRT: 256-byte aligned)."""
         t = config.transformer
         shape = (config.total_tokens, rows, t.heads, t.head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
+        self.keys = [empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
+        self.values = [empty(shape, dtype=dtype, device=device) for _ in range(t.depth)]
         self.length = 0
 
     @property

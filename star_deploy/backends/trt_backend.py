@@ -1,63 +1,72 @@
-"""TensorRT backend: runs the plans of DIR/engines with torch CUDA tensors as I/O buffers.
+"""TensorRT backend: runs the plans of DIR/engines with torch tensors as I/O buffers.
 
-One TrtEngine per plan; all engines run on one CUDA stream. The transformer step selects
-profile k at scale k, reads the KV-cache prefix and writes its new keys/values straight
-into the next slot of the cache (preallocated once for the whole schedule). The text
-cross-attention K/V are computed once per prompt in ``begin``.
+One TrtEngine per plan; all engines run on one stream of the chosen GPU, and every call runs
+with that GPU current (worker threads included). Each optimization profile has its own
+execution context, created with user-managed memory: all contexts share one device buffer
+sized by the largest profile, and no profile is switched after start-up (a switch "will
+trigger layer resource updates on the next call"). The transformer step uses profile k at
+scale k, reads the KV-cache prefix and writes its new keys/values straight into the next
+slot of the cache (preallocated once for the whole schedule). Every CUDA call goes through
+``engines.gpu``.
 
-API references (TensorRT 10.x / 11 Python API):
+API references (TensorRT 10.x / 11 Python API; NvInferRuntime.h):
   Runtime.deserialize_cuda_engine:
     https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Runtime.html
-  ICudaEngine (num_io_tensors, get_tensor_name, get_tensor_mode, get_tensor_dtype,
-  num_optimization_profiles, create_execution_context):
+  ICudaEngine (num_io_tensors, get_tensor_name, get_tensor_mode, get_tensor_dtype, num_optimization_profiles,
+  create_execution_context(ExecutionContextAllocationStrategy), get_device_memory_size_for_profile_v2):
     https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Engine.html
-  IExecutionContext (set_optimization_profile_async, set_input_shape, get_tensor_shape,
+  IExecutionContext (set_device_memory, set_optimization_profile_async, set_input_shape, get_tensor_shape,
   set_tensor_address, execute_async_v3):
     https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
 
 from ..artifacts.manifest import Manifest
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
+from ..engines.gpu import ALIGNMENT, aligned, cuda
 from ..engines.profiles import Profile, select_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
-from ..engines.trt_api import cuda_device, import_tensorrt, make_logger, runtime_info, torch_dtype
+from ..engines.trt_api import import_tensorrt, make_logger, runtime_info, torch_dtype
 from ..errors import ArtifactError, StarDeployError
 from ..graphs import Role, scale_dims
 from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
 
 log = logging.getLogger(__name__)
+REBUILD = "rebuild with `star-deploy build-engine {root} --overwrite`"
 
 
 class TrtEngine:
-    """One plan's life: check its sidecar, deserialize, bind tensors by name, run a profile."""
+    """One plan's life: check its sidecar, deserialize, one context per profile, bind tensors by name, run."""
 
-    def __init__(
-        self, trt: ModuleType, runtime, manifest: Manifest, graph: str, info: RuntimeInfo, stream: torch.cuda.Stream
-    ) -> None:
+    def __init__(self, trt: ModuleType, runtime, manifest: Manifest, graph: str, info: RuntimeInfo, owner) -> None:
+        """``owner``: the TrtBackend whose GPU runtime, stream and memory device the engine uses."""
         path = plan_path(manifest.root, graph)
         sidecar = load_sidecar(sidecar_path(manifest.root, graph))
         check_sidecar(sidecar, info, manifest.graph_hashes[graph], path)
         if not path.is_file():
             raise ArtifactError(f"{path}: missing; build it with `star-deploy build-engine {manifest.root}`")
-        self.graph, self.spec, self.stream = graph, manifest.graphs[graph], stream
+        self.graph, self.spec = graph, manifest.graphs[graph]
+        self.gpu, self.stream, self.device = owner.gpu, owner.stream, owner.device
+        self.rebuild = REBUILD.format(root=manifest.root)
         self.profiles = sidecar.profiles
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ArtifactError(
-                f"{path}: TensorRT could not deserialize it; rebuild with `star-deploy build-engine {manifest.root} "
-                "--overwrite`"
-            )
+            raise ArtifactError(f"{path}: TensorRT could not deserialize it; {self.rebuild}")
         self._check_io(trt)
-        self.context = self.engine.create_execution_context()
-        self.active_profile = -1
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        self.contexts = [self.engine.create_execution_context(strategy) for _ in self.profiles]
+        if any(ctx is None for ctx in self.contexts):
+            raise StarDeployError(f"{graph}: TensorRT could not create an execution context (see the messages above)")
+        self.scratch: dict[str, torch.Tensor] = {}
 
     def _check_io(self, trt: ModuleType) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -66,46 +75,85 @@ class TrtEngine:
         if self.engine.num_optimization_profiles != len(self.profiles):
             raise ArtifactError(
                 f"the {self.graph} engine has {self.engine.num_optimization_profiles} profiles, "
-                f"its sidecar lists {len(self.profiles)}; rebuild with `star-deploy build-engine DIR --overwrite`"
+                f"its sidecar lists {len(self.profiles)}; {self.rebuild}"
             )
         self.dtypes = {n: torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+
+    def memory_bytes(self) -> int:
+        """Device memory the largest profile needs (each context uses the shared buffer under one profile)."""
+        return max(self.engine.get_device_memory_size_for_profile_v2(p.index) for p in self.profiles)
+
+    def attach(self, memory: torch.Tensor) -> None:
+        """Give every context the shared ``memory`` and select its profile, once."""
+        for profile, ctx in zip(self.profiles, self.contexts):
+            ctx.set_device_memory(memory.data_ptr(), memory.numel())
+            index = profile.index
+            if not self.stream.enqueue(lambda handle, c=ctx, i=index: c.set_optimization_profile_async(i, handle)):
+                raise StarDeployError(f"{self.graph}: TensorRT refused optimization profile {index}; {self.rebuild}")
 
     def profile(self, batch: int, scale: int | None = None) -> Profile:
         return select_profile(self.profiles, self.spec, batch, scale)
 
     def run(self, profile: Profile, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Execute with ``profile`` reading ``inputs`` and writing into the given ``outputs`` buffers."""
-        ctx, handle = self.context, self.stream.cuda_stream
-        if profile.index != self.active_profile:
-            if not ctx.set_optimization_profile_async(profile.index, handle):
-                raise StarDeployError(f"{self.graph}: TensorRT refused optimization profile {profile.index}")
-            self.active_profile = profile.index
+        ctx = self.contexts[profile.index]
         keep = []
         for name, tensor in inputs.items():
-            tensor = tensor.to(self.stream.device, self.dtypes[name]).contiguous()
+            tensor = self._input(name, tensor)
             keep.append(tensor)
             if not ctx.set_input_shape(name, tuple(tensor.shape)):
                 raise StarDeployError(
-                    f"{self.graph}: input {name} of shape {tuple(tensor.shape)} is outside profile {profile.index}"
+                    f"{self.graph}: TensorRT refused input {name} of shape {tuple(tensor.shape)} "
+                    f"(profile {profile.index}: {list(profile.shapes.get(name, ()))}); {self.rebuild}"
                 )
-            ctx.set_tensor_address(name, tensor.data_ptr())
+            self._bind(ctx, name, tensor)
         for name, tensor in outputs.items():
-            self._check_output(name, tensor)
-            ctx.set_tensor_address(name, tensor.data_ptr())
-        current = torch.cuda.current_stream(self.stream.device)
-        self.stream.wait_stream(current)
-        if not ctx.execute_async_v3(handle):
+            self._check_output(ctx, name, tensor)
+            self._bind(ctx, name, tensor)
+        if not self.stream.enqueue(ctx.execute_async_v3):
             raise StarDeployError(f"{self.graph}: TensorRT execution failed (run with -v for TensorRT's messages)")
-        current.wait_stream(self.stream)
         del keep
 
-    def _check_output(self, name: str, tensor: torch.Tensor) -> None:
-        shape = tuple(self.context.get_tensor_shape(name))
+    def _input(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on the engine's device and type, contiguous, in an aligned buffer."""
+        tensor = tensor.to(self.device, self.dtypes[name]).contiguous()
+        if tensor.numel() == 0 or aligned(tensor.data_ptr()):
+            return tensor
+        staged = self.gpu.empty(tuple(tensor.shape), tensor.dtype, self.device)
+        return staged.copy_(tensor)
+
+    def _bind(self, ctx, name: str, tensor: torch.Tensor) -> None:
+        """Bind ``tensor``; an empty one gets its own scratch address (non-null, distinct from every other)."""
+        address = self._scratch(name).data_ptr() if tensor.numel() == 0 else tensor.data_ptr()
+        if not ctx.set_tensor_address(name, address):
+            raise StarDeployError(
+                f"{self.graph}: TensorRT refused the address {address:#x} of {name} "
+                f"(it must be non-null and {ALIGNMENT}-byte aligned)"
+            )
+
+    def _scratch(self, name: str) -> torch.Tensor:
+        if name not in self.scratch:
+            self.scratch[name] = self.gpu.empty((ALIGNMENT,), torch.uint8, self.device)
+        return self.scratch[name]
+
+    def _check_output(self, ctx, name: str, tensor: torch.Tensor) -> None:
+        shape = tuple(ctx.get_tensor_shape(name))
         if shape != tuple(tensor.shape) or tensor.dtype != self.dtypes[name] or not tensor.is_contiguous():
             raise StarDeployError(
                 f"{self.graph}: output {name} buffer is {tuple(tensor.shape)} {tensor.dtype}, "
                 f"the engine writes {shape} {self.dtypes[name]} (contiguous)"
             )
+
+
+def on_device(method: Callable) -> Callable:
+    """Run ``method`` with the backend's GPU current in the calling thread (torch.cuda.device is per thread)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.gpu.current(self.cuda_device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class TrtBackend(TorchArrays):
@@ -115,28 +163,40 @@ class TrtBackend(TorchArrays):
 
     def __init__(self, manifest: Manifest, device: str = "cuda") -> None:
         trt = import_tensorrt()
-        self.device = cuda_device(device)
+        self.gpu = cuda()
+        self.cuda_device = self.gpu.device(device)
+        self.device = self.gpu.memory_device(self.cuda_device)
         self.manifest, self.config = manifest, manifest.config
-        torch.cuda.set_device(self.device)
-        info = runtime_info(trt, self.device)
+        with self.gpu.current(self.cuda_device):
+            self._load(trt)
+
+    def _load(self, trt: ModuleType) -> None:
+        info = runtime_info(trt, self.cuda_device)
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
-        self.stream = torch.cuda.Stream(self.device)
-        self.engines = {g: TrtEngine(trt, self.runtime, manifest, g, info, self.stream) for g in manifest.graphs}
-        self.plans = {g: binding_plan(spec) for g, spec in manifest.graphs.items()}
+        self.stream = self.gpu.stream(self.cuda_device)
+        graphs = self.manifest.graphs
+        self.engines = {g: TrtEngine(trt, self.runtime, self.manifest, g, info, self) for g in graphs}
+        size = max(ALIGNMENT, *(e.memory_bytes() for e in self.engines.values()))
+        self.context_memory = self.gpu.empty((size,), torch.uint8, self.device)
+        for engine in self.engines.values():
+            engine.attach(self.context_memory)
+        self.plans = {g: binding_plan(spec) for g, spec in graphs.items()}
         step_dtypes = self.engines["transformer_step"].dtypes
         self.dtype = step_dtypes["x"]
         self.cache_dtype = step_dtypes["new_key.0"]
-        self.tables = device_tables(self.config, self.device)
+        self.tables = [{k: self._aligned(v) for k, v in t.items()} for t in device_tables(self.config, self.device)]
         self.cache: KVCache | None = None
         self.text: dict[str, torch.Tensor] = {}
 
+    def _aligned(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.gpu.empty(tuple(tensor.shape), tensor.dtype, self.device).copy_(tensor)
+
     def _outputs(self, graph: str, dims: dict[str, int]) -> dict[str, torch.Tensor]:
         engine, spec = self.engines[graph], self.manifest.graphs[graph]
-        return {
-            t.name: torch.empty(t.concrete(dims), dtype=engine.dtypes[t.name], device=self.device) for t in spec.outputs
-        }
+        return {t.name: self.gpu.empty(t.concrete(dims), engine.dtypes[t.name], self.device) for t in spec.outputs}
 
+    @on_device
     def encode_text(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         rows = input_ids.shape[0]
         engine = self.engines["text_encoder"]
@@ -145,6 +205,7 @@ class TrtBackend(TorchArrays):
         engine.run(engine.profile(rows // 2), inputs, outs)
         return outs["text_hidden"], outs["text_pooled"]
 
+    @on_device
     def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
         b = hidden.shape[0] // 2
         engine = self.engines["text_context"]
@@ -155,10 +216,11 @@ class TrtBackend(TorchArrays):
         self.text = {t.name: outs[t.name] for t in engine.spec.with_role(Role.TEXT_CONTEXT)}
         if self.cache is None or self.cache.rows != 2 * b:
             self.cache = None  # free the old cache before allocating the new one
-            self.cache = KVCache(self.config, 2 * b, self.cache_dtype, self.device)
+            self.cache = KVCache(self.config, 2 * b, self.cache_dtype, self.device, self.gpu.empty)
         self.cache.length = 0
         return start
 
+    @on_device
     def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
             raise RuntimeError("begin() must run before step()")
@@ -167,9 +229,8 @@ class TrtBackend(TorchArrays):
             raise RuntimeError(f"scale {scale} expects a cache of {expected} tokens, found {self.cache.length}")
         rows, tokens = x.shape[0], x.shape[1]
         engine = self.engines["transformer_step"]
-        logits = torch.empty(
-            (rows, tokens, self.config.transformer.vocab_size), dtype=engine.dtypes["logits"], device=self.device
-        )
+        shape = (rows, tokens, self.config.transformer.vocab_size)
+        logits = self.gpu.empty(shape, engine.dtypes["logits"], self.device)
         tables = self.tables[scale]
         inputs = {"x": x, "rope_cos": tables["rope_cos"], "rope_sin": tables["rope_sin"]}
         outputs = {"logits": logits}
@@ -182,6 +243,7 @@ class TrtBackend(TorchArrays):
         self.cache.length += tokens
         return logits
 
+    @on_device
     def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = tokens.shape[0]
         dims = scale_dims(self.config, b, scale)
@@ -195,6 +257,7 @@ class TrtBackend(TorchArrays):
         engine.run(engine.profile(b, scale), inputs, outs)
         return outs["f_hat_out"], outs["next_x"]
 
+    @on_device
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         engine = self.engines["vq_decoder"]
         outs = self._outputs("vq_decoder", {"batch": f_hat.shape[0]})

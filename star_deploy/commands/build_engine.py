@@ -34,8 +34,20 @@ def build_engine(
         ),
     ] = "strong",
     timing_cache: Annotated[
-        Path | None, typer.Option(help="Timing cache file to reuse and update. Default: DIR/engines/timing.cache.")
+        Path | None,
+        typer.Option(
+            help="Timing cache file to reuse and update (one made on another GPU is replaced by a fresh one). "
+            "Default: DIR/engines/timing-<GPU>-trt<version>.cache."
+        ),
     ] = None,
+    tf32: Annotated[
+        bool,
+        typer.Option(
+            "--tf32/--no-tf32",
+            help="Let FP32 layers (all of an fp32 export, the logits head of an fp16 one) use TF32: faster, "
+            "about 1e-3 relative error. Recorded in each sidecar. Default: off.",
+        ),
+    ] = False,
     graph: Annotated[
         list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")
     ] = None,
@@ -46,13 +58,14 @@ def build_engine(
     """Build one TensorRT engine per graph into DIR/engines/<graph>.plan, each with a .json sidecar.
 
     The transformer step and scale update get one optimization profile per scale and batch
-    size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt]'.
+    size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt-cu12]' (tensorrt-cu13 for a
+    CUDA 13 torch).
     """
     folder = artifacts_folder(artifacts, artifacts_option)
     from ..engines.builder import BuildOptions, build_engines
 
     manifest = load_manifest(folder)
-    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache)
+    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32)
     graphs = graph or list(manifest.graphs)
     with progress_bar() as progress:
         task = progress.add_task("building engines", total=len(graphs))

@@ -116,7 +116,11 @@ def check(
     ] = "cuda",
     prompt: Annotated[
         list[str] | None,
-        typer.Option("--prompt", help="Validation prompt; repeat for a batch (default: two built-in prompts)."),
+        typer.Option(
+            "--prompt",
+            help="Validation prompt; repeat for a batch of a built batch size (default: built-in prompts, as many "
+            "as the smallest batch size the engines are built for).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
     runs: Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")] = 3,
@@ -146,8 +150,10 @@ def check(
         return
     if backend != "tensorrt":
         raise ConfigError(f"--backend {backend}: check validates tensorrt engines only")
+    from ..engines.sidecar import prompts_for
+
+    prompts = prompts_for(manifest.root, list(manifest.graphs), prompt, DEFAULT_PROMPTS)
     ref, test = validation_pipelines(artifacts, manifest, reference, device, reference_device)
-    prompts = prompt or DEFAULT_PROMPTS
     report = validate(ref, test, prompts, SamplingConfig(seed=seed), runs)
     print_validation(report)
     if json_out is not None:

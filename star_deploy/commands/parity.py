@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..artifacts.manifest import Manifest
 from ..artifacts.sources import check_sources
 from ..atomic import check_writable, write_text
-from ..backends.factory import artifacts_manifest, create_backend
+from ..backends.factory import artifacts_manifest, create_backend, default_device
 from ..config import SamplingConfig
 from ..errors import ConfigError
 from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
@@ -46,13 +47,29 @@ def print_report(graphs: dict[str, ErrorStats], result: Fidelity, title: str) ->
     console.print(summary)
 
 
+def measured_prompts(manifest: Manifest, backend: str, given: list[str] | None) -> list[str]:
+    """The prompts to compare on; TensorRT engines take only the batch sizes they were built for."""
+    if backend != "tensorrt":
+        return list(given) if given else list(DEFAULT_PROMPTS)
+    from ..engines.sidecar import prompts_for
+
+    return prompts_for(manifest.root, list(manifest.graphs), given, list(DEFAULT_PROMPTS))
+
+
 def parity(
     artifacts: Annotated[Path, typer.Option(help="Artefact folder from `star-deploy export` to measure.")],
     backend: Annotated[str, typer.Option(help="Runtime for the artefacts: onnxruntime or tensorrt.")] = "onnxruntime",
-    device: Annotated[str, typer.Option(help="Device of the measured backend: cpu or cuda.")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="Device of the measured backend: cpu or cuda (default: cuda for tensorrt, else cpu)."),
+    ] = None,
     prompt: Annotated[
         list[str] | None,
-        typer.Option("--prompt", help="Prompt to compare on (repeatable). Default: 4 built-in prompts."),
+        typer.Option(
+            "--prompt",
+            help="Prompt to compare on (repeatable). Default: 4 built-in prompts (tensorrt: as many as the "
+            "smallest batch size the engines are built for).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
@@ -81,9 +98,9 @@ def parity(
             f"{artifacts} was exported from a model of another shape than the weights given; pass the same weights"
         )
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    prompts = measured_prompts(manifest, backend, prompt)
     reference = create_backend("torch", "cpu", model=model)
-    tested = create_backend(backend, device, manifest=manifest)
-    prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
+    tested = create_backend(backend, default_device(backend, device), manifest=manifest)
     graphs = graph_parity(reference, tested, tokenizer, prompts, seed)
     seeds = [seed + i for i in range(len(prompts))]
     result = fidelity(

@@ -15,7 +15,14 @@ from rich.table import Table
 from ..artifacts.manifest import Manifest
 from ..artifacts.sources import check_sources
 from ..atomic import check_separate, check_writable
-from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
+from ..backends.factory import (
+    artifacts_manifest,
+    check_device,
+    check_device_name,
+    create_backend,
+    default_device,
+    needs_artifacts,
+)
 from ..config import SamplingConfig, StarConfig
 from ..demo import DEMO_GRAPHS
 from ..dtypes import COMPUTE_DTYPES
@@ -313,10 +320,13 @@ def run(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
     )
     if backend == "tensorrt":
-        from ..engines.trt_api import import_tensorrt
+        from ..engines.trt_api import cuda_device, import_tensorrt
 
         import_tensorrt()
-    check_device(device)
+        check_device_name(device)
+        cuda_device(device)  # TensorRT's GPU check (engines.gpu)
+    else:
+        check_device(device)
     if needs_artifacts(backend):
         manifest = open_artifacts(backend, artifacts, release)
         if resolution is not None and resolution != manifest.config.resolution:

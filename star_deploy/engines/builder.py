@@ -16,6 +16,7 @@ API references (TensorRT 10.x / 11 Python API):
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,14 +27,14 @@ from ..artifacts.readiness import check_graph
 from ..atomic import atomic_file
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..version import __version__
-from .profiles import Profile, check_batch_sizes, profile_table
+from .gpu import cuda
+from .profiles import Profile, Shape, check_batch_sizes, profile_table
 from .sidecar import ENGINES_DIR, EngineSidecar, RuntimeInfo, plan_path, sidecar_path, write_sidecar
 from .trt_api import cuda_device, import_tensorrt, major_version, make_logger, runtime_info
 
 log = logging.getLogger(__name__)
 
 TYPING_MODES = ("strong", "fp16-flag")
-TIMING_CACHE = "timing.cache"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class BuildOptions:
     optimization_level: int = 3
     typing: str = "strong"
     timing_cache: Path | None = None
+    tf32: bool = False
 
     def validate(self, tensorrt_version: str) -> None:
         check_batch_sizes(list(self.batch_sizes))
@@ -90,34 +92,63 @@ def parse_onnx(trt: ModuleType, network, logger, path: Path) -> object:
 
 
 def add_profiles(builder, config, profiles: list[Profile]) -> None:
+    """One optimization profile per entry, at the index the runtime selects it by."""
     for p in profiles:
         profile = builder.create_optimization_profile()
         for name, shape in p.shapes.items():
             profile.set_shape(name, shape, shape, shape)  # min = opt = max: exact shapes of this scale
-        config.add_optimization_profile(profile)
+        index = config.add_optimization_profile(profile)  # -1 for an invalid profile
+        if index != p.index:
+            raise StarDeployError(
+                f"TensorRT refused optimization profile {p.index} ({describe_shapes(p.shapes)}); "
+                "the ONNX inputs do not match the manifest: export the folder again"
+            )
 
 
-def builder_config(trt: ModuleType, builder, options: BuildOptions, cache_blob: bytes):
+def describe_shapes(shapes: dict[str, Shape]) -> str:
+    return ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+
+
+def attach_timing_cache(config, cache_blob: bytes, source: Path) -> None:
+    """Reuse ``cache_blob``, or start a fresh cache when TensorRT refuses it (made on another GPU)."""
+    # ignore_mismatch=False: a cache from a device with other CUDA properties is refused (returns False).
+    cache = config.create_timing_cache(cache_blob)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    log.warning("%s: timing cache made on another GPU or TensorRT; a fresh one replaces it", source)
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise StarDeployError(f"TensorRT refused a fresh timing cache; build without {source} (see the messages above)")
+
+
+def builder_config(trt: ModuleType, builder, options: BuildOptions, cache_blob: bytes, cache_path: Path):
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     config.builder_optimization_level = options.optimization_level
     if options.typing == "fp16-flag":
         config.set_flag(trt.BuilderFlag.FP16)  # weakly typed TensorRT 10 networks only
-    # An empty buffer creates a new cache; ignore_mismatch=False rejects a cache from another device.
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, False)
+    # TF32 is on by default and applies to FLOAT tensors even in strongly typed networks.
+    if options.tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    attach_timing_cache(config, cache_blob, cache_path)
     return config
 
 
 def build_plan(
-    trt: ModuleType, onnx_path: Path, profiles: list[Profile], options: BuildOptions, cache_blob: bytes
+    trt: ModuleType,
+    onnx_path: Path,
+    profiles: list[Profile],
+    options: BuildOptions,
+    cache_blob: bytes,
+    cache_path: Path,
 ) -> tuple[bytes, bytes]:
-    """Serialized plan and updated timing cache for one ONNX graph."""
+    """Serialized plan and updated timing cache for one ONNX graph (on the current device)."""
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     network = create_network(trt, builder, options.typing)
     parser = parse_onnx(trt, network, logger, onnx_path)  # owns the weights until the build is done
-    config = builder_config(trt, builder, options, cache_blob)
+    config = builder_config(trt, builder, options, cache_blob, cache_path)
     add_profiles(builder, config, profiles)
     serialized = builder.build_serialized_network(network, config)
     del parser
@@ -126,7 +157,8 @@ def build_plan(
             f"{onnx_path}: TensorRT failed to build an engine (see the messages above; run with -v for details)"
         )
     cache = config.get_timing_cache()
-    return bytes(memoryview(serialized)), bytes(memoryview(cache.serialize()))
+    updated = bytes(memoryview(cache.serialize())) if cache is not None else cache_blob
+    return bytes(memoryview(serialized)), updated
 
 
 def engine_sidecar(
@@ -164,6 +196,12 @@ def check_ready(manifest: Manifest, graphs: list[str]) -> None:
         )
 
 
+def default_timing_cache(root: Path, info: RuntimeInfo) -> Path:
+    """DIR/engines/timing-<GPU>-trt<version>.cache: a cache is only valid for the GPU and TensorRT that made it."""
+    gpu = re.sub(r"[^A-Za-z0-9.-]+", "_", info.gpu_name).strip("_")
+    return root / ENGINES_DIR / f"timing-{gpu}-trt{info.tensorrt_version}.cache"
+
+
 def check_outputs(root: Path, graphs: list[str], overwrite: bool) -> None:
     existing = [plan_path(root, g) for g in graphs if plan_path(root, g).exists()]
     if existing and not overwrite:
@@ -191,18 +229,19 @@ def build_engines(
     root = manifest.root
     check_outputs(root, graphs, overwrite)
     (root / ENGINES_DIR).mkdir(exist_ok=True)
-    cache_path = options.timing_cache or root / ENGINES_DIR / TIMING_CACHE
+    cache_path = options.timing_cache or default_timing_cache(root, info)
     cache_blob = cache_path.read_bytes() if cache_path.is_file() else b""
     written = []
-    for graph in graphs:
-        spec, onnx_path = manifest.graphs[graph], manifest.path(graph)
-        profiles = profile_table(manifest.config, spec, list(options.batch_sizes))
-        log.info("building %s (%d profile(s)) on %s", graph, len(profiles), info.gpu_name)
-        plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob)
-        sidecar = engine_sidecar(manifest, graph, options, info, profiles)
-        written.append(write_plan(root, sidecar, plan))
-        with atomic_file(cache_path, overwrite=True) as tmp:
-            tmp.write_bytes(cache_blob)
-        if on_graph is not None:
-            on_graph(graph)
+    with cuda().current(dev):  # the builder builds for the current device (trtexec: cudaSetDevice first)
+        for graph in graphs:
+            spec, onnx_path = manifest.graphs[graph], manifest.path(graph)
+            profiles = profile_table(manifest.config, spec, list(options.batch_sizes))
+            log.info("building %s (%d profile(s)) on %s (%s)", graph, len(profiles), info.gpu_name, dev)
+            plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob, cache_path)
+            sidecar = engine_sidecar(manifest, graph, options, info, profiles)
+            written.append(write_plan(root, sidecar, plan))
+            with atomic_file(cache_path, overwrite=True) as tmp:
+                tmp.write_bytes(cache_blob)
+            if on_graph is not None:
+                on_graph(graph)
     return written

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from ..records import read_record
 from .profiles import Profile
 
@@ -108,3 +108,25 @@ def check_sidecar(sidecar: EngineSidecar, running: RuntimeInfo, onnx_sha256: str
             raise ArtifactError(f"{path}: built for {what} {was}, running {now}; {fix}")
     if sidecar.onnx_sha256 != onnx_sha256:
         raise ArtifactError(f"{path}: built from a different {sidecar.graph}.onnx (sha256 mismatch); {fix}")
+
+
+def built_batch_sizes(root: Path, graphs: list[str]) -> list[int]:
+    """The batch sizes every engine of ``graphs`` in ``root`` has profiles for, from their sidecars."""
+    sizes = [set(load_sidecar(sidecar_path(root, g)).batch_sizes) for g in graphs]
+    common = sorted(set.intersection(*sizes)) if sizes else []
+    if not common:
+        raise ArtifactError(f"{root / ENGINES_DIR}: the engines share no batch size; rebuild them together")
+    return common
+
+
+def prompts_for(root: Path, graphs: list[str], given: list[str] | None, defaults: list[str]) -> list[str]:
+    """``given``, whose count must be a built batch size; else the defaults cut or repeated to the smallest one."""
+    sizes = built_batch_sizes(root, graphs)
+    if given:
+        if len(given) not in sizes:
+            raise ConfigError(
+                f"{len(given)} --prompt value(s), but the engines in {root / ENGINES_DIR} are built for batch "
+                f"size(s) {sizes}; give that many prompts or rebuild with --batch-size {len(given)}"
+            )
+        return list(given)
+    return [defaults[i % len(defaults)] for i in range(sizes[0])]

@@ -1,0 +1,333 @@
+"""The TensorRT layer on CPU, against the fake TensorRT of tests/fake_tensorrt (its rules cite TensorRT's docs).
+
+build-engine -> check --backend tensorrt -> run --backend tensorrt on the golden model, then one test per
+defect the layer must not have, then the fake's own rules (each able to fail).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+import torch
+from conftest import GOLDEN
+from typer.testing import CliRunner
+
+from star_deploy.artifacts.manifest import load_manifest
+from star_deploy.cli import app
+from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
+from star_deploy.errors import BackendUnavailableError, ConfigError, StarDeployError
+from star_deploy.images import read_png
+from star_deploy.pipeline import ScaleLoop
+from star_deploy.tokenizer import PromptTokenizer
+
+GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8", "--sampler", "official"]
+A100, H100 = "NVIDIA_A100-SXM4-80GB", "NVIDIA_H100_80GB_HBM3"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def engines(fake_trt, artifacts_fp32, tmp_path_factory) -> Path:
+    """The golden model's fp32 export with engines from a plain `build-engine DIR` (batch size 1)."""
+    folder = tmp_path_factory.mktemp("fake_trt") / "tiny_fp32"
+    shutil.copytree(artifacts_fp32, folder)
+    result = invoke("build-engine", folder)
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def folder(engines, tmp_path) -> Path:
+    """A copy of ``engines`` a test may rebuild."""
+    shutil.copytree(engines, tmp_path / "tiny_fp32")
+    return tmp_path / "tiny_fp32"
+
+
+def plan_header(fake_trt, root: Path, graph: str) -> dict:
+    return fake_trt.read_plan(plan_path(root, graph).read_bytes())[0]
+
+
+def golden_pipeline(root: Path, device: str = "cuda") -> ScaleLoop:
+    from star_deploy.backends.trt_backend import TrtBackend
+
+    manifest = load_manifest(root)
+    return ScaleLoop(TrtBackend(manifest, device), PromptTokenizer(manifest.tokenizer_dir))
+
+
+def test_build_check_run_reproduce_the_golden_image(fake_trt, engines, golden, tmp_path):
+    """The documented sequence on a batch-1 build: check picks its prompt count from the sidecars."""
+    assert load_sidecar(sidecar_path(engines, "transformer_step")).batch_sizes == [1]
+    report = tmp_path / "report.json"
+    checked = invoke(*checked_args(engines, report))
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(report.read_text())["sampled_token_match"] == 1.0
+    out = tmp_path / "car.png"
+    ran = invoke("run", "a red car.", "-o", out, *GOLDEN_ARGS, "--backend", "tensorrt", "--artifacts", engines)
+    assert ran.exit_code == 0, ran.output
+    pixels, _ = read_png(out)
+    expected = golden["p0_s1/image"][0].transpose(1, 2, 0) * 255
+    assert np.abs(pixels.astype(np.float64) - expected).max() <= 1.0
+    assert fake_trt.ERRORS == []
+
+
+def checked_args(root: Path, report: Path) -> list:
+    return ["check", root, "--backend", "tensorrt", "--reference-device", "cpu", "--runs", "0", "--json", report]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_tensorrt_backend_samples_the_golden_tokens(fake_trt, engines, golden, golden_cases, golden_sampling, index):
+    case = golden_cases[index]
+    gen = golden_pipeline(engines).generate([case["prompt"]], golden_sampling, seeds=[case["seed"]])
+    assert np.array_equal(gen.tokens, golden[f"{case['key']}/tokens"])
+
+
+# 1. CUDA major of the TensorRT wheels vs torch's
+
+
+def test_extras_pin_tensorrt_per_cuda_major():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    assert "tensorrt-cu12>=10.1,<11" in extras["tensorrt-cu12"]
+    assert any(r.startswith("tensorrt-cu13>=") for r in extras["tensorrt-cu13"])
+    assert not any(r.startswith("tensorrt>") or r == "tensorrt" for deps in extras.values() for r in deps)
+
+
+def test_tensorrt_for_another_cuda_major_is_refused_at_import(fake_trt, engines):
+    from host_cuda import HostRuntime
+
+    from star_deploy.engines.gpu import use_runtime
+    from star_deploy.engines.trt_api import import_tensorrt, tensorrt_cuda_major, wheel_cuda_major
+
+    assert tensorrt_cuda_major() == 12  # from tests/fake_tensorrt/tensorrt_cu12_bindings-*.dist-info
+    assert wheel_cuda_major(["tensorrt_cu13_bindings"]) == 13 and wheel_cuda_major(["tensorrt"]) is None
+    with use_runtime(HostRuntime(cuda_major=13)):
+        with pytest.raises(BackendUnavailableError, match=r"built for CUDA 12 but torch for CUDA 13.*tensorrt-cu13"):
+            import_tensorrt()
+        result = invoke("build-engine", engines, "--overwrite")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "pip install 'star-deploy[tensorrt-cu13]'" in result.output
+
+
+# 2. check / parity against a batch-1 build, on cuda by default
+
+
+def test_validation_prompts_follow_the_built_batch_sizes(engines):
+    graphs = list(load_manifest(engines).graphs)
+    assert prompts_for(engines, graphs, None, ["a", "b", "c"]) == ["a"]
+    with pytest.raises(ConfigError, match=r"2 --prompt value\(s\), but the engines .* batch size\(s\) \[1\]"):
+        prompts_for(engines, graphs, ["a", "b"], ["a"])
+
+
+def test_parity_defaults_to_cuda_and_the_built_batch_size(fake_trt, engines, tmp_path):
+    report = tmp_path / "parity.json"
+    args = ["parity", "--artifacts", engines, "--backend", "tensorrt", "--weights", GOLDEN, "--resolution", "256"]
+    result = invoke(*args, "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["backend"] == "tensorrt" and not data["failures"]
+
+
+# 3. timing caches of another GPU; 5. the chosen GPU, at build and in worker threads
+
+
+def test_timing_cache_of_another_gpu_is_replaced_with_a_warning(fake_trt, folder, caplog):
+    a100_cache = folder / "engines" / f"timing-{A100}-trt{fake_trt.__version__}.cache"
+    assert a100_cache.is_file()
+    rebuilt = invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite", "--device", "cuda:1")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    h100_cache = folder / "engines" / f"timing-{H100}-trt{fake_trt.__version__}.cache"
+    assert json.loads(h100_cache.read_text())["device"][0] == H100.replace("_", " ")
+    assert json.loads(a100_cache.read_text())["device"][0] == "NVIDIA A100-SXM4-80GB"
+    args = ["build-engine", folder, "--graph", "vq_decoder", "--overwrite", "--device", "cuda:1"]
+    moved = invoke(*args, "--timing-cache", a100_cache)
+    assert moved.exit_code == 0, moved.output
+    assert "timing cache made on another GPU" in caplog.text
+    assert json.loads(a100_cache.read_text())["device"][0] == H100.replace("_", " ")
+
+
+def test_build_and_run_on_the_chosen_gpu_from_a_worker_thread(fake_trt, folder, golden, golden_sampling):
+    result = invoke("build-engine", folder, "--overwrite", "--device", "cuda:1")
+    assert result.exit_code == 0, result.output
+    for graph in load_manifest(folder).graphs:
+        assert plan_header(fake_trt, folder, graph)["device"] == 1
+        assert load_sidecar(sidecar_path(folder, graph)).runtime.gpu_name == "NVIDIA H100 80GB HBM3"
+    pipeline = golden_pipeline(folder, "cuda:1")
+    results = []
+    worker = threading.Thread(target=lambda: results.append(pipeline.generate(["a red car."], golden_sampling, [1])))
+    worker.start()
+    worker.join()
+    assert results and np.array_equal(results[0].tokens, golden["p0_s1/tokens"])
+
+
+# 4. TF32
+
+
+def test_tf32_is_off_unless_asked_for_and_recorded(fake_trt, engines, folder):
+    assert not plan_header(fake_trt, engines, "transformer_step")["tf32"]
+    assert load_sidecar(sidecar_path(engines, "transformer_step")).builder["tf32"] is False
+    result = invoke("build-engine", folder, "--graph", "transformer_step", "--overwrite", "--tf32")
+    assert result.exit_code == 0, result.output
+    assert plan_header(fake_trt, folder, "transformer_step")["tf32"]
+    assert load_sidecar(sidecar_path(folder, "transformer_step")).builder["tf32"] is True
+
+
+# 6. empty tensors at scale 0; 7. contexts and memory
+
+
+def test_empty_cache_prefix_is_bound_to_its_own_aligned_scratch(fake_trt, engines):
+    backend = golden_pipeline(engines).backend
+    hidden = torch.zeros(2, 77, backend.config.text.width)
+    pooled = torch.zeros(2, backend.config.text.width)
+    x = backend.begin(hidden, np.ones((2, 77), dtype=np.int64), pooled)
+    backend.step(0, x)
+    step = backend.engines["transformer_step"]
+    past = {n: t.data_ptr() for n, t in step.scratch.items()}
+    assert set(past) == {f"past_{kv}.{i}" for kv in ("key", "value") for i in range(backend.config.transformer.depth)}
+    cache = {t.data_ptr() for t in backend.cache.keys + backend.cache.values}
+    assert len(set(past.values())) == len(past) and not cache & set(past.values())
+    assert all(p % 256 == 0 for p in past.values())
+
+
+def test_one_context_per_profile_sharing_one_buffer_and_no_profile_switch(fake_trt, engines, golden_sampling):
+    before = (fake_trt.STATS.profile_switches, fake_trt.STATS.context_memory)
+    pipeline = golden_pipeline(engines)
+    pipeline.generate(["a red car."], golden_sampling, seeds=[3])
+    pipeline.generate(["a cute dog"], golden_sampling, seeds=[4])
+    assert (fake_trt.STATS.profile_switches, fake_trt.STATS.context_memory) == before
+    backend = pipeline.backend
+    shared = backend.context_memory
+    largest = max(e.memory_bytes() for e in backend.engines.values())
+    assert shared.numel() == largest
+    for engine in backend.engines.values():
+        assert len(engine.contexts) == len(engine.profiles)
+        assert [c.profile for c in engine.contexts] == [p.index for p in engine.profiles]
+        assert all(c.memory == (shared.data_ptr(), shared.numel()) for c in engine.contexts)
+
+
+# 8. return values
+
+
+def test_refused_profile_is_reported_with_its_shapes(fake_trt):
+    from star_deploy.engines.builder import add_profiles
+    from star_deploy.engines.profiles import Profile
+
+    builder = fake_trt.Builder(fake_trt.Logger())
+    config = builder.create_builder_config()
+    good = Profile(0, 1, None, {"f_hat": (1, 8, 16, 16)})
+    bad = Profile(1, 2, None, {"f_hat": (2, -1, 16, 16)})
+    with pytest.raises(StarDeployError, match=r"refused optimization profile 1 \(f_hat \[2, -1, 16, 16\]\)"):
+        add_profiles(builder, config, [good, bad])
+
+
+def test_refused_address_and_shape_name_the_tensor(fake_trt, engines):
+    backend = golden_pipeline(engines).backend
+    decoder = backend.engines["vq_decoder"]
+    profile = decoder.profile(1)
+    f_hat = backend.new_f_hat(1)
+    image = backend._outputs("vq_decoder", {"batch": 1})["image"]
+    raw = backend.gpu.empty((image.numel() * 4 + 256,), torch.uint8, backend.device)
+    shifted = raw[64 : 64 + image.numel() * 4].view(torch.float32).view(image.shape)
+    with pytest.raises(StarDeployError, match=r"refused the address 0x[0-9a-f]+ of image .*256-byte aligned"):
+        decoder.run(profile, {"f_hat": f_hat}, {"image": shifted})
+    with pytest.raises(StarDeployError, match=r"refused input f_hat of shape \(2, "):
+        decoder.run(profile, {"f_hat": backend.new_f_hat(2)}, {"image": image})
+
+
+# the fake's rules: each one refuses
+
+
+@pytest.fixture
+def decoder_context(fake_trt, engines):
+    """A fresh USER_MANAGED context of the decoder engine, with its inputs' shape set and addresses bound."""
+    from host_cuda import HostRuntime
+
+    gpu = HostRuntime()
+    runtime = fake_trt.Runtime(fake_trt.Logger())
+    engine = runtime.deserialize_cuda_engine(plan_path(engines, "vq_decoder").read_bytes())
+    ctx = engine.create_execution_context(fake_trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    dev = torch.device("cuda", 0)
+    memory = gpu.empty((engine.get_device_memory_size_for_profile_v2(0),), torch.uint8, dev)
+    f_hat = gpu.empty(
+        tuple(plan_header(fake_trt, engines, "vq_decoder")["profiles"][0]["f_hat"][0]), torch.float32, dev
+    )
+    ctx.set_device_memory(memory.data_ptr(), memory.numel())
+    assert ctx.set_input_shape("f_hat", tuple(f_hat.shape))
+    image = gpu.empty(tuple(ctx.get_tensor_shape("image")), torch.float32, dev)
+    assert ctx.set_tensor_address("f_hat", f_hat.data_ptr()) and ctx.set_tensor_address("image", image.data_ptr())
+    fake_trt.ERRORS.clear()
+    return ctx, gpu.stream(dev).handle, (memory, f_hat, image)
+
+
+def test_fake_runs_a_context_that_keeps_every_rule(fake_trt, decoder_context):
+    ctx, stream, _ = decoder_context
+    assert ctx.execute_async_v3(stream) and fake_trt.ERRORS == []
+
+
+@pytest.mark.parametrize(
+    ("breach", "message"),
+    [
+        (lambda ctx, s, b: ctx.set_tensor_address("image", b[2].data_ptr() + 64), "not 256-byte aligned"),
+        (lambda ctx, s, b: ctx.set_input_shape("f_hat", (2, *b[1].shape[1:])), "outside profile 0"),
+        (lambda ctx, s, b: ctx.set_optimization_profile_async(5, s), "profile 5 is out of range"),
+        (lambda ctx, s, b: ctx.set_tensor_address("logits", b[2].data_ptr()), "not an input or output tensor"),
+        (lambda ctx, s, b: ctx.set_device_memory(b[0].data_ptr(), 256) or ctx.execute_async_v3(s), "needs"),
+        (lambda ctx, s, b: ctx.set_tensor_address("image", 0) and ctx.execute_async_v3(s), "image has no address"),
+        (lambda ctx, s, b: ctx.execute_async_v3(s + 0x10), "is not a stream of device 0"),
+    ],
+)
+def test_fake_refuses_each_documented_misuse(fake_trt, decoder_context, breach, message):
+    ctx, stream, buffers = decoder_context
+    assert not breach(ctx, stream, buffers)
+    assert message in " ".join(fake_trt.ERRORS)
+
+
+def test_fake_refuses_execution_on_another_current_device(fake_trt, decoder_context):
+    ctx, stream, _ = decoder_context
+    with fake_trt._cuda.device_context(1):
+        assert not ctx.execute_async_v3(stream)
+    assert "the current device is 1, the engine is on device 0" in fake_trt.ERRORS[-1]
+
+
+def test_fake_refuses_empty_tensors_sharing_an_address(fake_trt, engines):
+    backend = golden_pipeline(engines).backend
+    step = backend.engines["transformer_step"]
+    ctx = step.contexts[0]
+    width = backend.config.text.width
+    backend.begin(torch.zeros(2, 77, width), np.ones((2, 77), dtype=np.int64), torch.zeros(2, width))
+    backend.step(0, backend.gpu.empty((2, 1, backend.config.transformer.width), torch.float32, backend.device))
+    ctx.set_tensor_address("past_key.0", backend.cache.keys[0].data_ptr())  # what new_key.0 is bound to
+    fake_trt.ERRORS.clear()
+    assert not ctx.execute_async_v3(step.stream.handle)
+    assert "the empty tensor past_key.0 has the address of new_key.0" in fake_trt.ERRORS[-1]
+
+
+def test_fake_switching_profiles_drops_shapes_and_counts(fake_trt, engines):
+    backend = golden_pipeline(engines).backend
+    ctx, handle = backend.engines["transformer_step"].contexts[1], backend.stream.handle
+    switches = fake_trt.STATS.profile_switches
+    width = backend.config.text.width
+    backend.begin(torch.zeros(2, 77, width), np.ones((2, 77), dtype=np.int64), torch.zeros(2, width))
+    for k in range(2):
+        backend.step(k, backend.gpu.empty((2, (1, 4)[k], backend.config.transformer.width), torch.float32, "cpu"))
+    assert ctx.set_optimization_profile_async(0, handle) and not ctx.execute_async_v3(handle)
+    assert "is not set for profile 0" in fake_trt.ERRORS[-1]
+    assert fake_trt.STATS.profile_switches == switches + 1
+
+
+def test_fake_builder_rules(fake_trt):
+    config = fake_trt.Builder(fake_trt.Logger()).create_builder_config()
+    assert config.get_flag(fake_trt.BuilderFlag.TF32)  # "Enabled by default"
+    stale = config.create_timing_cache(json.dumps({"device": ["NVIDIA H100 80GB HBM3", "9.0"], "entries": []}).encode())
+    assert not config.set_timing_cache(stale, False) and config.get_timing_cache() is None
+    assert config.set_timing_cache(stale, True)
+    profile = fake_trt.Builder(fake_trt.Logger()).create_optimization_profile()
+    profile.set_shape("x", (1, 4), (1, 2), (1, 4))
+    assert config.add_optimization_profile(profile) == -1
