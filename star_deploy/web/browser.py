@@ -32,17 +32,20 @@ CHROMIUM_FLAGS = (
 )
 LOAD_TIMEOUT_S = 120.0
 GENERATE_TIMEOUT_S = 300.0
+SCRIPT_TIMEOUT_S = 60.0
 GENERATE_SCRIPT = """
-const [request, done] = [arguments[0], arguments[arguments.length - 1]];
+const request = arguments[0];
+window.benchResult = null;
 window.star.generate({...request, seed: BigInt(request.seed)}).then(
   (r) => {
     let bytes = "";
     for (const b of r.image.data) bytes += String.fromCharCode(b);
-    done({tokens: r.tokens.map((t) => Array.from(t)), seconds: r.seconds, width: r.image.width,
-          height: r.image.height, rgba: btoa(bytes)});
+    window.benchResult = {tokens: r.tokens.map((t) => Array.from(t)), seconds: r.seconds, width: r.image.width,
+                          height: r.image.height, rgba: btoa(bytes)};
   },
-  (err) => done({error: String(err && err.message || err)}));
+  (err) => { window.benchResult = {error: String(err && err.message || err)}; });
 """
+POLL_S = 0.05
 
 
 def chromium_paths() -> tuple[str, str] | None:
@@ -97,7 +100,7 @@ class SiteBrowser:
             options.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(executable_path=self.paths[1]), options=options)
         self.driver.set_page_load_timeout(LOAD_TIMEOUT_S)
-        self.driver.set_script_timeout(GENERATE_TIMEOUT_S)
+        self.driver.set_script_timeout(SCRIPT_TIMEOUT_S)
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -115,7 +118,7 @@ class SiteBrowser:
         deadline = time.monotonic() + timeout_s
         state = self.page_state()
         while state not in states and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(POLL_S)
             state = self.page_state()
         return state
 
@@ -132,10 +135,19 @@ class SiteBrowser:
         message = self.driver.execute_script("return document.getElementById('message').textContent")
         return PageState(state, message, time.perf_counter() - start)
 
-    def generate(self, prompt: str, seed: int, **settings: float) -> BrowserImage:
+    def generate(
+        self, prompt: str, seed: int, timeout_s: float = GENERATE_TIMEOUT_S, **settings: float
+    ) -> BrowserImage:
         """``window.star.generate`` for one prompt; raises with the page's message if it fails."""
         request = {"prompt": prompt, "seed": str(seed), **settings}
-        result = self.driver.execute_async_script(GENERATE_SCRIPT, request)
+        self.driver.execute_script(GENERATE_SCRIPT, request)
+        deadline = time.monotonic() + timeout_s
+        result = None
+        while result is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            result = self.driver.execute_script("return window.benchResult")
+        if result is None:
+            raise StarDeployError(f"the page did not finish a generation within {timeout_s:.0f} s")
         if "error" in result:
             raise StarDeployError(f"the page failed to generate: {result['error']}")
         rgba = np.frombuffer(base64.b64decode(result["rgba"]), np.uint8)
