@@ -186,7 +186,7 @@ def test_64_concurrent_requests_all_succeed(url, references):
 
 def replica_pids(count: int, timeout_s: float = 30.0) -> set[int]:
     """Process ids of the model replicas (asks until ``count`` distinct ones answered)."""
-    handle = serve.get_deployment_handle("StarModel", runner.APP_NAME)
+    handle = serve.get_deployment_handle("StarReplica", runner.APP_NAME)
     pids: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while len(pids) < count and time.monotonic() < deadline:
@@ -195,7 +195,7 @@ def replica_pids(count: int, timeout_s: float = 30.0) -> set[int]:
 
 
 def running_replicas() -> int:
-    status = serve.status().applications[runner.APP_NAME].deployments["StarModel"]
+    status = serve.status().applications[runner.APP_NAME].deployments["StarReplica"]
     return status.replica_states.get("RUNNING", 0)
 
 

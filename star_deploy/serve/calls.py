@@ -12,7 +12,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from .errors import ServiceUnavailable
-from .model import Job
+from .model import Job, PipelineUnusable
 
 log = logging.getLogger("star_deploy.serve")
 
@@ -31,6 +31,11 @@ def cause(exc: BaseException, limit: int = 160) -> str:
     return f"{type(inner).__name__}: {text[-1][:limit] if text else ''}"
 
 
+def retryable(exc: BaseException) -> bool:
+    """A dead, full or restarting replica, or one whose pipeline is unusable: another replica may serve."""
+    return isinstance(exc, RETRYABLE) or isinstance(getattr(exc, "cause", None), PipelineUnusable)
+
+
 def backoff(attempt: int) -> float:
     return min(0.5 * 2**attempt, 4.0)
 
@@ -40,11 +45,11 @@ async def generate(handle: DeploymentHandle, job: Job, retries: int) -> dict[str
     for attempt in range(retries + 1):
         try:
             return await handle.generate.remote(job)
-        except RETRYABLE as exc:
+        except (RayTaskError, *RETRYABLE) as exc:
+            if not retryable(exc):
+                raise ModelError(cause(exc)) from None
             log.warning("replica unavailable (attempt %d/%d): %s", attempt + 1, retries + 1, cause(exc))
             failure = exc
-        except RayTaskError as exc:
-            raise ModelError(cause(exc)) from None
         await asyncio.sleep(backoff(attempt))
     raise ServiceUnavailable(f"no model replica could take the request ({cause(failure)}); retry later")
 
@@ -61,10 +66,10 @@ async def stream(handle: DeploymentHandle, job: Job, retries: int) -> AsyncGener
                     sent = seen
                     yield event
             return
-        except RETRYABLE as exc:
+        except (RayTaskError, *RETRYABLE) as exc:
+            if not retryable(exc):
+                raise ModelError(cause(exc)) from None
             log.warning("replica unavailable mid-stream (attempt %d/%d): %s", attempt + 1, retries + 1, cause(exc))
             failure = exc
-        except RayTaskError as exc:
-            raise ModelError(cause(exc)) from None
         await asyncio.sleep(backoff(attempt))
     raise ServiceUnavailable(f"no model replica could finish the stream ({cause(failure)}); retry later")

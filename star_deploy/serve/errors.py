@@ -14,6 +14,10 @@ class ServiceUnavailable(Exception):
     """No replica could take the request (all retries failed, or the server is draining)."""
 
 
+class BadRequest(ValueError):
+    """A well-typed request the model cannot serve (answered 400)."""
+
+
 def error_response(status: int, message: str) -> JSONResponse:
     """{"error": message} on one line."""
     return JSONResponse({"error": " ".join(message.split())}, status_code=status)
@@ -27,7 +31,7 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str]:
     field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     message = f"{field}: {first['msg']}"
     if first.get("type") == "extra_forbidden":
-        message += "; remove it (fields: prompt, seed, cfg, top_k, top_p, response_format)"
+        message += "; remove it (the fields of each route are in /openapi.json)"
     return 422, message
 
 
@@ -47,6 +51,10 @@ def install_handlers(app: FastAPI) -> None:
         response = error_response(503, str(exc))
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return error_response(400, str(exc))
 
     @app.exception_handler(json.JSONDecodeError)
     async def bad_json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
