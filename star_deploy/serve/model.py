@@ -101,7 +101,9 @@ class ImageModel:
         self.failure = None
 
     def info(self) -> dict[str, Any]:
-        """Model config, backend, precision and device, for /v1/model."""
+        """Model config, backend, precision and device, for /v1/model; raises once the pipeline is released."""
+        if self.pipe is None:
+            raise PipelineUnusable("the pipeline was released")
         return {
             "backend": self.backend,
             "precision": self.precision,

@@ -68,9 +68,10 @@ class StarReplica:
         """Ray Serve's health check: raises (and Ray replaces this replica) when the pipeline is unusable."""
         self.model.check_usable()
 
-    def release(self) -> None:
-        """Free the pipeline; the next health check fails and Ray Serve replaces this replica."""
+    def release(self) -> int:
+        """Free the pipeline (the next health check fails and Ray Serve replaces this replica); return the pid."""
         self.model.close()
+        return os.getpid()
 
     def pid(self) -> int:
         """This replica's process id (the fault tests kill it)."""
