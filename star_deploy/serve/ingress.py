@@ -207,7 +207,7 @@ class StarIngress:
             jobs = body.jobs()
             results = await asyncio.gather(*(calls.generate(self.model, job, self.options.retries) for job in jobs))
         except calls.ModelError as exc:
-            return error_response(500, f"generation failed: {exc}")
+            return error_response(500, f"generation failed: {exc}", openai=True)
         finally:
             self.in_flight -= 1
         images = [b64_png(r["pixels"], png_text(settings(job, r))) for job, r in zip(jobs, results)]
