@@ -78,35 +78,6 @@ def importable(python: Path, module: str) -> bool:
     return subprocess.run([str(python), "-c", code], env=clean_env(), timeout=60).returncode == 0
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Ray's raylet and workers included)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def replica_pids(server: int) -> list[int]:
-    """The model replicas started by the server process ``server``."""
-    pids = []
-    for pid in descendants(server):
-        try:
-            if b"StarReplica" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-        except OSError:
-            continue
-    return pids
-
-
 def wait_for(check, timeout_s: float, what: str, process: subprocess.Popen) -> None:
     """Poll ``check`` every 0.5 s until it is true; fail after ``timeout_s`` or if the server exits."""
     deadline = time.monotonic() + timeout_s
@@ -130,7 +101,7 @@ def test_serve_without_torch_in_a_fresh_venv(venv, tmp_path):
     for module in ABSENT:
         assert not importable(python, module), f"{module} is importable in the base + serve environment"
     assert importable(python, "ray") and importable(python, "onnxruntime")
-    from serve_helpers import free_port, png_pixels
+    from serve_helpers import free_port, png_pixels, replica_pids
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
