@@ -7,6 +7,8 @@ dependencies, so later runs only reinstall the project itself; pip's own cache s
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +91,18 @@ def wait_for(check, timeout_s: float, what: str, process: subprocess.Popen) -> N
     raise AssertionError(f"no {what} after {timeout_s} s")
 
 
+def disconnect_early(port: int) -> None:
+    """A client that leaves a stream after its first bytes, and one that leaves a plain request at once."""
+    body = json.dumps({"prompt": "a green square", "seed": 1})
+    for path, wait in (("/v1/images:stream", True), ("/v1/images", False)):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        if wait:
+            connection.getresponse().read(64)
+        connection.close()
+    time.sleep(2)
+
+
 def health(url: str) -> int:
     try:
         return request(f"{url}/healthz", timeout_s=5).status
@@ -114,6 +128,11 @@ def test_serve_without_torch_in_a_fresh_venv(venv, tmp_path):
         assert reply.status == 200, reply.body[:500]
         assert png_pixels(reply.body).shape == (128, 128, 3)
         assert request(f"{url}/v1/model").json()["backend"] == "onnxruntime"
+        disconnect_early(port)
+        log.seek(0)
+        quiet = log.read()
+        assert not any(word in quiet for word in ("ERROR", "Traceback", "never retrieved")), quiet[-3000:]
+        assert "INFO" not in quiet.replace("INFO     serving STAR", ""), "Ray's INFO lines show without -v"
         for pid in replica_pids(process.pid):
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: health(url) == 503, 30, "503 from /healthz with the replica dead", process)
