@@ -99,13 +99,18 @@ def wait_running(stop: threading.Event) -> bool:
 
 def stop(timeout_s: float = 60.0) -> None:
     """Refuse new requests, wait for in-flight ones (at most ``timeout_s``), then shut Serve down."""
+    drain(timeout_s)
+    serve.shutdown()
+
+
+def drain(timeout_s: float) -> None:
+    """Make the ingress refuse new requests and wait for in-flight ones (at most ``timeout_s``)."""
     try:
         left = serve.get_app_handle(APP_NAME).drain.remote(timeout_s).result(timeout_s=timeout_s + 5)
         if left:
             log.warning("%d requests still running after %.0f s; shutting down anyway", left, timeout_s)
     except Exception as exc:  # noqa: BLE001 - shutting down regardless
         log.debug("could not drain the ingress (%s); shutting down", exc)
-    serve.shutdown()
 
 
 class StopSignal:
@@ -166,11 +171,11 @@ def serve_forever(options: ServeOptions, host: str, port: int, drain_timeout_s: 
             log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
             started = time.monotonic()
             with deadline(drain_timeout_s + SHUTDOWN_GRACE_S):
-                stop(drain_timeout_s)
-                ray.shutdown()
+                drain(drain_timeout_s)
+                ray.shutdown()  # ends Serve with the local Ray instance
         except BaseException:
             with deadline(SHUTDOWN_GRACE_S):
                 serve.shutdown()
                 ray.shutdown()
             raise
-    log.info("stopped after %.1f s of draining", time.monotonic() - started)
+    log.info("stopped %.1f s after the signal", time.monotonic() - started)
