@@ -117,7 +117,12 @@ def test_serve_without_torch_in_a_fresh_venv(venv, tmp_path):
     assert importable(python, "ray") and importable(python, "onnxruntime")
     from serve_helpers import free_port, png_pixels, replica_pids
 
+    from star_deploy.demo import DEMO_WEIGHTS
+
     port = free_port()
+    torch_only = [str(venv / "star-deploy"), "serve", "--port", str(port), "--weights", str(DEMO_WEIGHTS)]
+    refused = subprocess.run(torch_only, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "pip install 'star-deploy[torch]'" in refused.stderr, refused.stderr[-2000:]
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w+")
     cmd = [str(venv / "star-deploy"), "serve", "--port", str(port), "--num-cpus", "1", "--drain-timeout", "5"]

@@ -56,7 +56,10 @@ def check_model(options: ServeOptions) -> None:
     runtime = options.runtime
     module = {"torch": "torch", "tensorrt": "tensorrt"}.get(runtime)
     if module and importlib.util.find_spec(module) is None:
-        raise BackendUnavailableError(f"--backend {runtime} needs {module}: pip install 'star-deploy[{runtime}]'")
+        raise BackendUnavailableError(
+            f"--backend {runtime} (the default with --weights) needs {module}: pip install 'star-deploy[{runtime}]', "
+            "or serve an export with --artifacts DIR on onnxruntime"
+        )
     if options.artifacts:
         check_artifacts(Path(options.artifacts), runtime)
     if options.weights:
