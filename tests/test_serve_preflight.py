@@ -59,9 +59,9 @@ def cases(busy: int, tmp: Path) -> list[tuple[list[str], str]]:
         (["--port", port, "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
         (["--port", port, "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot be resolved"),
         (["--port", port, "--artifacts", str(tmp / "missing")], "--artifacts"),
-        (["--port", port, "--backend", "foo"], "--backend foo: unknown"),
+        (["--port", port, "--backend", "foo"], "--backend: unknown backend 'foo'; choose one of"),
         (["--port", port, "--device", "cuda"], "--device cuda"),
-        (["--port", port, "--device", "gpu"], "unknown device"),
+        (["--port", port, "--device", "gpu"], "--device: unknown device 'gpu'"),
         (["--port", port, "--weights", str(tmp)], "holds no STAR release"),
         (["--port", port, "--weights", str(tmp / "missing")], "no such folder"),
         (["--port", port, "--drain-timeout", "-1"], "--drain-timeout -1"),
@@ -134,6 +134,8 @@ def test_build_app_takes_a_config_file_mapping():
         ({"max_batch_size": 0}, "serve option max_batch_size: Input should be greater than or equal to 1"),
         ({"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas 3 exceeds max_replicas 2"),
         ({"num_gpus": 1}, "num_gpus > 0 with device cpu"),
+        ({"backend": "foo"}, "serve option backend: unknown backend 'foo'"),
+        ({"device": "gpu"}, "serve option device: unknown device 'gpu'"),
     ],
 )
 def test_bad_options_name_the_setting(args, words):

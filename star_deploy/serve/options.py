@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from .model import ModelSpec
@@ -48,6 +48,26 @@ class ServeOptions(BaseModel):
     batch_wait_s: float = Field(0.1, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
     retries: int = Field(3, ge=0)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str | None) -> str | None:
+        from ..backends.factory import BACKENDS
+
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return backend
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str | None) -> str | None:
+        from ..backends.factory import check_device_name
+
+        try:
+            check_device_name(device or "cpu")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return device
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeOptions:
@@ -101,7 +121,8 @@ def options_error(exc: ValidationError, flags: bool = False) -> str:
     if flags:
         name = str(first.get("loc", ("",))[0])
         field = FLAGS.get(name, "--" + name.replace("_", "-")) if name else "options"
-    message = f"{field}: {first['msg']}" if flags else f"serve option {field}: {first['msg']}"
+    text = first["msg"].removeprefix("Value error, ")
+    message = f"{field}: {text}" if flags else f"serve option {field}: {text}"
     if first.get("type") == "extra_forbidden":
         message += f"; known: {', '.join(ServeOptions.model_fields)}"
     return message
