@@ -64,9 +64,12 @@ class StarReplica:
         """Config, backend and precision of the pipeline."""
         return self.model.info()
 
-    def check_health(self) -> None:
-        """Ray Serve's health check: raises (and Ray replaces this replica) when the pipeline is unusable."""
-        self.model.check_usable()
+    async def check_health(self) -> None:
+        """Ray Serve's health check: raises (and Ray replaces this replica) when the pipeline is unusable.
+
+        Runs in a worker thread: after a failed generation the check runs a probe generation.
+        """
+        await asyncio.to_thread(self.model.check_usable)
 
     def release(self) -> int:
         """Free the pipeline (the next health check fails and Ray Serve replaces this replica); return the pid."""
