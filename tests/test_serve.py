@@ -258,7 +258,7 @@ def test_web_page_shows_previews_then_the_final_image(url, tmp_path):
         prompt.clear()
         prompt.send_keys("a green square on a white background")
         driver.execute_script(
-            "window.frames = 0; new MutationObserver(() => window.frames++)"
+            "window.frames = 0; new MutationObserver((records) => { window.frames += records.length; })"
             ".observe(document.getElementById('image'), {attributes: true, attributeFilter: ['src']});"
         )
         driver.find_element(By.ID, "generate").click()

@@ -199,9 +199,9 @@ class StarIngress:
         check_servable(body, info["resolution"], info["num_scales"])
         size = f"{info['resolution']}x{info['resolution']}"
         if body.stream:
-            return StreamingResponse(
-                self.openai_events(body, size), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
+            scales = preview_scales(body.partial_images, info["num_scales"])
+            events = self.openai_events(body, size, scales)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         self.in_flight += 1
         try:
             jobs = body.jobs()
@@ -213,15 +213,13 @@ class StarIngress:
         images = [b64_png(r["pixels"], png_text(settings(job, r))) for job, r in zip(jobs, results)]
         return JSONResponse(generation_response(int(time.time()), images))
 
-    async def openai_events(self, body: GenerationRequest, size: str) -> AsyncGenerator[bytes, None]:
-        """For each image in turn: the chosen partial images, then image_generation.completed."""
+    async def openai_events(self, body: GenerationRequest, size: str, scales: set[int]) -> AsyncGenerator[bytes, None]:
+        """For each image in turn: the previews of ``scales`` as partial images, then image_generation.completed."""
         self.in_flight += 1
         try:
             for job in body.jobs():
                 sent = 0
-                scales = None
                 async for event in calls.stream(self.model, job, self.options.retries):
-                    scales = scales or preview_scales(body.partial_images, event.get("num_scales", 1))
                     if event.get("final"):
                         image = b64_png(event["pixels"], png_text(settings(job, event)))
                         yield sse(

@@ -97,6 +97,12 @@ def wait_running(stop: threading.Event) -> bool:
     return False
 
 
+def running() -> bool:
+    """Whether the application runs (requests may be in flight); False while it still deploys."""
+    status = serve.status().applications.get(APP_NAME)
+    return status is not None and status.status == "RUNNING"
+
+
 def stop(timeout_s: float = 60.0) -> None:
     """Refuse new requests, wait for in-flight ones (at most ``timeout_s``), then shut Serve down."""
     drain(timeout_s)
@@ -171,7 +177,8 @@ def serve_forever(options: ServeOptions, host: str, port: int, drain_timeout_s: 
             log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
             started = time.monotonic()
             with deadline(drain_timeout_s + SHUTDOWN_GRACE_S):
-                drain(drain_timeout_s)
+                if running():
+                    drain(drain_timeout_s)
                 ray.shutdown()  # ends Serve with the local Ray instance
         except BaseException:
             with deadline(SHUTDOWN_GRACE_S):
