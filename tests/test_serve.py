@@ -27,9 +27,7 @@ from serve_helpers import (  # noqa: E402
     same_image,
 )
 
-from star_deploy.errors import ConfigError  # noqa: E402
 from star_deploy.serve import runner  # noqa: E402
-from star_deploy.serve.app import build_app  # noqa: E402
 from star_deploy.serve.client import parse_events, request  # noqa: E402
 from star_deploy.serve.options import ServeOptions  # noqa: E402
 
@@ -76,7 +74,12 @@ def test_health_model_card_and_docs(url):
     assert card["config"]["patch_nums"] == [1, 2, 3, 4, 6, 8]
     paths = request(f"{url}/openapi.json").json()["paths"]
     assert {"/v1/images", "/v1/images:stream", "/healthz", "/v1/model"} <= set(paths)
-    assert request(f"{url}/docs").status == 200
+    docs = request(f"{url}/docs")
+    assert docs.status == 200 and b"https://" not in docs.body, "/docs must not load anything from the internet"
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        reply = request(f"{url}/docs/assets/{asset}")
+        assert reply.status == 200 and len(reply.body) > 10_000, asset
+    assert request(f"{url}/docs/assets/..%2Fpyproject.toml").status == 404
 
 
 def test_png_carries_prompt_and_settings(url, references):
@@ -123,6 +126,13 @@ def test_json_by_accept_header_or_field(url, references):
         ({"prompt": "a red circle", "response_format": "gif"}, 422, "response_format"),
         ({"seed": 1}, 422, "prompt"),
         ({"prompt": ["a", "b"]}, 422, "prompt"),
+        ({"prompt": "a red circle", "seed": "5"}, 422, "seed"),
+        ({"prompt": "a red circle", "seed": True}, 422, "seed"),
+        ({"prompt": "a red circle", "seed": 5.0}, 422, "seed"),
+        ({"prompt": "a red circle", "cfg": "4"}, 422, "cfg"),
+        ({"prompt": "a red circle", "cfg": 1000.5}, 422, "cfg"),
+        ({"prompt": "a red circle", "top_k": "10"}, 422, "top_k"),
+        ({"prompt": "a red circle", "top_p": "0.5"}, 422, "top_p"),
     ],
 )
 def test_bad_requests_get_one_line_4xx(url, body, status, words):
@@ -186,7 +196,7 @@ def test_64_concurrent_requests_all_succeed(url, references):
 
 def replica_pids(count: int, timeout_s: float = 30.0) -> set[int]:
     """Process ids of the model replicas (asks until ``count`` distinct ones answered)."""
-    handle = serve.get_deployment_handle("StarModel", runner.APP_NAME)
+    handle = serve.get_deployment_handle("StarReplica", runner.APP_NAME)
     pids: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while len(pids) < count and time.monotonic() < deadline:
@@ -195,7 +205,7 @@ def replica_pids(count: int, timeout_s: float = 30.0) -> set[int]:
 
 
 def running_replicas() -> int:
-    status = serve.status().applications[runner.APP_NAME].deployments["StarModel"]
+    status = serve.status().applications[runner.APP_NAME].deployments["StarReplica"]
     return status.replica_states.get("RUNNING", 0)
 
 
@@ -239,11 +249,16 @@ def test_web_page_shows_previews_then_the_final_image(url, tmp_path):
     try:
         driver.set_page_load_timeout(30)
         driver.get(url + "/")
+        image = driver.find_element(By.ID, "image")
+        assert driver.execute_script("return getComputedStyle(arguments[0]).visibility", image) == "hidden"
+        top_k = driver.find_element(By.ID, "top_k")
+        WebDriverWait(driver, 30).until(lambda d: top_k.get_attribute("max") == "256")
+        assert top_k.get_attribute("value") == "256", "the slider starts at the default, capped at the codebook"
         prompt = driver.find_element(By.ID, "prompt")
         prompt.clear()
         prompt.send_keys("a green square on a white background")
         driver.execute_script(
-            "window.frames = 0; new MutationObserver(() => window.frames++)"
+            "window.frames = 0; new MutationObserver((records) => { window.frames += records.length; })"
             ".observe(document.getElementById('image'), {attributes: true, attributeFilter: ['src']});"
         )
         driver.find_element(By.ID, "generate").click()
@@ -251,17 +266,87 @@ def test_web_page_shows_previews_then_the_final_image(url, tmp_path):
         image = driver.find_element(By.ID, "image")
         assert driver.execute_script("return arguments[0].naturalWidth", image) == 128
         assert driver.execute_script("return window.frames") == 7, "expected 6 previews and the final image"
-        assert driver.find_element(By.ID, "status").text.startswith("done")
+        status = driver.find_element(By.ID, "status").text
+        assert status.startswith("done") and "with 0 other" not in status, status
     finally:
         driver.quit()
 
 
-def test_build_app_for_config_files():
-    assert build_app({"replicas": 2, "num_cpus": 1, "max_batch_size": 4}) is not None
-    with pytest.raises(ConfigError, match="unknown serve args replica"):
-        build_app({"replica": 2})
-    with pytest.raises(ConfigError, match="max_batch_size must be >= 1"):
-        build_app({"max_batch_size": 0})
+def openai_client(url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="not-used", max_retries=0, timeout=120)
+
+
+def api_images(seeds: list[int], prompt: str) -> list[np.ndarray]:
+    """The images of the Python API (the demo on ONNX Runtime) for ``seeds``."""
+    from star_deploy import StarPipeline
+
+    pipe = StarPipeline.from_pretrained(threads=1)
+    return [np.asarray(image) for image in pipe([prompt] * len(seeds), seed=seeds).images]
+
+
+def test_openai_client_generates_images_equal_to_the_api(url):
+    prompt = "a yellow triangle on a black background"
+    result = openai_client(url).images.generate(
+        model="star", prompt=prompt, n=2, size="128x128", response_format="b64_json", extra_body={"seed": 7}
+    )
+    assert isinstance(result.created, int) and len(result.data) == 2
+    assert all(d.revised_prompt is None for d in result.data)
+    served = [b64_pixels(d.b64_json) for d in result.data]
+    for got, want in zip(served, api_images([7, 8], prompt)):
+        assert same_image(got, want), "image i of n must be the API's image of seed + i"
+    assert not same_image(served[0], served[1])
+
+
+def test_openai_client_streams_partial_images_then_the_image(url):
+    prompt = "a red circle on a blue background"
+    stream = openai_client(url).images.generate(
+        prompt=prompt, size="128x128", stream=True, partial_images=2, extra_body={"seed": 7, "cfg": 4.0}
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    assert all(e.size == "128x128" and e.output_format == "png" for e in events)
+    final = b64_pixels(events[-1].b64_json)
+    assert same_image(final, api_images([7], prompt)[0])
+    partials = [b64_pixels(e.b64_json) for e in events[:2]]
+    assert partials[0].shape == final.shape and not same_image(partials[0], final)
+
+
+def test_openai_route_refuses_what_it_cannot_serve(url):
+    import openai
+
+    client = openai_client(url)
+    refused = [
+        ({"size": "1024x1024"}, openai.BadRequestError, "this model draws 128x128 only"),
+        ({"response_format": "url"}, openai.BadRequestError, "url is not offered"),
+        ({"extra_body": {"seed": "5"}}, openai.UnprocessableEntityError, "seed"),
+        ({"extra_body": {"cfg": 1001.0}}, openai.UnprocessableEntityError, "cfg"),
+        ({"n": 11}, openai.UnprocessableEntityError, "n"),
+        ({"stream": True, "partial_images": 6}, openai.BadRequestError, "at most 5"),
+    ]
+    for kwargs, error, words in refused:
+        with pytest.raises(error) as caught:
+            result = client.images.generate(prompt="a red circle", **kwargs)
+            list(result) if kwargs.get("stream") else None
+        assert words in str(caught.value), (kwargs, str(caught.value))
+
+
+def test_a_replica_failing_its_health_check_is_replaced(url, references):
+    handle = serve.get_deployment_handle("StarReplica", runner.APP_NAME)
+    victim = handle.release.remote().result(timeout_s=30)
+    bodies = [CASES[i % len(CASES)] for i in range(12)]
+    replies = post_all(f"{url}/v1/images", bodies)
+    assert [r.status for r in replies] == [200] * len(bodies), [r.body[:200] for r in replies if r.status != 200]
+    for i, reply in enumerate(replies):
+        assert same_image(png_pixels(reply.body), references[i % len(CASES)])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (running_replicas() < 2 or victim in replica_pids(2, timeout_s=5)):
+        time.sleep(1)
+    pids = replica_pids(2)
+    assert victim not in pids and len(pids) == 2, "the replica whose health check failed was not replaced"
+    assert request(f"{url}/healthz").status == 200
 
 
 def test_shutdown_drains_in_flight_requests(url, references):

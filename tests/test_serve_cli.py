@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'star-deploy[serve]'")
 
-from serve_helpers import free_port, png_pixels, post_all  # noqa: E402
+from serve_helpers import free_port, png_pixels, post_all, replica_pids  # noqa: E402
 
 from star_deploy.demo import DEMO_WEIGHTS  # noqa: E402
 from star_deploy.serve.client import request  # noqa: E402
@@ -36,10 +36,39 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 180.0) 
     raise AssertionError(f"no healthy server at {url} after {timeout_s} s")
 
 
+def serve_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_signal_while_the_replicas_load_stops_the_server(tmp_path):
+    """SIGINT once a replica process exists (the application still deploying): exit 0 within the drain timeout."""
+    cmd = [sys.executable, "-m", "star_deploy", "serve", "--port", str(free_port()), "--drain-timeout", "5"]
+    log = (tmp_path / "serve.log").open("w+")
+    process = subprocess.Popen(cmd, env=serve_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while not replica_pids(process.pid) and time.monotonic() < deadline:
+            assert process.poll() is None, "star-deploy serve exited before starting a replica"
+            time.sleep(0.2)
+        assert replica_pids(process.pid), "no replica process after 180 s"
+        process.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        code = process.wait(timeout=5 + 30)
+        stopped_s = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log.seek(0)
+    output = log.read()
+    assert code == 0, output[-3000:]
+    assert stopped_s < 5 + 15, f"took {stopped_s:.1f} s to stop"
+    assert "SIGINT received: draining" in output and "Traceback" not in output, output[-3000:]
+
+
 def test_serve_command_drains_on_sigterm(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = serve_env()
     log = (tmp_path / "serve.log").open("w+")
     cmd = [
         sys.executable,

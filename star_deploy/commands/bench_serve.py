@@ -14,6 +14,7 @@ from rich.table import Table
 from ..atomic import check_writable
 from ..bench.report import write_json
 from ..errors import ConfigError
+from ..extras import require_torch
 from .common import OverwriteOpt, reports_errors
 from .serve import (
     ArtifactsOpt,
@@ -79,6 +80,7 @@ def bench_serve(
     (the higher reading counts).
     """
     require_serve()
+    require_torch("bench-serve (its machine report)")
     import torch
 
     from ..bench.machine import machine_info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +28,16 @@ ServeWeightsOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")]
 DtypeOpt = Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")]
-ReplicasOpt = Annotated[int, typer.Option(help="Model replicas, each holding one pipeline.")]
+ReplicasOpt = Annotated[
+    int, typer.Option(help="Model replicas, each holding one pipeline (the minimum with --max-replicas).")
+]
+MaxReplicasOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-replicas",
+        help="Autoscale between --replicas and this many replicas by ongoing requests (target: --max-batch-size).",
+    ),
+]
 CpusOpt = Annotated[
     float, typer.Option("--num-cpus", help="CPUs reserved per replica (also its torch threads on CPU).")
 ]
@@ -40,29 +50,46 @@ WaitOpt = Annotated[float, typer.Option("--batch-wait", help="Seconds a replica 
 
 def require_serve() -> None:
     """Refuse clearly when the serve extra is missing."""
-    try:
-        import fastapi  # noqa: F401
-        import ray.serve  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailableError(f"{exc.name} is missing: pip install 'star-deploy[serve]'") from None
+    for module in ("ray", "fastapi", "swagger_ui_bundle"):
+        if importlib.util.find_spec(module) is None:
+            raise BackendUnavailableError(f"{module} is missing: pip install 'star-deploy[serve]'")
 
 
-def options(backend, weights, artifacts, device, dtype, replicas, num_cpus, num_gpus, max_batch_size, batch_wait):  # noqa: ANN001, ANN201
-    """ServeOptions from the shared command-line options."""
+def options(  # noqa: ANN201
+    backend: str | None,
+    weights: Path | None,
+    artifacts: Path | None,
+    device: str | None,
+    dtype: str,
+    replicas: int,
+    num_cpus: float,
+    num_gpus: float,
+    max_batch_size: int,
+    batch_wait: float,
+    max_replicas: int | None = None,
+):
+    """ServeOptions from the shared command-line options (errors name the option)."""
     from ..serve.options import ServeOptions
 
-    return ServeOptions(
-        backend=backend,
-        weights=str(weights) if weights else None,
-        artifacts=str(artifacts) if artifacts else None,
-        device=device,
-        dtype=dtype,
-        replicas=replicas,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        max_batch_size=max_batch_size,
-        batch_wait_s=batch_wait,
-    )
+    args = {
+        "backend": backend,
+        "weights": str(weights) if weights else None,
+        "artifacts": str(artifacts) if artifacts else None,
+        "device": device,
+        "dtype": dtype,
+        "replicas": replicas,
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "max_batch_size": max_batch_size,
+        "batch_wait_s": batch_wait,
+    }
+    if max_replicas is not None:
+        args["autoscaling_config"] = {
+            "min_replicas": replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": max_batch_size,
+        }
+    return ServeOptions.parse(args, flags=True)
 
 
 def serve(
@@ -76,21 +103,41 @@ def serve(
     device: DeviceOpt = None,
     dtype: DtypeOpt = "float32",
     replicas: ReplicasOpt = 1,
+    max_replicas: MaxReplicasOpt = None,
     num_cpus: CpusOpt = 1.0,
     num_gpus: GpusOpt = 0.0,
     max_batch_size: BatchOpt = 8,
     batch_wait: WaitOpt = 0.1,
-    drain_timeout: Annotated[float, typer.Option(help="Seconds to wait for in-flight requests on shutdown.")] = 60.0,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for in-flight requests on shutdown (then it stops regardless).")
+    ] = 60.0,
 ) -> None:
-    """Serve STAR over HTTP on a local Ray instance: POST /v1/images, /v1/images:stream, a web page at /, docs at /docs.
+    """Serve STAR over HTTP on a local Ray instance: the web page at /, POST /v1/images, /v1/images:stream and
+    the OpenAI-compatible /v1/images/generations, docs at /docs.
 
-    Blocks until Ctrl-C or SIGTERM, then refuses new requests (503), finishes the ones in flight and stops.
-    For a cluster, deploy star_deploy.serve.app:build_app with `serve deploy` (see the README).
+    Blocks until Ctrl-C, SIGTERM or SIGHUP, then refuses new requests (503), finishes the ones in flight, stops.
+
+    For a cluster, deploy star_deploy.serve.app:build_app with `serve deploy` (see docs/serving.md).
     """
     require_serve()
-    from ..serve.runner import serve_forever
+    from ..serve.preflight import preflight
 
-    opts = options(backend, weights, artifacts, device, dtype, replicas, num_cpus, num_gpus, max_batch_size, batch_wait)
+    opts = options(
+        backend,
+        weights,
+        artifacts,
+        device,
+        dtype,
+        replicas,
+        num_cpus,
+        num_gpus,
+        max_batch_size,
+        batch_wait,
+        max_replicas,
+    )
+    preflight(opts, host, port, drain_timeout)
+    from ..serve.runner import serve_forever  # imports Ray: only once the settings are known to be good
+
     serve_forever(opts, host, port, drain_timeout)
 
 

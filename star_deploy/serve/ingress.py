@@ -11,13 +11,16 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Header
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ..images import png_bytes
 from . import calls
+from .docs import docs_asset, docs_page
 from .errors import ServiceUnavailable, error_response, install_handlers
+from .model import Job
+from .openai_images import GenerationRequest, check_servable, generation_response, preview_scales, stream_event
 from .options import ServeOptions
 from .png import b64_png
 from .schema import ImageRequest, wants_json
@@ -28,19 +31,20 @@ app = FastAPI(
     title="STAR text-to-image",
     description="Scale-wise autoregressive text-to-image: final images, or a preview per scale as server-sent events.",
     version="1",
+    docs_url=None,
 )
 install_handlers(app)
 
 
-def settings(body: ImageRequest, result: dict[str, Any], backend: str) -> dict[str, Any]:
+def settings(job: Job, result: dict[str, Any]) -> dict[str, Any]:
     """The prompt and the settings an image was made with (top_k as applied), typed as in the request."""
     return {
-        "prompt": body.prompt,
-        "seed": body.seed,
-        "cfg": body.cfg,
+        "prompt": job.prompt,
+        "seed": job.seed,
+        "cfg": job.cfg,
         "top_k": result["top_k"],
-        "top_p": body.top_p,
-        "backend": backend,
+        "top_p": job.top_p,
+        "backend": result["backend"],
         "software": "star-deploy serve",
     }
 
@@ -55,22 +59,31 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+PING_TIMEOUT_S = 2.0
+"""How long /healthz waits for a model replica's answer before reporting none alive."""
+
+
 @serve.deployment(name="StarIngress", ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class StarIngress:
-    """HTTP front of the application; forwards jobs to the StarModel replicas."""
+    """HTTP front of the application; forwards jobs to the StarReplica replicas."""
 
     def __init__(self, model: DeploymentHandle, options: ServeOptions) -> None:
         self.model = model
         self.options = options
         self.in_flight = 0
         self.draining = False
-        self.info: dict[str, Any] | None = None
 
-    async def model_info(self) -> dict[str, Any]:
-        if self.info is None:
-            self.info = await self.model.info.remote()  # waits while no replica is ready
-        return self.info
+    async def model_info(self, timeout_s: float = PING_TIMEOUT_S) -> dict[str, Any]:
+        """A live replica's model info; ServiceUnavailable when none answers within ``timeout_s``."""
+        try:
+            return await asyncio.wait_for(self.model.info.remote(), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailable(
+                "no model replica is alive (loading or restarting); retry in a few seconds"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a dead or restarting replica
+            raise ServiceUnavailable(f"no model replica answered ({calls.cause(exc)}); retry later") from None
 
     def admit(self, count: bool = True) -> None:
         """Refuse a request while draining, else count it in (unless ``count`` is False)."""
@@ -90,20 +103,40 @@ class StarIngress:
     async def page(self) -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8"))
 
-    @app.get("/healthz", summary="Readiness: 200 once a model replica answers, 503 while loading or draining")
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs(self) -> HTMLResponse:
+        return docs_page(app.title)
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_assets(self, name: str) -> FileResponse:
+        return docs_asset(name)
+
+    @app.get("/healthz", summary="Liveness: 200 while a model replica answers, 503 while none does or when draining")
     async def healthz(self) -> JSONResponse:
         if self.draining:
             return error_response(503, "draining: the server is shutting down")
         try:
-            await asyncio.wait_for(self.model_info(), timeout=2.0)
-        except asyncio.TimeoutError:
-            return error_response(503, "no model replica is ready yet (loading); retry in a few seconds")
+            await self.model_info()
+        except ServiceUnavailable as exc:
+            return error_response(503, str(exc))
         return JSONResponse({"status": "ok", "in_flight": self.in_flight})
 
     @app.get("/v1/model", summary="Model config, backend and precision")
     async def model_card(self) -> dict[str, Any]:
-        info = await self.model_info()
-        return {**info, "max_batch_size": self.options.max_batch_size, "replicas": self.options.replicas}
+        info = await self.model_info(timeout_s=10.0)
+        return {**info, **self.scaling()}
+
+    @app.get("/v1/models", summary="The served model, as OpenAI's model list")
+    async def models(self) -> dict[str, Any]:
+        info = await self.model_info(timeout_s=10.0)
+        size = f"{info['resolution']}x{info['resolution']}"
+        return {"object": "list", "data": [{"id": "star", "object": "model", "owned_by": "star-deploy", "size": size}]}
+
+    def scaling(self) -> dict[str, Any]:
+        """Max batch size and replicas (a count, or the autoscaling bounds)."""
+        auto = self.options.autoscaling_config
+        replicas = self.options.replicas if auto is None else {"min": auto.min_replicas, "max": auto.max_replicas}
+        return {"max_batch_size": self.options.max_batch_size, "replicas": replicas}
 
     @app.post(
         "/v1/images",
@@ -118,8 +151,7 @@ class StarIngress:
             return error_response(500, f"generation failed: {exc}")
         finally:
             self.in_flight -= 1
-        info = await self.model_info()
-        used = settings(body, result, info["backend"])
+        used = settings(body.job(), result)
         text = png_text(used)
         headers = {"X-Batch-Size": str(result["batch_size"])}
         if wants_json(body, accept):
@@ -143,10 +175,9 @@ class StarIngress:
         """preview events (one per scale), then final (or error)."""
         self.in_flight += 1
         try:
-            backend = (await self.model_info())["backend"]
             async for event in calls.stream(self.model, body.job(), self.options.retries):
                 if event.get("final"):
-                    used = settings(body, event, backend)
+                    used = settings(body.job(), event)
                     image = b64_png(event["pixels"], png_text(used))
                     yield sse("final", {"image": image, "batch_size": event["batch_size"], **used})
                 else:
@@ -154,5 +185,52 @@ class StarIngress:
                     yield sse("preview", {"scale": event["scale"], "num_scales": event["num_scales"], "image": image})
         except (ServiceUnavailable, calls.ModelError) as exc:
             yield sse("error", {"error": str(exc)})
+        finally:
+            self.in_flight -= 1
+
+    @app.post(
+        "/v1/images/generations",
+        summary="OpenAI-compatible image generation (b64_json; stream: partial images per scale)",
+        responses={400: {}, 422: {}, 503: {}},
+    )
+    async def generations(self, body: GenerationRequest) -> Response:
+        self.admit(count=False)
+        info = await self.model_info(timeout_s=10.0)
+        check_servable(body, info["resolution"], info["num_scales"])
+        size = f"{info['resolution']}x{info['resolution']}"
+        if body.stream:
+            scales = preview_scales(body.partial_images, info["num_scales"])
+            events = self.openai_events(body, size, scales)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.in_flight += 1
+        try:
+            jobs = body.jobs()
+            results = await asyncio.gather(*(calls.generate(self.model, job, self.options.retries) for job in jobs))
+        except calls.ModelError as exc:
+            return error_response(500, f"generation failed: {exc}", openai=True)
+        finally:
+            self.in_flight -= 1
+        images = [b64_png(r["pixels"], png_text(settings(job, r))) for job, r in zip(jobs, results)]
+        return JSONResponse(generation_response(int(time.time()), images))
+
+    async def openai_events(self, body: GenerationRequest, size: str, scales: set[int]) -> AsyncGenerator[bytes, None]:
+        """For each image in turn: the previews of ``scales`` as partial images, then image_generation.completed."""
+        self.in_flight += 1
+        try:
+            for job in body.jobs():
+                sent = 0
+                async for event in calls.stream(self.model, job, self.options.retries):
+                    if event.get("final"):
+                        image = b64_png(event["pixels"], png_text(settings(job, event)))
+                        yield sse(
+                            "image_generation.completed", stream_event("completed", int(time.time()), size, image)
+                        )
+                    elif event["scale"] in scales:
+                        image = b64_png(event["pixels"], compress_level=1)
+                        data = stream_event("partial_image", int(time.time()), size, image, sent)
+                        yield sse("image_generation.partial_image", data)
+                        sent += 1
+        except (ServiceUnavailable, calls.ModelError) as exc:
+            yield sse("error", {"error": {"message": str(exc), "type": "server_error"}})
         finally:
             self.in_flight -= 1

@@ -48,6 +48,14 @@ class Job:
     top_p: float = 0.8
 
 
+class PipelineUnusable(RuntimeError):
+    """The replica's pipeline was released or failed its probe: the request belongs on another replica."""
+
+
+PROBE = Job(prompt="", seed=0)
+"""The generation a replica runs to check its pipeline after a failure."""
+
+
 def to_pixels(images: np.ndarray) -> list[np.ndarray]:
     """(B, H, W, 3) floats in [0, 1] -> B arrays (H, W, 3) uint8, rounded to nearest."""
     return list((np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8))
@@ -70,13 +78,35 @@ class ImageModel:
             threads=spec.threads,
         )
         self.config = self.pipe.config
+        self.backend = self.pipe.backend_name
+        self.precision = self.pipe.precision
         self.lock = threading.Lock()
+        self.failure: str | None = None
+
+    def close(self) -> None:
+        """Release the pipeline (its sessions and memory); later calls raise ``PipelineUnusable``."""
+        with self.lock:
+            self.pipe = None
+
+    def check_usable(self) -> None:
+        """Raise ``PipelineUnusable`` if the pipeline was released, or failed and fails a probe generation again."""
+        if self.pipe is None:
+            raise PipelineUnusable("the pipeline was released")
+        if self.failure is None:
+            return
+        try:
+            self._run([PROBE], [0], None)
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe makes the replica unusable
+            raise PipelineUnusable(f"the pipeline fails ({type(exc).__name__}: {exc}); first: {self.failure}") from None
+        self.failure = None
 
     def info(self) -> dict[str, Any]:
-        """Model config, backend, precision and device, for /v1/model."""
+        """Model config, backend, precision and device, for /v1/model; raises once the pipeline is released."""
+        if self.pipe is None:
+            raise PipelineUnusable("the pipeline was released")
         return {
-            "backend": self.pipe.backend_name,
-            "precision": self.pipe.precision,
+            "backend": self.backend,
+            "precision": self.precision,
             "device": self.device,
             "resolution": self.config.resolution,
             "num_scales": self.config.num_scales,
@@ -112,13 +142,23 @@ class ImageModel:
 
         first = jobs[0]
         with self.lock:
-            out = self.pipe(
-                [j.prompt for j in jobs],
-                seed=[j.seed for j in jobs],
-                guidance_scale=first.cfg,
-                top_k=self.top_k(first),
-                top_p=first.top_p,
-                output_type="np",
-                callback_on_scale_end=callback,
-            )
+            if self.pipe is None:
+                raise PipelineUnusable("the pipeline was released")
+            try:
+                out = self._call(jobs, first, callback)
+            except Exception as exc:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                raise
         return to_pixels(out.images)
+
+    def _call(self, jobs: list[Job], first: Job, callback: Any) -> Any:
+        """The pipeline call (under the lock)."""
+        return self.pipe(
+            [j.prompt for j in jobs],
+            seed=[j.seed for j in jobs],
+            guidance_scale=first.cfg,
+            top_k=self.top_k(first),
+            top_p=first.top_p,
+            output_type="np",
+            callback_on_scale_end=callback,
+        )

@@ -24,15 +24,36 @@ Event = dict[str, Any] | None
 _DONE = object()
 
 
-@serve.deployment(name="StarModel")
-class StarModel:
+class UnreadStreamEnds(logging.Filter):
+    """Drops asyncio's report of a stream's final StopAsyncIteration that no one read.
+
+    ``@serve.batch`` ends each caller's stream by setting StopAsyncIteration on a future; when the caller
+    left early (an ordinary client disconnect) nobody reads it, and asyncio would log it as an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_type = record.exc_info[0] if record.exc_info else None
+        return not (exc_type is StopAsyncIteration and "never retrieved" in record.getMessage())
+
+
+logging.getLogger("asyncio").addFilter(UnreadStreamEnds())
+
+
+def limit_torch_threads(options: ServeOptions) -> None:
+    """A torch replica on CPU uses as many threads as it has CPUs; other backends never import torch."""
+    if options.runtime != "torch" or (options.device or "cpu") != "cpu" or options.num_cpus < 1:
+        return
+    import torch
+
+    torch.set_num_threads(int(options.num_cpus))
+
+
+@serve.deployment(name="StarReplica")
+class StarReplica:
     """One STAR pipeline per replica; plain and preview requests are batched in separate queues."""
 
     def __init__(self, options: ServeOptions) -> None:
-        import torch
-
-        if (options.device or "cpu") == "cpu" and options.num_cpus >= 1:
-            torch.set_num_threads(int(options.num_cpus))
+        limit_torch_threads(options)
         self.model = ImageModel(options.model_spec())
         for handler in (self.generate_batch, self.stream_batch):
             handler.set_max_batch_size(options.max_batch_size)
@@ -43,12 +64,29 @@ class StarModel:
         """Config, backend and precision of the pipeline."""
         return self.model.info()
 
+    async def check_health(self) -> None:
+        """Ray Serve's health check: raises (and Ray replaces this replica) when the pipeline is unusable.
+
+        Runs in a worker thread: after a failed generation the check runs a probe generation.
+        """
+        await asyncio.to_thread(self.model.check_usable)
+
+    def release(self) -> int:
+        """Free the pipeline (the next health check fails and Ray Serve replaces this replica); return the pid."""
+        self.model.close()
+        return os.getpid()
+
     def pid(self) -> int:
         """This replica's process id (the fault tests kill it)."""
         return os.getpid()
 
     def _result(self, job: Job, pixels: Any, batch_size: int) -> Result:
-        return {"pixels": pixels, "batch_size": batch_size, "top_k": self.model.top_k(job)}
+        return {
+            "pixels": pixels,
+            "batch_size": batch_size,
+            "top_k": self.model.top_k(job),
+            "backend": self.model.backend,
+        }
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.1)
     async def generate_batch(self, jobs: list[Job]) -> list[Result]:

@@ -1,4 +1,4 @@
-"""The HTTP request body: validated by pydantic, unknown fields refused."""
+"""The HTTP request body: validated by pydantic with strict types ("5" is not a number), unknown fields refused."""
 
 from __future__ import annotations
 
@@ -6,27 +6,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import MAX_CFG
 from .model import Job
 
 MAX_PROMPT_CHARS = 1000
 """CLIP reads 77 tokens; anything far longer is a client mistake, refused rather than truncated."""
 
+MAX_SEED = 2**63 - 1
+MAX_TOP_K = 1_000_000
+
 
 class ImageRequest(BaseModel):
     """Body of POST /v1/images and /v1/images:stream."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=MAX_PROMPT_CHARS)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, str_max_length=MAX_PROMPT_CHARS)
 
     prompt: str = Field(
         description="What to draw; the empty prompt draws unconditionally.",
         examples=["a red circle on a blue background"],
     )
-    seed: int = Field(0, ge=0, lt=2**63, description="Random seed: the same seed and settings give the same image.")
-    cfg: float = Field(4.0, ge=0.0, le=100.0, description="Classifier-free guidance strength.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Random seed: the same seed and settings give the same image.")
+    cfg: float = Field(4.0, ge=0.0, le=MAX_CFG, description="Classifier-free guidance strength.")
     top_k: int | None = Field(
         None,
         ge=0,
-        le=1_000_000,
+        le=MAX_TOP_K,
         description="Keep the k most likely tokens (0: off; default: the official 600, capped at the codebook).",
     )
     top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")

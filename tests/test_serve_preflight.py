@@ -1,0 +1,145 @@
+"""`star-deploy serve` refuses bad settings before Ray starts (exit 2, one line, fast); typed serve options."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'star-deploy[serve]'")
+
+from serve_helpers import free_port  # noqa: E402
+
+from star_deploy.errors import ConfigError  # noqa: E402
+from star_deploy.serve.app import build_app, replica_count  # noqa: E402
+from star_deploy.serve.options import ServeOptions  # noqa: E402
+from star_deploy.serve.preflight import check_placement, local_cpus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_S = 3.0
+"""The most a refused start may take (the check runs before Ray is imported)."""
+
+
+def run_serve(*args: str, cwd: Path) -> tuple[int, str, float]:
+    """Exit code, stderr and seconds of ``star-deploy serve ARGS`` (killed after 60 s)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "star_deploy", "serve", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stderr, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def busy_port():
+    """A port something listens on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def cases(busy: int, tmp: Path) -> list[tuple[list[str], str]]:
+    """(arguments, words the one-line error must contain)."""
+    port = str(free_port())
+    return [
+        (["--port", str(busy)], f"port {busy} is in use"),
+        (["--port", "70000"], "--port 70000: out of range"),
+        (["--port", "0"], "--port 0: out of range"),
+        (["--port", port, "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
+        (["--port", port, "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot be resolved"),
+        (["--port", port, "--artifacts", str(tmp / "missing")], "--artifacts"),
+        (["--port", port, "--backend", "foo"], "--backend: unknown backend 'foo'; choose one of"),
+        (["--port", port, "--device", "cuda"], "--device cuda"),
+        (["--port", port, "--device", "gpu"], "--device: unknown device 'gpu'"),
+        (["--port", port, "--weights", str(tmp)], "holds no STAR release"),
+        (["--port", port, "--weights", str(tmp / "missing")], "no such folder"),
+        (["--port", port, "--drain-timeout", "-1"], "--drain-timeout -1"),
+        (["--port", port, "--replicas", "0"], "--replicas"),
+        (["--port", port, "--num-cpus", "-1"], "--num-cpus"),
+        (["--port", port, "--replicas", "2", "--max-replicas", "1"], "exceeds max_replicas"),
+        (["--port", port, "--replicas", "2", "--num-cpus", str(local_cpus())], "need"),
+    ]
+
+
+def test_bad_settings_exit_2_with_one_line_before_ray_starts(busy_port, tmp_path):
+    for args, words in cases(busy_port, tmp_path):
+        if args[-1] == "cuda" and _has_cuda_provider():
+            continue
+        code, stderr, seconds = run_serve(*args, cwd=tmp_path)
+        assert code == 2, (args, stderr[-2000:])
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, stderr[-2000:])
+        assert words in lines[0], (args, lines[0])
+        assert "unexpected" not in lines[0]
+        assert seconds < FAST_S, (args, seconds)
+
+
+def _has_cuda_provider() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_placement_refuses_what_ray_cannot_place():
+    options = ServeOptions(replicas=3, num_cpus=1)
+    with pytest.raises(ConfigError, match=r"need 3 CPUs but Ray has 2 here \(room for 2\)"):
+        check_placement(options, cpus=2, gpus=0)
+    check_placement(ServeOptions(replicas=4, num_cpus=0.5), cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match="GPUs"):
+        check_placement(ServeOptions(device="cuda", num_gpus=0.5, replicas=3), cpus=8, gpus=1)
+    autoscaled = ServeOptions(num_cpus=1, autoscaling_config={"min_replicas": 1, "max_replicas": 4})
+    check_placement(autoscaled, cpus=2, gpus=0)
+
+
+def test_build_app_takes_serve_run_strings():
+    """``serve run star_deploy.serve.app:build_app replicas=2 num_cpus=0.5`` passes strings."""
+    options = ServeOptions.parse({"replicas": "2", "num_cpus": "0.5", "max_batch_size": "4", "batch_wait_s": "0"})
+    assert (options.replicas, options.num_cpus, options.max_batch_size, options.batch_wait_s) == (2, 0.5, 4, 0.0)
+    assert build_app({"replicas": "2", "num_cpus": "0.5"}) is not None
+    assert replica_count(options) == {"num_replicas": 2}
+
+
+def test_build_app_takes_a_config_file_mapping():
+    """A ``serve deploy`` YAML's ``args``, nested autoscaling included."""
+    args = {
+        "artifacts": None,
+        "num_cpus": 1,
+        "max_batch_size": 16,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+    }
+    assert build_app(args) is not None
+    options = ServeOptions.parse(args)
+    assert replica_count(options) == {
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8.0}
+    }
+    assert (options.min_replicas, options.max_replicas) == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ({"replica": 2}, "serve option replica: Extra inputs are not permitted; known: backend"),
+        ({"replicas": "two"}, "serve option replicas: Input should be a valid integer"),
+        ({"max_batch_size": 0}, "serve option max_batch_size: Input should be greater than or equal to 1"),
+        ({"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas 3 exceeds max_replicas 2"),
+        ({"num_gpus": 1}, "num_gpus > 0 with device cpu"),
+        ({"backend": "foo"}, "serve option backend: unknown backend 'foo'"),
+        ({"device": "gpu"}, "serve option device: unknown device 'gpu'"),
+    ],
+)
+def test_bad_options_name_the_setting(args, words):
+    with pytest.raises(ConfigError) as caught:
+        build_app(args)
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
