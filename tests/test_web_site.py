@@ -128,10 +128,10 @@ def test_demo_site_draws_the_tokens_of_python_in_chromium(browser, references):
         assert check_against_python(result, reference, case) >= MIN_PSNR_DB
 
 
-def test_fp32_storage_ships_the_exported_graphs_unchanged(dist, tmp_path):
-    site = build_site(DEMO_GRAPHS, tmp_path / "site32", dist, storage="fp32").out
+def test_fp32_storage_ships_the_exported_graphs_unchanged(artifacts_fp32, dist, tmp_path):
+    site = build_site(artifacts_fp32, tmp_path / "site32", dist, storage="fp32").out
     files = json.loads((site / SITE_MANIFEST).read_text())["files"]
-    exported = json.loads((DEMO_GRAPHS / "manifest.json").read_text())["files"]
+    exported = json.loads((artifacts_fp32 / "manifest.json").read_text())["files"]
     for name in ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"):
         assert files[f"graphs/{name}.onnx.gz"]["content_sha256"] == exported[f"{name}.onnx"]
 

@@ -148,6 +148,8 @@ async function loadRuntime(files, base, manifest, provider) {
   const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 1 : 1;
   ort.env.wasm.numThreads = isolated ? Math.min(cores, 8) : 1;
   ort.env.logLevel = "error";
+  // Inference in a worker: the page stays responsive (previews are drawn) while a scale computes.
+  ort.env.wasm.proxy = provider === "wasm" && typeof Worker !== "undefined";
   return { ort, threads: ort.env.wasm.numThreads };
 }
 
@@ -211,7 +213,7 @@ class KVCache {
     for (const t of spec.outputs.filter((t) => t.role === SLOT)) {
       const rowSize = size(concrete(t.shape.slice(1), { rows }));
       const Type = arrayType(t.dtype);
-      this.buffers.set(`${t.layer}:${t.is_value}`, { data: new Type(model.total_tokens * rowSize), rowSize, tail: t.shape.slice(1), dtype: t.dtype });
+      this.buffers.set(`${t.layer}:${t.is_value}`, { data: new Type(model.total_tokens * rowSize), rowSize, dtype: t.dtype });
     }
     this.length = 0;
   }
@@ -287,8 +289,11 @@ export class StarGenerator {
     return this.tensor(t.dtype, new Type(bytes.buffer), t.shape);
   }
 
+  /** Run `graph` on copies of `feeds`: the worker takes over (detaches) the buffers it is given. */
   async run(graph, feeds) {
-    return this.sessions[graph].run(feeds);
+    const own = {};
+    for (const [name, t] of Object.entries(feeds)) own[name] = this.tensor(t.type, t.data.slice(), t.dims);
+    return this.sessions[graph].run(own);
   }
 
   /** The first `count` rows of an output tensor (the conditional rows of a CFG batch). */
