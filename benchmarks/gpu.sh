@@ -42,7 +42,7 @@ if [[ "$what" == tests || "$what" == all ]]; then
 fi
 
 if [[ "$what" == bench || "$what" == all || "$what" == device ]]; then
-    # torch-compiled* compile the block (three graphs for the schedule) in their first warm-up, kept in
+    # torch-compiled* compile the block (two graphs for the schedule) in their first warm-up, kept in
     # $compile_cache: the report's warmup_s shows the cold compile, then the warm start of the second variant.
     for run in ${RUNS:-1024-d30:1 1024-d30:4 512-d30:1 256-d16:1}; do
         p="${run%%:*}" b="${run##*:}"

@@ -154,7 +154,7 @@ def test_kernels_per_block_on_cuda(dtype):
 
 
 def test_regional_compile_on_cuda_restarts_from_its_cache(tmp_path):
-    """At most 3 block graphs for the schedule; a second backend on the saved folder compiles no kernel."""
+    """At most 2 block graphs for the schedule; a second backend on the saved folder compiles no kernel."""
     from torch._dynamo.utils import counters
     from torch._inductor.utils import fresh_cache
 
@@ -163,7 +163,7 @@ def test_regional_compile_on_cuda_restarts_from_its_cache(tmp_path):
     with fresh_cache():
         before = graphs_compiled()
         want = cuda_pipeline(torch.float16, compile=True, compile_cache=folder).generate(PROMPTS, SAMPLING, [1, 2, 3])
-        assert 1 <= graphs_compiled() - before <= 3
+        assert 1 <= graphs_compiled() - before <= 2
     torch._dynamo.reset()
     misses = counters["inductor"]["fxgraph_cache_miss"]
     with fresh_cache():

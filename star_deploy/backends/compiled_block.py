@@ -3,18 +3,22 @@
 Every block of the transformer runs the same code on tensors of the same shapes, so one
 compiled block serves all of them: dynamo caches its graph on the block function's code
 object and takes each block's weights as inputs. What compiles is one block per distinct
-shape, not the whole unrolled step per scale. With ``dynamic``, the sequence lengths are
-symbolic after the first scale, so three graphs (scale 0, scale 1, every later scale) cover
-the schedule; without it, each scale gets its own specialisation.
+shape, not the whole unrolled step per scale. With ``dynamic``, the sequence lengths become
+symbolic at the second scale, sizes 0 and 1 included (size-oblivious), so two graphs cover
+the schedule: scale 0, whose query length 1 specialises attention, and every later scale.
+Without it, each scale gets its own specialisation.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+import torch.fx.experimental._config
 from torch._dynamo.utils import counters
 
 from ..atomic import write_bytes
@@ -34,10 +38,26 @@ def raise_recompile_limit(num_scales: int) -> None:
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
 
 
+@contextmanager
+def size_oblivious() -> Iterator[None]:
+    """Dynamic sizes that may be 0 or 1 stay symbolic (the cache length is 0 at scale 0, 1 at scale 1)."""
+    config = torch.fx.experimental._config
+    with config.patch(backed_size_oblivious=True) if hasattr(config, "backed_size_oblivious") else nullcontext():
+        yield
+
+
 def compiled_block(num_scales: int, backend: str = "inductor", dynamic: bool = True) -> BlockCall:
     """``call_block`` through torch.compile: shared by every block, one graph per distinct shape."""
     raise_recompile_limit(num_scales)
-    return torch.compile(call_block, backend=backend, dynamic=None if dynamic else False)
+    compiled = torch.compile(call_block, backend=backend, dynamic=None if dynamic else False)
+    if not dynamic:
+        return compiled
+
+    def call(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with size_oblivious():
+            return compiled(*args)
+
+    return call
 
 
 def graphs_compiled() -> int:

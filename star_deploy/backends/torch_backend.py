@@ -59,7 +59,7 @@ class TorchBackend(TorchArrays):
     block runs through torch.compile, compiled once and shared by every block (regional
     compilation, see ``compiled_block.py``): the float32 islands fuse with their neighbours
     and the first generation pays the compilation. ``compile_dynamic`` makes the sequence
-    lengths symbolic after the first scales (three graphs for the whole schedule), otherwise
+    lengths symbolic after the first scale (two graphs for the whole schedule), otherwise
     each scale is its own specialisation. ``compile_cache`` names a folder keeping the
     compiled artefacts, loaded at start and saved after a generation compiled something new.
 
