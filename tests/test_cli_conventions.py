@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from star_deploy import __version__
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
-from star_deploy.backends.ort_sessions import CACHE_DIR, cache_folder
+from star_deploy.backends.ort_cache import CACHE_DIR, cache_folder
 from star_deploy.cli import app, hoist_verbosity
 from star_deploy.config import SamplingConfig
 from star_deploy.pipeline import ScaleLoop
@@ -125,13 +125,13 @@ def test_a_cache_made_on_another_kind_of_cpu_is_not_used(artifacts_fp32, tmp_pat
     """Optimized graphs can hold kernels chosen for the CPU (NCHWc blocks by vector width): the key has its ISA."""
     import shutil
 
-    from star_deploy.backends import ort_sessions
+    from star_deploy.backends import ort_cache
 
     folder = tmp_path / "art"
     shutil.copytree(artifacts_fp32, folder, ignore=shutil.ignore_patterns(CACHE_DIR))
     OrtBackend(load_manifest(folder))
     here = sorted((folder / CACHE_DIR).glob("*.onnx"))
-    monkeypatch.setattr(ort_sessions, "cpu_flags", lambda: ["a-cpu-flag-no-cpu-has"])
+    monkeypatch.setattr(ort_cache, "cpu_flags", lambda: ["a-cpu-flag-no-cpu-has"])
     OrtBackend(load_manifest(folder))
     both = sorted((folder / CACHE_DIR).glob("*.onnx"))
     assert len(here) == 5 and len(both) == 10, "the other CPU's backend reused this CPU's optimized graphs"
