@@ -524,6 +524,22 @@ def edit_manifest(folder: Path, change, reseal: bool) -> None:
     path.write_text(dumps(data))
 
 
+def replace_graphs(folder: Path, moves: dict[str, str | bytes]) -> None:
+    """Replace graph files (``moves``: target <- another graph's file, or bytes) and reseal the manifest to match."""
+    import json
+
+    from star_deploy.artifacts.manifest import dumps, sealed, sha256_file
+
+    contents = {t: s if isinstance(s, bytes) else (folder / s).read_bytes() for t, s in moves.items()}
+    for target, data in contents.items():
+        (folder / target).write_bytes(data)
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    for entry in data["graphs"].values():
+        entry["sha256"] = sha256_file(folder / entry["file"])
+    path.write_text(dumps(sealed(data, folder)))
+
+
 def setter(key: str, value):
     return lambda d: d.__setitem__(key, value)
 
@@ -592,6 +608,21 @@ ARTIFACT_CASES = [
             f, lambda d: d["graphs"]["transformer_step"]["outputs"][0].__setitem__("name", "out"), reseal=True
         ),
         "graph transformer_step does not have the outputs this version expects",
+    ),
+    (
+        "graphs-swapped-resealed",
+        lambda f: replace_graphs(f, {"scale_update.onnx": "vq_decoder.onnx", "vq_decoder.onnx": "scale_update.onnx"}),
+        "scale_update.onnx: not the scale_update graph this folder needs (its inputs lacks tokens",
+    ),
+    (
+        "graph-copied-resealed",
+        lambda f: replace_graphs(f, {"text_encoder.onnx": "text_context.onnx"}),
+        "text_encoder.onnx: not the text_encoder graph this folder needs (its inputs lacks input_ids",
+    ),
+    (
+        "graph-not-onnx-resealed",
+        lambda f: replace_graphs(f, {"vq_decoder.onnx": b"\xff" * 64}),
+        "vq_decoder.onnx: not a readable ONNX graph",
     ),
     (
         "graph-sha256-missing",
