@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from ..errors import ConfigError, StarDeployError
+from ..extras import missing_extra
 from ..signals import Interrupted, signals_as_interrupts
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def reports_errors(func: F) -> F:
-    """StarDeployError: one line, exit 2; Ctrl-C or SIGTERM: exit 130 or 143; anything else: one line, exit 1."""
+    """StarDeployError or a missing extra: one line, exit 2; Ctrl-C or SIGTERM: exit 130 or 143; anything else:
+    one line, exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -87,6 +89,10 @@ def reports_errors(func: F) -> F:
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             log.debug("unexpected error", exc_info=True)
+            extra = missing_extra(exc, f"star-deploy {func.__name__.replace('_', '-')}")
+            if extra is not None:
+                typer.secho(f"error: {extra}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(2) from None
             typer.secho(
                 f"error: unexpected {type(exc).__name__}: {str(exc)[:200]}; rerun with -v for details and report it",
                 err=True,

@@ -12,6 +12,7 @@ import typer
 from ..artifacts.manifest import sha256_file
 from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
 from ..errors import OutputError
+from ..extras import require
 from ..release import resolve_release
 from .common import OverwriteOpt, reports_errors
 
@@ -84,6 +85,8 @@ def convert(
 ) -> None:
     """Convert official .pth checkpoints to safetensors (same tensors, no pickle); `--weights` accepts the result."""
     check_separate([out], [src])
+    for module in ("torch", "safetensors"):
+        require(module, "star-deploy convert")
     if src.is_dir():
         convert_release(src, out, overwrite)
     else:
