@@ -384,6 +384,27 @@ CASES = [
         2,
         "folder does not exist",
     ),
+    # advice names only options the command has; --provider only where it applies
+    (
+        "convert-release-two-stars",
+        ["convert", "{bad}/two_star", "--out", "{out}.d"],
+        2,
+        "several candidates (star.pth, star_b.pth); a release folder holds CLIP/, one vae* and one star* checkpoint; "
+        "or convert one file: star-deploy convert FILE --out NAME.safetensors",
+    ),
+    ("convert-release-no-star", ["convert", "{bad}/no_star", "--out", "{out}.d"], 2, "or convert one file: star-dep"),
+    ("convert-release-no-clip", ["convert", "{bad}/no_clip", "--out", "{out}.d"], 2, "not found; a release folder"),
+    ("convert-missing", ["convert", "{bad}/nope.pth", "--out", "{out}.safetensors"], 2, "nope.pth: no such file"),
+    ("inspect-release-two-stars", ["inspect", "{bad}/two_star"], 2, "or inspect one file: star-deploy inspect FILE"),
+    ("inspect-release-no-vae", ["inspect", "{bad}/no_vae"], 2, "or inspect one file: star-deploy inspect FILE"),
+    ("provider-empty", ["run", "a", "--provider", "", "-o", "{out}"], 2, "--provider '': unknown provider; choose"),
+    ("provider-unknown", ["run", "a", "--provider", "gpu", "-o", "{out}"], 2, "--provider 'gpu': unknown provider"),
+    (
+        "provider-with-torch",
+        RUN + ["--weights", G, "--provider", "cuda", "-o", "{out}"],
+        2,
+        "--provider 'cuda': execution providers are ONNX Runtime's; use it with --backend onnxruntime, or drop it",
+    ),
     (
         "check-json-folder-missing",
         ["check", "{bad}/nope", "--json", "{out}/missing/r.json"],

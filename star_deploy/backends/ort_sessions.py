@@ -34,6 +34,19 @@ DEVICE_BUFFERS = {"cuda": "cuda", "tensorrt": "cuda"}
 """Providers whose KV cache lives in device memory; the rest use host memory."""
 
 
+def check_provider(provider: str | None, backend: str) -> None:
+    """Refuse a --provider that is not one of PROVIDERS, or one given to a backend that is not onnxruntime."""
+    if provider is None:
+        return
+    if backend != "onnxruntime":
+        raise ConfigError(
+            f"--provider {provider!r}: execution providers are ONNX Runtime's; use it with --backend onnxruntime, "
+            f"or drop it for --backend {backend}"
+        )
+    if provider not in PROVIDERS:
+        raise ConfigError(f"--provider {provider!r}: unknown provider; choose one of {', '.join(PROVIDERS)}")
+
+
 def provider_entry(
     ort: ModuleType, provider: str, device_id: int, options: dict[str, Any] | None
 ) -> tuple[list, tuple[str, int]]:

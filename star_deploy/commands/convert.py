@@ -11,7 +11,7 @@ import typer
 
 from ..artifacts.manifest import sha256_file
 from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
-from ..errors import OutputError
+from ..errors import OutputError, WeightsError
 from ..extras import require
 from ..release import resolve_release
 from .common import OverwriteOpt, reports_errors
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from ..weights import StateDict
 
 log = logging.getLogger("star_deploy")
+
+ONE_AT_A_TIME = "a release folder holds CLIP/, one vae* and one star* checkpoint; or convert one file: "
+ONE_AT_A_TIME += "star-deploy convert FILE --out NAME.safetensors"
 
 
 def checkpoint_tensors(path: Path) -> tuple[str, StateDict]:
@@ -62,7 +65,7 @@ def convert_file(src: Path, dst: Path, overwrite: bool = False) -> Path:
 
 def convert_release(src: Path, dst: Path, overwrite: bool) -> Path:
     """A release folder whose checkpoints are safetensors; CLIP/ is copied. Appears only when complete."""
-    paths = resolve_release(src)
+    paths = resolve_release(src, advice=ONE_AT_A_TIME)
     with atomic_dir(dst, overwrite) as tmp:
         shutil.copytree(paths.clip, tmp / "CLIP")
         for ckpt in (paths.vae, paths.star):
@@ -84,6 +87,8 @@ def convert(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert official .pth checkpoints to safetensors (same tensors, no pickle); `--weights` accepts the result."""
+    if not src.exists():
+        raise WeightsError(f"{src}: no such file or folder; check the path")
     check_separate([out], [src])
     for module in ("torch", "safetensors"):
         require(module, "star-deploy convert")

@@ -57,7 +57,11 @@ def inspect_checkpoint(path: Path) -> Info:
 
 
 def inspect_release(folder: Path) -> Info:
-    paths = resolve_release(folder)
+    paths = resolve_release(
+        folder,
+        advice="a release folder holds CLIP/, one vae* and one star* checkpoint; "
+        "or inspect one file: star-deploy inspect FILE",
+    )
     return {
         "kind": "STAR release",
         "path": str(folder),

@@ -16,6 +16,7 @@ from ..artifacts.manifest import Manifest
 from ..artifacts.sources import check_sources
 from ..atomic import check_separate, check_writable
 from ..backends.factory import artifacts_manifest, check_device, create_backend, default_device, needs_artifacts
+from ..backends.ort_sessions import check_provider
 from ..config import SamplingConfig, StarConfig
 from ..demo import DEMO_GRAPHS
 from ..dtypes import COMPUTE_DTYPES
@@ -308,6 +309,7 @@ def run(
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     if compile_step and backend != "torch":
         raise ConfigError("--compile applies to --backend torch")
+    check_provider(provider, backend)
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
