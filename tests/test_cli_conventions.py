@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import typer
 from typer.testing import CliRunner
 
 from star_deploy import __version__
@@ -135,3 +136,30 @@ def test_a_cache_made_on_another_kind_of_cpu_is_not_used(artifacts_fp32, tmp_pat
     OrtBackend(load_manifest(folder))
     both = sorted((folder / CACHE_DIR).glob("*.onnx"))
     assert len(here) == 5 and len(both) == 10, "the other CPU's backend reused this CPU's optimized graphs"
+
+
+BOX = "│╭╰"
+NAME_INDENT = 8
+"""Option, argument and command names start this close to a box's left edge; a help's second row far further."""
+
+
+def help_lines(command: list[str]) -> list[str]:
+    """``--help`` of ``command`` rendered 1000 columns wide: no paragraph or option help is long enough to wrap."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "1000", "TERMINAL_WIDTH": "1000"})
+    assert result.exit_code == 0, result.output
+    return [line.rstrip() for line in result.stdout.splitlines()]
+
+
+def test_help_has_no_hard_line_breaks_inside_a_paragraph():
+    """Every paragraph of every command's help is one line at a width nothing wraps at: the terminal wraps it."""
+    commands = [[]] + [[name] for name in typer.main.get_command(app).commands]
+    assert len(commands) >= 12
+    for command in commands:
+        lines = help_lines(command)
+        prose = [line for line in lines if not line.lstrip().startswith(tuple(BOX))]
+        for above, below in zip(prose, prose[1:]):
+            assert not (above.strip() and below.strip()), f"{command}: a paragraph breaks after {above.strip()!r}"
+        rows = [line.split("│")[1] for line in lines if line.startswith("│")]
+        assert rows, command
+        for row in rows:  # a row whose name column is blank continues the help of the row above
+            assert len(row) - len(row.lstrip()) <= NAME_INDENT, f"{command}: a help runs onto a second row: {row!r}"

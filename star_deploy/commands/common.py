@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -69,9 +70,16 @@ SamplerOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def help_text(doc: str | None) -> str | None:
+    """A docstring as --help text: each paragraph on one line for the terminal to wrap (``\\b`` paragraphs kept)."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
 def reports_errors(func: F) -> F:
-    """StarDeployError or a missing extra: one line, exit 2; Ctrl-C or SIGTERM: exit 130 or 143; anything else:
-    one line, exit 1."""
+    """Errors as one line (StarDeployError, missing extra: exit 2; Ctrl-C, SIGTERM: 130, 143; else exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -100,6 +108,7 @@ def reports_errors(func: F) -> F:
             )
             raise typer.Exit(1) from None
 
+    wrapper.__doc__ = help_text(func.__doc__)
     return wrapper  # type: ignore[return-value]
 
 
