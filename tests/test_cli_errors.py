@@ -744,3 +744,16 @@ def test_artifacts_of_other_weights_are_named_by_parity(artifacts_fp32, bad, tmp
         f"was exported from star.pth, not from {bad}/other_star/star.pth; pass the weights it was exported from"
         in result.stderr
     )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
+@pytest.mark.parametrize("name", ["manifest.json", "vq_decoder.onnx", "tokenizer/vocab.json"])
+def test_unreadable_artifact_files_are_named(name, artifacts_fp32, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifacts_fp32, art)
+    (art / name).chmod(0)
+    for args in (["check", str(art)], ["run", "a", "--artifacts", str(art), "-o", str(tmp_path / "x.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{name}: cannot be read (Permission denied); fix its permissions" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

@@ -158,7 +158,13 @@ def file_problems(root: Path, files: dict[str, str]) -> Iterator[str]:
         path = root / rel
         if not path.is_file():
             yield f"{path}: missing; the artefact folder is incomplete, export again"
-        elif sha256_file(path) != expected:
+            continue
+        try:
+            found = sha256_file(path)
+        except OSError as exc:
+            yield f"{path}: cannot be read ({exc.strerror or exc}); fix its permissions"
+            continue
+        if found != expected:
             yield f"{path}: changed or corrupted since export (sha256 mismatch); export again"
 
 
