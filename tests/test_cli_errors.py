@@ -398,6 +398,8 @@ CASES = [
     ("inspect-release-two-stars", ["inspect", "{bad}/two_star"], 2, "or inspect one file: star-deploy inspect FILE"),
     ("inspect-release-no-vae", ["inspect", "{bad}/no_vae"], 2, "or inspect one file: star-deploy inspect FILE"),
     ("provider-empty", ["run", "a", "--provider", "", "-o", "{out}"], 2, "--provider '': unknown provider; choose"),
+    ("backend-empty", ["run", "a", "--backend", "", "-o", "{out}"], 2, "unknown backend ''; choose one of"),
+    ("device-empty", ["run", "a", "--device", "", "-o", "{out}"], 2, "unknown device ''; use cpu, cuda or cuda:N"),
     ("provider-unknown", ["run", "a", "--provider", "gpu", "-o", "{out}"], 2, "--provider 'gpu': unknown provider"),
     (
         "provider-with-torch",

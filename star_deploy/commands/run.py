@@ -287,7 +287,7 @@ def run(
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
     given = any(v is not None for v in (weights, clip, vae, star))
-    backend = backend or ("torch" if given else "onnxruntime")
+    backend = backend if backend is not None else ("torch" if given else "onnxruntime")
     if backend == "onnxruntime" and artifacts is None and not given:
         artifacts = DEMO_GRAPHS
     sampling = SamplingConfig(
