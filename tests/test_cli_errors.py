@@ -635,12 +635,12 @@ ARTIFACT_CASES = [
     (
         "graphs-swapped-resealed",
         lambda f: replace_graphs(f, {"scale_update.onnx": "vq_decoder.onnx", "vq_decoder.onnx": "scale_update.onnx"}),
-        "scale_update.onnx: not the scale_update graph this folder needs (its inputs lacks tokens",
+        "scale_update.onnx: not the scale_update graph this folder needs (its inputs lack tokens",
     ),
     (
         "graph-copied-resealed",
         lambda f: replace_graphs(f, {"text_encoder.onnx": "text_context.onnx"}),
-        "text_encoder.onnx: not the text_encoder graph this folder needs (its inputs lacks input_ids",
+        "text_encoder.onnx: not the text_encoder graph this folder needs (its inputs lack input_ids",
     ),
     (
         "graph-not-onnx-resealed",
@@ -759,3 +759,26 @@ def test_unreadable_artifact_files_are_named(name, artifacts_fp32, tmp_path):
         assert result.exit_code == 2, result.output
         assert f"{name}: cannot be read (Permission denied); fix its permissions" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_graph_contract_checks_names_dtypes_and_ranks(artifacts_fp32):
+    """What the load check compares: a graph file's I/O names, element types and ranks against graphs.py."""
+    from dataclasses import replace
+
+    from star_deploy.artifacts.graph_io import io_problem
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.artifacts.onnx_io import read_header
+
+    manifest = load_manifest(artifacts_fp32)
+    spec = manifest.graphs["scale_update"]
+    header = read_header(manifest.path("scale_update"))
+    assert io_problem(header, spec) is None
+    tokens = header.inputs[0]
+    header.inputs[0] = replace(tokens, dtype="int32")
+    assert io_problem(header, spec) == "its input tokens is int32, not int64"
+    header.inputs[0] = replace(tokens, rank=2)
+    assert io_problem(header, spec) == "its input tokens has 2 dimensions, not 3"
+    header.inputs[0] = replace(tokens, name="ids")
+    assert io_problem(header, spec) == "its inputs lack tokens and include unexpected ids"
+    other = io_problem(header, manifest.graphs["vq_decoder"])
+    assert other == "its inputs include unexpected ids, upsample, downsample"

@@ -15,8 +15,8 @@ def _side_problem(kind: str, found: list[ValueInfo], expected: tuple[TensorSpec,
     want = {t.name: t for t in expected}
     missing, extra = [n for n in want if n not in have], [n for n in have if n not in want]
     if missing or extra:
-        parts = ([f"lacks {', '.join(missing[:3])}"] if missing else []) + (
-            [f"has unexpected {', '.join(extra[:3])}"] if extra else []
+        parts = ([f"lack {', '.join(missing[:3])}"] if missing else []) + (
+            [f"include unexpected {', '.join(extra[:3])}"] if extra else []
         )
         return f"its {kind} {' and '.join(parts)}"
     for name, spec in want.items():

@@ -20,8 +20,17 @@ from ..errors import ArtifactError
 MODEL_OPSET, MODEL_GRAPH, MODEL_METADATA = 8, 7, 14
 GRAPH_INPUT, GRAPH_OUTPUT = 11, 12
 VARINT, FIXED64, BYTES, FIXED32 = 0, 1, 2, 5
-ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
-ELEM_TYPES |= {16: "bfloat16"}
+ELEM_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    16: "bfloat16",
+}
 """ONNX TensorProto.DataType -> the dtype names of graphs.py."""
 
 
