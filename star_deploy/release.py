@@ -95,6 +95,8 @@ def check_readable(path: Path) -> None:
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth or .safetensors)")
     if not path.is_file():
+        if path.exists():
+            raise WeightsError(f"{path}: not a regular file (a pipe or device?); pass the checkpoint file itself")
         raise WeightsError(f"{path}: no such file; check the path")
     try:
         with path.open("rb"):

@@ -116,6 +116,8 @@ BAD_FILES = [
     ("onnx-empty", "a.onnx", b"", "a.onnx: not a readable ONNX graph"),
     ("onnx-text", "a.onnx", b"hello world\n", "a.onnx: not a readable ONNX graph"),
     ("onnx-fifo", "a.onnx", None, "a.onnx: cannot be read as an ONNX graph"),
+    ("safetensors-fifo", "a.safetensors", None, "a.safetensors: not a regular file (a pipe or device?)"),
+    ("pth-fifo", "a.pth", None, "a.pth: not a regular file (a pipe or device?)"),
 ]
 
 
