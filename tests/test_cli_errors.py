@@ -16,6 +16,7 @@ from conftest import GOLDEN
 from typer.testing import CliRunner
 
 from star_deploy.cli import app
+from star_deploy.demo import DEMO_GRAPHS
 from star_deploy.images import read_png
 
 runner = CliRunner()
@@ -643,6 +644,11 @@ ARTIFACT_CASES = [
         "text_encoder.onnx: not the text_encoder graph this folder needs (its inputs lack input_ids",
     ),
     (
+        "graph-of-another-export-resealed",
+        lambda f: replace_graphs(f, {"vq_decoder.onnx": (DEMO_GRAPHS / "vq_decoder.onnx").read_bytes()}),
+        "vq_decoder.onnx: not the vq_decoder graph this folder needs (its input f_hat has 8 at axis 2, not 16)",
+    ),
+    (
         "graph-not-onnx-resealed",
         lambda f: replace_graphs(f, {"vq_decoder.onnx": b"\xff" * 64}),
         "vq_decoder.onnx: not a readable ONNX graph",
@@ -761,8 +767,8 @@ def test_unreadable_artifact_files_are_named(name, artifacts_fp32, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
-def test_graph_contract_checks_names_dtypes_and_ranks(artifacts_fp32):
-    """What the load check compares: a graph file's I/O names, element types and ranks against graphs.py."""
+def test_graph_contract_checks_names_dtypes_and_shapes(artifacts_fp32):
+    """What the load check compares: a graph file's I/O names, element types, ranks and fixed sizes."""
     from dataclasses import replace
 
     from star_deploy.artifacts.graph_io import io_problem
@@ -776,8 +782,15 @@ def test_graph_contract_checks_names_dtypes_and_ranks(artifacts_fp32):
     tokens = header.inputs[0]
     header.inputs[0] = replace(tokens, dtype="int32")
     assert io_problem(header, spec) == "its input tokens is int32, not int64"
-    header.inputs[0] = replace(tokens, rank=2)
+    header.inputs[0] = replace(tokens, shape=("batch", "side"))
     assert io_problem(header, spec) == "its input tokens has 2 dimensions, not 3"
+    header.inputs[0] = tokens
+    f_hat = header.inputs[1]
+    assert f_hat.shape[1:] == (8, 16, 16)
+    header.inputs[1] = replace(f_hat, shape=("batch", 9, None, "h"))
+    assert io_problem(header, spec) == "its input f_hat has 9 at axis 1, not 8"
+    header.inputs[1] = replace(f_hat, shape=("batch", 8, None, "h"))
+    assert io_problem(header, spec) is None, "open and symbolic sizes are not compared"
     header.inputs[0] = replace(tokens, name="ids")
     assert io_problem(header, spec) == "its inputs lack tokens and include unexpected ids"
     other = io_problem(header, manifest.graphs["vq_decoder"])

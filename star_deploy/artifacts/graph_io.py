@@ -23,13 +23,18 @@ def _side_problem(kind: str, found: list[ValueInfo], expected: tuple[TensorSpec,
         value = have[name]
         if value.dtype is not None and value.dtype != spec.dtype:
             return f"its {kind[:-1]} {name} is {value.dtype}, not {spec.dtype}"
-        if value.rank is not None and value.rank != len(spec.shape):
-            return f"its {kind[:-1]} {name} has {value.rank} dimensions, not {len(spec.shape)}"
+        if value.shape is None:
+            continue
+        if len(value.shape) != len(spec.shape):
+            return f"its {kind[:-1]} {name} has {len(value.shape)} dimensions, not {len(spec.shape)}"
+        for axis, (found, wanted) in enumerate(zip(value.shape, spec.shape)):
+            if isinstance(found, int) and isinstance(wanted, int) and found != wanted:
+                return f"its {kind[:-1]} {name} has {found} at axis {axis}, not {wanted}"
     return None
 
 
 def io_problem(header: OnnxHeader, spec: GraphSpec) -> str | None:
-    """Why a graph with ``header`` cannot serve as ``spec.name`` (names, dtypes, ranks), or None if it can."""
+    """Why a graph with ``header`` cannot serve as ``spec.name`` (names, dtypes, ranks, fixed sizes), else None."""
     return _side_problem("inputs", header.inputs, spec.inputs) or _side_problem("outputs", header.outputs, spec.outputs)
 
 

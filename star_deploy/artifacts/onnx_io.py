@@ -40,11 +40,18 @@ class NotOnnx(ValueError):
 
 @dataclass(frozen=True)
 class ValueInfo:
-    """One graph input or output: its name, element type (``None`` if not a tensor) and rank."""
+    """One graph input or output: its name, element type and shape (``None`` if not a tensor or not stated).
+
+    A dimension is its size, the name of a symbolic size, or ``None`` if the file leaves it open.
+    """
 
     name: str
     dtype: str | None
-    rank: int | None
+    shape: tuple[int | str | None, ...] | None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
 
 
 @dataclass
@@ -134,12 +141,21 @@ def _message(f: BinaryIO, length: int, texts: tuple[int, ...], nested: dict[int,
     return out
 
 
-def _rank(f: BinaryIO, length: int) -> int:
-    return sum(1 for number, _, _ in _fields(f, f.tell() + length) if number == 1)
+def _dimension(f: BinaryIO, length: int) -> int | str | None:
+    fields = _message(f, length, (2,), {})
+    return fields.get(1, fields.get(2))  # type: ignore[return-value]
+
+
+def _shape(f: BinaryIO, length: int) -> tuple[int | str | None, ...]:
+    dims = []
+    for number, wire, size in _fields(f, f.tell() + length):
+        if number == 1 and wire == BYTES:
+            dims.append(_dimension(f, size))
+    return tuple(dims)
 
 
 def _tensor_type(f: BinaryIO, length: int) -> dict[int, object]:
-    return _message(f, length, (), {2: _rank})
+    return _message(f, length, (), {2: _shape})
 
 
 def _type(f: BinaryIO, length: int) -> dict[int, object]:
