@@ -24,6 +24,8 @@ log = logging.getLogger("star_deploy")
 
 STAR_PATTERNS = ("star*.pth", "star*.safetensors")
 VAE_PATTERNS = ("vae*.pth", "vae*.safetensors")
+RELEASE_LAYOUT = "a release folder holds CLIP/, one vae* and one star* checkpoint"
+"""The start of the advice of commands without --clip, --vae and --star (see ``resolve_release``)."""
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 """What CLIPTokenizer reads; without them transformers may silently fetch another tokenizer."""
 

@@ -13,7 +13,7 @@ from ..artifacts.manifest import sha256_file
 from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
 from ..errors import OutputError, WeightsError
 from ..extras import require
-from ..release import resolve_release
+from ..release import RELEASE_LAYOUT, resolve_release
 from .common import OverwriteOpt, reports_errors
 
 if TYPE_CHECKING:
@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("star_deploy")
 
-ONE_AT_A_TIME = "a release folder holds CLIP/, one vae* and one star* checkpoint; or convert one file: "
-ONE_AT_A_TIME += "star-deploy convert FILE --out NAME.safetensors"
+ONE_AT_A_TIME = f"{RELEASE_LAYOUT}; or convert one file: star-deploy convert FILE --out NAME.safetensors"
 
 
 def checkpoint_tensors(path: Path) -> tuple[str, StateDict]:

@@ -15,7 +15,7 @@ from ..artifacts.manifest import MANIFEST, file_problems, load_manifest, read_ma
 from ..artifacts.onnx_io import read_header
 from ..errors import ArtifactError, StarDeployError, WeightsError
 from ..extras import require_torch
-from ..release import check_readable, resolution_from_name, resolve_release
+from ..release import RELEASE_LAYOUT, check_readable, resolution_from_name, resolve_release
 from ..weight_shapes import infer_transformer_config, infer_vae_config, safetensors_shapes, text_config_fields
 from .common import reports_errors
 
@@ -57,11 +57,7 @@ def inspect_checkpoint(path: Path) -> Info:
 
 
 def inspect_release(folder: Path) -> Info:
-    paths = resolve_release(
-        folder,
-        advice="a release folder holds CLIP/, one vae* and one star* checkpoint; "
-        "or inspect one file: star-deploy inspect FILE",
-    )
+    paths = resolve_release(folder, advice=f"{RELEASE_LAYOUT}; or inspect one file: star-deploy inspect FILE")
     return {
         "kind": "STAR release",
         "path": str(folder),
