@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import importlib
+
 from .errors import BackendUnavailableError
+
+EXTRAS = {
+    "torch": ("PyTorch", "torch"),
+    "transformers": ("transformers", "torch"),
+    "safetensors": ("safetensors", "torch"),
+    "onnx": ("the onnx package", "torch"),
+    "onnxscript": ("onnxscript", "torch"),
+    "tensorrt": ("TensorRT", "tensorrt"),
+    "ray": ("Ray Serve", "serve"),
+    "fastapi": ("FastAPI", "serve"),
+}
+"""Top-level module -> (what to call it, the extra that installs it)."""
+BASE_INSTALL = "the base install runs exported graphs with --backend onnxruntime"
+
+
+def install_hint(module: str) -> str:
+    """``pip install 'star-deploy[extra]'`` for the extra that provides ``module``."""
+    return f"pip install 'star-deploy[{EXTRAS[module][1]}]'"
+
+
+def missing_extra(exc: BaseException, what: str) -> BackendUnavailableError | None:
+    """The error to show for ``exc`` when it is a module of an extra that is not installed, else None."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    module = exc.name.split(".")[0]
+    if module not in EXTRAS:
+        return None
+    name, extra = EXTRAS[module]
+    note = f" ({BASE_INSTALL})" if extra == "torch" else ""
+    return BackendUnavailableError(f"{what} needs {name}: {install_hint(module)}{note}")
+
+
+def require(module: str, what: str) -> None:
+    """Refuse work that needs ``module`` (of an extra) on an install without it, saying how to get it."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc, what)
+        if error is None:
+            raise
+        raise error from None
 
 
 def require_torch(what: str) -> None:
     """Refuse work that needs PyTorch on an install without it, saying how to get it."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise BackendUnavailableError(
-            f"{what} needs PyTorch: pip install 'star-deploy[torch]' (the base install runs exported graphs "
-            f"with --backend onnxruntime)"
-        ) from None
+    require("torch", what)

@@ -17,6 +17,8 @@ def read_record(path: Path, fmt: str, version: int, what: str, fix: str) -> dict
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc}); {fix}") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot be read ({exc.strerror or exc}); fix its permissions") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise ArtifactError(f"{path}: not a star-deploy {what}; {fix}")
     found = data.get("format_version")

@@ -24,6 +24,8 @@ log = logging.getLogger("star_deploy")
 
 STAR_PATTERNS = ("star*.pth", "star*.safetensors")
 VAE_PATTERNS = ("vae*.pth", "vae*.safetensors")
+RELEASE_LAYOUT = "a release folder holds CLIP/, one vae* and one star* checkpoint"
+"""The start of the advice of commands without --clip, --vae and --star (see ``resolve_release``)."""
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 """What CLIPTokenizer reads; without them transformers may silently fetch another tokenizer."""
 
@@ -45,35 +47,43 @@ class ReleasePaths:
         return self.clip / "text_encoder"
 
 
-def _single_match(folder: Path, patterns: tuple[str, ...], flag: str) -> Path:
+def _single_match(folder: Path, patterns: tuple[str, ...], flag: str, advice: str | None) -> Path:
     found = sorted({p for pattern in patterns for p in folder.glob(pattern)})
     if not found:
-        raise WeightsError(f"{folder}: no file matching {' or '.join(patterns)}; pass it with {flag} FILE")
+        raise WeightsError(
+            f"{folder}: no file matching {' or '.join(patterns)}; {advice or f'pass it with {flag} FILE'}"
+        )
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
-        raise WeightsError(f"{folder}: several candidates ({names}); choose one with {flag} FILE")
+        raise WeightsError(f"{folder}: several candidates ({names}); {advice or f'choose one with {flag} FILE'}")
     return found[0]
 
 
 def resolve_release(
-    weights: Path | None = None, clip: Path | None = None, vae: Path | None = None, star: Path | None = None
+    weights: Path | None = None,
+    clip: Path | None = None,
+    vae: Path | None = None,
+    star: Path | None = None,
+    advice: str | None = None,
 ) -> ReleasePaths:
-    """Explicit paths win; the rest are found in ``weights`` by the release's file names."""
+    """Explicit paths win; the rest are found in ``weights`` by the release's file names.
+
+    ``advice``: what to suggest when a part cannot be found, for commands without --clip, --vae and --star.
+    """
     if weights is not None:
         if not weights.is_dir():
             raise WeightsError(f"{weights}: not a directory; --weights takes the folder of the STAR release")
         clip = clip or weights / "CLIP"
-        vae = vae or _single_match(weights, VAE_PATTERNS, "--vae")
-        star = star or _single_match(weights, STAR_PATTERNS, "--star")
+        vae = vae or _single_match(weights, VAE_PATTERNS, "--vae", advice)
+        star = star or _single_match(weights, STAR_PATTERNS, "--star", advice)
     missing = [flag for flag, value in (("--clip", clip), ("--vae", vae), ("--star", star)) if value is None]
     if missing:
         raise WeightsError(f"missing {', '.join(missing)}: give them, or --weights DIR with the whole release")
     paths = ReleasePaths(Path(clip), Path(vae), Path(star))
     for sub in (paths.tokenizer, paths.text_encoder):
         if not sub.is_dir():
-            raise WeightsError(
-                f"{sub}: not found; --clip takes the release's CLIP folder (tokenizer/ and text_encoder/)"
-            )
+            clip_advice = advice or "--clip takes the release's CLIP folder (tokenizer/ and text_encoder/)"
+            raise WeightsError(f"{sub}: not found; {clip_advice}")
     missing = [name for name in TOKENIZER_FILES if not (paths.tokenizer / name).is_file()]
     if missing:
         raise WeightsError(f"{paths.tokenizer}: no {' or '.join(missing)}; download the release's CLIP/ folder again")
@@ -87,6 +97,8 @@ def check_readable(path: Path) -> None:
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth or .safetensors)")
     if not path.is_file():
+        if path.exists():
+            raise WeightsError(f"{path}: not a regular file (a pipe or device?); pass the checkpoint file itself")
         raise WeightsError(f"{path}: no such file; check the path")
     try:
         with path.open("rb"):

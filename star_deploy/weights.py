@@ -12,12 +12,13 @@ from types import SimpleNamespace
 
 import torch
 
-from .config import SCHEDULES, StarConfig, TextEncoderConfig, TransformerConfig, VaeConfig
+from .config import SCHEDULES, StarConfig, TextEncoderConfig
 from .errors import ConfigError, WeightsError
 from .model.text import load_text_encoder, text_encoder_config
 from .model.transformer import StarTransformer
 from .model.vqvae import UNUSED_VAE_PREFIXES, StarVQVAE
 from .release import ReleasePaths, check_readable, check_resolution_name
+from .weight_shapes import infer_transformer_config, infer_vae_config
 
 StateDict = dict[str, torch.Tensor]
 
@@ -115,36 +116,6 @@ def vae_state_dict(raw: dict, path: Path) -> StateDict:
     if "quantize.embedding.weight" not in sd:
         raise WeightsError(f"{path}: not a VQVAE state dict (no quantize.embedding.weight); use vae_ch160v4096z32.pth")
     return sd
-
-
-def _shape(sd: StateDict, key: str, path: Path) -> torch.Size:
-    if key not in sd:
-        raise WeightsError(f"{path}: missing tensor {key!r}; the checkpoint is incomplete or of another model")
-    return sd[key].shape
-
-
-def infer_transformer_config(sd: StateDict, path: Path) -> TransformerConfig:
-    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
-    if depth == 0:
-        raise WeightsError(f"{path}: no transformer blocks found")
-    return TransformerConfig(
-        depth=depth,
-        width=_shape(sd, "pos_start", path)[-1],
-        heads=_shape(sd, "blocks.0.attn.scale_mul_1H11", path)[1],
-        text_width=_shape(sd, "encoder_proj.weight", path)[1],
-        vocab_size=_shape(sd, "head_logits.weight", path)[0],
-        cvae=_shape(sd, "word_embed.weight", path)[1],
-        num_scales=_shape(sd, "lvl_embed.weight", path)[0],
-    )
-
-
-def infer_vae_config(sd: StateDict, path: Path) -> VaeConfig:
-    vocab, cvae = _shape(sd, "quantize.embedding.weight", path)
-    ch = _shape(sd, "decoder.conv_out.weight", path)[1]
-    levels = len({int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.(\d+)\.", k))})
-    ch_mult = tuple(_shape(sd, f"decoder.up.{i}.block.0.conv2.weight", path)[0] // ch for i in range(levels))
-    blocks = len({int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))})
-    return VaeConfig(vocab_size=vocab, cvae=cvae, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks - 1)
 
 
 def check_tensor_values(sd: StateDict, expected: StateDict | None, path: Path) -> None:

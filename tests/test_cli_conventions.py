@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import typer
 from typer.testing import CliRunner
 
 from star_deploy import __version__
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
-from star_deploy.backends.ort_sessions import CACHE_DIR, cache_folder
+from star_deploy.backends.ort_cache import CACHE_DIR, cache_folder
 from star_deploy.cli import app, hoist_verbosity
 from star_deploy.config import SamplingConfig
 from star_deploy.pipeline import ScaleLoop
@@ -125,13 +126,40 @@ def test_a_cache_made_on_another_kind_of_cpu_is_not_used(artifacts_fp32, tmp_pat
     """Optimized graphs can hold kernels chosen for the CPU (NCHWc blocks by vector width): the key has its ISA."""
     import shutil
 
-    from star_deploy.backends import ort_sessions
+    from star_deploy.backends import ort_cache
 
     folder = tmp_path / "art"
     shutil.copytree(artifacts_fp32, folder, ignore=shutil.ignore_patterns(CACHE_DIR))
     OrtBackend(load_manifest(folder))
     here = sorted((folder / CACHE_DIR).glob("*.onnx"))
-    monkeypatch.setattr(ort_sessions, "cpu_flags", lambda: ["a-cpu-flag-no-cpu-has"])
+    monkeypatch.setattr(ort_cache, "cpu_flags", lambda: ["a-cpu-flag-no-cpu-has"])
     OrtBackend(load_manifest(folder))
     both = sorted((folder / CACHE_DIR).glob("*.onnx"))
     assert len(here) == 5 and len(both) == 10, "the other CPU's backend reused this CPU's optimized graphs"
+
+
+BOX = "│╭╰"
+NAME_INDENT = 8
+"""Option, argument and command names start this close to a box's left edge; a help's second row far further."""
+
+
+def help_lines(command: list[str]) -> list[str]:
+    """``--help`` of ``command`` rendered 1000 columns wide: no paragraph or option help is long enough to wrap."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "1000", "TERMINAL_WIDTH": "1000"})
+    assert result.exit_code == 0, result.output
+    return [line.rstrip() for line in result.stdout.splitlines()]
+
+
+def test_help_has_no_hard_line_breaks_inside_a_paragraph():
+    """Every paragraph of every command's help is one line at a width nothing wraps at: the terminal wraps it."""
+    commands = [[]] + [[name] for name in typer.main.get_command(app).commands]
+    assert len(commands) >= 12
+    for command in commands:
+        lines = help_lines(command)
+        prose = [line for line in lines if not line.lstrip().startswith(tuple(BOX))]
+        for above, below in zip(prose, prose[1:]):
+            assert not (above.strip() and below.strip()), f"{command}: a paragraph breaks after {above.strip()!r}"
+        rows = [line.split("│")[1] for line in lines if line.startswith("│")]
+        assert rows, command
+        for row in rows:  # a row whose name column is blank continues the help of the row above
+            assert len(row) - len(row.lstrip()) <= NAME_INDENT, f"{command}: a help runs onto a second row: {row!r}"

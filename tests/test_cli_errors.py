@@ -16,6 +16,7 @@ from conftest import GOLDEN
 from typer.testing import CliRunner
 
 from star_deploy.cli import app
+from star_deploy.demo import DEMO_GRAPHS
 from star_deploy.images import read_png
 
 runner = CliRunner()
@@ -384,6 +385,29 @@ CASES = [
         2,
         "folder does not exist",
     ),
+    # advice names only options the command has; --provider only where it applies
+    (
+        "convert-release-two-stars",
+        ["convert", "{bad}/two_star", "--out", "{out}.d"],
+        2,
+        "several candidates (star.pth, star_b.pth); a release folder holds CLIP/, one vae* and one star* checkpoint; "
+        "or convert one file: star-deploy convert FILE --out NAME.safetensors",
+    ),
+    ("convert-release-no-star", ["convert", "{bad}/no_star", "--out", "{out}.d"], 2, "or convert one file: star-dep"),
+    ("convert-release-no-clip", ["convert", "{bad}/no_clip", "--out", "{out}.d"], 2, "not found; a release folder"),
+    ("convert-missing", ["convert", "{bad}/nope.pth", "--out", "{out}.safetensors"], 2, "nope.pth: no such file"),
+    ("inspect-release-two-stars", ["inspect", "{bad}/two_star"], 2, "or inspect one file: star-deploy inspect FILE"),
+    ("inspect-release-no-vae", ["inspect", "{bad}/no_vae"], 2, "or inspect one file: star-deploy inspect FILE"),
+    ("provider-empty", ["run", "a", "--provider", "", "-o", "{out}"], 2, "--provider '': unknown provider; choose"),
+    ("backend-empty", ["run", "a", "--backend", "", "-o", "{out}"], 2, "unknown backend ''; choose one of"),
+    ("device-empty", ["run", "a", "--device", "", "-o", "{out}"], 2, "unknown device ''; use cpu, cuda or cuda:N"),
+    ("provider-unknown", ["run", "a", "--provider", "gpu", "-o", "{out}"], 2, "--provider 'gpu': unknown provider"),
+    (
+        "provider-with-torch",
+        RUN + ["--weights", G, "--provider", "cuda", "-o", "{out}"],
+        2,
+        "--provider 'cuda': execution providers are ONNX Runtime's; use it with --backend onnxruntime, or drop it",
+    ),
     (
         "check-json-folder-missing",
         ["check", "{bad}/nope", "--json", "{out}/missing/r.json"],
@@ -524,6 +548,22 @@ def edit_manifest(folder: Path, change, reseal: bool) -> None:
     path.write_text(dumps(data))
 
 
+def replace_graphs(folder: Path, moves: dict[str, str | bytes]) -> None:
+    """Replace graph files (``moves``: target <- another graph's file, or bytes) and reseal the manifest to match."""
+    import json
+
+    from star_deploy.artifacts.manifest import dumps, sealed, sha256_file
+
+    contents = {t: s if isinstance(s, bytes) else (folder / s).read_bytes() for t, s in moves.items()}
+    for target, data in contents.items():
+        (folder / target).write_bytes(data)
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    for entry in data["graphs"].values():
+        entry["sha256"] = sha256_file(folder / entry["file"])
+    path.write_text(dumps(sealed(data, folder)))
+
+
 def setter(key: str, value):
     return lambda d: d.__setitem__(key, value)
 
@@ -592,6 +632,26 @@ ARTIFACT_CASES = [
             f, lambda d: d["graphs"]["transformer_step"]["outputs"][0].__setitem__("name", "out"), reseal=True
         ),
         "graph transformer_step does not have the outputs this version expects",
+    ),
+    (
+        "graphs-swapped-resealed",
+        lambda f: replace_graphs(f, {"scale_update.onnx": "vq_decoder.onnx", "vq_decoder.onnx": "scale_update.onnx"}),
+        "scale_update.onnx: not the scale_update graph this folder needs (its inputs lack tokens",
+    ),
+    (
+        "graph-copied-resealed",
+        lambda f: replace_graphs(f, {"text_encoder.onnx": "text_context.onnx"}),
+        "text_encoder.onnx: not the text_encoder graph this folder needs (its inputs lack input_ids",
+    ),
+    (
+        "graph-of-another-export-resealed",
+        lambda f: replace_graphs(f, {"vq_decoder.onnx": (DEMO_GRAPHS / "vq_decoder.onnx").read_bytes()}),
+        "vq_decoder.onnx: not the vq_decoder graph this folder needs (its input f_hat has 8 at axis 2, not 16)",
+    ),
+    (
+        "graph-not-onnx-resealed",
+        lambda f: replace_graphs(f, {"vq_decoder.onnx": b"\xff" * 64}),
+        "vq_decoder.onnx: not a readable ONNX graph",
     ),
     (
         "graph-sha256-missing",
@@ -692,3 +752,46 @@ def test_artifacts_of_other_weights_are_named_by_parity(artifacts_fp32, bad, tmp
         f"was exported from star.pth, not from {bad}/other_star/star.pth; pass the weights it was exported from"
         in result.stderr
     )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
+@pytest.mark.parametrize("name", ["manifest.json", "vq_decoder.onnx", "tokenizer/vocab.json"])
+def test_unreadable_artifact_files_are_named(name, artifacts_fp32, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifacts_fp32, art)
+    (art / name).chmod(0)
+    for args in (["check", str(art)], ["run", "a", "--artifacts", str(art), "-o", str(tmp_path / "x.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{name}: cannot be read (Permission denied); fix its permissions" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_graph_contract_checks_names_dtypes_and_shapes(artifacts_fp32):
+    """What the load check compares: a graph file's I/O names, element types, ranks and fixed sizes."""
+    from dataclasses import replace
+
+    from star_deploy.artifacts.graph_io import io_problem
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.artifacts.onnx_io import read_header
+
+    manifest = load_manifest(artifacts_fp32)
+    spec = manifest.graphs["scale_update"]
+    header = read_header(manifest.path("scale_update"))
+    assert io_problem(header, spec) is None
+    tokens = header.inputs[0]
+    header.inputs[0] = replace(tokens, dtype="int32")
+    assert io_problem(header, spec) == "its input tokens is int32, not int64"
+    header.inputs[0] = replace(tokens, shape=("batch", "side"))
+    assert io_problem(header, spec) == "its input tokens has 2 dimensions, not 3"
+    header.inputs[0] = tokens
+    f_hat = header.inputs[1]
+    assert f_hat.shape[1:] == (8, 16, 16)
+    header.inputs[1] = replace(f_hat, shape=("batch", 9, None, "h"))
+    assert io_problem(header, spec) == "its input f_hat has 9 at axis 1, not 8"
+    header.inputs[1] = replace(f_hat, shape=("batch", 8, None, "h"))
+    assert io_problem(header, spec) is None, "open and symbolic sizes are not compared"
+    header.inputs[0] = replace(tokens, name="ids")
+    assert io_problem(header, spec) == "its inputs lack tokens and include unexpected ids"
+    other = io_problem(header, manifest.graphs["vq_decoder"])
+    assert other == "its inputs include unexpected ids, upsample, downsample"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from conftest import GOLDEN
 from typer.testing import CliRunner
 
@@ -85,3 +87,47 @@ def test_unknown_and_missing_paths(tmp_path):
     (tmp_path / "engine.plan").write_bytes(b"\x00" * 16)
     plan = inspect_json(tmp_path / "engine.plan")
     assert plan["kind"] == "TensorRT engine" and plan["sidecar"].startswith("missing")
+
+
+def test_safetensors_header_gives_what_the_loaded_checkpoint_gives(tmp_path):
+    """inspect reads a .safetensors header only (no torch): the same config and counts as the loaded .pth."""
+    from star_deploy.commands.convert import convert_file
+
+    for name in ("star", "vae"):
+        convert_file(GOLDEN / f"{name}.pth", tmp_path / f"{name}.safetensors")
+        pth, header = inspect_json(GOLDEN / f"{name}.pth"), inspect_json(tmp_path / f"{name}.safetensors")
+        for key in ("kind", "config", "tensors", "parameters", "dtypes"):
+            assert header[key] == pth[key], key
+
+
+def bad_header(header: bytes, size: int | None = None) -> bytes:
+    """A safetensors file of ``header`` whose length field says ``size`` (default: the header's length)."""
+    return (len(header) if size is None else size).to_bytes(8, "little") + header
+
+
+# (id, file name, contents, message fragment); files inspect must refuse in one line, exit 2
+BAD_FILES = [
+    ("safetensors-empty", "a.safetensors", b"", "not a readable safetensors file (no header)"),
+    ("safetensors-huge-header", "a.safetensors", bad_header(b"{}", 1 << 40), "(no header)"),
+    ("safetensors-not-json", "a.safetensors", bad_header(b"{nope"), "its header is not JSON"),
+    ("safetensors-list", "a.safetensors", bad_header(b"[]"), "not a JSON object"),
+    ("safetensors-no-shape", "a.safetensors", bad_header(b'{"x": {"a": 1}}'), "tensor 'x' has no dtype and shape"),
+    ("onnx-garbage", "a.onnx", b"\xff" * 40, "a.onnx: not a readable ONNX graph"),
+    ("onnx-empty", "a.onnx", b"", "a.onnx: not a readable ONNX graph"),
+    ("onnx-text", "a.onnx", b"hello world\n", "a.onnx: not a readable ONNX graph"),
+    ("onnx-fifo", "a.onnx", None, "a.onnx: cannot be read as an ONNX graph"),
+    ("safetensors-fifo", "a.safetensors", None, "a.safetensors: not a regular file (a pipe or device?)"),
+    ("pth-fifo", "a.pth", None, "a.pth: not a regular file (a pipe or device?)"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "fragment"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+def test_unreadable_files_are_refused_in_one_line(name, data, fragment, tmp_path):
+    path = tmp_path / name
+    if data is None:
+        os.mkfifo(path)  # opened without blocking, refused as not a regular file
+    else:
+        path.write_bytes(data)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr and result.stderr.count("\n") == 1, result.stderr

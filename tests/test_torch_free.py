@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 
 from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
@@ -128,3 +129,54 @@ def test_serve_replica_without_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["onnxruntime", "128", "128", "3"]
+
+
+# (id, arguments, exit code, what stdout (exit 0) or stderr (exit 2) holds); {out} = a fresh output folder
+COMMANDS = [
+    ("inspect-demo-weights", ["inspect", str(DEMO_WEIGHTS), "--json"], 0, '"kind": "STAR release"'),
+    ("inspect-safetensors", ["inspect", str(DEMO_WEIGHTS / "star.safetensors"), "--json"], 0, '"depth": 4'),
+    ("inspect-onnx", ["inspect", str(DEMO_GRAPHS / "vq_decoder.onnx"), "--json"], 0, '"outputs": [\n    "image"'),
+    ("inspect-artifacts", ["inspect", str(DEMO_GRAPHS), "--json"], 0, '"kind": "artefact directory"'),
+    ("inspect-pth", ["inspect", str(GOLDEN / "star.pth")], 2, "inspecting star.pth needs PyTorch"),
+    ("quantize", ["quantize", str(DEMO_GRAPHS), "--out", "{out}/q"], 2, "star-deploy quantize needs the onnx package"),
+    ("convert", ["convert", str(GOLDEN / "star.pth"), "--out", "{out}/s.safetensors"], 2, "convert needs PyTorch"),
+    ("convert-release", ["convert", str(GOLDEN), "--out", "{out}/r"], 2, "star-deploy convert needs PyTorch"),
+    ("check", ["check", str(DEMO_GRAPHS)], 2, "star-deploy check needs the onnx package"),
+    ("export", ["export", "--out", "{out}/e"], 2, "star-deploy export needs PyTorch"),
+    ("build-engine", ["build-engine", str(DEMO_GRAPHS)], 2, "star-deploy build-engine needs"),
+]
+
+
+@pytest.fixture(scope="module")
+def commands_without_torch(tmp_path_factory) -> tuple[dict, Path]:
+    """Every row of COMMANDS run once, in one subprocess without torch: {id: [exit code, stdout, stderr]}."""
+    out = tmp_path_factory.mktemp("torch_free_out")
+    cases = {c[0]: [a.format(out=out) for a in c[1]] for c in COMMANDS}
+    result = run_without_torch(
+        f"""
+        import json
+        from typer.testing import CliRunner
+        from star_deploy.cli import app
+        results = {{}}
+        for name, args in {cases!r}.items():
+            r = CliRunner().invoke(app, args)
+            results[name] = [r.exit_code, r.stdout, r.stderr]
+        print(json.dumps(results))
+        """,
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), out
+
+
+@pytest.mark.parametrize(("code", "fragment"), [c[2:] for c in COMMANDS], ids=[c[0] for c in COMMANDS])
+def test_commands_without_torch_work_or_name_the_extra(code, fragment, commands_without_torch, request):
+    results, out = commands_without_torch
+    exit_code, stdout, stderr = results[request.node.callspec.id]
+    assert exit_code == code, stderr
+    if code == 0:
+        assert fragment in stdout and "warning" not in stderr, stderr
+    else:
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+        assert fragment in stderr and "pip install 'star-deploy[" in stderr and "unexpected" not in stderr
+    assert list(out.iterdir()) == [], "an output was left behind"

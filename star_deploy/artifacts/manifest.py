@@ -13,6 +13,7 @@ from ..config import StarConfig
 from ..errors import ArtifactError
 from ..graphs import GraphSpec, graph_specs
 from ..records import read_record
+from .graph_io import check_graph_file
 from .schema import parse_config, validate
 
 MANIFEST = "manifest.json"
@@ -157,7 +158,13 @@ def file_problems(root: Path, files: dict[str, str]) -> Iterator[str]:
         path = root / rel
         if not path.is_file():
             yield f"{path}: missing; the artefact folder is incomplete, export again"
-        elif sha256_file(path) != expected:
+            continue
+        try:
+            found = sha256_file(path)
+        except OSError as exc:
+            yield f"{path}: cannot be read ({exc.strerror or exc}); fix its permissions"
+            continue
+        if found != expected:
             yield f"{path}: changed or corrupted since export (sha256 mismatch); export again"
 
 
@@ -180,7 +187,7 @@ def check_graph_entry(entry: dict[str, Any], spec: GraphSpec, path: Path) -> Non
 
 
 def load_manifest(root: Path) -> Manifest:
-    """Read and validate ``root/manifest.json`` and verify every file it lists before anything uses them."""
+    """Read and validate ``root/manifest.json``, verify every file it lists and each graph's inputs and outputs."""
     path = root / MANIFEST
     data = read_manifest(root)
     config = parse_config(data["config"], path)
@@ -193,6 +200,8 @@ def load_manifest(root: Path) -> Manifest:
         if spec.file not in data["files"] or combine([data["files"][f] for f in listed]) != entry["sha256"]:
             raise ArtifactError(f"{path}: graph {name} does not match its file table; export again")
     verify_files(root, data["files"])
+    for spec in specs.values():
+        check_graph_file(root / spec.file, spec)
     return Manifest(
         root=root,
         config=config,

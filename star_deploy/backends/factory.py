@@ -18,7 +18,7 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 def default_device(backend: str, device: str | None) -> str:
     """The device asked for, else cuda for TensorRT and cpu for the rest."""
-    return device or ("cuda" if backend == "tensorrt" else "cpu")
+    return device if device is not None else ("cuda" if backend == "tensorrt" else "cpu")
 
 
 def check_device_name(device: str) -> None:

@@ -91,7 +91,8 @@ class OrtBackend:
         ort = import_ort()
         self.ort, self.manifest, self.config = ort, manifest, manifest.config
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        self.provider = provider or ("cuda" if device.startswith("cuda") else "cpu")
+        default = "cuda" if device.startswith("cuda") else "cpu"
+        self.provider = default if provider is None else provider
         entry, self.io_device = provider_entry(ort, self.provider, device_id, provider_options)
         self.device = device
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"

@@ -3,24 +3,20 @@
 The first load of a graph writes ORT's optimized form to ``DIR/ort_cache/``, or, for the
 graphs shipped inside the package (the demo) and for a read-only DIR, to the user's cache
 (``$XDG_CACHE_HOME/star-deploy/ort_cache``, default ``~/.cache``); later loads read it with
-optimizations off and skip that work. A cache file is named by the graph's sha256, the
-provider, the ORT version and the CPU's instruction sets, and carries a digest of its own
-contents, so a stale, foreign or damaged file is never used.
+optimizations off and skip that work (``ort_cache.py`` says how an entry is named and checked:
+a stale, foreign or damaged entry is never used, but rebuilt).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import platform
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..artifacts.manifest import Manifest
-from ..cpu_isa import cpu_flags
 from ..errors import BackendUnavailableError, ConfigError
+from .ort_cache import cache_folder, cache_key, cached_entry, discard, new_entry, store_entry
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +33,18 @@ PROVIDERS = {
 DEVICE_BUFFERS = {"cuda": "cuda", "tensorrt": "cuda"}
 """Providers whose KV cache lives in device memory; the rest use host memory."""
 
-CACHE_DIR = "ort_cache"
-PACKAGE = Path(__file__).resolve().parent.parent
+
+def check_provider(provider: str | None, backend: str) -> None:
+    """Refuse a --provider that is not one of PROVIDERS, or one given to a backend that is not onnxruntime."""
+    if provider is None:
+        return
+    if backend != "onnxruntime":
+        raise ConfigError(
+            f"--provider {provider!r}: execution providers are ONNX Runtime's; use it with --backend onnxruntime, "
+            f"or drop it for --backend {backend}"
+        )
+    if provider not in PROVIDERS:
+        raise ConfigError(f"--provider {provider!r}: unknown provider; choose one of {', '.join(PROVIDERS)}")
 
 
 def provider_entry(
@@ -75,34 +81,6 @@ def _options(ort: ModuleType, threads: int):
     return options
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def machine_tag() -> str:
-    """A short digest of the CPU architecture and instruction sets: an optimized graph may hold kernels
-    chosen for them (ONNX Runtime's NCHWc layout blocks by vector width), so a cache is per machine kind."""
-    return hashlib.sha256(",".join([platform.machine(), *cpu_flags()]).encode()).hexdigest()[:8]
-
-
-def _cache_key(ort: ModuleType, manifest: Manifest, graph: str, provider: str) -> str:
-    return f"{graph}.{provider}.ort{ort.__version__}.{manifest.graph_hashes[graph][:16]}.{machine_tag()}"
-
-
-def _cached(folder: Path, key: str) -> Path | None:
-    """A cache file for ``key`` whose contents match the digest in its name; damaged ones are deleted."""
-    for path in folder.glob(f"{key}.*.onnx"):
-        if path.name == f"{key}.{_digest(path)}.onnx":
-            return path
-        log.debug("removing damaged ORT cache file %s", path)
-        path.unlink(missing_ok=True)
-    return None
-
-
 def create_session(
     ort: ModuleType, manifest: Manifest, graph: str, providers: list, provider: str, threads: int, user_options: Any
 ):
@@ -110,47 +88,43 @@ def create_session(
     source = manifest.path(graph)
     if user_options is not None:
         return ort.InferenceSession(str(source), user_options, providers=providers)
-    key = _cache_key(ort, manifest, graph, provider)
     external = source.with_name(source.name + ".data").exists()
     folder = None if external else cache_folder(manifest.root)
-    cached = None if folder is None else _cached(folder, key)
-    options = _options(ort, threads)
-    if cached is not None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(cached), options, providers=providers)
     if folder is None:
+        return ort.InferenceSession(str(source), _options(ort, threads), providers=providers)
+    key = cache_key(ort, manifest, graph, provider)
+    cached = cached_entry(folder, key, manifest, graph)
+    if cached is not None:
+        session = _cached_session(ort, cached, threads, providers)
+        if session is not None:
+            return session
+    return _optimized_session(ort, source, folder, key, manifest, graph, threads, providers)
+
+
+def _cached_session(ort: ModuleType, cached: Path, threads: int, providers: list):
+    """A session of an already optimized graph; None (the entry removed) if ONNX Runtime cannot load it."""
+    options = _options(ort, threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(str(cached), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types for a file it cannot load
+        log.warning("optimized-graph cache entry %s does not load (%s); rebuilding it", cached, str(exc)[:120])
+        discard(cached)
+        return None
+
+
+def _optimized_session(
+    ort: ModuleType, source: Path, folder: Path, key: str, manifest: Manifest, graph: str, threads: int, providers: list
+):
+    """A session of ``source``, whose optimized form is stored in the cache on the way."""
+    options = _options(ort, threads)
+    tmp = new_entry(folder, key)
+    if tmp is None:
         return ort.InferenceSession(str(source), options, providers=providers)
-    tmp = folder / f".{key}.partial-{os.getpid()}"
     options.optimized_model_filepath = str(tmp)
     try:
         session = ort.InferenceSession(str(source), options, providers=providers)
-        if tmp.is_file():
-            os.replace(tmp, folder / f"{key}.{_digest(tmp)}.onnx")
+        store_entry(tmp, folder, key, manifest, graph)
     finally:
         tmp.unlink(missing_ok=True)
     return session
-
-
-def user_cache() -> Path:
-    """The per-user cache of optimized graphs: ``$XDG_CACHE_HOME/star-deploy/ort_cache``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "star-deploy" / CACHE_DIR
-
-
-def cache_folder(root: Path) -> Path | None:
-    """``root/ort_cache`` for a writable artefact folder outside the package, else the user cache;
-    None where neither can be written (no cache)."""
-    inside_package = root.resolve().is_relative_to(PACKAGE)
-    for folder in ([] if inside_package else [root / CACHE_DIR]) + [user_cache()]:
-        if _prepare(folder):
-            return folder
-    return None
-
-
-def _prepare(folder: Path) -> bool:
-    """Create ``folder`` (and its parents) if we can; whether it is writable."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from ..errors import ConfigError, StarDeployError
+from ..extras import missing_extra
 from ..signals import Interrupted, signals_as_interrupts
 
 if TYPE_CHECKING:
@@ -68,8 +70,16 @@ SamplerOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def help_text(doc: str | None) -> str | None:
+    """A docstring as --help text: each paragraph on one line for the terminal to wrap (``\\b`` paragraphs kept)."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
 def reports_errors(func: F) -> F:
-    """StarDeployError: one line, exit 2; Ctrl-C or SIGTERM: exit 130 or 143; anything else: one line, exit 1."""
+    """Errors as one line (StarDeployError, missing extra: exit 2; Ctrl-C, SIGTERM: 130, 143; else exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -87,6 +97,10 @@ def reports_errors(func: F) -> F:
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             log.debug("unexpected error", exc_info=True)
+            extra = missing_extra(exc, f"star-deploy {func.__name__.replace('_', '-')}")
+            if extra is not None:
+                typer.secho(f"error: {extra}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(2) from None
             typer.secho(
                 f"error: unexpected {type(exc).__name__}: {str(exc)[:200]}; rerun with -v for details and report it",
                 err=True,
@@ -94,6 +108,7 @@ def reports_errors(func: F) -> F:
             )
             raise typer.Exit(1) from None
 
+    wrapper.__doc__ = help_text(func.__doc__)
     return wrapper  # type: ignore[return-value]
 
 

@@ -11,14 +11,17 @@ import typer
 
 from ..artifacts.manifest import sha256_file
 from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
-from ..errors import OutputError
-from ..release import resolve_release
+from ..errors import OutputError, WeightsError
+from ..extras import require
+from ..release import RELEASE_LAYOUT, resolve_release
 from .common import OverwriteOpt, reports_errors
 
 if TYPE_CHECKING:
     from ..weights import StateDict
 
 log = logging.getLogger("star_deploy")
+
+ONE_AT_A_TIME = f"{RELEASE_LAYOUT}; or convert one file: star-deploy convert FILE --out NAME.safetensors"
 
 
 def checkpoint_tensors(path: Path) -> tuple[str, StateDict]:
@@ -61,7 +64,7 @@ def convert_file(src: Path, dst: Path, overwrite: bool = False) -> Path:
 
 def convert_release(src: Path, dst: Path, overwrite: bool) -> Path:
     """A release folder whose checkpoints are safetensors; CLIP/ is copied. Appears only when complete."""
-    paths = resolve_release(src)
+    paths = resolve_release(src, advice=ONE_AT_A_TIME)
     with atomic_dir(dst, overwrite) as tmp:
         shutil.copytree(paths.clip, tmp / "CLIP")
         for ckpt in (paths.vae, paths.star):
@@ -83,7 +86,11 @@ def convert(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert official .pth checkpoints to safetensors (same tensors, no pickle); `--weights` accepts the result."""
+    if not src.exists():
+        raise WeightsError(f"{src}: no such file or folder; check the path")
     check_separate([out], [src])
+    for module in ("torch", "safetensors"):
+        require(module, "star-deploy convert")
     if src.is_dir():
         convert_release(src, out, overwrite)
     else:

@@ -12,8 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from ..artifacts.manifest import MANIFEST, file_problems, load_manifest, read_manifest
+from ..artifacts.onnx_io import read_header
 from ..errors import ArtifactError, StarDeployError, WeightsError
-from ..release import resolution_from_name, resolve_release
+from ..extras import require_torch
+from ..release import RELEASE_LAYOUT, check_readable, resolution_from_name, resolve_release
+from ..weight_shapes import infer_transformer_config, infer_vae_config, safetensors_shapes, text_config_fields
 from .common import reports_errors
 
 Info = dict[str, Any]
@@ -24,36 +27,41 @@ def _tensor_summary(sd: dict) -> Info:
     return {"tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()), "dtypes": ", ".join(dtypes)}
 
 
-def inspect_checkpoint(path: Path) -> Info:
-    """Kind and inferred config of a .pth / .safetensors file."""
-    from ..weights import infer_transformer_config, infer_vae_config, read_state_file, star_state_dict, vae_state_dict
+def read_tensors(path: Path) -> dict:
+    """A checkpoint's flat state dict: shapes from a safetensors header (no torch), or a .pth loaded safely."""
+    check_readable(path)
+    if path.suffix.lower() == ".safetensors":
+        return safetensors_shapes(path)[0]
+    require_torch(f"inspecting {path.name}")
+    from ..weights import read_state_file, star_state_dict
 
     raw = read_state_file(path)
+    if isinstance(raw, dict) and "trainer" in raw:
+        return star_state_dict(raw, path)
+    return {k: v for k, v in raw.items() if hasattr(v, "numel")} if isinstance(raw, dict) else {}
+
+
+def inspect_checkpoint(path: Path) -> Info:
+    """Kind and inferred config of a .pth / .safetensors file."""
+    sd = read_tensors(path)
     info: Info = {"kind": "unknown", "path": str(path), "bytes": path.stat().st_size, "format": path.suffix.lstrip(".")}
-    if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):
-        sd = star_state_dict(raw, path)
+    if "encoder_proj.weight" in sd:
         info |= {"kind": "STAR transformer", "config": asdict(infer_transformer_config(sd, path))}
         if (named := resolution_from_name(path)) is not None:
             info["resolution (from name)"] = named
-    elif isinstance(raw, dict) and "quantize.embedding.weight" in raw:
-        sd = vae_state_dict(raw, path)
+    elif "quantize.embedding.weight" in sd:
         info |= {"kind": "VQVAE", "config": asdict(infer_vae_config(sd, path))}
-    elif isinstance(raw, dict) and "class_emb.weight" in raw:
-        sd = raw
+    elif "class_emb.weight" in sd:
         info["kind"] = "class-conditional VAR transformer (not usable by STAR)"
-    else:
-        sd = {k: v for k, v in raw.items() if hasattr(v, "numel")} if isinstance(raw, dict) else {}
     return info | _tensor_summary(sd)
 
 
 def inspect_release(folder: Path) -> Info:
-    from ..weights import read_text_config
-
-    paths = resolve_release(folder)
+    paths = resolve_release(folder, advice=f"{RELEASE_LAYOUT}; or inspect one file: star-deploy inspect FILE")
     return {
         "kind": "STAR release",
         "path": str(folder),
-        "text_encoder": asdict(read_text_config(paths.text_encoder)),
+        "text_encoder": text_config_fields(paths.text_encoder),
         "vae": inspect_checkpoint(paths.vae),
         "star": inspect_checkpoint(paths.star),
     }
@@ -121,19 +129,14 @@ def inspect_engine(path: Path) -> Info:
 
 
 def inspect_onnx(path: Path) -> Info:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on damaged files
-        raise StarDeployError(f"{path}: not a readable ONNX file ({str(exc)[:120]}); export it again") from None
+    header = read_header(path)
     return {
         "kind": "ONNX graph",
         "path": str(path),
         "bytes": path.stat().st_size,
-        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
-        "inputs": [i.name for i in model.graph.input],
-        "outputs": [o.name for o in model.graph.output],
+        "opset": max((v for d, v in header.opsets.items() if d in ("", "ai.onnx")), default=0),
+        "inputs": [i.name for i in header.inputs],
+        "outputs": [o.name for o in header.outputs],
     }
 
 
@@ -147,7 +150,7 @@ def describe(path: Path) -> Info:
         return inspect_release(path)
     if path.name == MANIFEST:
         return inspect_artifacts(path.parent)
-    if path.suffix in (".pth", ".pt", ".safetensors", ".bin"):
+    if path.suffix.lower() in (".pth", ".pt", ".safetensors", ".bin"):
         return inspect_checkpoint(path)
     if path.suffix in (".plan", ".engine"):
         return inspect_engine(path)

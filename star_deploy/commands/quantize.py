@@ -9,6 +9,7 @@ import typer
 
 from ..atomic import check_separate, check_writable
 from ..errors import ConfigError
+from ..extras import require
 from ..graphs import ACCURACY_LEVEL
 from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, reports_errors
 
@@ -40,6 +41,7 @@ def quantize(
         raise ConfigError(f"--accuracy-level {accuracy_level}: choose 0 to 4")
     check_separate([out], [artifacts])
     check_writable(out, overwrite)
+    require("onnx", "star-deploy quantize")
     if dynamic:
         from ..export.dynamic_quant import dynamic_artifacts
 

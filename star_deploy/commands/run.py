@@ -23,6 +23,7 @@ from ..backends.factory import (
     default_device,
     needs_artifacts,
 )
+from ..backends.ort_sessions import check_provider
 from ..config import SamplingConfig, StarConfig
 from ..demo import DEMO_GRAPHS
 from ..dtypes import COMPUTE_DTYPES
@@ -293,7 +294,7 @@ def run(
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
     given = any(v is not None for v in (weights, clip, vae, star))
-    backend = backend or ("torch" if given else "onnxruntime")
+    backend = backend if backend is not None else ("torch" if given else "onnxruntime")
     if backend == "onnxruntime" and artifacts is None and not given:
         artifacts = DEMO_GRAPHS
     sampling = SamplingConfig(
@@ -315,6 +316,7 @@ def run(
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     if compile_step and backend != "torch":
         raise ConfigError("--compile applies to --backend torch")
+    check_provider(provider, backend)
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)

@@ -8,20 +8,9 @@ from pathlib import Path
 import torch
 
 from ..config import TextEncoderConfig
+from ..weight_shapes import HF_FIELDS
 
 log = logging.getLogger(__name__)
-
-
-HF_FIELDS = {
-    "width": "hidden_size",
-    "layers": "num_hidden_layers",
-    "heads": "num_attention_heads",
-    "intermediate": "intermediate_size",
-    "vocab_size": "vocab_size",
-    "max_length": "max_position_embeddings",
-    "activation": "hidden_act",
-}
-"""TextEncoderConfig field -> transformers CLIPTextConfig attribute."""
 
 
 def text_encoder_config(model: torch.nn.Module) -> TextEncoderConfig:
