@@ -39,6 +39,18 @@ class TextEncoderConfig:
     activation: str = "gelu"
 
 
+HF_FIELDS = {
+    "width": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "intermediate": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_length": "max_position_embeddings",
+    "activation": "hidden_act",
+}
+"""TextEncoderConfig field -> transformers CLIPTextConfig attribute."""
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """The STAR transformer's shape; everything else derives from it."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .artifacts.onnx_io import open_regular
-from .config import TransformerConfig, VaeConfig
+from .config import HF_FIELDS, TransformerConfig, VaeConfig
 from .errors import WeightsError
 
 MAX_HEADER = 100 << 20
@@ -34,16 +34,6 @@ SAFETENSORS_DTYPES = {
     "U8": "uint8",
     "BOOL": "bool",
 }
-HF_FIELDS = {
-    "width": "hidden_size",
-    "layers": "num_hidden_layers",
-    "heads": "num_attention_heads",
-    "intermediate": "intermediate_size",
-    "vocab_size": "vocab_size",
-    "max_length": "max_position_embeddings",
-    "activation": "hidden_act",
-}
-"""TextEncoderConfig field -> transformers CLIPTextConfig attribute."""
 
 
 class Shaped(Protocol):

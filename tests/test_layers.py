@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
     # the PyTorch reference model, and the shipped demo's files
     {"model", "demo"},
     # what lies on disk: a weight release and how it loads, an artefact folder and how it reads
-    {"release", "weights", "artifacts", "memory", "random_weights"},
+    {"release", "weights", "weight_shapes", "artifacts", "memory", "random_weights"},
     # TensorRT engines: build, sidecars, profiles, buffer plans
     {"engines"},
     # one class per runtime behind the Backend protocol

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TextEncoderConfig
-from ..weight_shapes import HF_FIELDS
+from ..config import HF_FIELDS, TextEncoderConfig
 
 log = logging.getLogger(__name__)
 
