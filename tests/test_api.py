@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from conftest import GOLDEN
 from PIL import Image
 
 from star_deploy import StarPipeline
+from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ConfigError, WeightsError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -99,20 +102,109 @@ def test_hub_cache_folder_resolves_its_snapshot(tmp_path, golden_pipe):
     assert np.abs(a - b).max() <= 1e-6
 
 
+def stop_with(value):
+    """A callback returning ``value`` at every scale."""
+    return lambda progress: value
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
         (lambda p: p(123), "prompt must be a str"),
         (lambda p: p([]), "prompt must be a str"),
-        (lambda p: p("x", output_type="jpeg"), "output_type must be one of"),
+        (lambda p: p("x", output_type="jpeg"), "output_type must be one of pil, np, pt, got 'jpeg'"),
+        (lambda p: p("x", output_type=["np"]), "output_type must be one of"),
         (lambda p: p("x", seed=[1, 2]), "2 seeds for 1 images"),
+        (lambda p: p(["x", "y"], seed=[0, -5]), "seed[1] must be in [0, 2**63), got -5"),
+        (lambda p: p(["x", "y"], seed=[0, 2**64 + 3]), "seed[1] must be in [0, 2**63)"),
+        (lambda p: p(["x", "y"], seed=[0, "1"]), "seed[1] must be an integer, got str"),
+        (lambda p: p(["x", "y"], seed=[0, 1.0]), "seed[1] must be an integer, got float"),
+        (lambda p: p("x", seed=-1), "seed must be in [0, 2**63), got -1"),
+        (lambda p: p(["x", "y"], seed=2**63 - 1), "image 1 would use seed 9223372036854775808"),
+        (lambda p: p("x", seed="5"), "seed must be an integer or a list of integers, got str"),
+        (lambda p: p("x", seed=True), "seed must be an integer or a list of integers, got bool"),
+        (lambda p: p("x", seed=1.5), "seed must be an integer or a list of integers, got float"),
+        (lambda p: p("x", top_k="5"), "top_k must be an integer, got str"),
+        (lambda p: p("x", top_k=True), "top_k must be an integer, got bool"),
+        (lambda p: p("x", top_k=5.0), "top_k must be an integer, got float"),
+        (lambda p: p("x", top_k=-1), "top-k must be >= 0"),
+        (lambda p: p("x", num_images_per_prompt=0), "num_images_per_prompt must be >= 1"),
+        (lambda p: p("x", num_images_per_prompt=True), "num_images_per_prompt must be an integer, got bool"),
+        (lambda p: p("x", num_images_per_prompt=2.0), "num_images_per_prompt must be an integer, got float"),
+        (lambda p: p("x", batch_size=0), "batch_size must be >= 1, got 0"),
+        (lambda p: p("x", batch_size=True), "batch_size must be an integer, got bool"),
+        (lambda p: p("x", batch_size="2"), "batch_size must be an integer, got str"),
+        (lambda p: p("x", guidance_scale="4"), "guidance_scale must be a real number, got str"),
+        (lambda p: p("x", guidance_scale=True), "guidance_scale must be a real number, got bool"),
+        (lambda p: p("x", guidance_scale=float("nan")), "cfg must be a finite number"),
+        (lambda p: p("x", top_p="0.8"), "top_p must be a real number, got str"),
+        (lambda p: p("x", top_p=[0.8]), "top_p must be a real number, got list"),
         (lambda p: p("x", top_p=0.0), "top-p must be in"),
-        (lambda p: p("x", num_images_per_prompt=0), "num_images_per_prompt"),
+        (lambda p: p("x", sampler="fast"), "sampler must be one of portable, official, got 'fast'"),
+        (lambda p: p("x", callback_on_scale_end="stop"), "callback_on_scale_end must be callable"),
+        (lambda p: p("x", callback_on_scale_end=stop_with("no")), "return value must be True or False, got str"),
+        (lambda p: p("x", callback_on_scale_end=stop_with(0)), "return value must be True or False, got int"),
+        (
+            lambda p: p("x", callback_on_scale_end=lambda progress: progress.preview("jpeg")),
+            "output_type must be one of pil, np, pt, got 'jpeg'",
+        ),
     ],
 )
 def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         call(golden_pipe)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backend": "foo"}, "backend must be one of torch, onnxruntime, tensorrt, got 'foo'"),
+        ({"backend": 1}, "backend must be one of torch, onnxruntime, tensorrt"),
+        ({"threads": -1}, "threads=-1: choose 0 (one per physical core) to"),
+        ({"threads": 10**6}, "threads=1000000: choose 0"),
+        ({"threads": 1.5}, "threads must be an integer, got float"),
+        ({"threads": True}, "threads must be an integer, got bool"),
+        ({"session_options": "fast"}, "session_options must be an onnxruntime.SessionOptions or None, got str"),
+        ({"provider_options": ["x"]}, "provider_options must be a dict or None, got list"),
+        ({"provider": ""}, "provider must name an execution provider"),
+        ({"provider": 1}, "provider must be a str or None, got int"),
+        ({"device": 0}, "device must be a str or None, got int"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"dtype": 16}, "dtype must be a str, got int"),
+        ({"dtype": "float8"}, "unknown dtype 'float8'"),
+        ({"resolution": "256"}, "resolution must be an integer, got str"),
+        ({"cuda_graphs": "yes"}, "cuda_graphs must be True or False, got str"),
+        ({"compile": 1}, "compile must be True or False, got int"),
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1, got 0"),
+        ({"backend": "torch", "provider": "cpu"}, "provider applies to backend='onnxruntime', not to backend='torch'"),
+        ({"backend": "torch", "session_options": None, "provider_options": {}}, "provider_options applies to"),
+        ({"compile": True}, "compile applies to backend='torch', not to backend='onnxruntime'"),
+    ],
+)
+def test_bad_load_options_are_refused_clearly(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        StarPipeline.from_pretrained(**kwargs)
+
+
+THREAD_PROMPTS = ["a red circle on a blue background", "a green square", "a blue triangle", "a yellow circle"]
+
+
+@pytest.fixture(scope="module")
+def demo_pipe() -> StarPipeline:
+    return StarPipeline.from_pretrained()
+
+
+def test_numpy_seeds_and_numpy_bool_callbacks_are_obeyed(demo_pipe):
+    prompts = ["a red circle", "a blue square"]
+    plain = demo_pipe(prompts, seed=[4, 9], output_type="np")
+    for seed in (np.array([4, 9]), [np.int64(4), np.uint8(9)]):
+        assert np.array_equal(demo_pipe(prompts, seed=seed, output_type="np").tokens, plain.tokens)
+    first = demo_pipe("a red circle", seed=np.int32(4), top_k=np.int64(600), guidance_scale=np.float32(4.0))
+    assert first.seeds == [4] and isinstance(first.seeds[0], int)
+    assert np.array_equal(demo_pipe("a red circle", seed=4).tokens, first.tokens)
+    seen = []
+    stopped = demo_pipe("a red circle", callback_on_scale_end=lambda p: seen.append(p.scale) or np.bool_(p.scale < 1))
+    assert seen == [0, 1] and stopped.tokens.shape == (1, 1 + 4)
 
 
 def test_bad_paths_are_refused_clearly(tmp_path, artifacts_fp32):
@@ -131,3 +223,52 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "README.md", "exec"), {})
     assert any(tmp_path.glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def demo_torch_pipe() -> StarPipeline:
+    return StarPipeline.from_pretrained(DEMO_WEIGHTS, backend="torch")
+
+
+@pytest.mark.parametrize("which", ["demo_pipe", "demo_torch_pipe"])
+def test_threads_sharing_a_pipeline_get_the_images_of_sequential_calls(which, request):
+    """Calls from 4 threads on one pipeline (ONNX Runtime, torch) run one at a time, each as it would alone."""
+    pipe = request.getfixturevalue(which)
+    calls = [(p, {"seed": 10 + i, "output_type": "np"}) for i, p in enumerate(THREAD_PROMPTS)]
+    sequential = [pipe(p, **kw) for p, kw in calls]
+    barrier = threading.Barrier(len(calls))
+
+    def call(args):
+        barrier.wait()
+        return pipe(args[0], **args[1])
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        threaded = list(pool.map(call, calls))
+    for one, many in zip(sequential, threaded):
+        assert np.array_equal(one.tokens, many.tokens)
+        assert np.abs(one.images - many.images).max() <= 1e-6
+
+
+def test_callback_calling_the_pipeline_again_is_refused_and_the_outer_call_is_untouched(demo_pipe):
+    refused = []
+
+    def nested(progress):
+        try:
+            demo_pipe("a green square", seed=3)
+        except ConfigError as exc:
+            refused.append(str(exc))
+
+    out = demo_pipe("a red circle on a blue background", seed=2, output_type="np", callback_on_scale_end=nested)
+    alone = demo_pipe("a red circle on a blue background", seed=2, output_type="np")
+    assert len(refused) == demo_pipe.config.num_scales
+    assert "a callback_on_scale_end cannot call it again" in refused[0]
+    assert np.array_equal(out.tokens, alone.tokens) and np.abs(out.images - alone.images).max() <= 1e-6
+
+
+def test_an_error_inside_a_callback_releases_the_pipeline(demo_pipe):
+    def fail(progress):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        demo_pipe("a green square", callback_on_scale_end=fail)
+    assert len(demo_pipe("a green square").images) == 1

@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import StarConfig
+from ..config import SamplingConfig, StarConfig
 from ..errors import ArtifactError
 from ..graphs import GraphSpec, graph_specs
 from ..records import read_record
-from .schema import parse_config, validate
+from .schema import parse_config, parse_sampling, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "star-deploy-artifacts"
@@ -93,6 +93,8 @@ class Manifest:
     sources: dict[str, dict[str, Any]]
     tools: dict[str, str]
     opset: int
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """The sampling defaults (cfg, top_k, top_p) recorded at export; the defaults for older manifests."""
 
     def path(self, graph: str) -> Path:
         return self.root / self.graphs[graph].file
@@ -115,8 +117,10 @@ def manifest_dict(
     sources: dict[str, dict[str, Any]],
     tools: dict[str, str],
     opset: int,
+    sampling: SamplingConfig | None = None,
 ) -> dict[str, Any]:
     graphs = {name: spec.to_dict() | {"sha256": graph_digest(folder, spec)} for name, spec in specs.items()}
+    defaults = sampling or SamplingConfig()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -126,6 +130,7 @@ def manifest_dict(
         "graphs": graphs,
         "sources": sources,
         "tools": tools,
+        "sampling": {"cfg": defaults.cfg, "top_k": defaults.top_k, "top_p": defaults.top_p},
     }
 
 
@@ -202,6 +207,7 @@ def load_manifest(root: Path) -> Manifest:
         sources=data["sources"],
         tools=data["tools"],
         opset=data["opset"],
+        sampling=parse_sampling(data.get("sampling"), path),
     )
 
 
