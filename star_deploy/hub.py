@@ -40,14 +40,19 @@ def download(repo_id: str, cache_dir: str | Path | None = None, local_files_only
     except LocalEntryNotFoundError:
         where = cache or "the default cache"
         raise WeightsError(
-            f"{repo_id}: not in the Hugging Face cache ({where}) and downloads are off "
+            f"{repo_id}: no such local folder, and not in the Hugging Face cache ({where}) while downloads are off "
             f"({'local_files_only' if local_files_only else 'HF_HUB_OFFLINE'}); download it once online, or pass "
             f"a local folder"
         ) from None
     except RepositoryNotFoundError:
-        raise WeightsError(f"{repo_id}: no such repository on the Hugging Face Hub (or it is private)") from None
+        raise WeightsError(
+            f"{repo_id}: no such local folder, nor a repository on the Hugging Face Hub (or it is private)"
+        ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise WeightsError(f"{repo_id}: cannot be downloaded ({str(exc).splitlines()[0][:160]})") from None
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise WeightsError(
+            f"{repo_id}: no such local folder, and it cannot be downloaded from the Hugging Face Hub ({detail})"
+        ) from None
 
 
 def hub_snapshot(path: Path) -> Path:
@@ -71,3 +76,8 @@ def local_folder(path: str | Path, cache_dir: str | Path | None = None, local_fi
     if is_repo_id(path):
         return download(str(path), cache_dir, local_files_only)
     return hub_snapshot(Path(path))
+
+
+def option_folder(path: Path | None) -> Path | None:
+    """A folder option of the CLI (``--weights``, ``--artifacts``): a Hub repo id or cache folder -> its snapshot."""
+    return None if path is None else local_folder(str(path) if is_repo_id(str(path)) else path)

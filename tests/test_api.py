@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -9,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_helpers import demo_with_defaults, hub_cache
 from conftest import GOLDEN
 from PIL import Image
 
 from star_deploy import StarPipeline
+from star_deploy.artifacts.manifest import MANIFEST
+from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
-from star_deploy.errors import ConfigError, WeightsError
+from star_deploy.errors import ArtifactError, ConfigError, WeightsError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -88,18 +92,27 @@ def test_artifact_folder_defaults_to_onnxruntime(artifacts_fp32, golden_pipe):
 
 
 def test_hub_cache_folder_resolves_its_snapshot(tmp_path, golden_pipe):
-    repo = tmp_path / "models--taocrayon--STAR"
-    snap = repo / "snapshots" / "0123abc"
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abc\n")
-    for item in GOLDEN.iterdir():
-        if item.name in ("CLIP", "star.pth", "vae.pth"):
-            (snap / item.name).symlink_to(item)
-    pipe = StarPipeline.from_pretrained(repo, resolution=256)
+    pipe = StarPipeline.from_pretrained(hub_cache(tmp_path), resolution=256)
     a = pipe("a red car.", seed=2, output_type="np").images
     b = golden_pipe("a red car.", seed=2, output_type="np").images
     assert np.abs(a - b).max() <= 1e-6
+
+
+def test_hub_repo_id_loads_from_the_cache_offline(tmp_path, monkeypatch, golden_pipe):
+    hub_cache(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    pipe = StarPipeline.from_pretrained("taocrayon/STAR", resolution=256)
+    a = pipe("a red car.", seed=2, output_type="np").images
+    assert np.abs(a - golden_pipe("a red car.", seed=2, output_type="np").images).max() <= 1e-6
+    with pytest.raises(WeightsError, match=re.escape("taocrayon/OTHER: no such local folder, and not in the Hugging")):
+        StarPipeline.from_pretrained("taocrayon/OTHER")
+
+
+def test_repo_id_with_local_files_only_names_the_repo(tmp_path):
+    with pytest.raises(WeightsError, match=r"someone/missing: .*\(local_files_only\)"):
+        StarPipeline.from_pretrained("someone/missing", cache_dir=tmp_path, local_files_only=True)
 
 
 def stop_with(value):
@@ -272,3 +285,31 @@ def test_an_error_inside_a_callback_releases_the_pipeline(demo_pipe):
     with pytest.raises(RuntimeError, match="callback failed"):
         demo_pipe("a green square", callback_on_scale_end=fail)
     assert len(demo_pipe("a green square").images) == 1
+
+
+def test_sampling_defaults_travel_in_the_manifest(tmp_path, artifacts_fp32, demo_pipe):
+    recorded = json.loads((artifacts_fp32 / MANIFEST).read_text())["sampling"]
+    assert recorded == {"cfg": 4.0, "top_k": 600, "top_p": 0.8}
+    assert demo_pipe.defaults == SamplingConfig()  # the shipped demo manifest predates the field
+    pipe = StarPipeline.from_pretrained(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))
+    assert (pipe.defaults.cfg, pipe.defaults.top_k, pipe.defaults.top_p) == (2.5, 7, 0.5)
+    got = pipe("a red circle on a blue background", seed=5, output_type="np")
+    explicit = demo_pipe(
+        "a red circle on a blue background", seed=5, guidance_scale=2.5, top_k=7, top_p=0.5, output_type="np"
+    )
+    default = demo_pipe("a red circle on a blue background", seed=5, output_type="np")
+    assert np.array_equal(got.tokens, explicit.tokens) and not np.array_equal(got.tokens, default.tokens)
+
+
+@pytest.mark.parametrize(
+    "sampling, message",
+    [
+        ({"cfg": 4.0, "top_k": "600", "top_p": 0.8}, "an integer top_k"),
+        ({"cfg": 4.0, "top_k": 600}, "'sampling' must have exactly the keys cfg, top_k, top_p"),
+        ({"cfg": 4.0, "top_k": 600, "top_p": 2.0}, "invalid sampling defaults (top-p must be in (0, 1]"),
+        ([4.0, 600, 0.8], "'sampling' must have exactly the keys"),
+    ],
+)
+def test_bad_sampling_defaults_in_a_manifest_are_refused(tmp_path, sampling, message):
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        StarPipeline.from_pretrained(demo_with_defaults(tmp_path, sampling))
