@@ -313,3 +313,18 @@ def test_sampling_defaults_travel_in_the_manifest(tmp_path, artifacts_fp32, demo
 def test_bad_sampling_defaults_in_a_manifest_are_refused(tmp_path, sampling, message):
     with pytest.raises(ArtifactError, match=re.escape(message)):
         StarPipeline.from_pretrained(demo_with_defaults(tmp_path, sampling))
+
+
+def test_progress_bar_over_scales_can_be_shown_and_disabled(capsys):
+    pipe = StarPipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=False, leave=True, desc="drawing")
+    pipe(["a red circle", "a blue square"], batch_size=1)
+    shown = capsys.readouterr().err
+    assert "drawing" in shown and f"{2 * pipe.config.num_scales}/{2 * pipe.config.num_scales}" in shown
+    pipe.set_progress_bar_config(disable=True)
+    pipe("a red circle")
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="unknown option"):
+        pipe.set_progress_bar_config(ncols=80)
+    with pytest.raises(ConfigError, match="disable must be True or False"):
+        pipe.set_progress_bar_config(disable="yes")
