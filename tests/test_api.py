@@ -16,9 +16,11 @@ from PIL import Image
 
 from star_deploy import StarPipeline
 from star_deploy.artifacts.manifest import MANIFEST
+from star_deploy.commands.export import check_export
 from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
+from star_deploy.random_weights import random_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -328,3 +330,25 @@ def test_progress_bar_over_scales_can_be_shown_and_disabled(capsys):
         pipe.set_progress_bar_config(ncols=80)
     with pytest.raises(ConfigError, match="disable must be True or False"):
         pipe.set_progress_bar_config(disable="yes")
+
+
+def test_save_pretrained_writes_an_artefact_folder_that_matches_the_source(golden_pipe, tmp_path):
+    out = golden_pipe.save_pretrained(tmp_path / "fp16", precision="fp16")
+    result, failed = check_export(golden_pipe.model, out)
+    assert failed == [] and result.teacher_forced_token_agreement >= 0.99
+    pipe = StarPipeline.from_pretrained(out)
+    assert (pipe.backend_name, pipe.precision, pipe.defaults) == ("onnxruntime", "fp16", golden_pipe.defaults)
+    with pytest.raises(ConfigError, match="save_pretrained exports PyTorch weights"):
+        pipe.save_pretrained(tmp_path / "again")
+    with pytest.raises(ConfigError, match="precision must be one of fp32, fp16, got 'int8'"):
+        golden_pipe.save_pretrained(tmp_path / "int8", precision="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp16"]
+
+
+def test_export_check_catches_graphs_of_other_weights(artifacts_fp32, tiny_model):
+    """The check behind `export --validate`: passes on the golden export, fails for another model's weights."""
+    result, failed = check_export(tiny_model, artifacts_fp32)
+    assert failed == [] and result.logits_max_abs <= 1e-3 and result.teacher_forced_token_agreement == 1.0
+    other = random_model(tiny_model.config, seed=1)
+    result, failed = check_export(other, artifacts_fp32)
+    assert any("logits max error" in f for f in failed) and result.teacher_forced_psnr_db < 60

@@ -151,3 +151,13 @@ def test_run_refuses_onnxruntime_options_with_torch(tmp_path):
     args = ["run", "x", "--backend", "torch", "--provider", "cpu", "-o", str(tmp_path / "x.png")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "--provider applies to --backend onnxruntime" in result.stderr
+
+
+def test_export_validates_the_written_graphs_by_default(tmp_path):
+    out = tmp_path / "art"
+    args = ["export", "--weights", str(GOLDEN), "--resolution", "256", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "validated against the source weights: logits max |err|" in result.stderr
+    assert "teacher-forced token agreement 1.0000" in result.stderr and "(PASS, fp32 thresholds)" in result.stderr
+    assert result.stdout.strip() == str(out)
