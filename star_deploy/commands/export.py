@@ -63,7 +63,7 @@ def check_export(model: StarModel, folder: Path) -> tuple[TeacherForced, list[st
 
 
 def report_check(model: StarModel, folder: Path, precision: str) -> None:
-    """Check the export and say how it went (exit 1 when a threshold is missed; the folder is kept)."""
+    """Check the export and say how it went (-q: only a failure; exit 1 when a threshold is missed, folder kept)."""
     result, failed = check_export(model, folder)
     if failed:
         typer.secho(
@@ -73,7 +73,8 @@ def report_check(model: StarModel, folder: Path, precision: str) -> None:
             fg=typer.colors.RED,
         )
         raise typer.Exit(1)
-    typer.echo(f"validated against the source weights: {result.summary()} (PASS, {precision} thresholds)", err=True)
+    if log.isEnabledFor(logging.INFO):
+        typer.echo(f"validated against the source weights: {result.summary()} (PASS, {precision} thresholds)", err=True)
 
 
 def export(
