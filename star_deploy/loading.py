@@ -18,7 +18,7 @@ from .hub import local_folder
 if TYPE_CHECKING:
     from .artifacts.manifest import Manifest
     from .pipeline import ScaleLoop
-    from .weights import StarModel
+    from .weights import StarTorchModel
 
 MANIFEST = "manifest.json"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -82,7 +82,7 @@ class Loaded:
     backend: str
     precision: str
     defaults: SamplingConfig
-    model: StarModel | None = None
+    model: StarTorchModel | None = None
     manifest: Manifest | None = None
 
 

@@ -13,7 +13,7 @@ from ..config import SamplingConfig
 from ..cpu_isa import backend_isa, cpu_flags
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from .cuda_graphs import CudaGraphs, GraphedSampler
 from .kv_cache import KVCache
 from .text_cache import UnconditionalTextCache
@@ -77,7 +77,7 @@ class TorchBackend(TorchArrays):
 
     def __init__(
         self,
-        model: StarModel,
+        model: StarTorchModel,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cuda_graphs: bool = False,

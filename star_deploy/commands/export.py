@@ -28,7 +28,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..weights import StarModel
+    from ..weights import StarTorchModel
 
 log = logging.getLogger("star_deploy")
 
@@ -43,7 +43,7 @@ def export_memory_check(config: StarConfig) -> None:
     check_fits(need, available_bytes("cpu"), "cpu", f"exporting the {config.resolution} px model")
 
 
-def check_export(model: StarModel, folder: Path) -> tuple[TeacherForced, list[str]]:
+def check_export(model: StarTorchModel, folder: Path) -> tuple[TeacherForced, list[str]]:
     """Teacher-forced parity of ``folder``'s graphs (ONNX Runtime, CPU) against ``model`` (torch, fp32).
 
     Returns the measures and every threshold of the folder's precision they miss.
@@ -62,7 +62,7 @@ def check_export(model: StarModel, folder: Path) -> tuple[TeacherForced, list[st
     return result, failures(result, THRESHOLDS[manifest.precision])
 
 
-def report_check(model: StarModel, folder: Path, precision: str) -> None:
+def report_check(model: StarTorchModel, folder: Path, precision: str) -> None:
     """Check the export and say how it went (-q: only a failure; exit 1 when a threshold is missed, folder kept)."""
     result, failed = check_export(model, folder)
     if failed:

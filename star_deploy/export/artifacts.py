@@ -11,7 +11,7 @@ from ..atomic import atomic_dir, write_text
 from ..config import SamplingConfig
 from ..tokenizer import TOKENIZER_JSON, save_tokenizer_json
 from ..version import __version__
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 
@@ -22,7 +22,7 @@ def tool_versions() -> dict[str, str]:
     return {"star_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__}
 
 
-def source_records(model: StarModel) -> dict[str, dict]:
+def source_records(model: StarTorchModel) -> dict[str, dict]:
     """Name, size and sha256 of each checkpoint the export came from."""
     records = {}
     for key, path in sorted(model.sources.items()):
@@ -32,7 +32,7 @@ def source_records(model: StarModel) -> dict[str, dict]:
 
 
 def export_artifacts(
-    model: StarModel,
+    model: StarTorchModel,
     out: Path,
     precision: str = "fp32",
     overwrite: bool = False,

@@ -8,12 +8,12 @@ from ..atomic import check_writable
 from ..config import SamplingConfig
 from ..errors import ConfigError
 from ..graphs import EXPORT_PRECISIONS
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from .artifacts import export_artifacts
 
 
 def save_artifacts(
-    model: StarModel, dtype: str, out: Path, precision: str, overwrite: bool, sampling: SamplingConfig
+    model: StarTorchModel, dtype: str, out: Path, precision: str, overwrite: bool, sampling: SamplingConfig
 ) -> Path:
     """Export ``model`` (loaded in ``dtype``) to ``out`` at ``precision``, recording ``sampling`` as defaults."""
     if precision not in EXPORT_PRECISIONS:
