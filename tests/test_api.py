@@ -21,6 +21,7 @@ from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
 from star_deploy.random_weights import random_model
+from tools.demo_training.evaluate import Reading, read_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -237,7 +238,10 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     assert blocks, "README has no python example"
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "README.md", "exec"), {})
-    assert any(tmp_path.glob("*.png"))
+    pictures = {p.name: np.asarray(Image.open(p), dtype=np.float32) / 255 for p in tmp_path.glob("*.png")}
+    assert read_image(pictures["circle.png"]) == Reading("red", "circle", "blue")
+    last = max(int(name[6:-4]) for name in pictures if name.startswith("scale_"))
+    assert read_image(pictures[f"scale_{last}.png"]) == Reading("green", "square", "white")
 
 
 @pytest.fixture(scope="module")
