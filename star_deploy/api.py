@@ -81,6 +81,11 @@ def normalize_prompts(prompt: str | Sequence[str], per_prompt: Any) -> list[str]
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Sequence) else []
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ConfigError("prompt must be a str or a non-empty list of str")
+    for i, text in enumerate(prompts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"prompt {i} is not valid UTF-8 text ({text!r}); pass the prompt in UTF-8") from None
     per_prompt = arguments.integer("num_images_per_prompt", per_prompt, 1)
     return [p for p in prompts for _ in range(per_prompt)]
 

@@ -128,6 +128,8 @@ def stop_with(value):
     [
         (lambda p: p(123), "prompt must be a str"),
         (lambda p: p([]), "prompt must be a str"),
+        (lambda p: p(["x", 5]), "prompt must be a str or a non-empty list of str"),
+        (lambda p: p(["x", "a \udcff"]), "prompt 1 is not valid UTF-8 text"),
         (lambda p: p("x", output_type="jpeg"), "output_type must be one of pil, np, pt, got 'jpeg'"),
         (lambda p: p("x", output_type=["np"]), "output_type must be one of"),
         (lambda p: p("x", seed=[1, 2]), "2 seeds for 1 images"),
