@@ -14,6 +14,7 @@ from ..config import StarConfig
 from ..errors import ConfigError
 from ..evaluation import THRESHOLDS, TeacherForced, failures, teacher_forced
 from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
+from ..hub import option_folder
 from ..memory import available_bytes, check_fits, estimate
 from ..release import load_model, release_paths
 from .common import (
@@ -111,6 +112,7 @@ def export(
     if precision not in EXPORT_PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     check_writable(out, overwrite)
+    weights = option_folder(weights)
     paths = release_paths(weights, clip, vae, star)
     check_separate([out], [p for p in (weights, paths.clip, paths.vae, paths.star) if p is not None])
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
