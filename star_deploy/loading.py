@@ -59,6 +59,8 @@ class LoadOptions:
         arguments.flag("cuda_graphs", self.cuda_graphs)
         arguments.flag("compile", self.compile)
         arguments.flag("local_files_only", self.local_files_only)
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, Path)):
+            raise ConfigError(f"cache_dir must be a str, a pathlib.Path or None, got {type(self.cache_dir).__name__}")
         arguments.text("provider", self.provider, optional=True)
         if self.provider == "":
             raise ConfigError("provider must name an execution provider or be None, got ''")
@@ -123,8 +125,12 @@ def resolve(path: str | Path | None, options: LoadOptions) -> tuple[Path | None,
             f"{folder}: no such file or folder; give a release folder, an artefact folder, a Hub repo id or None "
             f"for the demo"
         )
-    is_artifacts = folder is not None and (folder / MANIFEST).is_file()
-    return folder, options.backend or ("onnxruntime" if is_artifacts else "torch")
+    return folder, options.backend or ("onnxruntime" if is_artifact_folder(folder) else "torch")
+
+
+def is_artifact_folder(folder: Path | None) -> bool:
+    """A folder made by ``star-deploy export`` (it holds a manifest.json)."""
+    return folder is not None and (folder / MANIFEST).is_file()
 
 
 def load(path: str | Path | None, options: LoadOptions) -> Loaded:
@@ -135,7 +141,7 @@ def load(path: str | Path | None, options: LoadOptions) -> Loaded:
     options.check_backend(backend)
     device = default_device(backend, options.device)
     check_device(device)
-    is_artifacts = folder is not None and (folder / MANIFEST).is_file()
+    is_artifacts = is_artifact_folder(folder)
     if backend == "torch":
         if is_artifacts:
             raise ConfigError(

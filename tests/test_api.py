@@ -194,6 +194,12 @@ def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
         ({"cuda_graphs": "yes"}, "cuda_graphs must be True or False, got str"),
         ({"compile": 1}, "compile must be True or False, got int"),
         ({"max_batch_size": 0}, "max_batch_size must be >= 1, got 0"),
+        ({"cache_dir": 5}, "cache_dir must be a str, a pathlib.Path or None, got int"),
+        ({"local_files_only": "yes"}, "local_files_only must be True or False, got str"),
+        (
+            {"path": 3.5},
+            "path must be a str, a pathlib.Path or None, got float",
+        ),
         ({"backend": "torch", "provider": "cpu"}, "provider applies to backend='onnxruntime', not to backend='torch'"),
         ({"backend": "torch", "session_options": None, "provider_options": {}}, "provider_options applies to"),
         ({"compile": True}, "compile applies to backend='torch', not to backend='onnxruntime'"),
