@@ -364,3 +364,10 @@ def test_export_check_catches_graphs_of_other_weights(artifacts_fp32, tiny_model
     other = random_model(tiny_model.config, seed=1)
     result, failed = check_export(other, artifacts_fp32)
     assert any("logits max error" in f for f in failed) and result.teacher_forced_psnr_db < 60
+
+
+def test_save_pretrained_refuses_weights_held_in_another_dtype(tmp_path):
+    pipe = StarPipeline.from_pretrained(DEMO_WEIGHTS, backend="torch", dtype="bfloat16")
+    with pytest.raises(ConfigError, match="save_pretrained exports from float32 weights, this pipeline holds bfloat16"):
+        pipe.save_pretrained(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
