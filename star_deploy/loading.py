@@ -69,11 +69,11 @@ class LoadOptions:
 
     def check_backend(self, backend: str) -> None:
         """Refuse options that the chosen backend would silently ignore."""
-        given = ORT_ONLY if backend == "torch" else TORCH_ONLY
-        used = [name for name in given if getattr(self, name) not in (None, False)]
-        if used:
-            applies = "backend='onnxruntime'" if backend == "torch" else "backend='torch'"
-            raise ConfigError(f"{', '.join(used)} applies to {applies}, not to backend={backend!r}; drop it")
+        for names, owner in ((ORT_ONLY, "onnxruntime"), (TORCH_ONLY, "torch")):
+            used = [name for name in names if backend != owner and getattr(self, name) not in (None, False)]
+            if used:
+                listed = ", ".join(used)
+                raise ConfigError(f"{listed} applies to backend={owner!r}, not to backend={backend!r}; drop it")
 
 
 @dataclass

@@ -203,6 +203,7 @@ def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
         ({"backend": "torch", "provider": "cpu"}, "provider applies to backend='onnxruntime', not to backend='torch'"),
         ({"backend": "torch", "session_options": None, "provider_options": {}}, "provider_options applies to"),
         ({"compile": True}, "compile applies to backend='torch', not to backend='onnxruntime'"),
+        ({"backend": "tensorrt", "session_options": None, "threads": 0, "provider": "cuda"}, "provider applies to"),
     ],
 )
 def test_bad_load_options_are_refused_clearly(kwargs, message):

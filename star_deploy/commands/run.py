@@ -317,15 +317,14 @@ def run(
     An empty prompt is legal (STAR's unconditional prompt) and is warned about; prompts over
     77 CLIP tokens are truncated with a warning; --top-k above the codebook size is clamped.
     """
-    weights, artifacts = option_folder(weights), option_folder(artifacts)
     given = any(v is not None for v in (weights, clip, vae, star))
     backend = backend or ("torch" if given else "onnxruntime")
     if backend == "onnxruntime" and artifacts is None and not given:
         artifacts = DEMO_GRAPHS
     asked = SamplingConfig(
-        cfg=4.0 if cfg is None else cfg,
+        cfg=SamplingConfig.cfg if cfg is None else cfg,
         top_k=SamplingConfig.top_k if top_k is None else top_k,
-        top_p=0.8 if top_p is None else top_p,
+        top_p=SamplingConfig.top_p if top_p is None else top_p,
         seed=seed,
         sampler=sampler,
     )
@@ -345,8 +344,9 @@ def run(
         raise ConfigError("--cuda-graphs applies to --backend torch with --device cuda")
     if compile_step and backend != "torch":
         raise ConfigError("--compile applies to --backend torch")
-    if provider is not None and backend == "torch":
+    if provider is not None and backend != "onnxruntime":
         raise ConfigError("--provider applies to --backend onnxruntime; drop it or choose --backend onnxruntime")
+    weights, artifacts = option_folder(weights), option_folder(artifacts)
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
