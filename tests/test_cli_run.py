@@ -130,7 +130,7 @@ def test_run_loads_a_hub_repo_id_from_the_cache(golden, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     expected = golden["p0_s1/image"][0].transpose(1, 2, 0) * 255
     assert np.abs(read_png(out)[0].astype(np.float64) - expected).max() <= 1.0
-    missing = CliRunner().invoke(app, [*args[:4], "--weights", "taocrayon/OTHER"])
+    missing = CliRunner().invoke(app, ["run", "x", "-o", str(tmp_path / "x.png"), "--weights", "taocrayon/OTHER"])
     assert missing.exit_code == 2 and "taocrayon/OTHER: no such local folder" in missing.stderr
 
 
