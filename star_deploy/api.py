@@ -7,25 +7,31 @@ prompt or a list of prompts returns PIL images (or arrays), and a callback sees 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .config import SamplingConfig, StarConfig
-from .errors import ConfigError, WeightsError
+from . import arguments
+from .config import SAMPLERS, SamplingConfig, StarConfig
+from .errors import ConfigError
 from .images import to_pil
+from .loading import Loaded, LoadOptions, load
 
 if TYPE_CHECKING:
-    from .pipeline import Generation, ScaleEvent, ScaleLoop
+    from rich.progress import Progress
+
+    from .pipeline import Generation, ScaleEvent
 
 log = logging.getLogger("star_deploy")
 
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES = ("pil", "np", "pt")
-MANIFEST = "manifest.json"
+PROGRESS_KEYS = ("disable", "desc", "leave")
 
 
 @dataclass
@@ -52,6 +58,7 @@ class ScaleProgress:
 
     def preview(self, output_type: OutputType = "pil") -> Any:
         """The coarse images decoded from the scales so far."""
+        arguments.one_of("output_type", output_type, OUTPUT_TYPES)
         return convert_images(self._event.preview(), output_type)
 
 
@@ -69,60 +76,38 @@ def convert_images(images: np.ndarray, output_type: OutputType) -> Any:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-def hub_snapshot(path: Path) -> Path:
-    """A Hugging Face cache folder (models--org--name) -> its snapshot of ``refs/main``, else ``path``."""
-    snapshots = path / "snapshots"
-    if not snapshots.is_dir():
-        return path
-    ref = path / "refs" / "main"
-    if ref.is_file():
-        chosen = snapshots / ref.read_text().strip()
-        if chosen.is_dir():
-            return chosen
-    found = sorted(p for p in snapshots.iterdir() if p.is_dir())
-    if len(found) != 1:
-        raise WeightsError(f"{snapshots}: {len(found)} snapshots and no refs/main; pass the snapshot folder itself")
-    return found[0]
-
-
-def star_for_resolution(folder: Path, resolution: int | None) -> Path | None:
-    """In a folder with several official STAR checkpoints, the one trained for ``resolution``."""
-    from .release import STAR_PATTERNS, resolution_from_name
-
-    found = sorted({p for pattern in STAR_PATTERNS for p in folder.glob(pattern)})
-    if len(found) < 2 or resolution is None:
-        return None
-    matching = [p for p in found if resolution_from_name(p) == resolution]
-    return matching[0] if len(matching) == 1 else None
-
-
-def normalize_prompts(prompt: str | Sequence[str], per_prompt: int) -> list[str]:
+def normalize_prompts(prompt: str | Sequence[str], per_prompt: Any) -> list[str]:
     """A str is one prompt; a list holds several; each is repeated ``per_prompt`` times."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Sequence) else []
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ConfigError("prompt must be a str or a non-empty list of str")
-    if per_prompt < 1:
-        raise ConfigError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
+    for i, text in enumerate(prompts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"prompt {i} is not valid UTF-8 text ({text!r}); pass the prompt in UTF-8") from None
+    per_prompt = arguments.integer("num_images_per_prompt", per_prompt, 1)
     return [p for p in prompts for _ in range(per_prompt)]
 
 
-def normalize_seeds(seed: int | Sequence[int], count: int) -> list[int]:
-    """An int seeds image i with ``seed + i``; a list gives every image its own seed."""
-    if isinstance(seed, int):
-        return [seed + i for i in range(count)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != count:
-        raise ConfigError(f"seed: {len(seeds)} seeds for {count} images; give one per image or a single int")
-    return seeds
-
-
 class StarPipeline:
-    """A STAR model loaded on one backend; call it with prompts to get images."""
+    """A STAR model loaded on one backend; call it with prompts to get images.
 
-    def __init__(self, loop: ScaleLoop, backend_name: str, precision: str) -> None:
-        self.loop = loop
-        self.backend_name = backend_name
-        self.precision = precision
+    One pipeline may be shared by threads: calls on it run one at a time (a lock), each
+    giving the images it would give alone. A ``callback_on_scale_end`` may not call the
+    same pipeline again (refused with a ConfigError); load a second pipeline for that.
+    """
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.loop = loaded.loop
+        self.backend_name = loaded.backend
+        self.precision = loaded.precision
+        self.defaults = loaded.defaults
+        self.model = loaded.model
+        self.manifest = loaded.manifest
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._progress = {"disable": None, "desc": "scales", "leave": False}
 
     @property
     def config(self) -> StarConfig:
@@ -143,62 +128,46 @@ class StarPipeline:
         provider: str | None = None,
         provider_options: dict[str, Any] | None = None,
         session_options: Any = None,
+        clip: str | Path | None = None,
+        vae: str | Path | None = None,
+        star: str | Path | None = None,
+        max_batch_size: int = 1,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
     ) -> StarPipeline:
-        """Load a release folder, a Hugging Face snapshot of it, an artefact folder, or (None) the demo.
+        """Load a release folder, a Hub repo id or cache folder of one, an artefact folder, or (None) the demo.
 
         The demo runs with ONNX Runtime on its shipped graphs (no PyTorch needed), or with
-        ``backend="torch"`` on its weights.
+        ``backend="torch"`` on its weights. A repo id (``"taocrayon/STAR"``) is fetched with
+        huggingface_hub into ``cache_dir`` (default: its cache), from the cache only when
+        ``local_files_only`` or HF_HUB_OFFLINE is set.
 
         ``backend`` defaults to onnxruntime for an artefact folder (``star-deploy export``) and
         to torch for weights; ``dtype``, ``cuda_graphs`` and ``compile`` (torch.compile of the step)
         apply to torch; ``threads``, ``provider`` (cpu, cuda, tensorrt, openvino, coreml, directml),
         ``provider_options`` and ``session_options`` (an ``onnxruntime.SessionOptions``) to onnxruntime.
+        ``clip``, ``vae`` and ``star`` replace parts of the release (for artefacts: the checkpoints
+        they must have been exported from). Memory is checked before loading for ``max_batch_size``.
         """
-        from .backends.factory import create_backend, default_device
-        from .pipeline import ScaleLoop
-        from .tokenizer import PromptTokenizer
-
-        if path is None and backend in (None, "onnxruntime"):
-            from .demo import DEMO_GRAPHS
-
-            path = DEMO_GRAPHS
-        folder = None if path is None else hub_snapshot(Path(path))
-        if folder is not None and not folder.exists():
-            raise WeightsError(
-                f"{folder}: no such file or folder; give a release folder, an artefact folder or None for the demo"
-            )
-        is_artifacts = folder is not None and (folder / MANIFEST).is_file()
-        backend = backend or ("onnxruntime" if is_artifacts else "torch")
-        device = default_device(backend, device)
-        if backend == "torch":
-            if is_artifacts:
-                raise ConfigError(
-                    f"{folder}: an artefact folder holds ONNX graphs; use backend='onnxruntime' or 'tensorrt'"
-                )
-            model = load_weights(folder, resolution)
-            engine = create_backend(
-                "torch", device, model=model, dtype=dtype, cuda_graphs=cuda_graphs, compile_step=compile
-            )
-            return cls(ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir)), "torch", dtype)
-        if not is_artifacts:
-            raise ConfigError(
-                f"backend={backend!r} runs exported graphs: give an artefact folder made by `star-deploy export`, not "
-                f"{folder}"
-            )
-        from .artifacts.manifest import load_manifest, verify_graph_hashes
-
-        manifest = load_manifest(folder)
-        verify_graph_hashes(manifest)
-        engine = create_backend(
-            backend,
-            device,
-            manifest=manifest,
+        options = LoadOptions(
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            resolution=resolution,
+            clip=None if clip is None else Path(clip),
+            vae=None if vae is None else Path(vae),
+            star=None if star is None else Path(star),
+            max_batch_size=max_batch_size,
             threads=threads,
+            cuda_graphs=cuda_graphs,
+            compile=compile,
             provider=provider,
             provider_options=provider_options,
             session_options=session_options,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
         )
-        return cls(ScaleLoop(engine, PromptTokenizer(manifest.tokenizer_dir)), backend, manifest.precision)
+        return cls(load(path, options))
 
     def __call__(
         self,
@@ -206,9 +175,9 @@ class StarPipeline:
         *,
         seed: int | Sequence[int] = 0,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 4.0,
+        guidance_scale: float | None = None,
         top_k: int | None = None,
-        top_p: float = 0.8,
+        top_p: float | None = None,
         batch_size: int | None = None,
         output_type: OutputType = "pil",
         callback_on_scale_end: ScaleCallbackFn | None = None,
@@ -217,52 +186,127 @@ class StarPipeline:
         """Generate one image per prompt (times ``num_images_per_prompt``).
 
         Image i uses seed ``seed + i`` (or ``seed[i]``); an image does not depend on what it is
-        batched with. ``top_k=None`` is the official 600, capped at the codebook size.
-        ``callback_on_scale_end`` gets a ``ScaleProgress`` per scale (and batch); returning
-        False stops the loop there and decodes the coarse image. ``sampler="official"``
-        reproduces the official code's torch.Generator draws (see ``star_deploy.sampling``).
+        batched with. ``guidance_scale``, ``top_k`` and ``top_p`` default to the model's
+        (``self.defaults``: recorded at export, else the official 4.0, 600 and 0.8); ``top_k`` is
+        capped at the codebook size. ``callback_on_scale_end`` gets a ``ScaleProgress`` per scale
+        (and batch); returning False stops the loop there and decodes the coarse image.
+        ``sampler="official"`` reproduces the official code's torch.Generator draws (see
+        ``star_deploy.sampling``). Calls from several threads run one after another.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        arguments.one_of("output_type", output_type, OUTPUT_TYPES)
         prompts = normalize_prompts(prompt, num_images_per_prompt)
-        seeds = normalize_seeds(seed, len(prompts))
-        sampling = SamplingConfig(
-            cfg=guidance_scale,
-            top_k=SamplingConfig.top_k if top_k is None else top_k,
-            top_p=top_p,
-            seed=seeds[0],
-            sampler=sampler,
-        )
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        step = batch_size or len(prompts)
-        results = [
-            self._generate(prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end)
-            for i in range(0, len(prompts), step)
-        ]
+        seeds = arguments.seeds(seed, len(prompts))
+        sampling = self._sampling(guidance_scale, top_k, top_p, sampler, seeds[0])
+        step = arguments.optional_integer("batch_size", batch_size, 1) or len(prompts)
+        if callback_on_scale_end is not None and not callable(callback_on_scale_end):
+            raise ConfigError(f"callback_on_scale_end must be callable or None, got {type(callback_on_scale_end)}")
+        batches = range(0, len(prompts), step)
+        with self._exclusive(), self._progress_bar(len(batches) * self.config.num_scales) as advance:
+            results = [
+                self._generate(prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end, advance)
+                for i in batches
+            ]
         images = np.concatenate([r.images for r in results])
         tokens = np.concatenate([r.tokens for r in results])
         return StarPipelineOutput(convert_images(images, output_type), seeds, tokens)
 
-    def _generate(
-        self, prompts: list[str], sampling: SamplingConfig, seeds: list[int], callback: ScaleCallbackFn | None
-    ) -> Generation:
-        on_scale = None
-        if callback is not None:
+    def _sampling(self, cfg: Any, top_k: Any, top_p: Any, sampler: Any, seed: int) -> SamplingConfig:
+        """The call's sampler settings: given values checked, the rest from ``self.defaults``."""
+        d = self.defaults
+        return replace(
+            d,
+            cfg=d.cfg if cfg is None else arguments.real("guidance_scale", cfg),
+            top_k=d.top_k if top_k is None else arguments.integer("top_k", top_k),
+            top_p=d.top_p if top_p is None else arguments.real("top_p", top_p),
+            sampler=arguments.one_of("sampler", sampler, SAMPLERS),
+            seed=seed,
+        )
 
-            def on_scale(event: ScaleEvent) -> bool | None:
-                return callback(ScaleProgress(event.scale, event.num_scales, event))
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One generation at a time; a call from inside a callback (same thread) is refused, not deadlocked."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise ConfigError(
+                "this pipeline is generating: a callback_on_scale_end cannot call it again; load a second "
+                "StarPipeline for nested generation, or generate after the call returns"
+            )
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
+
+    def _generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        seeds: list[int],
+        callback: ScaleCallbackFn | None,
+        advance: Callable[[], None],
+    ) -> Generation:
+        def on_scale(event: ScaleEvent) -> bool | None:
+            advance()
+            if callback is None:
+                return None
+            return arguments.callback_result(callback(ScaleProgress(event.scale, event.num_scales, event)))
 
         return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False)
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Configure the progress bar over scales: ``disable`` (True: off; default: on a terminal), ``desc``,
+        ``leave`` (keep the finished bar)."""
+        unknown = sorted(set(kwargs) - set(PROGRESS_KEYS))
+        if unknown:
+            raise ConfigError(f"set_progress_bar_config: unknown option(s) {', '.join(unknown)}; use {PROGRESS_KEYS}")
+        if kwargs.get("disable") is not None:
+            arguments.flag("disable", kwargs["disable"])
+        if "leave" in kwargs:
+            arguments.flag("leave", kwargs["leave"])
+        if "desc" in kwargs:
+            arguments.text("desc", kwargs["desc"])
+        self._progress.update(kwargs)
+
+    @contextmanager
+    def _progress_bar(self, total: int) -> Iterator[Callable[[], None]]:
+        """A rich bar on stderr advancing once per scale and batch (a no-op when disabled)."""
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        disable = self._progress["disable"]
+        if disable is None:
+            disable = not (console.is_terminal or console.is_jupyter)
+        if disable:
+            yield lambda: None
+            return
+        bar = new_progress(console, not self._progress["leave"])
+        with bar:
+            task = bar.add_task(self._progress["desc"], total=total)
+            yield lambda: bar.advance(task)
+
+    def save_pretrained(self, folder: str | Path, precision: str = "fp32", overwrite: bool = False) -> Path:
+        """Export a torch-loaded pipeline to an artefact folder (as ``star-deploy export``); returns the folder.
+
+        The folder appears only when complete; ``self.defaults`` are recorded as its sampling defaults.
+        """
+        from .export.pretrained import save_artifacts
+
+        if self.model is None:
+            raise ConfigError(
+                f"save_pretrained exports PyTorch weights; this pipeline runs exported graphs "
+                f"({self.backend_name}): copy its artefact folder {self.manifest.root if self.manifest else ''}"
+            )
+        return save_artifacts(self.model, self.precision, Path(folder), precision, overwrite, self.defaults)
 
     def __repr__(self) -> str:
         settings = f"backend={self.backend_name!r}, precision={self.precision!r}, resolution={self.config.resolution}"
         return f"StarPipeline({settings})"
 
 
-def load_weights(folder: Path | None, resolution: int | None):
-    """The release in ``folder`` (the demo for None); several STAR checkpoints are told apart by ``resolution``."""
-    from .release import load_model
+def new_progress(console: Any, transient: bool) -> Progress:
+    """A rich progress bar (description, bar, count, elapsed) on ``console``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    star = None if folder is None else star_for_resolution(folder, resolution)
-    return load_model(folder, None, None, star, resolution)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, transient=transient, console=console)

@@ -196,7 +196,36 @@ def fidelity_of(runs: Runs, prompts: Sequence[str], seeds: Sequence[int]) -> Fid
     )
 
 
-def failures(result: Fidelity, limits: Thresholds) -> list[str]:
+@dataclass(frozen=True)
+class TeacherForced:
+    """A tested pipeline fed the reference's tokens: its logits, draws and images against the reference's."""
+
+    logits_max_abs: float
+    teacher_forced_token_agreement: float
+    teacher_forced_psnr_db: float
+
+    def summary(self) -> str:
+        return (
+            f"logits max |err| {self.logits_max_abs:.3g}, teacher-forced token agreement "
+            f"{self.teacher_forced_token_agreement:.4f}, image PSNR {self.teacher_forced_psnr_db:.1f} dB"
+        )
+
+
+def teacher_forced(
+    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int]
+) -> TeacherForced:
+    """The short check of an export: the reference samples, the tested pipeline re-runs on its tokens."""
+    reference = ref.generate(prompts, sampling, seeds, keep_logits=True, timing=False)
+    forced = test.generate(prompts, sampling, seeds, teacher_tokens=reference.tokens, keep_logits=True, timing=False)
+    logits = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(reference.logits, forced.logits))
+    return TeacherForced(
+        logits_max_abs=logits,
+        teacher_forced_token_agreement=token_agreement(forced.sampled, reference.tokens),
+        teacher_forced_psnr_db=psnr(reference.images, forced.images),
+    )
+
+
+def failures(result: Fidelity | TeacherForced, limits: Thresholds) -> list[str]:
     """Every threshold ``result`` misses, as one phrase each."""
     out = []
     if result.logits_max_abs > limits.logits_max_abs:

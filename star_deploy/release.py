@@ -18,7 +18,7 @@ from .errors import ConfigError, WeightsError
 from .extras import require_torch
 
 if TYPE_CHECKING:
-    from .weights import ConfigCheck, StarModel
+    from .weights import ConfigCheck, StarTorchModel
 
 log = logging.getLogger("star_deploy")
 
@@ -156,7 +156,7 @@ def load_model(
     star: Path | None,
     resolution: int | None,
     check: ConfigCheck | None = None,
-) -> StarModel:
+) -> StarTorchModel:
     """Load the selected release; ``check`` sees the config before the weights are materialized."""
     require_torch("loading .pth weights")
     from .weights import load_release

@@ -152,7 +152,7 @@ def load_strict(module: torch.nn.Module, sd: StateDict, path: Path, ignore: tupl
 
 
 @dataclass
-class StarModel:
+class StarTorchModel:
     """The loaded PyTorch reference: text encoder, transformer, VQVAE and their config."""
 
     config: StarConfig
@@ -162,7 +162,7 @@ class StarModel:
     tokenizer_dir: Path
     sources: dict[str, Path]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StarModel:
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StarTorchModel:
         """Move to ``device``; the transformer and decoder take ``dtype``, the head stays fp32."""
         self.text_encoder.to(device)
         self.transformer.to(device=device, dtype=dtype)
@@ -207,7 +207,7 @@ def read_release_config(paths: ReleasePaths, resolution: int) -> tuple[StarConfi
     return config, star_sd, vae_sd
 
 
-def load_release(paths: ReleasePaths, resolution: int, check: ConfigCheck | None = None) -> StarModel:
+def load_release(paths: ReleasePaths, resolution: int, check: ConfigCheck | None = None) -> StarTorchModel:
     """Load the three files of ``paths`` and check that they fit together at ``resolution``.
 
     ``check`` sees the inferred config before any weight is materialized (memory estimates).
@@ -228,12 +228,12 @@ def load_release(paths: ReleasePaths, resolution: int, check: ConfigCheck | None
 
 def build_model(
     config: StarConfig, star_sd: StateDict, vae_sd: StateDict, text_encoder: torch.nn.Module, paths: ReleasePaths
-) -> StarModel:
+) -> StarTorchModel:
     transformer = StarTransformer(config.transformer)
     load_strict(transformer, star_sd, paths.star)
     vqvae = StarVQVAE(config.vae)
     load_strict(vqvae, vae_sd, paths.vae, ignore=UNUSED_VAE_PREFIXES)
-    return StarModel(
+    return StarTorchModel(
         config,
         text_encoder,
         transformer.eval(),

@@ -18,7 +18,7 @@ from star_deploy.config import SamplingConfig
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release
 from star_deploy.tokenizer import PromptTokenizer
-from star_deploy.weights import StarModel, load_release
+from star_deploy.weights import StarTorchModel, load_release
 
 GOLDEN = Path(__file__).parent / "fixtures" / "tiny256"
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -45,12 +45,12 @@ def golden_sampling(golden_meta) -> SamplingConfig:
     return SamplingConfig(cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"], sampler="official")
 
 
-def load_golden_model() -> StarModel:
+def load_golden_model() -> StarTorchModel:
     return load_release(resolve_release(weights=GOLDEN), resolution=256)
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> StarModel:
+def tiny_model() -> StarTorchModel:
     return load_golden_model()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from api_helpers import demo_with_defaults, hub_cache
 from conftest import GOLDEN
 from typer.testing import CliRunner
 
@@ -115,3 +116,48 @@ def test_batch_of_seven_matches_one_at_a_time_within_one_grey_level(tmp_path):
         (one, meta_one), (seven, meta_seven) = read_png(folders[1] / name), read_png(folders[7] / name)
         assert meta_one == meta_seven
         assert np.abs(one.astype(int) - seven.astype(int)).max() <= 1, name
+
+
+def test_run_loads_a_hub_repo_id_from_the_cache(golden, tmp_path, monkeypatch):
+    """`run` loads through StarPipeline.from_pretrained: a Hub repo id resolves to its cached snapshot."""
+    hub_cache(tmp_path / "hub")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "car.png"
+    args = ["run", "a red car.", "-o", str(out), *GOLDEN_ARGS, "--weights", "taocrayon/STAR", "--resolution", "256"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    expected = golden["p0_s1/image"][0].transpose(1, 2, 0) * 255
+    assert np.abs(read_png(out)[0].astype(np.float64) - expected).max() <= 1.0
+    missing = CliRunner().invoke(app, ["run", "x", "-o", str(tmp_path / "x.png"), "--weights", "taocrayon/OTHER"])
+    assert missing.exit_code == 2 and "taocrayon/OTHER: no such local folder" in missing.stderr
+
+
+def test_run_uses_the_sampling_defaults_of_the_artifacts(tmp_path):
+    folder = demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5})
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["run", "a red circle", "--artifacts", str(folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    text = read_png(out)[1]
+    assert (text["cfg"], text["top_k"], text["top_p"]) == ("2.5", "7", "0.5")
+    given = tmp_path / "given.png"
+    args = ["run", "a red circle", "--artifacts", str(folder), "--top-k", "9", "-o", str(given)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (read_png(given)[1]["top_k"], read_png(given)[1]["cfg"]) == ("9", "2.5")
+
+
+def test_run_refuses_onnxruntime_options_with_torch(tmp_path):
+    args = ["run", "x", "--backend", "torch", "--provider", "cpu", "-o", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--provider applies to --backend onnxruntime" in result.stderr
+
+
+def test_export_validates_the_written_graphs_by_default(tmp_path):
+    out = tmp_path / "art"
+    args = ["export", "--weights", str(GOLDEN), "--resolution", "256", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "validated against the source weights: logits max |err|" in result.stderr
+    assert "teacher-forced token agreement 1.0000" in result.stderr and "(PASS, fp32 thresholds)" in result.stderr
+    assert result.stdout.strip() == str(out)

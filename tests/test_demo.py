@@ -24,7 +24,7 @@ from star_deploy.export.quantize import quantize_artifacts
 from star_deploy.pipeline import ScaleLoop
 from star_deploy.release import resolve_release
 from star_deploy.tokenizer import PromptTokenizer
-from star_deploy.weights import StarModel, load_release, read_state_file, star_state_dict, vae_state_dict
+from star_deploy.weights import StarTorchModel, load_release, read_state_file, star_state_dict, vae_state_dict
 from tools.demo_training.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
 from tools.demo_training.evaluate import read_image
 from tools.demo_training.train import held_out_prompts, load_vae, main
@@ -40,7 +40,7 @@ SAMPLING = SamplingConfig()
 """The official sampler defaults, which `star-deploy run` uses too."""
 
 
-def load_demo() -> StarModel:
+def load_demo() -> StarTorchModel:
     return load_release(resolve_release(weights=DEMO_WEIGHTS), DEMO_RESOLUTION)
 
 

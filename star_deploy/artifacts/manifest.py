@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import StarConfig
+from ..config import SamplingConfig, StarConfig
 from ..errors import ArtifactError
 from ..graphs import GraphSpec, graph_specs
 from ..records import read_record
 from .graph_io import check_graph_file
-from .schema import parse_config, validate
+from .schema import parse_config, parse_sampling, validate
 
 MANIFEST = "manifest.json"
 FORMAT = "star-deploy-artifacts"
@@ -94,6 +94,8 @@ class Manifest:
     sources: dict[str, dict[str, Any]]
     tools: dict[str, str]
     opset: int
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """The sampling defaults (cfg, top_k, top_p) recorded at export; the defaults for older manifests."""
 
     def path(self, graph: str) -> Path:
         return self.root / self.graphs[graph].file
@@ -116,8 +118,10 @@ def manifest_dict(
     sources: dict[str, dict[str, Any]],
     tools: dict[str, str],
     opset: int,
+    sampling: SamplingConfig | None = None,
 ) -> dict[str, Any]:
     graphs = {name: spec.to_dict() | {"sha256": graph_digest(folder, spec)} for name, spec in specs.items()}
+    defaults = sampling or SamplingConfig()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -127,6 +131,7 @@ def manifest_dict(
         "graphs": graphs,
         "sources": sources,
         "tools": tools,
+        "sampling": {"cfg": defaults.cfg, "top_k": defaults.top_k, "top_p": defaults.top_p},
     }
 
 
@@ -211,6 +216,7 @@ def load_manifest(root: Path) -> Manifest:
         sources=data["sources"],
         tools=data["tools"],
         opset=data["opset"],
+        sampling=parse_sampling(data.get("sampling"), path),
     )
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..config import SCHEDULES, StarConfig
+from ..config import SCHEDULES, SamplingConfig, StarConfig
 from ..errors import ArtifactError, ConfigError
 from ..graphs import GRAPH_NAMES, PRECISIONS
 
@@ -22,7 +22,8 @@ REQUIRED = {
     "files",
     "manifest_sha256",
 }
-OPTIONAL = {"quantization"}
+OPTIONAL = {"quantization", "sampling"}
+SAMPLING_KEYS = {"cfg", "top_k", "top_p"}
 GRAPH_KEYS = {"file", "inputs", "outputs", "sha256"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -100,9 +101,29 @@ def parse_config(config: Any, path: Any) -> StarConfig:
         raise _fail(path, f"invalid model config ({type(exc).__name__}: {exc})") from None
 
 
+def _is_number(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def parse_sampling(sampling: Any, path: Any) -> SamplingConfig:
+    """The sampling defaults recorded at export (the built-in ones for a manifest without them)."""
+    if sampling is None:
+        return SamplingConfig()
+    if not isinstance(sampling, dict) or set(sampling) != SAMPLING_KEYS:
+        raise _fail(path, f"'sampling' must have exactly the keys {', '.join(sorted(SAMPLING_KEYS))}")
+    cfg, top_k, top_p = sampling["cfg"], sampling["top_k"], sampling["top_p"]
+    if not (_is_number(cfg, (int, float)) and _is_number(top_k, int) and _is_number(top_p, (int, float))):
+        raise _fail(path, "'sampling' needs a number cfg, an integer top_k and a number top_p")
+    try:
+        return SamplingConfig(cfg=float(cfg), top_k=top_k, top_p=float(top_p))
+    except ConfigError as exc:
+        raise _fail(path, f"invalid sampling defaults ({exc})") from None
+
+
 def validate(data: dict[str, Any], path: Any) -> None:
     """Refuse a manifest whose structure is not exactly what `export` writes."""
     check_keys(data, path)
     check_scalars(data, path)
     check_graphs(data["graphs"], path)
     check_files(data["files"], path)
+    parse_sampling(data.get("sampling"), path)

@@ -22,7 +22,7 @@ from ..config import StarConfig
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph
 from ..model.text import TextEncoderModule
 from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows, rotary_tables
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from .torch_arrays import TorchArrays, device_tables
 
 
@@ -31,7 +31,7 @@ class EagerBackend(TorchArrays):
 
     name = "torch-eager"
 
-    def __init__(self, model: StarModel, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: StarTorchModel, device: str | torch.device = "cpu") -> None:
         self.config: StarConfig = model.config
         self.device = torch.device(device)
         model.to(self.device, torch.float32)

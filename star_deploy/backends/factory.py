@@ -11,7 +11,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ..weights import StarModel
+    from ..weights import StarTorchModel
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -65,7 +65,7 @@ def artifacts_manifest(artifacts: Path | None, backend: str) -> Manifest:
 def create_backend(
     backend: str,
     device: str = "cpu",
-    model: StarModel | None = None,
+    model: StarTorchModel | None = None,
     manifest: Manifest | None = None,
     dtype: str = "float32",
     threads: int = 0,

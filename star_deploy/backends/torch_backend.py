@@ -15,7 +15,7 @@ from ..config import SamplingConfig
 from ..cpu_isa import backend_isa, cpu_flags
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from .compiled_block import CompileCache, compiled_block
 from .cuda_graphs import CudaGraphs, GraphedSampler
 from .decoder_layout import LayoutChoice, layout_name, measure_layout, set_layout
@@ -75,7 +75,7 @@ class TorchBackend(TorchArrays):
 
     def __init__(
         self,
-        model: StarModel,
+        model: StarTorchModel,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cuda_graphs: bool = False,

@@ -10,7 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..model.transformer import TextContext
 from ..tables import build_scale_tables
-from ..weights import StarModel
+from ..weights import StarTorchModel
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def kernel_ops(prof: profile) -> tuple[list[str], int]:
     return kernels, views
 
 
-def step_inputs(model: StarModel, scale: int, rows: int = 2, device: str = "cpu") -> tuple:
+def step_inputs(model: StarTorchModel, scale: int, rows: int = 2, device: str = "cpu") -> tuple:
     """Random inputs of the transformer step at ``scale`` (the shapes of a batch of ``rows // 2`` prompts)."""
     t, dtype = model.config.transformer, model.transformer.dtype
     patch_nums = model.config.patch_nums
@@ -93,7 +93,7 @@ def profiled_ops(fn, *args) -> tuple[Counter, int]:
 
 
 @torch.inference_mode()
-def count_block_ops(model: StarModel, scale: int) -> BlockOps:
+def count_block_ops(model: StarTorchModel, scale: int) -> BlockOps:
     """Ops per block of one step at ``scale``: the step's, less the logits head's, over the depth."""
     inputs = step_inputs(model, scale)
     step, step_views = profiled_ops(model.transformer.step, *inputs)
@@ -115,7 +115,7 @@ def cuda_kernels(fn, *args) -> int:
 
 
 @torch.inference_mode()
-def cuda_kernels_per_block(model: StarModel, scale: int) -> float:
+def cuda_kernels_per_block(model: StarTorchModel, scale: int) -> float:
     """CUDA kernels per block of one step at ``scale`` (the step's, less the logits head's, over the depth)."""
     inputs = step_inputs(model, scale, device="cuda")
     step = cuda_kernels(model.transformer.step, *inputs)

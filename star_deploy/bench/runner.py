@@ -25,7 +25,7 @@ from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation import forced_fidelity
 from ..pipeline import Generation, ScaleLoop, StageTimes, median_stages
 from ..tokenizer import PromptTokenizer
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from . import BASELINE, BENCH_BACKENDS, ORT_PRECISIONS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs
@@ -106,7 +106,7 @@ class BackendSource:
     """Builds each backend from a model (copied per backend) and/or artefact directories."""
 
     def __init__(
-        self, model: StarModel | None, artifacts: Path | None, int8_artifacts: Path | None, settings: BenchSettings
+        self, model: StarTorchModel | None, artifacts: Path | None, int8_artifacts: Path | None, settings: BenchSettings
     ) -> None:
         self.model = model
         self.settings = settings

@@ -27,7 +27,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..weights import StarModel
+    from ..weights import StarTorchModel
 
 log = logging.getLogger("star_deploy")
 DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
@@ -35,7 +35,7 @@ DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
 
 def bench_model(
     random_weights: bool, preset_name: str, weights, clip, vae, star, resolution, need: bool
-) -> StarModel | None:
+) -> StarTorchModel | None:
     """The model the torch backends run (and onnxruntime exports): random, a release, or none."""
     if random_weights:
         from ..random_weights import random_model

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..atomic import check_separate, check_writable
 from ..config import StarConfig
 from ..errors import ConfigError
+from ..evaluation import THRESHOLDS, TeacherForced, failures, teacher_forced
 from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
+from ..hub import option_folder
 from ..memory import available_bytes, check_fits, estimate
 from ..release import load_model, release_paths
 from .common import (
@@ -26,7 +28,13 @@ from .common import (
     reports_errors,
 )
 
+if TYPE_CHECKING:
+    from ..weights import StarTorchModel
+
 log = logging.getLogger("star_deploy")
+
+VALIDATION_PROMPTS = ("a red circle on a blue background",)
+"""What ``export`` checks the written graphs on (seed 0; CFG runs its unconditional row beside it)."""
 
 
 def export_memory_check(config: StarConfig) -> None:
@@ -34,6 +42,40 @@ def export_memory_check(config: StarConfig) -> None:
     need = estimate(config, batch=1, dtype="float32", device="cpu")
     need = replace(need, weights=2 * need.weights)
     check_fits(need, available_bytes("cpu"), "cpu", f"exporting the {config.resolution} px model")
+
+
+def check_export(model: StarTorchModel, folder: Path) -> tuple[TeacherForced, list[str]]:
+    """Teacher-forced parity of ``folder``'s graphs (ONNX Runtime, CPU) against ``model`` (torch, fp32).
+
+    Returns the measures and every threshold of the folder's precision they miss.
+    """
+    from ..artifacts.manifest import load_manifest
+    from ..backends.factory import create_backend
+    from ..pipeline import ScaleLoop
+    from ..tokenizer import PromptTokenizer
+
+    manifest = load_manifest(folder)
+    tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    reference = ScaleLoop(create_backend("torch", "cpu", model=model), tokenizer)
+    tested = ScaleLoop(create_backend("onnxruntime", "cpu", manifest=manifest), tokenizer)
+    seeds = list(range(len(VALIDATION_PROMPTS)))
+    result = teacher_forced(reference, tested, VALIDATION_PROMPTS, manifest.sampling, seeds)
+    return result, failures(result, THRESHOLDS[manifest.precision])
+
+
+def report_check(model: StarTorchModel, folder: Path, precision: str) -> None:
+    """Check the export and say how it went (-q: only a failure; exit 1 when a threshold is missed, folder kept)."""
+    result, failed = check_export(model, folder)
+    if failed:
+        typer.secho(
+            f"FAIL: {folder} misses the {precision} thresholds against the source ({'; '.join(failed)}); the folder "
+            f"is kept, measure it with `star-deploy parity`",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(1)
+    if log.isEnabledFor(logging.INFO):
+        typer.echo(f"validated against the source weights: {result.summary()} (PASS, {precision} thresholds)", err=True)
 
 
 def export(
@@ -49,8 +91,16 @@ def export(
     star: StarOpt = None,
     resolution: ResolutionOpt = None,
     overwrite: OverwriteOpt = False,
+    validate: Annotated[
+        bool,
+        typer.Option(
+            "--validate/--no-validate",
+            help="Check the written graphs against the source weights (a short teacher-forced parity on ONNX "
+            "Runtime, CPU) and report it; exit 1 if the precision's thresholds are missed.",
+        ),
+    ] = True,
 ) -> None:
-    """Export a STAR release to ONNX graphs and a manifest.json that describes them.
+    """Export a STAR release to ONNX graphs and a manifest.json that describes them, then validate them.
 
     Graphs: text_encoder, text_context, transformer_step, scale_update, vq_decoder.
     With no weight options, exports the built-in demo model.
@@ -62,6 +112,7 @@ def export(
     if precision not in EXPORT_PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     check_writable(out, overwrite)
+    weights = option_folder(weights)
     paths = release_paths(weights, clip, vae, star)
     check_separate([out], [p for p in (weights, paths.clip, paths.vae, paths.star) if p is not None])
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
@@ -69,6 +120,8 @@ def export(
         task = progress.add_task("exporting", total=len(GRAPH_NAMES))
         export_artifacts(model, out, precision, overwrite, on_graph=lambda name: progress.advance(task))
     typer.echo(str(out))
+    if validate:
+        report_check(model, out, precision)
 
 
 command = reports_errors(export)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,28 +13,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..artifacts.manifest import Manifest
-from ..artifacts.sources import check_sources
+from ..api import StarPipeline
+from ..artifacts.manifest import MANIFEST, read_manifest
+from ..artifacts.schema import parse_config
 from ..atomic import check_separate, check_writable
-from ..backends.factory import (
-    artifacts_manifest,
-    check_device,
-    check_device_name,
-    create_backend,
-    default_device,
-    needs_artifacts,
-)
+from ..backends.factory import check_device, check_device_name, default_device, needs_artifacts
 from ..backends.ort_sessions import check_provider
-from ..config import SamplingConfig, StarConfig
+from ..config import SamplingConfig
 from ..demo import DEMO_GRAPHS
-from ..dtypes import COMPUTE_DTYPES
 from ..errors import ConfigError, OutputError
+from ..hub import option_folder
 from ..images import to_pil, write_png
-from ..memory import available_bytes, check_fits, estimate
 from ..outputs import OutputSet, output_set
 from ..pipeline import Generation, ScaleEvent, ScaleLoop
-from ..release import ReleasePaths, load_model, release_paths
-from ..tokenizer import PromptTokenizer
+from ..release import ReleasePaths, release_paths
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -97,12 +90,43 @@ def check_prompts(prompts: list[str], sampling: SamplingConfig) -> None:
             log.warning("prompt %d is empty: it generates an unconditional image (cfg has no effect)", i)
 
 
-def open_artifacts(backend: str, artifacts: Path | None, paths: ReleasePaths | None) -> Manifest:
-    """The manifest of ``artifacts`` (every file hash-checked), its sources matched to ``paths``."""
-    manifest = artifacts_manifest(artifacts, backend)
-    if paths is not None:
-        check_sources(manifest, paths, "export again from these weights or drop the weight options")
-    return manifest
+def check_artifacts_resolution(backend: str, artifacts: Path | None, resolution: int | None) -> None:
+    """Refuse a missing artefact folder, or one of another resolution, before anything loads."""
+    if artifacts is None:
+        raise ConfigError(
+            f"--backend {backend} runs exported graphs: pass --artifacts DIR (made by `star-deploy export`)"
+        )
+    config = parse_config(read_manifest(artifacts)["config"], artifacts / MANIFEST)
+    if resolution is not None and resolution != config.resolution:
+        raise ConfigError(
+            f"--resolution {resolution}: the artefacts in {artifacts} are for "
+            f"{config.resolution} px; drop --resolution or export again"
+        )
+
+
+def weight_options(
+    backend: str, release: ReleasePaths | None, clip: Path | None, vae: Path | None, star: Path | None
+) -> dict[str, Path | None]:
+    """The release parts ``from_pretrained`` takes: for artefacts, the checkpoints they must come from."""
+    if needs_artifacts(backend):
+        return {} if release is None else {"clip": release.clip, "vae": release.vae, "star": release.star}
+    return {"clip": clip, "vae": vae, "star": star}
+
+
+def chosen_sampling(
+    asked: SamplingConfig, defaults: SamplingConfig, given: tuple[float | None, int | None, float | None], vocab: int
+) -> SamplingConfig:
+    """The options given (cfg, top-k, top-p), the model's defaults for the rest; top-k clamped to the codebook."""
+    cfg, top_k, top_p = given
+    sampling = replace(
+        asked,
+        cfg=defaults.cfg if cfg is None else cfg,
+        top_k=defaults.top_k if top_k is None else top_k,
+        top_p=defaults.top_p if top_p is None else top_p,
+    )
+    if sampling.top_k > vocab and top_k is not None:
+        log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
+    return sampling.clamped(vocab)
 
 
 def run_inputs(backend: str, artifacts: Path | None, weights: Path | None, paths: ReleasePaths | None) -> list[Path]:
@@ -122,15 +146,6 @@ def save_images(
                 write_png(tmp, to_pil(image), {"prompt": prompt, "seed": str(seed + i)} | meta)
     for path in paths:
         typer.echo(str(path))
-
-
-def memory_check(batch: int, dtype: str, device: str, weight_bytes: int | None = None) -> Callable[[StarConfig], None]:
-    def check(config: StarConfig) -> None:
-        if dtype in COMPUTE_DTYPES:
-            need = estimate(config, batch, dtype, device, weight_bytes)
-            check_fits(need, available_bytes(device), device, f"batch {batch} at {config.resolution} px")
-
-    return check
 
 
 def print_timings(results: list[Generation], images: int, label: str) -> None:
@@ -217,15 +232,25 @@ def run(
         typer.Option("--out", "-o", help="PNG file (one prompt) or folder (several). Default star.png / star_images/."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed+i.")] = 0,
-    cfg: Annotated[float, typer.Option(help="Classifier-free guidance strength (ramps from 0 over the scales).")] = 4.0,
+    cfg: Annotated[
+        float | None,
+        typer.Option(
+            help="Classifier-free guidance strength (ramps from 0 over the scales). Default: the artefacts' "
+            "(recorded at export), else the official 4.0."
+        ),
+    ] = None,
     top_k: Annotated[
         int | None,
         typer.Option(
             "--top-k",
-            help="Keep the k most likely tokens (0: off). Default: the official 600, capped at the codebook size.",
+            help="Keep the k most likely tokens (0: off). Default: the artefacts', else the official 600; capped at "
+            "the codebook size.",
         ),
     ] = None,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = 0.8,
+    top_p: Annotated[
+        float | None,
+        typer.Option("--top-p", help="Nucleus sampling mass in (0, 1]. Default: the artefacts', else 0.8."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 1,
     backend: Annotated[
         str | None,
@@ -297,15 +322,19 @@ def run(
     backend = backend if backend is not None else ("torch" if given else "onnxruntime")
     if backend == "onnxruntime" and artifacts is None and not given:
         artifacts = DEMO_GRAPHS
-    sampling = SamplingConfig(
-        cfg=cfg, top_k=SamplingConfig.top_k if top_k is None else top_k, top_p=top_p, seed=seed, sampler=sampler
+    asked = SamplingConfig(
+        cfg=SamplingConfig.cfg if cfg is None else cfg,
+        top_k=SamplingConfig.top_k if top_k is None else top_k,
+        top_p=SamplingConfig.top_p if top_p is None else top_p,
+        seed=seed,
+        sampler=sampler,
     )
     device = default_device(backend, device)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if not prompts:
         raise ConfigError("give at least one prompt")
-    check_prompts(prompts, sampling)
+    check_prompts(prompts, asked)
     check_threads(threads)
     paths = output_paths(out, prompts)
     check_outputs(paths, overwrite)
@@ -317,6 +346,7 @@ def run(
     if compile_step and backend != "torch":
         raise ConfigError("--compile applies to --backend torch")
     check_provider(provider, backend)
+    weights, artifacts = option_folder(weights), option_folder(artifacts)
     release = release_paths(weights, clip, vae, star) if given or not needs_artifacts(backend) else None
     check_separate(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
@@ -330,33 +360,26 @@ def run(
     else:
         check_device(device)
     if needs_artifacts(backend):
-        manifest = open_artifacts(backend, artifacts, release)
-        if resolution is not None and resolution != manifest.config.resolution:
-            raise ConfigError(
-                f"--resolution {resolution}: the artefacts in {manifest.root} are for "
-                f"{manifest.config.resolution} px; drop --resolution or export again"
-            )
-        memory_check(batch, "float16" if manifest.precision == "fp16" else "float32", device, manifest.graph_bytes)(
-            manifest.config
-        )
-        engine = create_backend(backend, device, manifest=manifest, threads=threads, provider=provider)
-        tokenizer = PromptTokenizer(manifest.tokenizer_dir)
-    else:
-        model = load_model(weights, clip, vae, star, resolution, memory_check(batch, dtype, device))
-        engine = create_backend(
-            backend, device, model=model, dtype=dtype, cuda_graphs=cuda_graphs, compile_step=compile_step
-        )
-        tokenizer = PromptTokenizer(model.tokenizer_dir)
-    pipeline = ScaleLoop(engine, tokenizer)
-    vocab = pipeline.config.transformer.vocab_size
-    if sampling.top_k > vocab:
-        if top_k is not None:
-            log.warning("top-k %d exceeds the codebook size; using %d", top_k, vocab)
-        sampling = sampling.clamped(vocab)
+        check_artifacts_resolution(backend, artifacts, resolution)
+    pipe = StarPipeline.from_pretrained(
+        artifacts if needs_artifacts(backend) else weights,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        resolution=resolution,
+        threads=threads,
+        cuda_graphs=cuda_graphs,
+        compile=compile_step,
+        provider=provider,
+        **weight_options(backend, release, clip, vae, star),
+        max_batch_size=batch,
+    )
+    pipeline = pipe.loop
+    sampling = chosen_sampling(asked, pipe.defaults, (cfg, top_k, top_p), pipeline.config.transformer.vocab_size)
     meta = {
-        "cfg": str(cfg),
+        "cfg": str(sampling.cfg),
         "top_k": str(sampling.top_k),
-        "top_p": str(top_p),
+        "top_p": str(sampling.top_p),
         "sampler": sampler,
         "backend": backend,
         "software": "star-deploy",

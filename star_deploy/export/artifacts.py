@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed, sha256_tree
 from ..atomic import atomic_dir, write_text
+from ..config import SamplingConfig
 from ..tokenizer import TOKENIZER_JSON, save_tokenizer_json
 from ..version import __version__
-from ..weights import StarModel
+from ..weights import StarTorchModel
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 
@@ -21,7 +22,7 @@ def tool_versions() -> dict[str, str]:
     return {"star_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__}
 
 
-def source_records(model: StarModel) -> dict[str, dict]:
+def source_records(model: StarTorchModel) -> dict[str, dict]:
     """Name, size and sha256 of each checkpoint the export came from."""
     records = {}
     for key, path in sorted(model.sources.items()):
@@ -31,18 +32,23 @@ def source_records(model: StarModel) -> dict[str, dict]:
 
 
 def export_artifacts(
-    model: StarModel,
+    model: StarTorchModel,
     out: Path,
     precision: str = "fp32",
     overwrite: bool = False,
     on_graph: Callable[[str], None] | None = None,
     external_bytes: int = EXTERNAL_DATA_BYTES,
+    sampling: SamplingConfig | None = None,
 ) -> Path:
-    """Export every graph of ``model`` into ``out``; the manifest is written last, then swapped in."""
+    """Export every graph of ``model`` into ``out``; the manifest is written last, then swapped in.
+
+    ``sampling`` (cfg, top_k, top_p; default: the official ones) is recorded as the runtime's defaults.
+    """
     with atomic_dir(out, overwrite) as tmp:
         specs = export_all(model, precision, tmp, on_graph, external_bytes)
         shutil.copytree(model.tokenizer_dir, tmp / TOKENIZER_DIR)
         save_tokenizer_json(model.tokenizer_dir, tmp / TOKENIZER_DIR / TOKENIZER_JSON)
-        data = manifest_dict(model.config, precision, specs, tmp, source_records(model), tool_versions(), OPSET)
+        sources = source_records(model)
+        data = manifest_dict(model.config, precision, specs, tmp, sources, tool_versions(), OPSET, sampling)
         write_text(tmp / MANIFEST, dumps(sealed(data, tmp)))
     return out

@@ -23,7 +23,7 @@ from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, Tex
 from ..model.text import TextEncoderModule
 from ..signals import raise_if_interrupted
 from ..tables import build_scale_tables
-from ..weights import StarModel
+from ..weights import StarTorchModel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 """Weights above this go to ``<graph>.onnx.data`` (protobuf caps a file at 2 GB)."""
 
 
-def graph_modules(model: StarModel) -> dict[str, nn.Module]:
+def graph_modules(model: StarTorchModel) -> dict[str, nn.Module]:
     return {
         "text_encoder": TextEncoderModule(model.text_encoder),
         "text_context": TextContextGraph(model.transformer),
@@ -113,14 +113,14 @@ def export_graph(
     program.save(str(path), external_data=weight_bytes > external_bytes)
 
 
-def cast_model(model: StarModel, precision: str) -> StarModel:
+def cast_model(model: StarTorchModel, precision: str) -> StarTorchModel:
     """A copy of ``model`` in the precision's compute dtype (head and text encoder stay fp32)."""
     dtype = torch_dtype(activation_dtype(precision))
     return copy.deepcopy(model).to("cpu", dtype)
 
 
 def export_all(
-    model: StarModel, precision: str, folder: Path, on_graph=None, external_bytes: int = EXTERNAL_DATA_BYTES
+    model: StarTorchModel, precision: str, folder: Path, on_graph=None, external_bytes: int = EXTERNAL_DATA_BYTES
 ) -> dict[str, GraphSpec]:
     """Write every graph of ``model`` into ``folder``; returns the specs written."""
     specs = graph_specs(model.config, precision)
