@@ -135,12 +135,12 @@ def is_artifact_folder(folder: Path | None) -> bool:
 
 def load(path: str | Path | None, options: LoadOptions) -> Loaded:
     """Load ``path`` as ``options`` say."""
-    from .backends.factory import check_device, default_device
+    from .backends.factory import check_backend_device, default_device
 
     folder, backend = resolve(path, options)
     options.check_backend(backend)
     device = default_device(backend, options.device)
-    check_device(device)
+    check_backend_device(backend, device)
     is_artifacts = is_artifact_folder(folder)
     if backend == "torch":
         if is_artifacts:

@@ -28,6 +28,18 @@ def check_device_name(device: str) -> None:
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
 
 
+def check_backend_device(backend: str, device: str) -> None:
+    """``check_device`` for ``backend``: TensorRT checks its GPU through its own CUDA seam (engines.gpu)."""
+    if backend != "tensorrt":
+        check_device(device)
+        return
+    from ..engines.trt_api import cuda_device, import_tensorrt
+
+    import_tensorrt()
+    check_device_name(device)
+    cuda_device(device)
+
+
 def check_device(device: str) -> None:
     """Refuse an unknown device, or a CUDA device this machine does not have (before any model loads).
 

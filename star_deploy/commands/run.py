@@ -17,7 +17,7 @@ from ..api import StarPipeline
 from ..artifacts.manifest import MANIFEST, read_manifest
 from ..artifacts.schema import parse_config
 from ..atomic import check_separate, check_writable
-from ..backends.factory import check_device, check_device_name, default_device, needs_artifacts
+from ..backends.factory import check_backend_device, default_device, needs_artifacts
 from ..backends.ort_sessions import check_provider
 from ..config import SamplingConfig
 from ..demo import DEMO_GRAPHS
@@ -351,14 +351,7 @@ def run(
     check_separate(
         paths + ([previews] if previews is not None else []), run_inputs(backend, artifacts, weights, release)
     )
-    if backend == "tensorrt":
-        from ..engines.trt_api import cuda_device, import_tensorrt
-
-        import_tensorrt()
-        check_device_name(device)
-        cuda_device(device)  # TensorRT's GPU check (engines.gpu)
-    else:
-        check_device(device)
+    check_backend_device(backend, device)
     if needs_artifacts(backend):
         check_artifacts_resolution(backend, artifacts, resolution)
     pipe = StarPipeline.from_pretrained(
