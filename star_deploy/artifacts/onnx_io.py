@@ -64,9 +64,14 @@ class OnnxHeader:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for reading if it is a regular file; a FIFO, device, folder or link is never opened."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+def open_regular(path: Path, follow_links: bool = True) -> BinaryIO:
+    """``path`` opened for reading if it is (or, ``follow_links``, links to) a regular file.
+
+    A FIFO, device or folder is never read; without ``follow_links`` a link is not followed either.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

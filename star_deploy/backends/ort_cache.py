@@ -39,7 +39,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 
 def _digest(path: Path) -> str:
     digest = hashlib.sha256()
-    with open_regular(path) as f:
+    with open_regular(path, follow_links=False) as f:
         while block := f.read(1 << 24):
             digest.update(block)
     return digest.hexdigest()[:16]
