@@ -21,6 +21,7 @@ from star_deploy.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
 from star_deploy.random_weights import random_model
+from star_deploy.serve.model import ImageModel, Job, ModelSpec, to_pixels
 from tools.demo_training.evaluate import Reading, read_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -314,6 +315,17 @@ def test_sampling_defaults_travel_in_the_manifest(tmp_path, artifacts_fp32, demo
     )
     default = demo_pipe("a red circle on a blue background", seed=5, output_type="np")
     assert np.array_equal(got.tokens, explicit.tokens) and not np.array_equal(got.tokens, default.tokens)
+
+
+def test_a_serve_replica_samples_with_the_manifest_defaults(tmp_path, demo_pipe):
+    model = ImageModel(ModelSpec(artifacts=str(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))))
+    assert model.settings(Job("a red circle")) == (2.5, 7, 0.5)
+    assert model.settings(Job("a red circle", cfg=3.0, top_k=0, top_p=0.9)) == (3.0, 0, 0.9)
+    served = model.generate([Job("a red circle on a blue background", seed=5)])[0]
+    explicit = demo_pipe(
+        "a red circle on a blue background", seed=5, guidance_scale=2.5, top_k=7, top_p=0.5, output_type="np"
+    )
+    assert np.abs(served.astype(int) - to_pixels(explicit.images)[0].astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize(

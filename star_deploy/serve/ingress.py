@@ -37,13 +37,13 @@ install_handlers(app)
 
 
 def settings(job: Job, result: dict[str, Any]) -> dict[str, Any]:
-    """The prompt and the settings an image was made with (top_k as applied), typed as in the request."""
+    """The prompt and the settings an image was made with (as applied), typed as in the request."""
     return {
         "prompt": job.prompt,
         "seed": job.seed,
-        "cfg": job.cfg,
+        "cfg": result["cfg"],
         "top_k": result["top_k"],
-        "top_p": job.top_p,
+        "top_p": result["top_p"],
         "backend": result["backend"],
         "software": "star-deploy serve",
     }

@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SamplingConfig
-
 PreviewCallback = Callable[[int, int, dict[int, np.ndarray]], None]
 """Called after each scale with (scale, num_scales, {job index: coarse image (H, W, 3) uint8})."""
 
@@ -39,13 +37,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Job:
-    """One image to generate: prompt, seed and sampler settings (top_k None: the official default)."""
+    """One image to generate: prompt, seed and sampler settings (None: the model's sampling defaults)."""
 
     prompt: str
     seed: int = 0
-    cfg: float = 4.0
+    cfg: float | None = None
     top_k: int | None = None
-    top_p: float = 0.8
+    top_p: float | None = None
 
 
 class PipelineUnusable(RuntimeError):
@@ -78,6 +76,7 @@ class ImageModel:
             threads=spec.threads,
         )
         self.config = self.pipe.config
+        self.defaults = self.pipe.defaults
         self.backend = self.pipe.backend_name
         self.precision = self.pipe.precision
         self.lock = threading.Lock()
@@ -114,13 +113,18 @@ class ImageModel:
             "config": self.config.to_dict(),
         }
 
-    def top_k(self, job: Job) -> int:
-        """The top-k a job samples with: the official default when unset, capped at the codebook."""
-        return min(SamplingConfig.top_k if job.top_k is None else job.top_k, self.config.transformer.vocab_size)
-
     def settings(self, job: Job) -> tuple[float, int, float]:
-        """What must be equal for two jobs to share a batch: cfg, effective top-k, top-p."""
-        return (job.cfg, self.top_k(job), job.top_p)
+        """The cfg, top-k (capped at the codebook) and top-p a job samples with; unset ones are the model's defaults.
+
+        Jobs with equal settings may share a batch.
+        """
+        d = self.defaults
+        top_k = d.top_k if job.top_k is None else job.top_k
+        return (
+            d.cfg if job.cfg is None else job.cfg,
+            min(top_k, self.config.transformer.vocab_size),
+            d.top_p if job.top_p is None else job.top_p,
+        )
 
     def generate(self, jobs: Sequence[Job], on_preview: PreviewCallback | None = None) -> list[np.ndarray]:
         """One image (H, W, 3) uint8 per job; jobs sharing settings run as one batch."""
@@ -153,12 +157,13 @@ class ImageModel:
 
     def _call(self, jobs: list[Job], first: Job, callback: Any) -> Any:
         """The pipeline call (under the lock)."""
+        cfg, top_k, top_p = self.settings(first)
         return self.pipe(
             [j.prompt for j in jobs],
             seed=[j.seed for j in jobs],
-            guidance_scale=first.cfg,
-            top_k=self.top_k(first),
-            top_p=first.top_p,
+            guidance_scale=cfg,
+            top_k=top_k,
+            top_p=top_p,
             output_type="np",
             callback_on_scale_end=callback,
         )

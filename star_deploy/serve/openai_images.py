@@ -30,9 +30,9 @@ class GenerationRequest(BaseModel):
     partial_images: int = Field(0, ge=0, description="Per-scale previews sent before each final image (stream).")
     user: str | None = Field(None, description="Accepted for compatibility, not used.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the first image.")
-    cfg: float = Field(4.0, ge=0.0, le=MAX_CFG, description="Classifier-free guidance strength.")
-    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="Top-k (0 off; default the official 600).")
-    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    cfg: float | None = Field(None, ge=0.0, le=MAX_CFG, description="Classifier-free guidance (default: the model's).")
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="Top-k (0 off; default: the model's).")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass (default: the model's).")
 
     def jobs(self) -> list[Job]:
         """One job per image: seeds seed, seed + 1, ..."""

@@ -26,14 +26,18 @@ class ImageRequest(BaseModel):
         examples=["a red circle on a blue background"],
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Random seed: the same seed and settings give the same image.")
-    cfg: float = Field(4.0, ge=0.0, le=MAX_CFG, description="Classifier-free guidance strength.")
+    cfg: float | None = Field(
+        None, ge=0.0, le=MAX_CFG, description="Classifier-free guidance (default: the model's, 4.0 officially)."
+    )
     top_k: int | None = Field(
         None,
         ge=0,
         le=MAX_TOP_K,
-        description="Keep the k most likely tokens (0: off; default: the official 600, capped at the codebook).",
+        description="Keep the k most likely tokens (0: off; default: the model's, 600 officially; capped).",
     )
-    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="Nucleus sampling mass (default: the model's, 0.8 officially)."
+    )
     response_format: Literal["png", "json"] | None = Field(
         None, description="png (image/png) or json (base64 PNG); default: from the Accept header, else png."
     )
