@@ -80,13 +80,13 @@ def check_artifacts(folder: Path, runtime: str) -> None:
 
 def check_weights(folder: Path, runtime: str) -> None:
     """A folder that holds a STAR release (or its Hugging Face cache folder), for the torch backend."""
-    from ..api import hub_snapshot
     from ..artifacts.manifest import MANIFEST
+    from ..hub import is_repo_id, option_folder
     from ..release import resolve_release
 
-    if not folder.exists():
+    if not folder.exists() and not is_repo_id(str(folder)):
         raise WeightsError(f"--weights {folder}: no such folder; give the folder of the STAR release")
-    folder = hub_snapshot(folder)
+    folder = option_folder(folder)
     if (folder / MANIFEST).is_file():
         raise ConfigError(f"--weights {folder}: an artefact folder from `star-deploy export`; pass it as --artifacts")
     if runtime != "torch":
