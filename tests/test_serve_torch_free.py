@@ -92,13 +92,18 @@ def wait_for(check, timeout_s: float, what: str, process: subprocess.Popen) -> N
 
 
 def disconnect_early(port: int) -> None:
-    """A client that leaves a stream after its first bytes, and one that leaves a plain request at once."""
+    """Clients that leave a stream at once, after its first bytes or after a few previews, and a plain request."""
     body = json.dumps({"prompt": "a green square", "seed": 1})
-    for path, wait in (("/v1/images:stream", True), ("/v1/images", False)):
+    for path, read in (
+        ("/v1/images:stream", 0),
+        ("/v1/images:stream", 64),
+        ("/v1/images:stream", 8192),
+        ("/v1/images", 0),
+    ):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         connection.request("POST", path, body, {"Content-Type": "application/json"})
-        if wait:
-            connection.getresponse().read(64)
+        if read:
+            connection.getresponse().read(read)
         connection.close()
     time.sleep(2)
 

@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Header
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -24,6 +24,7 @@ from .openai_images import GenerationRequest, check_servable, generation_respons
 from .options import ServeOptions
 from .png import b64_png
 from .schema import ImageRequest, wants_json
+from .streams import EventStream
 
 log = logging.getLogger("star_deploy.serve")
 
@@ -165,11 +166,9 @@ class StarIngress:
         return Response(png_bytes(result["pixels"], text), media_type="image/png", headers=headers)
 
     @app.post("/v1/images:stream", summary="Generate one image, streaming a preview per scale (text/event-stream)")
-    async def images_stream(self, body: ImageRequest) -> StreamingResponse:
+    async def images_stream(self, body: ImageRequest) -> EventStream:
         self.admit(count=False)  # counted by the stream itself, which may never start if the client leaves
-        return StreamingResponse(
-            self.events(body), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        return EventStream(self.events(body))
 
     async def events(self, body: ImageRequest) -> AsyncGenerator[bytes, None]:
         """preview events (one per scale), then final (or error)."""
@@ -201,7 +200,7 @@ class StarIngress:
         if body.stream:
             scales = preview_scales(body.partial_images, info["num_scales"])
             events = self.openai_events(body, size, scales)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return EventStream(events)
         self.in_flight += 1
         try:
             jobs = body.jobs()
