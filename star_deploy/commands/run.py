@@ -298,8 +298,9 @@ def run(
         bool,
         typer.Option(
             "--compile",
-            help="torch backend: run the transformer step through torch.compile (inductor), one graph per scale "
-            "compiled on the first batch (minutes for a large model; combine with --cuda-graphs on CUDA).",
+            help="torch backend: compile the transformer block once with torch.compile (inductor), shared by every "
+            "block and scale (two graphs for the whole schedule), on the first batch; combine with --cuda-graphs on "
+            "CUDA.",
         ),
     ] = False,
     weights: WeightsOpt = None,
