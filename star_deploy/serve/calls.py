@@ -75,6 +75,13 @@ class Retries:
         self.attempt += 1
         return True
 
+    async def retry_or_raise(self, exc: Exception, what: str, failure: str) -> None:
+        """Return when ``exc`` may be retried; else raise ModelError (the model failed) or ServiceUnavailable."""
+        if not retryable(exc):
+            raise ModelError(cause(exc)) from None
+        if not await self.again(exc, what):
+            raise ServiceUnavailable(f"{failure} ({cause(exc)}); retry later") from None
+
 
 async def generate(handle: DeploymentHandle, job: Job, retries: int) -> dict[str, Any]:
     """The final image of ``job``; dead, full or unusable replicas are retried (see ``Retries``)."""
@@ -83,11 +90,7 @@ async def generate(handle: DeploymentHandle, job: Job, retries: int) -> dict[str
         try:
             return await handle.generate.remote(job)
         except (RayTaskError, *RETRYABLE) as exc:
-            if not retryable(exc):
-                raise ModelError(cause(exc)) from None
-            if not await policy.again(exc, "request"):
-                message = f"no model replica could take the request ({cause(exc)}); retry later"
-                raise ServiceUnavailable(message) from None
+            await policy.retry_or_raise(exc, "request", "no model replica could take the request")
 
 
 async def stream(handle: DeploymentHandle, job: Job, retries: int) -> AsyncGenerator[dict[str, Any], None]:
@@ -104,8 +107,4 @@ async def stream(handle: DeploymentHandle, job: Job, retries: int) -> AsyncGener
                     yield event
             return
         except (RayTaskError, *RETRYABLE) as exc:
-            if not retryable(exc):
-                raise ModelError(cause(exc)) from None
-            if not await policy.again(exc, "stream"):
-                message = f"no model replica could finish the stream ({cause(exc)}); retry later"
-                raise ServiceUnavailable(message) from None
+            await policy.retry_or_raise(exc, "stream", "no model replica could finish the stream")
