@@ -13,7 +13,9 @@ import sys
 import warnings
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from .commands import (
     bench,
@@ -33,7 +35,37 @@ from .version import __version__
 
 VERBOSITY_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 
+MAY_BE_EMPTY = {"prompts", "prompt"}
+"""Parameters whose empty value means something: the empty prompt is STAR's unconditional prompt."""
+
+
+def empty_values(ctx: click.Context, command: click.Command, args: list[str]) -> list[str]:
+    """The options and arguments of ``command`` given as "" in ``args`` (pathlib reads "" as the current folder)."""
+    sub = click.Context(command, parent=ctx, info_name=command.name, resilient_parsing=True)
+    try:
+        given, _, _ = command.make_parser(sub).parse_args(list(args))
+    except click.ClickException:
+        return []  # click reports a malformed command line itself
+    flags = {p.name: (p.opts[0] if p.opts and p.opts[0].startswith("-") else p.name.upper()) for p in command.params}
+    return [
+        flags.get(key, key)
+        for key, value in given.items()
+        if key not in MAY_BE_EMPTY and "" in (value if isinstance(value, list | tuple) else [value])
+    ]
+
+
+class StarGroup(TyperGroup):
+    """The command group; notes the empty values of the invoked command's parameters for ``main`` to refuse."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            ctx.meta["empty_values"] = empty_values(ctx, command, rest)
+        return name, command, rest
+
+
 app = typer.Typer(
+    cls=StarGroup,
     help="Deploy the STAR text-to-image model: export to ONNX, build TensorRT engines, generate, benchmark.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -66,6 +98,7 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show debug messages (also accepted after the command).")
     ] = False,
@@ -77,6 +110,10 @@ def main(
     ] = False,
 ) -> None:
     configure_logging(verbose, quiet)
+    empty = ctx.meta.get("empty_values")
+    if empty:
+        typer.echo(f"error: {', '.join(empty)}: empty; give a value", err=True)
+        raise typer.Exit(2)
 
 
 app.command("run")(run.command)
