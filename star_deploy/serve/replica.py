@@ -39,21 +39,11 @@ class UnreadStreamEnds(logging.Filter):
 logging.getLogger("asyncio").addFilter(UnreadStreamEnds())
 
 
-def limit_torch_threads(options: ServeOptions) -> None:
-    """A torch replica on CPU uses as many threads as it has CPUs; other backends never import torch."""
-    if options.runtime != "torch" or (options.device or "cpu") != "cpu" or options.num_cpus < 1:
-        return
-    import torch
-
-    torch.set_num_threads(int(options.num_cpus))
-
-
 @serve.deployment(name="StarReplica")
 class StarReplica:
     """One STAR pipeline per replica; plain and preview requests are batched in separate queues."""
 
     def __init__(self, options: ServeOptions) -> None:
-        limit_torch_threads(options)
         self.model = ImageModel(options.model_spec())
         for handler in (self.generate_batch, self.stream_batch):
             handler.set_max_batch_size(options.max_batch_size)
