@@ -176,6 +176,7 @@ class StarPipeline:
         if callback_on_scale_end is not None and not callable(callback_on_scale_end):
             raise ConfigError(f"callback_on_scale_end must be callable or None, got {type(callback_on_scale_end)}")
         batches = range(0, len(prompts), step)
+        self.loop.check_memory(min(step, len(prompts)), len(prompts))
         with self._exclusive(), self._progress_bar(len(batches) * self.config.num_scales) as advance:
             results = [
                 self._generate(prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end, advance)

@@ -40,6 +40,16 @@ class BenchVariant:
 
 
 @dataclass(frozen=True)
+class MemoryProfile:
+    """What a backend's generation holds beyond the model's tensors, measured on the CPU (``tests/test_memory.py``)."""
+
+    decode_buffers: float = 8.0
+    """Full-resolution decoder feature maps (``vae.ch`` channels) alive at once at the decode's peak, per image."""
+    overhead: int = 0
+    """Bytes a call takes whatever its batch (the allocator's slack)."""
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     """One backend: everything the rest of the package needs to know about it."""
 
@@ -60,6 +70,8 @@ class BackendSpec:
     create: Callable[[Any, str, Options], Any]
     """(model or manifest, device, options) -> a ``Backend``."""
     bench: tuple[BenchVariant, ...] = ()
+    memory: MemoryProfile = MemoryProfile()
+    """Its working memory, for the estimates that refuse a load or a call that cannot fit."""
     engines: bool = False
     """Runs engines that ``star-deploy build-engine`` built for fixed batch sizes (``check`` validates them)."""
 
@@ -129,6 +141,7 @@ BACKENDS: dict[str, BackendSpec] = {
             module="torch",
             extra="torch",
             create=_create_torch,
+            memory=MemoryProfile(decode_buffers=6.5, overhead=48 * 2**20),
             bench=(
                 BenchVariant("torch"),
                 BenchVariant("torch-cuda-graphs", {"cuda_graphs": True}, needs_cuda=True),
@@ -146,6 +159,7 @@ BACKENDS: dict[str, BackendSpec] = {
             module="onnxruntime",
             extra=None,
             create=_create_onnxruntime,
+            memory=MemoryProfile(decode_buffers=10.0),
             bench=(
                 BenchVariant("onnxruntime"),
                 BenchVariant("onnxruntime-int8", precision="int8"),

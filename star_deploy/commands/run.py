@@ -130,6 +130,7 @@ def generate_batches(
     on_preview: PreviewWriter | None = None,
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
+    pipeline.check_memory(batch_size, len(prompts))
     results = []
     with progress_bar() as progress:
         task = progress.add_task("scales", total=len(prompts) * pipeline.config.num_scales)

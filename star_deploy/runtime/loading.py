@@ -18,7 +18,9 @@ log = logging.getLogger("star_deploy")
 
 if TYPE_CHECKING:
     from ..artifacts.manifest import Manifest
+    from ..core.config import StarConfig
     from ..release.weights import StarTorchModel
+    from .memory import CallBudget
     from .pipeline import ScaleLoop
 
 
@@ -34,15 +36,24 @@ class Loaded:
     manifest: Manifest | None = None
 
 
-def memory_check(batch: int, dtype: str, device: str, weight_bytes: int | None = None):
-    """A check of the config (before weights materialize) that ``batch`` images fit on ``device``."""
+def memory_check(plan: LoadPlan, dtype: str, weight_bytes: int | None = None):
+    """A check of the config (before weights materialize) that the plan's ``max_batch_size`` images fit."""
     from .memory import available_bytes, check_fits, estimate
 
+    batch, device = plan.options.max_batch_size, plan.device
+
     def check(config: Any) -> None:
-        need = estimate(config, batch, dtype, device, weight_bytes)
+        need = estimate(config, batch, dtype, device, weight_bytes, plan.spec.memory)
         check_fits(need, available_bytes(device), device, f"batch {batch} at {config.resolution} px")
 
     return check
+
+
+def call_budget(plan: LoadPlan, config: StarConfig, dtype: str) -> CallBudget:
+    """The memory check of every call on what ``plan`` loads."""
+    from .memory import CallBudget
+
+    return CallBudget(config, dtype, plan.device, plan.spec.memory)
 
 
 def reference_backend(model: StarTorchModel) -> Any:
@@ -72,10 +83,9 @@ def load_release(plan: LoadPlan) -> Loaded:
 
     options = plan.options
     log.info("loading %s", plan.release.star)
-    check = memory_check(options.max_batch_size, options.dtype, plan.device)
-    model = load_weights(plan.release, plan.resolution, check)
+    model = load_weights(plan.release, plan.resolution, memory_check(plan, options.dtype))
     engine = plan.spec.create(model, plan.device, options)
-    loop = ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir))
+    loop = ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir), call_budget(plan, model.config, options.dtype))
     return Loaded(loop, plan.backend, options.dtype, SamplingConfig(), model=model)
 
 
@@ -90,7 +100,7 @@ def load_graphs(plan: LoadPlan) -> Loaded:
     if plan.release is not None:
         check_sources(manifest, plan.release, "export again from these weights or drop the weight options")
     dtype = "float16" if manifest.precision == "fp16" else "float32"
-    memory_check(plan.options.max_batch_size, dtype, plan.device, manifest.graph_bytes)(manifest.config)
+    memory_check(plan, dtype, manifest.graph_bytes)(manifest.config)
     engine = plan.spec.create(manifest, plan.device, plan.options)
-    loop = ScaleLoop(engine, PromptTokenizer(manifest.tokenizer_dir))
+    loop = ScaleLoop(engine, PromptTokenizer(manifest.tokenizer_dir), call_budget(plan, manifest.config, dtype))
     return Loaded(loop, plan.backend, manifest.precision, manifest.sampling, manifest=manifest)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StarDeployError
 from ..runtime.plan import LoadOptions, plan_load
 
 PreviewCallback = Callable[[int, int, dict[int, np.ndarray]], None]
@@ -125,6 +126,8 @@ class ImageModel:
                 raise PipelineUnusable("the pipeline was released")
             try:
                 out = self._call(jobs, first, callback)
+            except StarDeployError:
+                raise  # refused before generating (a call that cannot fit): the pipeline is intact
             except Exception as exc:
                 self.failure = f"{type(exc).__name__}: {exc}"
                 raise

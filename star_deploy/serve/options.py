@@ -92,9 +92,10 @@ class ServeOptions(BaseModel):
         return self.autoscaling_config.max_replicas if self.autoscaling_config else self.replicas
 
     def model_spec(self) -> LoadOptions:
-        """What each replica loads; its threads default to the replica's CPUs (not every core)."""
+        """What each replica loads, its memory checked for a full batch; its threads default to the replica's CPUs
+        (not every core)."""
         threads = self.load.threads or (int(self.num_cpus) if self.num_cpus >= 1 else 0)
-        return replace(self.load, threads=threads)
+        return replace(self.load, threads=threads, max_batch_size=self.max_batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting at the top level, as a config file gives them (JSON types)."""
