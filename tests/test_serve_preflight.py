@@ -69,6 +69,8 @@ def cases(busy: int, tmp: Path) -> list[tuple[list[str], str]]:
         (["--port", port, "--num-cpus", "-1"], "--num-cpus"),
         (["--port", port, "--replicas", "2", "--max-replicas", "1"], "exceeds max_replicas"),
         (["--port", port, "--replicas", "2", "--num-cpus", str(local_cpus())], "need"),
+        (["--port", port, "--batch-wait", "inf"], "--batch-wait: Input should be a finite number"),
+        (["--port", port, "--batch-wait", "1e300"], "--batch-wait: Input should be less than or equal to 60"),
     ]
 
 
@@ -100,6 +102,17 @@ def test_placement_refuses_what_ray_cannot_place():
         check_placement(ServeOptions(device="cuda", num_gpus=0.5, replicas=3), cpus=8, gpus=1)
     autoscaled = ServeOptions(num_cpus=1, autoscaling_config={"min_replicas": 1, "max_replicas": 4})
     check_placement(autoscaled, cpus=2, gpus=0)
+
+
+def test_placement_counts_the_gpus_a_local_ray_would_see(monkeypatch):
+    from star_deploy.serve.preflight import local_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpus() == 0
+    with pytest.raises(ConfigError, match=r"--num-gpus 1 need 1 GPUs but Ray has 0 here"):
+        check_placement(ServeOptions(device="cuda", num_gpus=1), cpus=8, gpus=local_gpus())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert local_gpus() == 2
 
 
 def test_build_app_takes_serve_run_strings():
@@ -136,6 +149,20 @@ def test_build_app_takes_a_config_file_mapping():
         ({"num_gpus": 1}, "num_gpus > 0 with device cpu"),
         ({"backend": "foo"}, "serve option backend: unknown backend 'foo'"),
         ({"device": "gpu"}, "serve option device: unknown device 'gpu'"),
+        ({"batch_wait_s": "inf"}, "serve option batch_wait_s: Input should be a finite number"),
+        ({"batch_wait_s": 1e300}, "serve option batch_wait_s: Input should be less than or equal to 60"),
+        ({"num_cpus": float("nan")}, "serve option num_cpus: Input should be a finite number"),
+        ({"num_gpus": "inf", "device": "cuda"}, "serve option num_gpus: Input should be a finite number"),
+        ({"retries": 10**9}, "serve option retries: Input should be less than or equal to 100"),
+        ({"max_ongoing_requests": 10**12}, "serve option max_ongoing_requests: Input should be less than or equal"),
+        ({"max_batch_size": 10**6}, "serve option max_batch_size: Input should be less than or equal to 1024"),
+        ({"replicas": 10**6}, "serve option replicas: Input should be less than or equal to 1024"),
+        ({"dtype": "float64"}, "serve option dtype: unknown dtype 'float64'"),
+        ({"autoscaling_config": {"target_ongoing_requests": "inf"}}, "target_ongoing_requests: Input should be a fin"),
+        (
+            {"replicas": 3, "autoscaling_config": {"max_replicas": 4}},
+            "replicas and autoscaling_config both given",
+        ),
     ],
 )
 def test_bad_options_name_the_setting(args, words):

@@ -56,13 +56,14 @@ def options(
 
     args = {
         "load": load,
-        "replicas": replicas,
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
         "max_batch_size": max_batch_size,
         "batch_wait_s": batch_wait,
     }
-    if max_replicas is not None:
+    if max_replicas is None:
+        args["replicas"] = replicas
+    else:
         args["autoscaling_config"] = {
             "min_replicas": replicas,
             "max_replicas": max_replicas,

@@ -15,15 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import ConfigError
 from ..runtime.plan import LOAD_FIELDS, LoadOptions, chosen_backend, chosen_device
 
+MAX_REPLICAS = 1024
+MAX_BATCH_SIZE = 1024
+MAX_BATCH_WAIT_S = 60.0
+"""A replica waits at most this long to fill a batch: a longer wait only delays a lone request."""
+MAX_ONGOING_REQUESTS = 100_000
+MAX_RETRIES = 100
+
 
 class Autoscaling(BaseModel):
     """Ray Serve autoscaling: replicas between ``min_replicas`` and ``max_replicas`` by ongoing requests per replica."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    target_ongoing_requests: float = Field(8.0, gt=0)
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
+    max_replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    target_ongoing_requests: float = Field(8.0, gt=0, le=MAX_ONGOING_REQUESTS)
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
@@ -39,20 +46,22 @@ SERVED_LOAD_FIELDS = tuple(name for name in LOAD_FIELDS if name != "max_batch_si
 class ServeOptions(BaseModel):
     """The pipeline each replica loads (``load``), replicas, resources and batching.
 
-    ``autoscaling_config`` replaces the fixed ``replicas`` count by Ray Serve's autoscaler.
+    Every field's bounds and choices are checked here, for the command line and a config file alike
+    (numbers are finite), before Ray starts. ``autoscaling_config`` replaces the fixed ``replicas``
+    count by Ray Serve's autoscaler: give one or the other.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     load: LoadOptions = LoadOptions()
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     autoscaling_config: Autoscaling | None = None
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0, description="fractions share a GPU")
-    max_batch_size: int = Field(8, ge=1)
-    batch_wait_s: float = Field(0.1, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1)
-    retries: int = Field(3, ge=0)
+    num_cpus: float = Field(1.0, ge=0, le=4096)
+    num_gpus: float = Field(0.0, ge=0, le=64, description="fractions share a GPU")
+    max_batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
+    batch_wait_s: float = Field(0.1, ge=0, le=MAX_BATCH_WAIT_S)
+    max_ongoing_requests: int = Field(64, ge=1, le=MAX_ONGOING_REQUESTS)
+    retries: int = Field(3, ge=0, le=MAX_RETRIES)
 
     @model_validator(mode="before")
     @classmethod
@@ -66,6 +75,11 @@ class ServeOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeOptions:
+        if self.autoscaling_config is not None and "replicas" in self.model_fields_set:
+            raise ValueError(
+                "replicas and autoscaling_config both given: a fixed count, or autoscaling_config's min_replicas "
+                "and max_replicas"
+            )
         if self.num_gpus > 0 and chosen_device(chosen_backend(self.load), self.load) == "cpu":
             raise ValueError("num_gpus > 0 with device cpu wastes the GPU; pass device cuda or num_gpus 0")
         return self

@@ -97,9 +97,18 @@ def local_cpus() -> int:
     return count if quota == "max" else max(1, min(count, int(quota) // int(period)))
 
 
+def local_gpus() -> int:
+    """The NVIDIA GPUs a local Ray would see: CUDA_VISIBLE_DEVICES where set, else the driver's list (none: 0)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "NoDevFiles"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
 def preflight(options: ServeOptions, host: str, port: int, drain_timeout_s: float) -> None:
     """Every check that needs no Ray, before Ray starts (a mistake costs seconds, not a Ray start-up)."""
     check_drain_timeout(drain_timeout_s)
     check_address(host, port)
     check_model(options)
-    check_placement(options, local_cpus(), float("inf"))
+    check_placement(options, local_cpus(), local_gpus())
