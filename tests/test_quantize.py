@@ -21,8 +21,8 @@ from star_deploy.runtime.pipeline import ScaleLoop
 
 
 @pytest.fixture(scope="module")
-def int8_dir(artifacts_fp32, tmp_path_factory):
-    return quantize_artifacts(artifacts_fp32, tmp_path_factory.mktemp("quant") / "int8")
+def int8_dir(artifacts_int8):
+    return artifacts_int8
 
 
 def op_types(path) -> set[str]:
