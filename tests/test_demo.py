@@ -36,9 +36,15 @@ from tools.demo_training.evaluate import read_image
 from tools.demo_training.train import held_out_prompts, load_vae, main
 from tools.demo_training.vq import quant_tables, quantize
 
-BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
-if torch.cuda.is_available():
-    BACKENDS += ["torch-cuda-fp16", "torch-cuda-graphs-fp16"]
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh tests)")
+BACKENDS = [
+    "torch",
+    "onnxruntime-fp32",
+    "onnxruntime-fp16",
+    "onnxruntime-int8",
+    pytest.param("torch-cuda-fp16", marks=NEEDS_CUDA),
+    pytest.param("torch-cuda-graphs-fp16", marks=NEEDS_CUDA),
+]
 SEEDS_PER_COMBO = 2
 MIN_COLOUR_RATE = 0.9
 MIN_SHAPE_RATE = 0.75
