@@ -1,0 +1,156 @@
+"""`star-deploy batch` throughput on the demo: in-process, and on a two-node local Ray cluster with 1 and 2 workers.
+
+    python benchmarks/batch_ray.py [--items 200] [--batch-size 8] [--repeats 2] [--json FILE]
+
+Every variant generates the same items (demo prompts, one image each) into a fresh folder through
+``star_deploy.batch.run_batch``; the Ray variants join a cluster of two nodes with one CPU each,
+started here on loopback (127.0.0.2) and stopped at the end. ``total`` is the job's wall time
+(the local loop's model load; Ray's connection, actor start-up and model loads); ``steady`` is
+images/s from the first finished chunk to the last (read from the index as it grows). The
+overhead of Ray Data is the ratio of the 1-worker Ray job to the in-process loop with as many
+threads (1), variants run in alternation in the same process. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+COLOURS = ("red", "green", "blue", "yellow", "white", "black", "purple", "orange")
+SHAPES = ("circle", "square", "triangle")
+
+
+def prompts_file(folder: Path, items: int) -> Path:
+    path = folder / "prompts.txt"
+    lines = [f"a {COLOURS[i % 8]} {SHAPES[i % 3]} on a {COLOURS[(i + 5) % 8]} background" for i in range(items)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def watch_index(index: Path, stop: threading.Event) -> tuple[list[tuple[float, int]], threading.Thread]:
+    """(time, lines) each time the index grows, polled every 20 ms until ``stop``; the polling thread."""
+    seen: list[tuple[float, int]] = []
+
+    def poll() -> None:
+        last = 0
+        while not stop.is_set():
+            lines = index.read_bytes().count(b"\n") if index.is_file() else 0
+            if lines > last:
+                seen.append((time.perf_counter(), lines))
+                last = lines
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    seen.append((time.perf_counter(), 0))
+    return seen, thread
+
+
+def run_variant(prompts: Path, out: Path, batch_size: int, threads: int, ray: dict | None) -> dict:
+    """One job; its total seconds and steady images/s."""
+    from star_deploy.batch import BatchOptions, RayOptions, model_spec, run_batch
+
+    model = model_spec(None, None, None, {"clip": None, "vae": None, "star": None}, None, threads=threads)
+    options = BatchOptions(prompts, out, model, batch_size=batch_size, ray=RayOptions(**ray) if ray else None)
+    stop = threading.Event()
+    seen, watcher = watch_index(out / "index.jsonl", stop)
+    start = seen[0][0]
+    summary = run_batch(options)
+    end = time.perf_counter()
+    stop.set()
+    watcher.join()
+    if seen[-1][1] < summary.total:
+        seen.append((end, summary.total))
+    first_t, first_n = seen[1]
+    last_t = next(t for t, n in seen[1:] if n >= summary.total)
+    steady = (summary.total - first_n) / (last_t - first_t) if last_t > first_t else 0.0
+    assert summary.done == summary.total and summary.failed == 0, summary.line()
+    return {"total_s": end - start, "images_per_s": summary.total / (end - start), "steady_images_per_s": steady}
+
+
+def start_cluster(temp: str):
+    """Two nodes of one CPU each on 127.0.0.2 (Ray rewrites a driver's 127.0.0.1), in ``temp``."""
+    os.environ.update(RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0")
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.2"}
+    cluster = Cluster(initialize_head=True, head_node_args=node | {"include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+VARIANTS = {
+    "local, 1 thread": (1, None),
+    "ray, 1 worker x 1 CPU": (0, {"workers": 1}),
+    "local, 2 threads": (0, None),
+    "ray, 2 workers x 1 CPU (2 nodes)": (0, {"workers": 2}),
+}
+"""Name -> (ONNX Runtime threads, Ray settings); a Ray worker's threads default to its CPUs."""
+
+
+def measure(items: int, batch_size: int, repeats: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="sdbench"))
+    prompts = prompts_file(folder, items)
+    cluster = start_cluster(tempfile.mkdtemp(prefix="sdb", dir="/tmp"))
+    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    try:
+        for r in range(repeats):
+            for name, (threads, ray) in VARIANTS.items():
+                ray = None if ray is None else ray | {"address": cluster.address}
+                out = folder / f"{len(runs[name])}-{r}-{abs(hash(name))}"
+                runs[name].append(run_variant(prompts, out, batch_size, threads, ray))
+    finally:
+        cluster.shutdown()
+    rows = {
+        name: {key: statistics.median(run[key] for run in found) for key in found[0]} for name, found in runs.items()
+    }
+    base, ray1 = rows["local, 1 thread"], rows["ray, 1 worker x 1 CPU"]
+    return {
+        "machine": {"cpus": os.cpu_count(), "load_average_before_after": None},
+        "items": items,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "variants": rows,
+        "runs": runs,
+        "ray_overhead_total": ray1["total_s"] / base["total_s"] - 1,
+        "ray_overhead_steady": base["steady_images_per_s"] / ray1["steady_images_per_s"] - 1,
+        "scaling_2_workers_vs_1": rows["ray, 2 workers x 1 CPU (2 nodes)"]["images_per_s"] / ray1["images_per_s"],
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['items']} demo items, --batch-size {report['batch_size']}, median of {report['repeats']}")
+    print(f"{'variant':36} {'total s':>8} {'images/s':>9} {'steady images/s':>16}")
+    for name, row in report["variants"].items():
+        print(f"{name:36} {row['total_s']:8.2f} {row['images_per_s']:9.2f} {row['steady_images_per_s']:16.2f}")
+    print(
+        f"Ray Data overhead (1 worker vs in-process, 1 thread): total {100 * report['ray_overhead_total']:+.1f} %, "
+        f"steady {100 * report['ray_overhead_steady']:+.1f} %; 2 workers / 1 worker: "
+        f"{report['scaling_2_workers_vs_1']:.2f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    before = os.getloadavg()
+    report = measure(args.items, args.batch_size, args.repeats)
+    report["machine"]["load_average_before_after"] = [before, os.getloadavg()]
+    print_table(report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
