@@ -29,8 +29,8 @@ PROMPT, SEED = "a red car.", 1
 
 
 def golden_model():
-    from star_deploy.release import resolve_release
-    from star_deploy.weights import load_release
+    from star_deploy.release.finder import resolve_release
+    from star_deploy.release.weights import load_release
 
     return load_release(resolve_release(weights=GOLDEN), resolution=256)
 
@@ -57,9 +57,9 @@ def one_generation(compile_mode: str, cache: str) -> dict:
     from torch._dynamo.utils import counters
 
     from star_deploy.backends.torch_backend import TorchBackend
-    from star_deploy.config import SamplingConfig
-    from star_deploy.pipeline import ScaleLoop
-    from star_deploy.tokenizer import PromptTokenizer
+    from star_deploy.core.config import SamplingConfig
+    from star_deploy.core.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     model = golden_model()
     compile_args = {} if compile_mode == "eager" else {"compile": True, "compile_dynamic": compile_mode == "dynamic"}

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import arguments
-from .config import SAMPLERS, SamplingConfig, StarConfig
+from .core import arguments
+from .core.config import SAMPLERS, SamplingConfig, StarConfig
 from .errors import ConfigError
-from .images import to_pil
-from .loading import Loaded, LoadOptions, load
+from .files.images import to_pil
+from .runtime.loading import Loaded, LoadOptions, load
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from .pipeline import Generation, ScaleEvent
+    from .runtime.pipeline import Generation, ScaleEvent
 
 log = logging.getLogger("star_deploy")
 
@@ -191,7 +191,7 @@ class StarPipeline:
         capped at the codebook size. ``callback_on_scale_end`` gets a ``ScaleProgress`` per scale
         (and batch); returning False stops the loop there and decodes the coarse image.
         ``sampler="official"`` reproduces the official code's torch.Generator draws (see
-        ``star_deploy.sampling``). Calls from several threads run one after another.
+        ``star_deploy.core.sampling``). Calls from several threads run one after another.
         """
         arguments.one_of("output_type", output_type, OUTPUT_TYPES)
         prompts = normalize_prompts(prompt, num_images_per_prompt)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from star_deploy.config import SamplingConfig
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.release import resolve_release
-from star_deploy.tokenizer import PromptTokenizer
-from star_deploy.weights import StarTorchModel, load_release
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.release.finder import resolve_release
+from star_deploy.release.weights import StarTorchModel, load_release
+from star_deploy.runtime.pipeline import ScaleLoop
 
 GOLDEN = Path(__file__).parent / "fixtures" / "tiny256"
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -17,10 +17,10 @@ from PIL import Image
 from star_deploy import StarPipeline
 from star_deploy.artifacts.manifest import MANIFEST
 from star_deploy.commands.export import check_export
-from star_deploy.config import SamplingConfig
+from star_deploy.core.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
-from star_deploy.random_weights import random_model
+from star_deploy.release.random_weights import random_model
 from star_deploy.serve.model import ImageModel, Job, ModelSpec, to_pixels
 from tools.demo_training.evaluate import Reading, read_image
 

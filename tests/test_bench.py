@@ -17,11 +17,11 @@ from star_deploy.bench.flops import StageTotals, decoder_flops, step_flops
 from star_deploy.bench.runner import TORCH_GRAPHS, BackendSource, BenchSettings, roofline, run_bench
 from star_deploy.bench.traffic import block_weights, generation_bytes, text_weights
 from star_deploy.cli import app
-from star_deploy.config import MAX_TEXT_TOKENS
-from star_deploy.cpu_isa import ISA_FLAGS, backend_isa, bf16_isa, cpu_flags
-from star_deploy.evaluation import forced_fidelity, psnr, token_agreement
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.config import MAX_TEXT_TOKENS
+from star_deploy.core.cpu_isa import ISA_FLAGS, backend_isa, bf16_isa, cpu_flags
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.evaluation.parity import forced_fidelity, psnr, token_agreement
+from star_deploy.runtime.pipeline import ScaleLoop
 
 
 def test_decoder_flops_match_the_flop_counter(tiny_model):

@@ -16,9 +16,9 @@ from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.backends.ort_cache import CACHE_DIR, cache_folder
 from star_deploy.cli import app, hoist_verbosity
-from star_deploy.config import SamplingConfig
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.runtime.pipeline import ScaleLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 

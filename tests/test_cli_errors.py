@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from star_deploy.cli import app
 from star_deploy.demo import DEMO_GRAPHS
-from star_deploy.images import read_png
+from star_deploy.files.images import read_png
 
 runner = CliRunner()
 EVIL_MARKER = "executed.txt"
@@ -523,9 +523,9 @@ def test_existing_output_is_replaced_with_overwrite(tmp_path, caplog):
 
 
 def test_memory_estimate_counts_real_parameters_and_refuses_what_cannot_fit(tiny_model):
-    from star_deploy.config import PRESETS
+    from star_deploy.core.config import PRESETS
     from star_deploy.errors import MemoryBudgetError
-    from star_deploy.memory import GIB, check_fits, estimate, parameter_counts
+    from star_deploy.runtime.memory import GIB, check_fits, estimate, parameter_counts
 
     counts = parameter_counts(tiny_model.config)
     assert counts["transformer"] == sum(t.numel() for t in tiny_model.transformer.state_dict().values())

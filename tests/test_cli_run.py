@@ -9,7 +9,7 @@ from conftest import GOLDEN
 from typer.testing import CliRunner
 
 from star_deploy.cli import app
-from star_deploy.images import read_png
+from star_deploy.files.images import read_png
 from tools.demo_training.evaluate import Reading, read_image
 
 GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8", "--sampler", "official"]

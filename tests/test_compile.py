@@ -21,8 +21,8 @@ from torch._dynamo.utils import counters
 
 from star_deploy.backends.compiled_block import ARTIFACTS, graphs_compiled
 from star_deploy.backends.torch_backend import TorchBackend
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.runtime.pipeline import ScaleLoop
 
 
 def compiled_pipeline(backend: str, **options) -> ScaleLoop:

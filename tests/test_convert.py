@@ -7,8 +7,8 @@ from conftest import GOLDEN
 from typer.testing import CliRunner
 
 from star_deploy.cli import app
-from star_deploy.release import resolve_release
-from star_deploy.weights import load_release, read_state_file, star_state_dict
+from star_deploy.release.finder import resolve_release
+from star_deploy.release.weights import load_release, read_state_file, star_state_dict
 
 runner = CliRunner()
 

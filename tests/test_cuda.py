@@ -16,10 +16,10 @@ from star_deploy.backends.compiled_block import graphs_compiled
 from star_deploy.backends.decoder_layout import LAYOUTS
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.bench.ops import cuda_kernels_per_block
-from star_deploy.config import SamplingConfig
-from star_deploy.evaluation import THRESHOLDS, failures, fidelity, token_agreement
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.evaluation.parity import THRESHOLDS, failures, fidelity, token_agreement
+from star_deploy.runtime.pipeline import ScaleLoop
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

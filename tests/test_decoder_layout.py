@@ -11,8 +11,8 @@ from conftest import load_golden_model, max_err
 from star_deploy.backends.decoder_layout import LAYOUTS
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.bench.runner import backend_details
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.runtime.pipeline import ScaleLoop
 
 IMAGE_TOL = 1e-4
 

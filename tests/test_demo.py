@@ -17,14 +17,20 @@ from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.backends.torch_backend import TorchBackend
 from star_deploy.cli import app
-from star_deploy.config import SCHEDULES, SamplingConfig
+from star_deploy.core.config import SCHEDULES, SamplingConfig
+from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.demo import DEMO_GRAPHS, DEMO_RESOLUTION, DEMO_WEIGHTS
 from star_deploy.export.artifacts import export_artifacts
 from star_deploy.export.quantize import quantize_artifacts
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.release import resolve_release
-from star_deploy.tokenizer import PromptTokenizer
-from star_deploy.weights import StarTorchModel, load_release, read_state_file, star_state_dict, vae_state_dict
+from star_deploy.release.finder import resolve_release
+from star_deploy.release.weights import (
+    StarTorchModel,
+    load_release,
+    read_state_file,
+    star_state_dict,
+    vae_state_dict,
+)
+from star_deploy.runtime.pipeline import ScaleLoop
 from tools.demo_training.data import ALL_COMBOS, HELD_OUT, TRAIN_COMBOS, make_scenes, render_batch
 from tools.demo_training.evaluate import read_image
 from tools.demo_training.train import held_out_prompts, load_vae, main

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from star_deploy.backends.kv_cache import KVCache
 from star_deploy.cli import app
-from star_deploy.config import PRESETS, SamplingConfig, preset
+from star_deploy.core.config import PRESETS, SamplingConfig, preset
+from star_deploy.core.graphs import Role, graph_specs
 from star_deploy.engines.buffers import (
     binding_plan,
     bound_tensor,
@@ -25,8 +26,7 @@ from star_deploy.engines.builder import BuildOptions, engine_sidecar
 from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.errors import ArtifactError, ConfigError
-from star_deploy.evaluation import GRAPHS, THRESHOLDS, psnr, validate
-from star_deploy.graphs import Role, graph_specs
+from star_deploy.evaluation.parity import GRAPHS, THRESHOLDS, psnr, validate
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 KV_1024_D30_B1_FP16 = 4_355_020_800
@@ -326,8 +326,8 @@ def test_tensorrt_matches_onnxruntime_fp32(tiny_engines, artifacts_fp32):
     from star_deploy.artifacts.manifest import load_manifest
     from star_deploy.backends.ort_backend import OrtBackend
     from star_deploy.backends.trt_backend import TrtBackend
-    from star_deploy.pipeline import ScaleLoop
-    from star_deploy.tokenizer import PromptTokenizer
+    from star_deploy.core.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     manifest = load_manifest(tiny_engines)
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
@@ -406,9 +406,9 @@ def test_engines_run_from_a_worker_thread_on_the_last_gpu(artifacts_fp16, tmp_pa
 
     from star_deploy.artifacts.manifest import load_manifest
     from star_deploy.backends.trt_backend import TrtBackend
+    from star_deploy.core.tokenizer import PromptTokenizer
     from star_deploy.engines.builder import build_engines
-    from star_deploy.pipeline import ScaleLoop
-    from star_deploy.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     device = f"cuda:{torch.cuda.device_count() - 1}"
     folder = tmp_path / "tiny_fp16"

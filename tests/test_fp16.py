@@ -10,10 +10,10 @@ import onnx
 import pytest
 
 from star_deploy.artifacts.manifest import load_manifest
-from star_deploy.config import SamplingConfig
-from star_deploy.evaluation import THRESHOLDS, failures, fidelity, graph_parity
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.evaluation.parity import THRESHOLDS, failures, fidelity, graph_parity
+from star_deploy.runtime.pipeline import ScaleLoop
 
 PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 GRAPH_MAX_ERR = {

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN
 
-from star_deploy.atomic import atomic_dir, atomic_file, remove_stale_partials
-from star_deploy.signals import Interrupted, signals_as_interrupts
+from star_deploy.files.atomic import atomic_dir, atomic_file, remove_stale_partials
+from star_deploy.files.signals import Interrupted, signals_as_interrupts
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 240
@@ -190,7 +190,7 @@ def test_output_folder_removed_mid_run_is_named(tmp_path):
 
 
 def test_stale_partial_files_are_removed_like_folders(tmp_path):
-    from star_deploy.atomic import atomic_file
+    from star_deploy.files.atomic import atomic_file
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -209,8 +209,8 @@ def test_stale_partial_files_are_removed_like_folders(tmp_path):
 
 
 def test_publish_never_replaces_without_overwrite(tmp_path):
-    from star_deploy.atomic import atomic_dir, atomic_file
     from star_deploy.errors import OutputError
+    from star_deploy.files.atomic import atomic_dir, atomic_file
 
     target = tmp_path / "x.png"
     with pytest.raises(OutputError, match="already exists"):
@@ -255,8 +255,8 @@ def test_a_signal_whose_exception_was_swallowed_still_stops_the_output(output, t
 FINALISER_SCRIPT = """
 import os, signal, sys, time
 from pathlib import Path
-from star_deploy.atomic import atomic_dir
-from star_deploy.signals import Interrupted, signals_as_interrupts
+from star_deploy.files.atomic import atomic_dir
+from star_deploy.files.signals import Interrupted, signals_as_interrupts
 
 class SignalsWhileFinalised:
     def __del__(self):

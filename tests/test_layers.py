@@ -17,40 +17,32 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "star_deploy"
 
 LAYERS: list[set[str]] = [
-    # plain definitions: configs, the graph contract, dtypes, tables, sampling, files and records
-    {
-        "version",
-        "cpu_isa",
-        "errors",
-        "config",
-        "dtypes",
-        "graphs",
-        "tables",
-        "sampling",
-        "records",
-        "atomic",
-        "extras",
-        "signals",
-        "outputs",
-        "images",
-        "tokenizer",
-        "arguments",
-    },
+    # what every layer raises and reports
+    {"errors", "version"},
+    # plain definitions: configuration, the graph contract, dtypes, tables, sampler, tokenizer, argument checks
+    {"core"},
+    # files on disk without loss: atomic writes, output sets, images, records, interrupts
+    {"files"},
     # the PyTorch reference model, and the shipped demo's files
     {"model", "demo"},
-    # what lies on disk: a weight release and how it loads, an artefact folder and how it reads
-    {"release", "weights", "weight_shapes", "artifacts", "memory", "random_weights", "hub"},
+    # a weight release: found on disk (no torch), loaded (torch), its shapes, random weights, Hub folders
+    {"release"},
+    # an artefact folder: manifest, schema, digests, graph checks
+    {"artifacts"},
     # TensorRT engines: build, sidecars, profiles, buffer plans
     {"engines"},
     # one class per runtime behind the Backend protocol
     {"backends"},
-    # the scale loop, written once against that protocol
-    {"pipeline"},
+    # the scale loop, written once against that protocol; what from_pretrained loads; memory estimates
+    {"runtime"},
     # comparing pipelines; writing artefact folders
     {"evaluation", "export"},
-    # the Python API (and how it loads) and the benchmark
-    {"api", "loading", "bench"},
+    # the Python API
+    {"api"},
+    # front ends: the HTTP server, the browser site
     {"serve", "web"},
+    # every benchmark: backends, the server, the browser
+    {"bench"},
     {"commands"},
     {"cli", "__main__", "star_deploy"},
 ]
@@ -60,7 +52,7 @@ EXPORT_USERS = {"export", "bench", "api", "commands"}
 """The only parts that import the exporter (the API for ``save_pretrained``): the runtime reads artefact folders,
 it does not write them."""
 
-FORBIDDEN = {"export": {"engines", "backends", "pipeline", "evaluation"}}
+FORBIDDEN = {"export": {"engines", "backends", "runtime", "evaluation"}}
 """Imports the layer table alone would allow but that would tie the exporter to a runtime."""
 
 
@@ -128,6 +120,64 @@ def violations(root: Path) -> list[str]:
     return found
 
 
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Every module of the package under ``root`` -> the package's modules it imports (lazy imports included)."""
+    files = sorted(root.rglob("*.py"))
+    known = {module_name(f, root) for f in files}
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        name = module_name(path, root)
+        graph[name] = set()
+        for _, target in imported(path, root, known):
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of two or more nodes that reach each other (Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def circles(root: Path) -> list[str]:
+    """Every import circle between modules, and between units (top-level modules and folders), one line each."""
+    top = root.name
+    graph = import_graph(root)
+    units: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        source = unit(module, top)
+        units.setdefault(source, set()).update(t for t in map(lambda m: unit(m, top), targets) if t != source)
+    return [f"modules import each other: {' <-> '.join(g)}" for g in strongly_connected(graph)] + [
+        f"units import each other: {' <-> '.join(f'{top}.{u}' for u in g)}" for g in strongly_connected(units)
+    ]
+
+
 def test_imports_follow_the_layers():
     assert violations(PACKAGE) == []
 
@@ -137,6 +187,40 @@ def test_every_part_of_the_package_has_a_layer():
     parts -= {"__init__", "__pycache__", "data"}
     for part in sorted(parts):
         layer_of(part)
+
+
+def test_no_import_circles():
+    assert circles(PACKAGE) == []
+
+
+MAX_ROOT_MODULES = 12
+"""The package root holds the entry points and what every layer shares; the rest lives in folders."""
+
+
+def test_the_package_root_stays_small():
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= MAX_ROOT_MODULES, f"{len(root)} modules at star_deploy/ (at most {MAX_ROOT_MODULES}): {root}"
+
+
+HEAVY = ("torch", "transformers", "safetensors", "onnx", "onnxscript", "tensorrt")
+
+
+def test_finding_a_release_needs_no_torch():
+    """``release.finder`` and everything it imports, at any depth, import no heavy library (lazily or not)."""
+    graph = import_graph(PACKAGE)
+    known = set(graph)
+    seen, todo = set(), ["star_deploy.release.finder"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph[module]
+    for module in sorted(seen):
+        path = PACKAGE.parent / (module.replace(".", "/") + ("/__init__.py" if module.count(".") == 0 else ".py"))
+        if not path.is_file():
+            path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+        heavy = [m for _, m in imported(path, PACKAGE, known) if m.split(".")[0] in HEAVY]
+        assert not heavy, f"{module} imports {heavy}"
 
 
 def write_package(root: Path, files: dict[str, str]) -> Path:
@@ -150,18 +234,27 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"config.py": "from .pipeline import ScaleLoop\n"}, "star_deploy.config imports star_deploy.pipeline"),
+        (
+            {"core/config.py": "from ..runtime.pipeline import ScaleLoop\n"},
+            "star_deploy.core imports star_deploy.runtime.pipeline",
+        ),
         (
             {"backends/__init__.py": "", "backends/x.py": "def f():\n    from ..export import manifest\n"},
             "star_deploy.backends imports star_deploy.export.manifest",
         ),
-        ({"pipeline.py": "import star_deploy.evaluation\n"}, "star_deploy.pipeline imports star_deploy.evaluation"),
         (
-            {"evaluation.py": "from .export.manifest import load_manifest\n"},
+            {"runtime/pipeline.py": "import star_deploy.evaluation.parity\n"},
+            "star_deploy.runtime imports star_deploy.evaluation.parity",
+        ),
+        (
+            {"evaluation/parity.py": "from ..export.manifest import load_manifest\n"},
             "the runtime must not import the exporter",
         ),
-        ({"export/__init__.py": "from .. import pipeline\n"}, "star_deploy.export imports star_deploy.pipeline"),
-        ({"weights.py": "from tools.demo_training import train\n"}, "imports tools.demo_training"),
+        (
+            {"export/__init__.py": "from ..runtime import pipeline\n"},
+            "star_deploy.export imports star_deploy.runtime.pipeline",
+        ),
+        ({"release/weights.py": "from tools.demo_training import train\n"}, "imports tools.demo_training"),
     ],
     ids=[
         "upward",
@@ -173,12 +266,52 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
     ],
 )
 def test_the_checker_finds_each_kind_of_violation(tmp_path, files, expected):
-    root = write_package(tmp_path, {"__init__.py": "", "pipeline.py": "", "evaluation.py": "", **files})
-    (root / "export").mkdir(exist_ok=True)
-    (root / "export" / "__init__.py").touch()
-    (root / "export" / "manifest.py").touch()
+    root = write_package(tmp_path, {**SKELETON, **files})
     found = violations(root)
     assert len(found) == 1 and expected in found[0], found
+
+
+SKELETON = {
+    f"{part}.py": ""
+    for part in (
+        "__init__",
+        "core/__init__",
+        "core/config",
+        "release/__init__",
+        "release/weights",
+        "runtime/__init__",
+        "runtime/pipeline",
+        "evaluation/__init__",
+        "evaluation/parity",
+        "export/__init__",
+        "export/manifest",
+    )
+}
+"""A package of empty modules in the real layout, for the checkers' own tests."""
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "runtime/loading.py": "from . import pipeline\n",
+                "runtime/pipeline.py": "def f():\n    from .loading import X\n",
+            },
+            ["modules import each other: star_deploy.runtime.loading <-> star_deploy.runtime.pipeline"],
+        ),
+        (
+            {
+                "export/manifest.py": "from ..evaluation import parity\n",
+                "evaluation/parity.py": "from ..export import x\n",
+            },
+            ["units import each other: star_deploy.evaluation <-> star_deploy.export"],
+        ),
+    ],
+    ids=["modules-in-a-unit", "units-in-a-layer"],
+)
+def test_the_checker_finds_import_circles(tmp_path, files, expected):
+    assert circles(write_package(tmp_path, {**SKELETON, "export/x.py": "", **files})) == expected
 
 
 def test_the_runtime_package_ships_no_training_code():

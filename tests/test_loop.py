@@ -42,7 +42,7 @@ class Counting:
 
 
 def test_untimed_loop_neither_waits_nor_copies_until_the_end(torch_pipeline, golden_cases, golden_sampling):
-    from star_deploy.pipeline import ScaleLoop
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     case = golden_cases[0]
     counting = Counting(torch_pipeline.backend)
@@ -61,7 +61,7 @@ def test_untimed_loop_neither_waits_nor_copies_until_the_end(torch_pipeline, gol
 
 
 def test_a_last_preview_is_the_image_and_is_decoded_once(torch_pipeline, golden_cases, golden_sampling):
-    from star_deploy.pipeline import ScaleLoop
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     case = golden_cases[0]
     counting = Counting(torch_pipeline.backend)

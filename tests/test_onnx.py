@@ -10,8 +10,8 @@ import pytest
 from conftest import max_err
 
 from star_deploy.artifacts.manifest import MANIFEST, load_manifest
-from star_deploy.evaluation import graph_parity
-from star_deploy.graphs import graph_specs, scale_dims
+from star_deploy.core.graphs import graph_specs, scale_dims
+from star_deploy.evaluation.parity import graph_parity
 
 STEP_TOL = 1e-4
 TEXT_TOL = 1e-5
@@ -97,10 +97,10 @@ def test_large_graphs_use_external_data(tiny_model, tmp_path, golden, golden_sam
     """With the size limit lowered, weights move to .onnx.data; the graphs still run and verify."""
     from star_deploy.artifacts.manifest import verify_graph_hashes
     from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.core.tokenizer import PromptTokenizer
     from star_deploy.errors import ArtifactError
     from star_deploy.export.artifacts import export_artifacts
-    from star_deploy.pipeline import ScaleLoop
-    from star_deploy.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     out = export_artifacts(tiny_model, tmp_path / "ext", "fp32", external_bytes=0)
     assert (out / "transformer_step.onnx.data").is_file()

@@ -16,9 +16,9 @@ from star_deploy.artifacts.manifest import Manifest, load_manifest
 from star_deploy.artifacts.onnx_io import append_metadata, read_header
 from star_deploy.backends import ort_cache
 from star_deploy.backends.ort_backend import OrtBackend
-from star_deploy.config import SamplingConfig
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.runtime.pipeline import ScaleLoop
 
 GRAPH = "transformer_step"
 LOAD_SECONDS = 120

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from star_deploy.artifacts.manifest import MANIFEST, load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.cli import app
+from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.errors import ArtifactError, OutputError
-from star_deploy.evaluation import THRESHOLDS, psnr, token_agreement
+from star_deploy.evaluation.parity import THRESHOLDS, psnr, token_agreement
 from star_deploy.export.dynamic_quant import BLOCK_ROLES, block_matmuls, dynamic_artifacts, float_nodes
 from star_deploy.export.quantize import QUANTIZED_GRAPHS, head_matmuls, quantize_artifacts
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.runtime.pipeline import ScaleLoop
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.artifacts.readiness import OPS_TABLE, check_artifacts, check_graph, load_ops_table
-from star_deploy.graphs import GraphSpec, TensorSpec
+from star_deploy.core.graphs import GraphSpec, TensorSpec
 
 
 def readiness_problems(folder) -> dict[str, list[str]]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import golden_errors, load_golden_model, max_err
 
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.runtime.pipeline import ScaleLoop
 
 TEXT_TOL = 1e-5
 LOGITS_TOL = 1e-4
@@ -93,7 +93,7 @@ def test_decoder_layout_defaults_on_cpu():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_on_a_cpu_without_it_is_called_slow(dtype, caplog):
     from star_deploy.backends.torch_backend import TorchBackend
-    from star_deploy.cpu_isa import backend_isa, cpu_flags
+    from star_deploy.core.cpu_isa import backend_isa, cpu_flags
 
     name = str(dtype).removeprefix("torch.")
     with caplog.at_level(logging.WARNING, logger="star_deploy"):

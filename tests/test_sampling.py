@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from star_deploy.backends import torch_sampling
-from star_deploy.config import SamplingConfig
-from star_deploy.errors import ConfigError
-from star_deploy.sampling import (
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.sampling import (
     PortableSampler,
     exponential_race,
     filter_top_k_top_p,
@@ -17,6 +16,7 @@ from star_deploy.sampling import (
     race_uniforms,
     stream_keys,
 )
+from star_deploy.errors import ConfigError
 
 SETTINGS = [(0, 1.0), (50, 0.8), (1, 0.8), (200, 0.3), (0, 0.05)]
 

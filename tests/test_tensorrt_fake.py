@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.cli import app
+from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
 from star_deploy.errors import BackendUnavailableError, ConfigError, StarDeployError
-from star_deploy.images import read_png
-from star_deploy.pipeline import ScaleLoop
-from star_deploy.tokenizer import PromptTokenizer
+from star_deploy.files.images import read_png
+from star_deploy.runtime.pipeline import ScaleLoop
 
 GOLDEN_ARGS = ["--seed", "1", "--cfg", "4", "--top-k", "50", "--top-p", "0.8", "--sampler", "official"]
 A100, H100 = "NVIDIA_A100-SXM4-80GB", "NVIDIA_H100_80GB_HBM3"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import GOLDEN
 
-from star_deploy.config import SamplingConfig
+from star_deploy.core.config import SamplingConfig
 from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
-from star_deploy.images import read_png
+from star_deploy.files.images import read_png
 from tools.demo_training.evaluate import Reading, read_image
 
 BLOCK_TORCH = (

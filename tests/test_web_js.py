@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from star_deploy.config import SamplingConfig
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.sampling import PortableSampler
+from star_deploy.core.tokenizer import load_tokenizer
 from star_deploy.demo import DEMO_GRAPHS
-from star_deploy.sampling import PortableSampler
-from star_deploy.tokenizer import load_tokenizer
 
 NODE = shutil.which("node")
 SCRIPTS = Path(__file__).parent / "web_js"

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from star_deploy import StarPipeline
 from star_deploy.cli import app
 from star_deploy.demo import DEMO_GRAPHS
-from star_deploy.evaluation import psnr
-from star_deploy.images import read_png, to_uint8
+from star_deploy.evaluation.parity import psnr
+from star_deploy.files.images import read_png, to_uint8
 from star_deploy.web.browser import SiteBrowser, chromium_paths, run_form
 from star_deploy.web.runtime import ORT_WEB_VERSION
 from star_deploy.web.server import SiteHandler

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.graphs import GraphSpec, TensorSpec
 from ..errors import ArtifactError
-from ..graphs import GraphSpec, TensorSpec
 from .onnx_io import OnnxHeader, ValueInfo, read_header
 
 

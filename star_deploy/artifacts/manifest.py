@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import SamplingConfig, StarConfig
+from ..core.config import SamplingConfig, StarConfig
+from ..core.graphs import GraphSpec, graph_specs
 from ..errors import ArtifactError
-from ..graphs import GraphSpec, graph_specs
-from ..records import read_record
+from ..files.records import read_record
 from .graph_io import check_graph_file
 from .schema import parse_config, parse_sampling, validate
 

@@ -9,13 +9,13 @@ entry by appending its bytes to the file.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ArtifactError
+from ..files.regular import open_regular
 
 MODEL_OPSET, MODEL_GRAPH, MODEL_METADATA = 8, 7, 14
 GRAPH_INPUT, GRAPH_OUTPUT = 11, 12
@@ -62,32 +62,6 @@ class OnnxHeader:
     inputs: list[ValueInfo] = field(default_factory=list)
     outputs: list[ValueInfo] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-def open_regular(path: Path, follow_links: bool = True) -> BinaryIO:
-    """``path`` opened for reading if it is (or, ``follow_links``, links to) a regular file.
-
-    A FIFO, device or folder is never read; without ``follow_links`` a link is not followed either.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-    if not follow_links:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
-
-
-def is_regular(path: Path) -> bool:
-    """Whether ``path`` itself (not what a link points to) is a regular file."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _varint(f: BinaryIO, end: int) -> int:

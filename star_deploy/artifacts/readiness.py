@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from ..graphs import GraphSpec, TensorSpec
+from ..core.graphs import GraphSpec, TensorSpec
 
 OPS_TABLE = Path(__file__).resolve().parent.parent / "data" / "trt_onnx_ops.json"
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -140,7 +140,7 @@ def _check_restrictions(node: onnx.NodeProto, constants: set[str], report: Graph
             if value is not None and value not in allowed:
                 report.add(
                     f"{where}: {attr}={value!r} is not supported by TensorRT (allowed: {', '.join(sorted(allowed))}); "
-                    "express the resampling as matrix products (see star_deploy/tables.py)"
+                    "express the resampling as matrix products (see star_deploy/core/tables.py)"
                 )
         if _attr(node, "antialias"):
             report.add(f"{where}: antialiased Resize is not supported by TensorRT")

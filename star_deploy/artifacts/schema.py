@@ -6,9 +6,9 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..config import SCHEDULES, SamplingConfig, StarConfig
+from ..core.config import SCHEDULES, SamplingConfig, StarConfig
+from ..core.graphs import GRAPH_NAMES, PRECISIONS
 from ..errors import ArtifactError, ConfigError
-from ..graphs import GRAPH_NAMES, PRECISIONS
 
 REQUIRED = {
     "format",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArtifactError, WeightsError
-from ..release import ReleasePaths
+from ..release.finder import ReleasePaths
 from .manifest import Manifest, sha256_tree
 
 

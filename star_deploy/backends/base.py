@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import SamplingConfig, StarConfig
+from ..core.config import SamplingConfig, StarConfig
 
 Array = Any
 """A backend's own array type: a torch tensor, or a numpy array."""
@@ -72,7 +72,7 @@ class Backend(Protocol):
 
     Rows of the CFG batch are [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]. A backend keeps
     the text context and the KV cache between ``begin`` and the last ``step``, and the
-    per-scale tables of its schedule (``star_deploy.tables``).
+    per-scale tables of its schedule (``star_deploy.core.tables``).
     """
 
     name: str

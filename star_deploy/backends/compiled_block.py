@@ -21,7 +21,7 @@ import torch
 import torch.fx.experimental._config
 from torch._dynamo.utils import counters
 
-from ..atomic import write_bytes
+from ..files.atomic import write_bytes
 from ..model.transformer import BlockCall, call_block
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ import contextlib
 
 import torch
 
-from ..config import StarConfig
+from ..core.config import StarConfig
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph
 from ..model.text import TextEncoderModule
 from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows, rotary_tables
-from ..weights import StarTorchModel
+from ..release.weights import StarTorchModel
 from .torch_arrays import TorchArrays, device_tables
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..artifacts.manifest import Manifest, load_manifest
-from ..dtypes import check_compute_dtype, torch_dtype
+from ..core.dtypes import check_compute_dtype, torch_dtype
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ..weights import StarTorchModel
+    from ..release.weights import StarTorchModel
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import StarConfig
+from ..core.config import StarConfig
 
 
 class KVCache:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..artifacts.manifest import Manifest
-from ..config import SamplingConfig
-from ..dtypes import numpy_type
+from ..core.config import SamplingConfig
+from ..core.dtypes import numpy_type
+from ..core.graphs import Role, TensorSpec, scale_dims
+from ..core.sampling import PortableSampler
+from ..core.tables import build_scale_tables
 from ..errors import BackendUnavailableError
-from ..graphs import Role, TensorSpec, scale_dims
-from ..sampling import PortableSampler
-from ..tables import build_scale_tables
 from .base import HostClock
 from .ort_sessions import create_session, provider_entry
 from .text_cache import UnconditionalTextCache

@@ -22,10 +22,11 @@ from types import ModuleType
 
 from ..artifacts.graph_io import io_problem
 from ..artifacts.manifest import Manifest
-from ..artifacts.onnx_io import append_metadata, is_regular, open_regular, read_header
-from ..atomic import PARTIAL
-from ..cpu_isa import cpu_flags
+from ..artifacts.onnx_io import append_metadata, read_header
+from ..core.cpu_isa import cpu_flags
 from ..errors import ArtifactError
+from ..files.atomic import PARTIAL
+from ..files.regular import is_regular, open_regular
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..config import SamplingConfig, StarConfig
-from ..tables import build_scale_tables
+from ..core.config import SamplingConfig, StarConfig
+from ..core.tables import build_scale_tables
 from .base import Clock, HostClock
 from .torch_sampling import make_sampler
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import SamplingConfig
-from ..cpu_isa import backend_isa, cpu_flags
+from ..core.config import SamplingConfig
+from ..core.cpu_isa import backend_isa, cpu_flags
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
-from ..weights import StarTorchModel
+from ..release.weights import StarTorchModel
 from .compiled_block import CompileCache, compiled_block
 from .cuda_graphs import CudaGraphs, GraphedSampler
 from .decoder_layout import LayoutChoice, layout_name, measure_layout, set_layout

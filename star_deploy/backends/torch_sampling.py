@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import SamplingConfig
-from ..sampling import guidance_scale, race_hash, stream_keys
+from ..core.config import SamplingConfig
+from ..core.sampling import guidance_scale, race_hash, stream_keys
 
 
 def apply_cfg(logits: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class OfficialSampler:
 
 
 class PortableSampler:
-    """The portable rule of ``star_deploy.sampling`` in float64, uniforms hashed on the device itself.
+    """The portable rule of ``star_deploy.core.sampling`` in float64, uniforms hashed on the device itself.
 
     Every per-scale number (the CFG strength, the two hash keys of each prompt) is a device
     tensor made once per generation, so a draw reads no host value: ``draw`` can be captured

@@ -30,13 +30,13 @@ from types import ModuleType
 import torch
 
 from ..artifacts.manifest import Manifest
+from ..core.graphs import Role, scale_dims
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.gpu import ALIGNMENT, aligned, cuda
 from ..engines.profiles import Profile, select_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
 from ..engines.trt_api import import_tensorrt, make_logger, runtime_info, torch_dtype
 from ..errors import ArtifactError, StarDeployError
-from ..graphs import Role, scale_dims
 from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
 

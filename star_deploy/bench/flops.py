@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..config import MAX_TEXT_TOKENS, StarConfig
+from ..core.config import MAX_TEXT_TOKENS, StarConfig
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..cpu_isa import bf16_isa, cpu_flags, cpu_name, int8_isa
+from ..core.cpu_isa import bf16_isa, cpu_flags, cpu_name, int8_isa
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")

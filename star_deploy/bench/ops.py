@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ..core.tables import build_scale_tables
 from ..model.transformer import TextContext
-from ..tables import build_scale_tables
-from ..weights import StarTorchModel
+from ..release.weights import StarTorchModel
 
 
 @dataclass(frozen=True)

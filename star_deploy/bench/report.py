@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..atomic import write_text
+from ..files.atomic import write_text
 
 
 def gib(n: int) -> str:

@@ -18,14 +18,14 @@ import torch
 
 from ..artifacts.manifest import Manifest
 from ..backends.factory import create_backend
-from ..config import SamplingConfig, StarConfig
-from ..cpu_isa import backend_isa, cpu_flags
-from ..dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
+from ..core.config import SamplingConfig, StarConfig
+from ..core.cpu_isa import backend_isa, cpu_flags
+from ..core.dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
+from ..core.tokenizer import PromptTokenizer
 from ..errors import BackendUnavailableError, ConfigError
-from ..evaluation import forced_fidelity
-from ..pipeline import Generation, ScaleLoop, StageTimes, median_stages
-from ..tokenizer import PromptTokenizer
-from ..weights import StarTorchModel
+from ..evaluation.parity import forced_fidelity
+from ..release.weights import StarTorchModel
+from ..runtime.pipeline import Generation, ScaleLoop, StageTimes, median_stages
 from . import BASELINE, BENCH_BACKENDS, ORT_PRECISIONS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs

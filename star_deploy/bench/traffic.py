@@ -9,7 +9,7 @@ not by their FLOPs.
 
 from __future__ import annotations
 
-from ..config import StarConfig
+from ..core.config import StarConfig
 from .flops import StageTotals
 
 

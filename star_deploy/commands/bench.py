@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..atomic import check_writable
 from ..backends.factory import check_device
 from ..bench import BENCH_BACKENDS
-from ..config import PRESETS, SamplingConfig, preset
+from ..core.config import PRESETS, SamplingConfig, preset
+from ..core.extras import require_torch
 from ..errors import ConfigError
-from ..extras import require_torch
-from ..release import load_model
+from ..files.atomic import check_writable
 from .common import (
     ClipOpt,
     ResolutionOpt,
@@ -27,7 +26,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..weights import StarTorchModel
+    from ..release.weights import StarTorchModel
 
 log = logging.getLogger("star_deploy")
 DEFAULT_BACKENDS = "torch-eager,torch,onnxruntime,onnxruntime-int8"
@@ -38,11 +37,13 @@ def bench_model(
 ) -> StarTorchModel | None:
     """The model the torch backends run (and onnxruntime exports): random, a release, or none."""
     if random_weights:
-        from ..random_weights import random_model
+        from ..release.random_weights import random_model
 
         log.info("building a random-weight %s model", preset_name)
         return random_model(preset(preset_name), seed=0)
     if need or any(v is not None for v in (weights, clip, vae, star)):
+        from ..release.weights import load_model
+
         return load_model(weights, clip, vae, star, resolution)
     return None
 

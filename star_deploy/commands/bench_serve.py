@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..atomic import check_writable
 from ..bench.report import write_json
+from ..core.extras import require_torch
 from ..errors import ConfigError
-from ..extras import require_torch
+from ..files.atomic import check_writable
 from .common import OverwriteOpt, reports_errors
 from .serve import (
     ArtifactsOpt,
@@ -84,8 +84,8 @@ def bench_serve(
     import torch
 
     from ..bench.machine import machine_info
+    from ..bench.serve import compare_level, server_load
     from ..serve import runner
-    from ..serve.bench import compare_level, server_load
 
     levels = sorted({int(c) for c in clients.split(",") if c.strip()})
     if not levels or levels[0] < 1:

@@ -12,15 +12,14 @@ from typing import Annotated
 import typer
 
 from ..artifacts.manifest import Manifest, load_manifest
-from ..atomic import check_writable, write_text
 from ..backends.factory import create_backend
-from ..config import SamplingConfig
+from ..core.config import SamplingConfig
+from ..core.tokenizer import PromptTokenizer
 from ..engines.buffers import buffer_plan
 from ..errors import ArtifactError, ConfigError, StarDeployError
-from ..evaluation import ValidationReport, validate
-from ..pipeline import ScaleLoop
-from ..release import load_model
-from ..tokenizer import PromptTokenizer
+from ..evaluation.parity import ValidationReport, validate
+from ..files.atomic import check_writable, write_text
+from ..runtime.pipeline import ScaleLoop
 from .common import ArtifactsAlias, artifacts_folder, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -164,6 +163,7 @@ def check(
 def check_demo() -> None:
     """Readiness of the built-in demo model's fp32 and fp16 graphs, exported to a temporary folder."""
     from ..export.artifacts import export_artifacts
+    from ..release.weights import load_model
 
     model = load_model(None, None, None, None, None)
     with tempfile.TemporaryDirectory(prefix="star-deploy-check-") as tmp:

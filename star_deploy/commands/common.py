@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from ..core.extras import missing_extra
 from ..errors import ConfigError, StarDeployError
-from ..extras import missing_extra
-from ..signals import Interrupted, signals_as_interrupts
+from ..files.signals import Interrupted, signals_as_interrupts
 
 if TYPE_CHECKING:
     from rich.progress import Progress

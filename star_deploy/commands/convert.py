@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..artifacts.manifest import sha256_file
-from ..atomic import atomic_dir, atomic_file, check_separate, check_writable
+from ..core.extras import require
 from ..errors import OutputError, WeightsError
-from ..extras import require
-from ..release import RELEASE_LAYOUT, resolve_release
+from ..files.atomic import atomic_dir, atomic_file, check_separate, check_writable
+from ..release.finder import RELEASE_LAYOUT, resolve_release
 from .common import OverwriteOpt, reports_errors
 
 if TYPE_CHECKING:
-    from ..weights import StateDict
+    from ..release.weights import StateDict
 
 log = logging.getLogger("star_deploy")
 
@@ -26,7 +26,7 @@ ONE_AT_A_TIME = f"{RELEASE_LAYOUT}; or convert one file: star-deploy convert FIL
 
 def checkpoint_tensors(path: Path) -> tuple[str, StateDict]:
     """(kind, flat state dict) of a STAR or VQVAE checkpoint, validated like `run` validates it."""
-    from ..weights import check_tensor_values, read_state_file, star_state_dict, vae_state_dict
+    from ..release.weights import check_tensor_values, read_state_file, star_state_dict, vae_state_dict
 
     raw = read_state_file(path)
     if isinstance(raw, dict) and ("trainer" in raw or "encoder_proj.weight" in raw):

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..atomic import check_separate, check_writable
-from ..config import StarConfig
+from ..core.config import StarConfig
+from ..core.graphs import EXPORT_PRECISIONS, GRAPH_NAMES
 from ..errors import ConfigError
-from ..evaluation import THRESHOLDS, TeacherForced, failures, teacher_forced
-from ..graphs import EXPORT_PRECISIONS, GRAPH_NAMES
-from ..hub import option_folder
-from ..memory import available_bytes, check_fits, estimate
-from ..release import load_model, release_paths
+from ..evaluation.parity import THRESHOLDS, TeacherForced, failures, teacher_forced
+from ..files.atomic import check_separate, check_writable
+from ..release.finder import release_paths
+from ..release.hub import option_folder
+from ..runtime.memory import available_bytes, check_fits, estimate
 from .common import (
     ClipOpt,
     OverwriteOpt,
@@ -29,7 +29,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..weights import StarTorchModel
+    from ..release.weights import StarTorchModel
 
 log = logging.getLogger("star_deploy")
 
@@ -51,8 +51,8 @@ def check_export(model: StarTorchModel, folder: Path) -> tuple[TeacherForced, li
     """
     from ..artifacts.manifest import load_manifest
     from ..backends.factory import create_backend
-    from ..pipeline import ScaleLoop
-    from ..tokenizer import PromptTokenizer
+    from ..core.tokenizer import PromptTokenizer
+    from ..runtime.pipeline import ScaleLoop
 
     manifest = load_manifest(folder)
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
@@ -108,6 +108,7 @@ def export(
     The folder appears only when complete: an interrupted export leaves nothing behind.
     """
     from ..export.artifacts import export_artifacts
+    from ..release.weights import load_model
 
     if precision not in EXPORT_PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")

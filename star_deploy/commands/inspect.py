@@ -13,10 +13,10 @@ from rich.table import Table
 
 from ..artifacts.manifest import MANIFEST, file_problems, load_manifest, read_manifest
 from ..artifacts.onnx_io import read_header
+from ..core.extras import require_torch
 from ..errors import ArtifactError, StarDeployError, WeightsError
-from ..extras import require_torch
-from ..release import RELEASE_LAYOUT, check_readable, resolution_from_name, resolve_release
-from ..weight_shapes import infer_transformer_config, infer_vae_config, safetensors_shapes, text_config_fields
+from ..release.finder import RELEASE_LAYOUT, check_readable, resolution_from_name, resolve_release
+from ..release.weight_shapes import infer_transformer_config, infer_vae_config, safetensors_shapes, text_config_fields
 from .common import reports_errors
 
 Info = dict[str, Any]
@@ -33,7 +33,7 @@ def read_tensors(path: Path) -> dict:
     if path.suffix.lower() == ".safetensors":
         return safetensors_shapes(path)[0]
     require_torch(f"inspecting {path.name}")
-    from ..weights import read_state_file, star_state_dict
+    from ..release.weights import read_state_file, star_state_dict
 
     raw = read_state_file(path)
     if isinstance(raw, dict) and "trainer" in raw:

@@ -12,14 +12,14 @@ from rich.table import Table
 
 from ..artifacts.manifest import Manifest
 from ..artifacts.sources import check_sources
-from ..atomic import check_writable, write_text
 from ..backends.factory import artifacts_manifest, create_backend, default_device
-from ..config import SamplingConfig
+from ..core.config import SamplingConfig
+from ..core.tokenizer import PromptTokenizer
 from ..errors import ConfigError
-from ..evaluation import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
-from ..pipeline import ScaleLoop
-from ..release import load_model, release_paths
-from ..tokenizer import PromptTokenizer
+from ..evaluation.parity import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
+from ..files.atomic import check_writable, write_text
+from ..release.finder import release_paths
+from ..runtime.pipeline import ScaleLoop
 from .common import ClipOpt, ResolutionOpt, StarOpt, VaeOpt, WeightsOpt, reports_errors
 
 DEFAULT_PROMPTS = (
@@ -92,6 +92,8 @@ def parity(
         release_paths(weights, clip, vae, star),
         "pass the weights it was exported from (--weights or --star/--vae/--clip)",
     )
+    from ..release.weights import load_model
+
     model = load_model(weights, clip, vae, star, resolution)
     if model.config != manifest.config:
         raise ConfigError(

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..atomic import check_separate, check_writable
+from ..core.extras import require
+from ..core.graphs import ACCURACY_LEVEL
 from ..errors import ConfigError
-from ..extras import require
-from ..graphs import ACCURACY_LEVEL
+from ..files.atomic import check_separate, check_writable
 from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, reports_errors
 
 

@@ -16,17 +16,17 @@ from rich.table import Table
 from ..api import StarPipeline
 from ..artifacts.manifest import MANIFEST, read_manifest
 from ..artifacts.schema import parse_config
-from ..atomic import check_separate, check_writable
 from ..backends.factory import check_backend_device, default_device, needs_artifacts
 from ..backends.ort_sessions import check_provider
-from ..config import SamplingConfig
+from ..core.config import SamplingConfig
 from ..demo import DEMO_GRAPHS
 from ..errors import ConfigError, OutputError
-from ..hub import option_folder
-from ..images import to_pil, write_png
-from ..outputs import OutputSet, output_set
-from ..pipeline import Generation, ScaleEvent, ScaleLoop
-from ..release import ReleasePaths, release_paths
+from ..files.atomic import check_separate, check_writable
+from ..files.images import to_pil, write_png
+from ..files.outputs import OutputSet, output_set
+from ..release.finder import ReleasePaths, release_paths
+from ..release.hub import option_folder
+from ..runtime.pipeline import Generation, ScaleEvent, ScaleLoop
 from .common import (
     ClipOpt,
     OverwriteOpt,

@@ -72,7 +72,7 @@ def web(
         log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, storage, out)
         typer.echo(str(out))
     if bench:
-        from ..web.bench import bench_site
+        from ..bench.web import bench_site
 
         typer.echo(json.dumps(bench_site(out, folder), indent=2))
     if serve:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import StarConfig
-from ..dtypes import tensor_bytes
+from ..core.config import StarConfig
+from ..core.dtypes import tensor_bytes
+from ..core.graphs import CACHE_ROLES, GraphSpec, Role, activation_dtype
 from ..errors import ArtifactError
-from ..graphs import CACHE_ROLES, GraphSpec, Role, activation_dtype
 from .profiles import profile_dims, profile_table
 
 

@@ -24,8 +24,8 @@ from types import ModuleType
 
 from ..artifacts.manifest import Manifest, graph_digest
 from ..artifacts.readiness import check_graph
-from ..atomic import atomic_file
 from ..errors import ArtifactError, ConfigError, StarDeployError
+from ..files.atomic import atomic_file
 from ..version import __version__
 from .gpu import cuda
 from .profiles import Profile, Shape, check_batch_sizes, profile_table

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import StarConfig
+from ..core.config import StarConfig
+from ..core.graphs import GraphSpec, scale_dims
 from ..errors import ArtifactError, ConfigError
-from ..graphs import GraphSpec, scale_dims
 
 Shape = tuple[int, ...]
 

@@ -11,9 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic import write_text
 from ..errors import ArtifactError, ConfigError
-from ..records import read_record
+from ..files.atomic import write_text
+from ..files.records import read_record
 from .profiles import Profile
 
 SIDECAR_FORMAT = "star-deploy-engine"

@@ -8,8 +8,8 @@ from types import ModuleType
 
 import torch
 
-from .. import dtypes
-from ..dtypes import name_of
+from ..core import dtypes
+from ..core.dtypes import name_of
 from ..errors import BackendUnavailableError
 from .gpu import cuda
 from .sidecar import RuntimeInfo

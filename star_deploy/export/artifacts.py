@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed, sha256_tree
-from ..atomic import atomic_dir, write_text
-from ..config import SamplingConfig
-from ..tokenizer import TOKENIZER_JSON, save_tokenizer_json
+from ..core.config import SamplingConfig
+from ..core.tokenizer import TOKENIZER_JSON, save_tokenizer_json
+from ..files.atomic import atomic_dir, write_text
+from ..release.weights import StarTorchModel
 from ..version import __version__
-from ..weights import StarTorchModel
 from .onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_all
 
 

@@ -106,7 +106,7 @@ def dynamic_artifacts(
     import onnx
 
     from ..artifacts.manifest import load_manifest
-    from ..cpu_isa import cpu_flags
+    from ..core.cpu_isa import cpu_flags
     from .quantize import rewrite_artifacts
 
     depth = load_manifest(src).config.transformer.depth

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from ..config import StarConfig
-from ..dtypes import torch_dtype
-from ..graphs import GraphSpec, activation_dtype, graph_specs, scale_dims
+from ..core.config import StarConfig
+from ..core.dtypes import torch_dtype
+from ..core.graphs import GraphSpec, activation_dtype, graph_specs, scale_dims
+from ..core.tables import build_scale_tables
+from ..files.signals import raise_if_interrupted
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
-from ..signals import raise_if_interrupted
-from ..tables import build_scale_tables
-from ..weights import StarTorchModel
+from ..release.weights import StarTorchModel
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import check_writable
-from ..config import SamplingConfig
+from ..core.config import SamplingConfig
+from ..core.graphs import EXPORT_PRECISIONS
 from ..errors import ConfigError
-from ..graphs import EXPORT_PRECISIONS
-from ..weights import StarTorchModel
+from ..files.atomic import check_writable
+from ..release.weights import StarTorchModel
 from .artifacts import export_artifacts
 
 

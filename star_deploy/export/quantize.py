@@ -17,9 +17,9 @@ from functools import partial
 from pathlib import Path
 
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
-from ..atomic import atomic_dir, write_text
+from ..core.graphs import ACCURACY_LEVEL
 from ..errors import ArtifactError, BackendUnavailableError
-from ..graphs import ACCURACY_LEVEL
+from ..files.atomic import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
 

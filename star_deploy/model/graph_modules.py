@@ -1,7 +1,7 @@
 """The reference as five graphs with flat tensor I/O: what the torch backend runs and ONNX exports.
 
 Each module wraps the reference modules without re-implementing their math; the names and
-order of their arguments are those declared in ``star_deploy/graphs.py``.
+order of their arguments are those declared in ``star_deploy/core/graphs.py``.
 """
 
 from __future__ import annotations

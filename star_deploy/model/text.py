@@ -1,4 +1,4 @@
-"""The CLIP text encoder of the release's ``CLIP/text_encoder`` folder (the tokenizer is in star_deploy.tokenizer)."""
+"""The CLIP text encoder of the release's ``CLIP/text_encoder`` folder (the tokenizer: star_deploy.core.tokenizer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import HF_FIELDS, TextEncoderConfig
+from ..core.config import HF_FIELDS, TextEncoderConfig
 
 log = logging.getLogger(__name__)
 

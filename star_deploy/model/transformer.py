@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TransformerConfig
+from ..core.config import TransformerConfig
 
 Sublayer = Callable[[torch.Tensor], torch.Tensor]
 """An attention sublayer as a block drives it: LayerNormed x -> its output, added to x."""

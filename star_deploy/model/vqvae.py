@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NUM_PHI, VaeConfig
+from ..core.config import NUM_PHI, VaeConfig
 
 UNUSED_VAE_PREFIXES = ("encoder.", "quant_conv.", "quantize.ema_vocab_hit_SV")
 
@@ -155,7 +155,7 @@ class StarVQVAE(nn.Module):
 
         ``upsample`` (P, p) is bicubic (identity on the last scale), ``downsample`` (p', P) is
         area pooling, ``phi_weights`` (4,) one-hot picks the Phi conv: all three are per-scale
-        constants (see star_deploy/tables.py), so one graph serves every scale.
+        constants (see star_deploy/core/tables.py), so one graph serves every scale.
         """
         h = self.quantize.embedding(tokens).permute(0, 3, 1, 2)
         h = upsample @ h.float() @ upsample.T

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ..images import png_bytes
+from ..files.images import png_bytes
 from . import calls
 from .docs import docs_asset, docs_page
 from .errors import ServiceUnavailable, error_response, install_handlers

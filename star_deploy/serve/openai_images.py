@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import MAX_CFG
+from ..core.config import MAX_CFG
 from .errors import BadRequest
 from .model import Job
 from .schema import MAX_PROMPT_CHARS, MAX_SEED, MAX_TOP_K

@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 
-from ..images import png_bytes
+from ..files.images import png_bytes
 
 
 def b64_png(pixels: np.ndarray, text: dict[str, str] | None = None, compress_level: int = 6) -> str:

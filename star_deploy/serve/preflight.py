@@ -81,8 +81,8 @@ def check_artifacts(folder: Path, runtime: str) -> None:
 def check_weights(folder: Path, runtime: str) -> None:
     """A folder that holds a STAR release (or its Hugging Face cache folder), for the torch backend."""
     from ..artifacts.manifest import MANIFEST
-    from ..hub import is_repo_id, option_folder
-    from ..release import resolve_release
+    from ..release.finder import resolve_release
+    from ..release.hub import is_repo_id, option_folder
 
     if not folder.exists() and not is_repo_id(str(folder)):
         raise WeightsError(f"--weights {folder}: no such folder; give the folder of the STAR release")

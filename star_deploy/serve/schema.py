@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import MAX_CFG
+from ..core.config import MAX_CFG
 from .model import Job
 
 MAX_PROMPT_CHARS = 1000

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts.manifest import Manifest, load_manifest, sha256_file
-from ..atomic import atomic_dir, check_separate
-from ..config import SamplingConfig
+from ..core.config import SamplingConfig
+from ..core.graphs import GraphSpec, TensorSpec
+from ..core.tables import build_scale_tables
+from ..core.tokenizer import load_tokenizer
 from ..errors import ConfigError
-from ..graphs import GraphSpec, TensorSpec
-from ..tables import build_scale_tables
-from ..tokenizer import load_tokenizer
+from ..files.atomic import atomic_dir, check_separate
 from .fp16_storage import store_fp16
 from .runtime import BUILDS, ORT_WEB_VERSION, ort_web_version
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from star_deploy.config import TransformerConfig
+from star_deploy.core.config import TransformerConfig
+from star_deploy.core.tables import rope_angles
 from star_deploy.model.transformer import MASK_VALUE, Block, StarTransformer, TextContext, rotary_tables
-from star_deploy.tables import rope_angles
 
 
 def scale_ids(sides: tuple[int, ...]) -> torch.Tensor:

@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from star_deploy.config import SCHEDULES, SamplingConfig, TextEncoderConfig, TransformerConfig, VaeConfig
+from star_deploy.core.config import SCHEDULES, SamplingConfig, TextEncoderConfig, TransformerConfig, VaeConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.model.text import random_text_encoder
 from star_deploy.model.transformer import StarTransformer
-from star_deploy.weights import infer_vae_config, read_state_file
+from star_deploy.release.weights import infer_vae_config, read_state_file
 
 from .ar import TeacherForcing
 from .data import (
@@ -387,7 +387,7 @@ def half_state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]
 
 
 def save_state(module: nn.Module, dtype: torch.dtype, path: Path) -> None:
-    """A flat state dict as safetensors (what ``star_deploy.weights`` reads beside the official .pth)."""
+    """A flat state dict as safetensors (what ``star_deploy.release.weights`` reads beside the official .pth)."""
     from safetensors.torch import save_file
 
     save_file(half_state(module, dtype), str(path))
@@ -420,10 +420,10 @@ def held_out_prompts(seeds: int) -> list[tuple[str, tuple[str, str, str], int]]:
 def evaluate_release(out: Path, seeds: int) -> dict[str, float]:
     """Pass rates of colours and shapes on held-out combinations, generated with the torch backend."""
     from star_deploy.backends.torch_backend import TorchBackend
-    from star_deploy.pipeline import ScaleLoop
-    from star_deploy.release import resolve_release
-    from star_deploy.tokenizer import PromptTokenizer
-    from star_deploy.weights import load_release
+    from star_deploy.core.tokenizer import PromptTokenizer
+    from star_deploy.release.finder import resolve_release
+    from star_deploy.release.weights import load_release
+    from star_deploy.runtime.pipeline import ScaleLoop
 
     from .evaluate import read_image
 
@@ -477,8 +477,8 @@ def run(
     t0 = time.perf_counter()
     start = None
     if resume is not None:
-        from star_deploy.release import resolve_release
-        from star_deploy.weights import load_release
+        from star_deploy.release.finder import resolve_release
+        from star_deploy.release.weights import load_release
 
         paths = resolve_release(weights=resume)
         model = load_release(paths, RESOLUTION)

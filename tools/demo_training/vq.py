@@ -1,7 +1,7 @@
 """Training side of the demo's multi-scale VQVAE: a light encoder and VAR's residual quantization.
 
 The decoder, codebook, Phi convs and ``post_quant_conv`` are those of ``StarVQVAE``, so the
-saved state dict loads with ``star_deploy.weights``; ``encoder.`` and ``quant_conv.`` are
+saved state dict loads with ``star_deploy.release.weights``; ``encoder.`` and ``quant_conv.`` are
 extra keys that the loader ignores.
 """
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from star_deploy.config import VaeConfig
+from star_deploy.core.config import VaeConfig
+from star_deploy.core.tables import area_matrix, bicubic_matrix, phi_index
 from star_deploy.model.vqvae import AttnBlock, ResnetBlock, StarVQVAE
-from star_deploy.tables import area_matrix, bicubic_matrix, phi_index
 
 
 class DemoEncoder(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import zipfile
@@ -12,13 +13,15 @@ from types import SimpleNamespace
 
 import torch
 
-from .config import SCHEDULES, StarConfig, TextEncoderConfig
-from .errors import ConfigError, WeightsError
-from .model.text import load_text_encoder, text_encoder_config
-from .model.transformer import StarTransformer
-from .model.vqvae import UNUSED_VAE_PREFIXES, StarVQVAE
-from .release import ReleasePaths, check_readable, check_resolution_name
+from ..core.config import SCHEDULES, StarConfig, TextEncoderConfig
+from ..errors import ConfigError, WeightsError
+from ..model.text import load_text_encoder, text_encoder_config
+from ..model.transformer import StarTransformer
+from ..model.vqvae import UNUSED_VAE_PREFIXES, StarVQVAE
+from .finder import ReleasePaths, check_readable, check_resolution_name, choose_resolution, release_paths
 from .weight_shapes import infer_transformer_config, infer_vae_config
+
+log = logging.getLogger("star_deploy")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -241,3 +244,18 @@ def build_model(
         paths.tokenizer,
         {"clip": paths.clip, "vae": paths.vae, "star": paths.star},
     )
+
+
+def load_model(
+    weights: Path | None,
+    clip: Path | None,
+    vae: Path | None,
+    star: Path | None,
+    resolution: int | None,
+    check: ConfigCheck | None = None,
+) -> StarTorchModel:
+    """Load the selected release; ``check`` sees the config before the weights are materialized."""
+    paths = release_paths(weights, clip, vae, star)
+    resolution = choose_resolution(paths, resolution)
+    log.info("loading %s", paths.star)
+    return load_release(paths, resolution, check)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .config import StarConfig
-from .demo import DEMO_WEIGHTS
-from .model.text import random_text_encoder
-from .model.transformer import StarTransformer
-from .model.vqvae import StarVQVAE
+from ..core.config import StarConfig
+from ..demo import DEMO_WEIGHTS
+from ..model.text import random_text_encoder
+from ..model.transformer import StarTransformer
+from ..model.vqvae import StarVQVAE
 from .weights import StarTorchModel
 
 BUNDLED_TOKENIZER = DEMO_WEIGHTS / "CLIP" / "tokenizer"

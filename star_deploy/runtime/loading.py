@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import arguments
-from .config import SamplingConfig
-from .dtypes import check_compute_dtype
-from .errors import ConfigError, WeightsError
-from .hub import local_folder
+from ..core import arguments
+from ..core.config import SamplingConfig
+from ..core.dtypes import check_compute_dtype
+from ..core.extras import require_torch
+from ..errors import ConfigError, WeightsError
+from ..release.hub import local_folder
 
 if TYPE_CHECKING:
-    from .artifacts.manifest import Manifest
+    from ..artifacts.manifest import Manifest
+    from ..release.weights import StarTorchModel
     from .pipeline import ScaleLoop
-    from .weights import StarTorchModel
 
 MANIFEST = "manifest.json"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -90,7 +91,7 @@ class Loaded:
 
 def star_for_resolution(folder: Path, resolution: int | None) -> Path | None:
     """In a folder with several official STAR checkpoints, the one trained for ``resolution``."""
-    from .release import STAR_PATTERNS, resolution_from_name
+    from ..release.finder import STAR_PATTERNS, resolution_from_name
 
     found = sorted({p for pattern in STAR_PATTERNS for p in folder.glob(pattern)})
     if len(found) < 2 or resolution is None:
@@ -112,7 +113,7 @@ def memory_check(batch: int, dtype: str, device: str, weight_bytes: int | None =
 
 def resolve(path: str | Path | None, options: LoadOptions) -> tuple[Path | None, str]:
     """The folder to load (None: the demo weights) and the backend that runs it."""
-    from .demo import DEMO_GRAPHS
+    from ..demo import DEMO_GRAPHS
 
     given = any(p is not None for p in (options.clip, options.vae, options.star))
     if path is None and not given and options.backend in (None, "onnxruntime"):
@@ -135,7 +136,7 @@ def is_artifact_folder(folder: Path | None) -> bool:
 
 def load(path: str | Path | None, options: LoadOptions) -> Loaded:
     """Load ``path`` as ``options`` say."""
-    from .backends.factory import check_backend_device, default_device
+    from ..backends.factory import check_backend_device, default_device
 
     folder, backend = resolve(path, options)
     options.check_backend(backend)
@@ -158,10 +159,12 @@ def load(path: str | Path | None, options: LoadOptions) -> Loaded:
 
 def load_torch(folder: Path | None, device: str, options: LoadOptions) -> Loaded:
     """A release folder (None: the demo weights) on the torch backend."""
-    from .backends.factory import create_backend
+    from ..backends.factory import create_backend
     from .pipeline import ScaleLoop
-    from .release import load_model
-    from .tokenizer import PromptTokenizer
+
+    require_torch("loading .pth weights")
+    from ..core.tokenizer import PromptTokenizer
+    from ..release.weights import load_model
 
     star = options.star or (None if folder is None else star_for_resolution(folder, options.resolution))
     check = memory_check(options.max_batch_size, options.dtype, device)
@@ -180,13 +183,13 @@ def load_torch(folder: Path | None, device: str, options: LoadOptions) -> Loaded
 
 def load_graphs(folder: Path, backend: str, device: str, options: LoadOptions) -> Loaded:
     """An artefact folder on ONNX Runtime or TensorRT, its files hash-checked and its sources matched."""
-    from .artifacts.manifest import load_manifest
-    from .backends.factory import create_backend
+    from ..artifacts.manifest import load_manifest
+    from ..backends.factory import create_backend
+    from ..core.tokenizer import PromptTokenizer
     from .pipeline import ScaleLoop
-    from .tokenizer import PromptTokenizer
 
     if backend == "tensorrt":
-        from .engines.trt_api import import_tensorrt
+        from ..engines.trt_api import import_tensorrt
 
         import_tensorrt()
     manifest = load_manifest(folder)
@@ -220,8 +223,8 @@ def check_release(manifest: Manifest, options: LoadOptions) -> None:
     """With ``clip``/``vae``/``star`` given, refuse artefacts exported from other checkpoints."""
     if all(p is None for p in (options.clip, options.vae, options.star)):
         return
-    from .artifacts.sources import check_sources
-    from .release import resolve_release
+    from ..artifacts.sources import check_sources
+    from ..release.finder import resolve_release
 
     paths = resolve_release(None, options.clip, options.vae, options.star)
     check_sources(manifest, paths, "export again from these weights or drop the weight options")

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .backends.base import Backend
-from .config import SamplingConfig
-from .pipeline import Generation, ScaleLoop, median_stages
-from .sampling import guidance_scale
-from .tokenizer import PromptTokenizer
+from ..backends.base import Backend
+from ..core.config import SamplingConfig
+from ..core.sampling import guidance_scale
+from ..core.tokenizer import PromptTokenizer
+from ..runtime.pipeline import Generation, ScaleLoop, median_stages
 
 GRAPHS = ("text_encoder", "text_context", "transformer_step", "kv_cache", "scale_update", "vq_decoder")
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import BackendUnavailableError, WeightsError
+from ..errors import BackendUnavailableError, WeightsError
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]")
 """``org/name``: what the Hub accepts as a model repo id."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import BackendUnavailableError
+from ..errors import BackendUnavailableError
 
 EXTRAS = {
     "torch": ("PyTorch", "torch"),

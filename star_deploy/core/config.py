@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SCHEDULES: dict[int, tuple[int, ...]] = {
     128: (1, 2, 3, 4, 6, 8),
@@ -217,7 +217,7 @@ class SamplingConfig:
     """Sampler settings of the official scripts; validated on construction.
 
     ``sampler`` is ``portable`` (the same tokens for a seed on every backend and device) or
-    ``official`` (the official code's torch.Generator draws); see ``star_deploy.sampling``.
+    ``official`` (the official code's torch.Generator draws); see ``star_deploy.core.sampling``.
     """
 
     cfg: float = 4.0

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .artifacts.onnx_io import open_regular
-from .config import HF_FIELDS, TransformerConfig, VaeConfig
-from .errors import WeightsError
+from ..core.config import HF_FIELDS, TransformerConfig, VaeConfig
+from ..errors import WeightsError
+from ..files.regular import open_regular
 
 MAX_HEADER = 100 << 20
 """The safetensors format caps its JSON header at 100 MB."""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .client import request
-from .model import ImageModel, Job, ModelSpec
+from ..serve.client import request
+from ..serve.model import ImageModel, Job, ModelSpec
 
 log = logging.getLogger("star_deploy.serve")
 

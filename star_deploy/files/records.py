@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 
 def read_record(path: Path, fmt: str, version: int, what: str, fix: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StarDeployError
-from .browser import SiteBrowser, run_form
+from ..web.browser import SiteBrowser, run_form
 
 log = logging.getLogger(__name__)
 

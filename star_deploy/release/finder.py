@@ -1,6 +1,6 @@
 """Find the parts of a STAR weight release on disk (no torch): CLIP folder, VQVAE and STAR checkpoints.
 
-Loading them is ``star_deploy.weights``; this module only names and checks paths, so the
+Loading them is ``star_deploy.release.weights``; this module only names and checks paths, so the
 ONNX Runtime path can match an export to its sources without PyTorch.
 """
 
@@ -10,15 +10,10 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .config import SCHEDULES
-from .demo import DEMO_RESOLUTION, DEMO_WEIGHTS
-from .errors import ConfigError, WeightsError
-from .extras import require_torch
-
-if TYPE_CHECKING:
-    from .weights import ConfigCheck, StarTorchModel
+from ..core.config import SCHEDULES
+from ..demo import DEMO_RESOLUTION, DEMO_WEIGHTS
+from ..errors import ConfigError, WeightsError
 
 log = logging.getLogger("star_deploy")
 
@@ -147,21 +142,3 @@ def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
         )
     log.info("resolution %d (from the file name %s)", named, paths.star.name)
     return named
-
-
-def load_model(
-    weights: Path | None,
-    clip: Path | None,
-    vae: Path | None,
-    star: Path | None,
-    resolution: int | None,
-    check: ConfigCheck | None = None,
-) -> StarTorchModel:
-    """Load the selected release; ``check`` sees the config before the weights are materialized."""
-    require_torch("loading .pth weights")
-    from .weights import load_release
-
-    paths = release_paths(weights, clip, vae, star)
-    resolution = choose_resolution(paths, resolution)
-    log.info("loading %s", paths.star)
-    return load_release(paths, resolution, check)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_SEED = 2**63
 """Seeds are in [0, 2**63): every sampler and the PNG metadata read them as signed 64-bit integers."""

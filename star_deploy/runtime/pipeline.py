@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import Array, Backend, Clock, HostClock, NoClock
-from .config import SamplingConfig
-from .signals import raise_if_interrupted
-from .tokenizer import PromptTokenizer
+from ..backends.base import Array, Backend, Clock, HostClock, NoClock
+from ..core.config import SamplingConfig
+from ..core.tokenizer import PromptTokenizer
+from ..files.signals import raise_if_interrupted
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .config import StarConfig
-from .dtypes import itemsize
-from .errors import MemoryBudgetError
+from ..core.config import StarConfig
+from ..core.dtypes import itemsize
+from ..errors import MemoryBudgetError
 
 log = logging.getLogger("star_deploy")
 GIB = 1024**3
@@ -37,9 +37,9 @@ def parameter_counts(config: StarConfig) -> dict[str, int]:
     """Exact parameter and buffer counts of each part, from modules built on the meta device."""
     import torch
 
-    from .model.text import random_text_encoder
-    from .model.transformer import StarTransformer
-    from .model.vqvae import StarVQVAE
+    from ..model.text import random_text_encoder
+    from ..model.transformer import StarTransformer
+    from ..model.vqvae import StarVQVAE
 
     def count(module: torch.nn.Module) -> int:
         return sum(t.numel() for t in module.state_dict().values())

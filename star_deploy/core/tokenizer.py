@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BackendUnavailableError, WeightsError
 from .config import MAX_TEXT_TOKENS
-from .errors import BackendUnavailableError, WeightsError
 
 log = logging.getLogger(__name__)
 

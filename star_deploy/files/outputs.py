@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import OutputError
 from .atomic import atomic_file
-from .errors import OutputError
 
 log = logging.getLogger("star_deploy")
 

@@ -1,0 +1,1 @@
+"""How close a pipeline is to the reference: errors, token agreement, PSNR and the thresholds table."""

@@ -1,0 +1,1 @@
+"""Files on disk without loss: atomic writes, output sets, PNG images, versioned records, interrupts."""
