@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 
 from star_deploy.batch.plan import ImageTask, ItemSampling, plan_chunks
 from star_deploy.cli import app
-from star_deploy.images import read_png
+from star_deploy.files.images import read_png
 
 BATCH = ["--batch-size", "4"]
 HAS_RAY_DATA = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import PARTIAL, atomic_dir, check_writable, write_bytes
 from ..errors import OutputError
+from ..files.atomic import PARTIAL, atomic_dir, check_writable, write_bytes
 from .index import INDEX
 from .record import RECORD, check_same_job, dumps, read_job
 

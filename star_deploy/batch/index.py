@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text
 from ..errors import OutputError
+from ..files.atomic import write_text
 from .plan import ImageTask
 
 INDEX = "index.jsonl"

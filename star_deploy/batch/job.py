@@ -8,9 +8,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..atomic import check_separate
 from ..errors import StarDeployError
-from ..signals import Interrupted
+from ..files.atomic import check_separate
+from ..files.signals import Interrupted
 from .folder import Skeleton, locked, open_job, remove_partials, skeleton_files
 from .index import IndexAppender, rewrite_index, verified_rows
 from .layout import image_folders, layout_files

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..signals import stop_requests
+from ..files.signals import stop_requests
 from .plan import Chunk
 from .writer import ChunkRunner
 

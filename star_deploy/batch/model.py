@@ -11,7 +11,7 @@ from ..backends.factory import check_device_name, default_device, needs_artifact
 from ..backends.ort_sessions import check_provider
 from ..demo import DEMO_GRAPHS
 from ..errors import ConfigError
-from ..hub import option_folder
+from ..release.hub import option_folder
 
 if TYPE_CHECKING:
     from ..api import StarPipeline

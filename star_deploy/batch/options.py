@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import arguments
-from ..config import SAMPLERS
+from ..core import arguments
+from ..core.config import SAMPLERS
 from ..errors import BackendUnavailableError, ConfigError
 from .layout import check_layout
 from .model import ModelSpec

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..arguments import MAX_SEED
+from ..core.arguments import MAX_SEED
 from ..errors import ConfigError
 from .layout import image_file
 from .prompts import PromptLine

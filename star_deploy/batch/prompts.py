@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import arguments
-from ..config import SamplingConfig
+from ..core import arguments
+from ..core.config import SamplingConfig
 from ..errors import ConfigError
 
 log = logging.getLogger("star_deploy")

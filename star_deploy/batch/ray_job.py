@@ -24,7 +24,7 @@ import ray
 import ray.data
 
 from ..errors import StarDeployError
-from ..signals import stop_requests
+from ..files.signals import stop_requests
 from .local import RowsSink
 from .model import ModelSpec
 from .options import BatchOptions, RayOptions

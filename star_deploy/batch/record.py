@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..records import read_record
+from ..files.records import read_record
 
 RECORD = "batch.json"
 FORMAT = "star-deploy-batch"

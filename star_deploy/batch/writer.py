@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import write_bytes
 from ..errors import OutputError
-from ..images import png_bytes, read_png
+from ..files.atomic import write_bytes
+from ..files.images import png_bytes, read_png
 from .index import sha256_file
 from .plan import Chunk, ImageTask
 
