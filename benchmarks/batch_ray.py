@@ -4,7 +4,7 @@
 
 Every variant generates the same items (demo prompts, one image each) into a fresh folder through
 ``star_deploy.batch.run_batch``; the Ray variants join a cluster of two nodes with one CPU each,
-started here on loopback (127.0.0.2) and stopped at the end. ``total`` is the job's wall time
+started here listening on 127.0.0.1 only and stopped at the end. ``total`` is the job's wall time
 (the local loop's model load; Ray's connection, actor start-up and model loads); ``steady`` is
 images/s from the first finished chunk to the last (read from the index as it grows). The
 overhead of Ray Data is the ratio of the 1-worker Ray job to the in-process loop with as many
@@ -75,11 +75,11 @@ def run_variant(prompts: Path, out: Path, batch_size: int, threads: int, ray: di
 
 
 def start_cluster(temp: str):
-    """Two nodes of one CPU each on 127.0.0.2 (Ray rewrites a driver's 127.0.0.1), in ``temp``."""
-    os.environ.update(RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0")
+    """Two nodes of one CPU each on 127.0.0.1 only (as tests/batch_helpers.py starts them), in ``temp``."""
+    os.environ.update(RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     from ray.cluster_utils import Cluster
 
-    node = {"num_cpus": 1, "node_ip_address": "127.0.0.2"}
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args=node | {"include_dashboard": False})
     cluster.add_node(**node)
     cluster.wait_for_nodes()

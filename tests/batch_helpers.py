@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -106,6 +107,27 @@ def pixels_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
+def listening_addresses(pids: list[int]) -> set[str]:
+    """The local addresses on which the processes ``pids`` accept TCP connections (read from /proc; IPv4 as such)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(f) for f in (Path("/proc") / str(pid) / "fd").iterdir()]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                address = ipaddress.ip_address(words)
+                found.add(str(getattr(address, "ipv4_mapped", None) or address))
+    return found
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids of processes whose command line or environment contains ``text``."""
     found = []
@@ -152,17 +174,20 @@ def kill_one_worker(raylets: list[int], name: str) -> int:
 
 @contextmanager
 def two_node_cluster() -> Iterator[tuple[object, str]]:
-    """A Ray cluster of two nodes with one CPU each, on loopback, in its own temp folder; stopped after.
+    """A Ray cluster of two nodes with one CPU each, listening on 127.0.0.1 only, in its own temp folder; stopped after.
 
-    127.0.0.2: Ray replaces a driver's 127.0.0.1 with the machine's outward address, not another loopback one.
-    Yields the cluster and its temp folder; afterwards every process it started is gone (else the test fails).
+    Ray takes 127.0.0.1 as a node's address (and binds its servers there, not on every interface) only where it
+    does not expect other machines (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; else a driver's 127.0.0.1 becomes the
+    machine's outward address). Yields the cluster and its temp folder; afterwards every process it started is
+    gone (else the test fails).
     """
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="sdb", dir="/tmp")
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0")
-    node = {"num_cpus": 1, "node_ip_address": "127.0.0.2"}
+    env = {"RAY_TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args=node | {"include_dashboard": False})
     try:
         cluster.add_node(**node)

@@ -28,6 +28,8 @@ from batch_helpers import (
     folder_bytes,
     forty_image_lines,
     kill_one_worker,
+    listening_addresses,
+    processes_mentioning,
     read_index,
     two_node_cluster,
     wait_for_lines,
@@ -236,15 +238,17 @@ def test_batch_runs_without_torch_and_without_ray(tmp_path):
 @pytest.mark.skipif(not HAS_RAY_DATA, reason="needs star-deploy[batch] (Ray Data)")
 def test_two_node_ray_cluster_with_a_worker_killed_gives_the_local_images(forty, local_run, tmp_path):
     out = tmp_path / "out"
-    with two_node_cluster() as (cluster, _):
+    with two_node_cluster() as (cluster, temp):
         nodes = [cluster.head_node, *cluster.worker_nodes]
         raylets = [n.all_processes["raylet"][0].process.pid for n in nodes]
         proc = batch_process([str(forty), "--out", str(out), *BATCH, "--ray", cluster.address, "--workers", "2"])
         done_at_kill = wait_for_lines(out, 4, proc)
         kill_one_worker(raylets, "MapWorker")
+        listening = listening_addresses(processes_mentioning(temp))
         stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-1500:]
     assert done_at_kill < 40, "the job ended before a worker was killed"
+    assert listening and listening <= {"127.0.0.1"}, f"the cluster listens on {listening}"
     assert "40 done, 0 skipped, 0 failed of 40 images" in stdout
     rows = read_index(out)
     assert len(rows) == 40 and len({r["file"] for r in rows}) == 40, "an image missing or indexed twice"
