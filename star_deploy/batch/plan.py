@@ -22,7 +22,11 @@ from .prompts import PromptLine
 
 @dataclass(frozen=True)
 class ItemSampling:
-    """The sampler settings an image asks for; None takes the model's default."""
+    """The sampler settings an image asks for; None takes the model's default.
+
+    Every per-image sampler setting lives here: chunks carry it to the worker that makes
+    the image, and it is part of the image's key.
+    """
 
     cfg: float | None = None
     top_k: int | None = None
