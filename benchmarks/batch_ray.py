@@ -1,14 +1,17 @@
 """`star-deploy batch` throughput on the demo: in-process, and on a two-node local Ray cluster with 1 and 2 workers.
 
-    python benchmarks/batch_ray.py [--items 200] [--batch-size 8] [--repeats 2] [--json FILE]
+    python benchmarks/batch_ray.py [--items 200] [--batch-size 8] [--repeats 3] [--json FILE]
 
 Every variant generates the same items (demo prompts, one image each) into a fresh folder through
 ``star_deploy.batch.run_batch``; the Ray variants join a cluster of two nodes with one CPU each,
 started here listening on 127.0.0.1 only and stopped at the end. ``total`` is the job's wall time
 (the local loop's model load; Ray's connection, actor start-up and model loads); ``steady`` is
-images/s from the first finished chunk to the last (read from the index as it grows). The
-overhead of Ray Data is the ratio of the 1-worker Ray job to the in-process loop with as many
-threads (1), variants run in alternation in the same process. Prints a table and writes JSON.
+images/s from the first finished chunk to the last (read from the index as it grows; Ray hands
+results over in bursts, so it flatters Ray); ``CPU s/image`` counts this process and, on Ray, every
+process of the cluster (raylets and GCS included), polled every 0.5 s from /proc. The overhead of
+Ray Data is the 1-worker Ray job against the in-process loop with as many threads (1): the median
+over repeats of their ratio, the variants run in alternation, so each ratio compares runs under the
+same load. CPU time is the steadier measure on a shared machine. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -52,17 +55,68 @@ def watch_index(index: Path, stop: threading.Event) -> tuple[list[tuple[float, i
     return seen, thread
 
 
-def run_variant(prompts: Path, out: Path, batch_size: int, threads: int, ray: dict | None) -> dict:
-    """One job; its total seconds and steady images/s."""
+def cluster_cpu_seconds(temp: str) -> dict[int, float]:
+    """CPU seconds (user + system) so far of every process of the cluster in ``temp`` (its environment names it)."""
+    found = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or temp.encode() not in (entry / "environ").read_bytes():
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+class CpuMeter:
+    """CPU seconds this process and the cluster's processes spend between ``start`` and ``stop`` (polled)."""
+
+    def __init__(self, temp: str) -> None:
+        self.temp = temp
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def sample(self) -> None:
+        for pid, seconds in cluster_cpu_seconds(self.temp).items():
+            self.first.setdefault(pid, seconds if not self.thread.is_alive() else 0.0)
+            self.last[pid] = seconds
+
+    def poll(self) -> None:
+        while not self.done.wait(0.5):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self.own = time.process_time()
+        self.thread.start()
+
+    def stop(self) -> tuple[float, float]:
+        """(this process's, the cluster's) CPU seconds since ``start``."""
+        own = time.process_time() - self.own
+        self.done.set()
+        self.thread.join()
+        self.sample()
+        return own, sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def run_variant(prompts: Path, out: Path, batch_size: int, threads: int, ray: dict | None, temp: str) -> dict:
+    """One job; its total seconds, steady images/s and CPU seconds (this process, plus the cluster's on Ray)."""
     from star_deploy.batch import BatchOptions, RayOptions, model_spec, run_batch
 
     model = model_spec(None, None, None, {"clip": None, "vae": None, "star": None}, None, threads=threads)
     options = BatchOptions(prompts, out, model, batch_size=batch_size, ray=RayOptions(**ray) if ray else None)
     stop = threading.Event()
+    meter = CpuMeter(temp)
+    meter.start()
     seen, watcher = watch_index(out / "index.jsonl", stop)
     start = seen[0][0]
     summary = run_batch(options)
     end = time.perf_counter()
+    own_cpu, cluster_cpu = meter.stop()
     stop.set()
     watcher.join()
     if seen[-1][1] < summary.total:
@@ -71,7 +125,15 @@ def run_variant(prompts: Path, out: Path, batch_size: int, threads: int, ray: di
     last_t = next(t for t, n in seen[1:] if n >= summary.total)
     steady = (summary.total - first_n) / (last_t - first_t) if last_t > first_t else 0.0
     assert summary.done == summary.total and summary.failed == 0, summary.line()
-    return {"total_s": end - start, "images_per_s": summary.total / (end - start), "steady_images_per_s": steady}
+    cpu = own_cpu + (cluster_cpu if ray else 0.0)
+    return {
+        "total_s": end - start,
+        "images_per_s": summary.total / (end - start),
+        "steady_images_per_s": steady,
+        "cpu_s": cpu,
+        "cpu_s_per_image": cpu / summary.total,
+        "cluster_cpu_s": cluster_cpu,
+    }
 
 
 def start_cluster(temp: str):
@@ -98,20 +160,33 @@ VARIANTS = {
 def measure(items: int, batch_size: int, repeats: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="sdbench"))
     prompts = prompts_file(folder, items)
-    cluster = start_cluster(tempfile.mkdtemp(prefix="sdb", dir="/tmp"))
+    temp = tempfile.mkdtemp(prefix="sdb", dir="/tmp")
+    cluster = start_cluster(temp)
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     try:
         for r in range(repeats):
             for name, (threads, ray) in VARIANTS.items():
                 ray = None if ray is None else ray | {"address": cluster.address}
                 out = folder / f"{len(runs[name])}-{r}-{abs(hash(name))}"
-                runs[name].append(run_variant(prompts, out, batch_size, threads, ray))
+                runs[name].append(run_variant(prompts, out, batch_size, threads, ray, temp))
     finally:
         cluster.shutdown()
+    return summarize(runs, items, batch_size, repeats)
+
+
+LOCAL, RAY1, RAY2 = "local, 1 thread", "ray, 1 worker x 1 CPU", "ray, 2 workers x 1 CPU (2 nodes)"
+
+
+def paired(runs: dict[str, list[dict]], key: str, a: str, b: str) -> list[float]:
+    """``b``'s ``key`` over ``a``'s in each repeat (runs next to each other, under the same load)."""
+    return [y[key] / x[key] for x, y in zip(runs[a], runs[b])]
+
+
+def summarize(runs: dict[str, list[dict]], items: int, batch_size: int, repeats: int) -> dict:
+    """Medians per variant; Ray Data's overhead and the 2-worker scaling as medians of per-repeat ratios."""
     rows = {
         name: {key: statistics.median(run[key] for run in found) for key in found[0]} for name, found in runs.items()
     }
-    base, ray1 = rows["local, 1 thread"], rows["ray, 1 worker x 1 CPU"]
     return {
         "machine": {"cpus": os.cpu_count(), "load_average_before_after": None},
         "items": items,
@@ -119,21 +194,24 @@ def measure(items: int, batch_size: int, repeats: int) -> dict:
         "repeats": repeats,
         "variants": rows,
         "runs": runs,
-        "ray_overhead_total": ray1["total_s"] / base["total_s"] - 1,
-        "ray_overhead_steady": base["steady_images_per_s"] / ray1["steady_images_per_s"] - 1,
-        "scaling_2_workers_vs_1": rows["ray, 2 workers x 1 CPU (2 nodes)"]["images_per_s"] / ray1["images_per_s"],
+        "ray_overhead_wall": statistics.median(paired(runs, "total_s", LOCAL, RAY1)) - 1,
+        "ray_overhead_cpu": statistics.median(paired(runs, "cpu_s", LOCAL, RAY1)) - 1,
+        "scaling_2_workers_vs_1": statistics.median(paired(runs, "images_per_s", RAY1, RAY2)),
     }
 
 
 def print_table(report: dict) -> None:
     print(f"{report['items']} demo items, --batch-size {report['batch_size']}, median of {report['repeats']}")
-    print(f"{'variant':36} {'total s':>8} {'images/s':>9} {'steady images/s':>16}")
+    print(f"{'variant':36} {'total s':>8} {'images/s':>9} {'steady images/s':>16} {'CPU s/image':>12}")
     for name, row in report["variants"].items():
-        print(f"{name:36} {row['total_s']:8.2f} {row['images_per_s']:9.2f} {row['steady_images_per_s']:16.2f}")
+        print(
+            f"{name:36} {row['total_s']:8.2f} {row['images_per_s']:9.2f} {row['steady_images_per_s']:16.2f} "
+            f"{row['cpu_s_per_image']:12.3f}"
+        )
     print(
-        f"Ray Data overhead (1 worker vs in-process, 1 thread): total {100 * report['ray_overhead_total']:+.1f} %, "
-        f"steady {100 * report['ray_overhead_steady']:+.1f} %; 2 workers / 1 worker: "
-        f"{report['scaling_2_workers_vs_1']:.2f}x"
+        f"Ray Data overhead (1 worker vs in-process, 1 thread; median of per-repeat ratios): wall "
+        f"{100 * report['ray_overhead_wall']:+.1f} %, CPU {100 * report['ray_overhead_cpu']:+.1f} %; "
+        f"2 workers / 1 worker: {report['scaling_2_workers_vs_1']:.2f}x"
     )
 
 
@@ -141,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     before = os.getloadavg()
