@@ -64,6 +64,12 @@ def fill(root: Path, skeleton: Skeleton) -> None:
             write_bytes(path, data)
 
 
+def refuse_other_job(out: Path, record: dict[str, Any], prompts: Path, overwrite: bool) -> None:
+    """Before the model loads: refuse an ``out`` that cannot be written or holds a job with other settings."""
+    if state(out, overwrite) == "resume":
+        check_same_job(out, read_job(out), record, prompts)
+
+
 def open_job(out: Path, skeleton: Skeleton, record: dict[str, Any], prompts: Path, overwrite: bool) -> bool:
     """Create, start over or continue the job in ``out``; True when an earlier run's images may be there."""
     found = state(out, overwrite)

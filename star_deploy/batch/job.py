@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import StarDeployError
 from ..files.atomic import check_separate
 from ..files.signals import Interrupted
-from .folder import Skeleton, locked, open_job, remove_partials, skeleton_files
+from .folder import Skeleton, locked, open_job, refuse_other_job, remove_partials, skeleton_files
 from .index import IndexAppender, rewrite_index, verified_rows
 from .layout import image_folders, layout_files
 from .local import RowsSink, run_local
@@ -44,6 +44,7 @@ def run_batch(options: BatchOptions) -> Summary:
     check_separate([options.out], model_inputs(options))
     folders = image_folders(options.layout, prompts)
     skeleton = Skeleton(skeleton_files(record, copy, data) | layout_files(options.layout, prompts), folders)
+    refuse_other_job(options.out, record, options.prompts, options.overwrite)
     pipe = None if options.ray else options.model.load(min(options.batch_size, len(tasks)))
     with ExitStack() as held:
         if options.out.is_dir():
