@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -172,6 +173,8 @@ def measure(items: int, batch_size: int, repeats: int, names: list[str]) -> dict
                 runs[name].append(run_variant(prompts, out, batch_size, threads, ray, temp))
     finally:
         cluster.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
     return summarize(runs, items, batch_size, repeats)
 
 

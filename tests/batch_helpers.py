@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,3 +203,4 @@ def two_node_cluster() -> Iterator[tuple[object, str]]:
             time.sleep(0.2)
         left = processes_mentioning(temp)
         assert not left, f"Ray processes left running: {[command_line(p)[:80] for p in left]}"
+        shutil.rmtree(temp, ignore_errors=True)
