@@ -82,10 +82,14 @@ def test_preview_of_the_last_scale_is_the_image(golden_pipe):
 
 
 def test_torch_output_type(golden_pipe):
+    """Output type "pt" holds the pixels of "np" at the same seed, channels first, float32 on the CPU."""
     import torch
 
-    out = golden_pipe("a red car.", output_type="pt")
+    out = golden_pipe("a red car.", seed=4, output_type="pt")
     assert isinstance(out.images, torch.Tensor) and tuple(out.images.shape) == (1, 3, 256, 256)
+    assert out.images.dtype == torch.float32 and out.images.device.type == "cpu"
+    pixels = golden_pipe("a red car.", seed=4, output_type="np").images
+    assert np.array_equal(out.images.numpy().transpose(0, 2, 3, 1), pixels)
 
 
 def test_artifact_folder_defaults_to_onnxruntime(artifacts_fp32, golden_pipe):

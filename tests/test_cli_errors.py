@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import GOLDEN
 from typer.testing import CliRunner
+from unprivileged import run_cli, shared_folder
 
 from star_deploy.cli import app
 from star_deploy.demo import DEMO_GRAPHS
@@ -455,18 +456,25 @@ def test_cuda_without_gpu(bad, tmp_path):
     assert files_below(tmp_path) == set()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
-def test_unreadable_and_unwritable_paths(bad, tmp_path):
-    locked = tmp_path / "locked"
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder the CLI, run without root's file access, can enter."""
+    folder = shared_folder()
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_unreadable_and_unwritable_paths(shared):
+    locked = shared / "locked"
     shutil.copytree(GOLDEN, locked, ignore=shutil.ignore_patterns("golden.*"))
     (locked / "star.pth").chmod(0)
-    result = invoke(RUN + ["--weights", str(locked), "-o", str(tmp_path / "o.png")], bad, tmp_path)
-    assert result.exit_code == 2 and "cannot be read" in result.stderr
-    readonly = tmp_path / "readonly"
+    result = run_cli(*RUN, "--weights", str(locked), "-o", str(shared / "o.png"), cwd=shared)
+    assert result.returncode == 2 and "cannot be read" in result.stderr, result.stderr
+    readonly = shared / "readonly"
     readonly.mkdir(mode=0o500)
-    result = invoke(RUN + ["--weights", G, "-o", str(readonly / "x.png")], bad, tmp_path)
-    assert result.exit_code == 2 and "not writable" in result.stderr
-    assert not (tmp_path / "o.png").exists() and not any(readonly.iterdir())
+    result = run_cli(*RUN, "--weights", G, "-o", str(readonly / "x.png"), cwd=shared)
+    assert result.returncode == 2 and "not writable" in result.stderr, result.stderr
+    assert not (shared / "o.png").exists() and not any(readonly.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -760,17 +768,16 @@ def test_artifacts_of_other_weights_are_named_by_parity(artifacts_fp32, bad, tmp
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
 @pytest.mark.parametrize("name", ["manifest.json", "vq_decoder.onnx", "tokenizer/vocab.json"])
-def test_unreadable_artifact_files_are_named(name, artifacts_fp32, tmp_path):
-    art = tmp_path / "art"
+def test_unreadable_artifact_files_are_named(name, artifacts_fp32, shared):
+    art = shared / "art"
     shutil.copytree(artifacts_fp32, art)
     (art / name).chmod(0)
-    for args in (["check", str(art)], ["run", "a", "--artifacts", str(art), "-o", str(tmp_path / "x.png")]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 2, result.output
+    for args in (["check", str(art)], ["run", "a", "--artifacts", str(art), "-o", str(shared / "x.png")]):
+        result = run_cli(*args, cwd=shared)
+        assert result.returncode == 2, result.stdout + result.stderr
         assert f"{name}: cannot be read (Permission denied); fix its permissions" in result.stderr, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert sorted(p.name for p in shared.iterdir()) == ["art"]
 
 
 def test_graph_contract_checks_names_dtypes_and_shapes(artifacts_fp32):

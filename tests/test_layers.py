@@ -39,8 +39,8 @@ LAYERS: list[set[str]] = [
     {"evaluation", "export"},
     # the Python API
     {"api"},
-    # front ends: the HTTP server, the browser site
-    {"serve", "web"},
+    # front ends: the HTTP server, the browser site, bulk generation from prompt files
+    {"serve", "web", "batch"},
     # every benchmark: backends, the server, the browser
     {"bench"},
     {"commands"},
