@@ -578,6 +578,22 @@ def replace_graphs(folder: Path, moves: dict[str, str | bytes]) -> None:
     path.write_text(dumps(sealed(data, folder)))
 
 
+def damage_body(path: Path, fraction: float) -> None:
+    """Overwrite 16 bytes at ``fraction`` of the file (after its header) and reseal the folder: digests pass."""
+    data = path.read_bytes()
+    at = int(len(data) * fraction)
+    replace_graphs(path.parent, {path.name: data[:at] + b"\xff" * 16 + data[at + 16 :]})
+
+
+def misname_op(path: Path, op: bytes) -> None:
+    """Overwrite the first node's operator type ``op`` (NodeProto field 4) with an unknown one of the same length,
+    and reseal: the file parses and its header reads, but no runtime can build the graph."""
+    data = path.read_bytes()
+    field = b"\x22" + bytes([len(op)]) + op
+    assert field in data, op
+    replace_graphs(path.parent, {path.name: data.replace(field, field[:2] + b"X" * len(op), 1)})
+
+
 def setter(key: str, value):
     return lambda d: d.__setitem__(key, value)
 
@@ -666,6 +682,16 @@ ARTIFACT_CASES = [
         "graph-not-onnx-resealed",
         lambda f: replace_graphs(f, {"vq_decoder.onnx": b"\xff" * 64}),
         "vq_decoder.onnx: not a readable ONNX graph",
+    ),
+    (
+        "graph-body-unparsable-resealed",
+        lambda f: damage_body(f / "scale_update.onnx", 0.3),
+        "scale_update.onnx: cannot be loaded",
+    ),
+    (
+        "graph-body-malformed-resealed",
+        lambda f: misname_op(f / "scale_update.onnx", b"Reshape"),
+        "scale_update.onnx: cannot be loaded",
     ),
     (
         "graph-sha256-missing",

@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto
 
 from ..core.graphs import GraphSpec, TensorSpec
+from .loadable import check_loadable, read_onnx
 
 OPS_TABLE = Path(__file__).resolve().parent.parent / "data" / "trt_onnx_ops.json"
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -246,7 +247,8 @@ def check_graph(path: Path, spec: GraphSpec, table: OpsTable | None = None) -> G
     """All TensorRT-readiness problems of one ONNX file against its contract ``spec``."""
     table = table or load_ops_table()
     report = GraphReport(spec.name, path)
-    model = onnx.load(str(path), load_external_data=False)
+    check_loadable(path)
+    model = read_onnx(path, load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), None)
     if opset is None or not table.opset_min <= opset <= table.opset_max:
         report.add(

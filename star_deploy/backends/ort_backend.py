@@ -22,7 +22,7 @@ from ..core.sampling import PortableSampler
 from ..core.tables import build_scale_tables
 from ..errors import BackendUnavailableError
 from .base import HostClock
-from .ort_sessions import create_session, default_provider, provider_entry
+from .ort_sessions import create_session, create_sessions, default_provider, provider_entry
 from .text_cache import UnconditionalTextCache
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class OrtBackend:
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"
         self.kv_dtype = numpy_type(manifest.graphs["transformer_step"].with_role(Role.CACHE_SLOT)[0].dtype)
         self._session_args = (entry, self.provider, threads, session_options)
-        self.sessions = {name: create_session(ort, manifest, name, *self._session_args) for name in manifest.graphs}
+        self.sessions = create_sessions(ort, manifest, *self._session_args)
         self.scale_steps: dict[int, Any] = {}
         self.tables = [t.arrays() for t in build_scale_tables(self.config)]
         self.cache: OrtKVCache | None = None

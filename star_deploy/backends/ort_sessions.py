@@ -14,10 +14,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..artifacts.loadable import is_load_error, unreadable
 from ..artifacts.manifest import Manifest
-from ..errors import BackendUnavailableError, ConfigError
+from ..errors import ArtifactError, BackendUnavailableError, ConfigError
 from .devices import is_cuda
-from .ort_cache import cache_folder, cache_key, cached_entry, discard, new_entry, store_entry
+from .ort_cache import CACHE_DIR, cache_folder, cache_key, cached_entry, discard, new_entry, store_entry
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,34 @@ def _options(ort: ModuleType, threads: int):
     return options
 
 
+def create_sessions(ort: ModuleType, manifest: Manifest, *args: Any) -> dict[str, Any]:
+    """A session of every graph (``create_session``'s arguments after the graph); when one cannot be loaded,
+    the optimized-graph cache entries the others stored are removed: a failed load leaves the folder as it was."""
+    folder = manifest.root / CACHE_DIR
+    existed = folder.is_dir()
+    before = set(folder.iterdir()) if existed else set()
+    try:
+        return {name: create_session(ort, manifest, name, *args) for name in manifest.graphs}
+    except ArtifactError:
+        if folder.is_dir():
+            for entry in set(folder.iterdir()) - before:
+                discard(entry)
+            if not existed:
+                folder.rmdir()
+        raise
+
+
 def create_session(
     ort: ModuleType, manifest: Manifest, graph: str, providers: list, provider: str, threads: int, user_options: Any
 ):
     """An InferenceSession of ``graph``; optimized once and cached (``cache_folder``) where possible."""
     source = manifest.path(graph)
     if user_options is not None:
-        return ort.InferenceSession(str(source), user_options, providers=providers)
+        return open_session(ort, source, user_options, providers)
     external = source.with_name(source.name + ".data").exists()
     folder = None if external else cache_folder(manifest.root)
     if folder is None:
-        return ort.InferenceSession(str(source), _options(ort, threads), providers=providers)
+        return open_session(ort, source, _options(ort, threads), providers)
     key = cache_key(ort, manifest, graph, provider)
     cached = cached_entry(folder, key, manifest, graph)
     if cached is not None:
@@ -100,6 +118,16 @@ def create_session(
         if session is not None:
             return session
     return _optimized_session(ort, source, folder, key, manifest, graph, threads, providers)
+
+
+def open_session(ort: ModuleType, source: Path, options: Any, providers: list):
+    """An InferenceSession of ``source``; a file ONNX Runtime cannot load is an ArtifactError naming it."""
+    try:
+        return ort.InferenceSession(str(source), options, providers=providers)
+    except Exception as exc:
+        if is_load_error(exc):
+            raise unreadable(source, exc) from None
+        raise
 
 
 def _cached_session(ort: ModuleType, cached: Path, threads: int, providers: list):
@@ -121,10 +149,10 @@ def _optimized_session(
     options = _options(ort, threads)
     tmp = new_entry(folder, key)
     if tmp is None:
-        return ort.InferenceSession(str(source), options, providers=providers)
+        return open_session(ort, source, options, providers)
     options.optimized_model_filepath = str(tmp)
     try:
-        session = ort.InferenceSession(str(source), options, providers=providers)
+        session = open_session(ort, source, options, providers)
         store_entry(tmp, folder, key, manifest, graph)
     finally:
         tmp.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..artifacts.loadable import read_onnx
 from ..errors import ArtifactError, BackendUnavailableError
 from .quantize import head_matmuls
 
@@ -103,7 +104,6 @@ def dynamic_artifacts(
     ``reduce_range`` (7-bit weights) defaults to True where the CPU lacks VNNI/AMX: the AVX2
     kernel's u8 x s8 pair sums can saturate int16 at 8 bits.
     """
-    import onnx
 
     from ..artifacts.manifest import load_manifest
     from ..core.cpu_isa import cpu_flags
@@ -114,7 +114,7 @@ def dynamic_artifacts(
         reduce_range = not has_vnni(cpu_flags())
 
     def step(path: Path, dst: Path) -> None:
-        exclude = float_nodes(onnx.load(str(path)), depth, keep_blocks, keep_roles)
+        exclude = float_nodes(read_onnx(path), depth, keep_blocks, keep_roles)
         dynamic_quantize_graph(path, dst, exclude, reduce_range)
 
     def text(path: Path, dst: Path) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..artifacts.loadable import check_loadable, read_onnx
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 from ..core.graphs import ACCURACY_LEVEL
 from ..errors import ArtifactError, BackendUnavailableError
@@ -39,14 +40,13 @@ def head_matmuls(model, output: str = "logits") -> list[str]:
 
 def quantize_graph(src: Path, dst: Path, bits: int = 8, accuracy_level: int = ACCURACY_LEVEL) -> None:
     """Rewrite ``src``'s weight MatMuls as ``bits``-bit MatMulNBits into ``dst``; the logits head stays float."""
-    import onnx
 
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError:
         raise BackendUnavailableError("quantization needs onnxruntime >= 1.20: pip install -U onnxruntime") from None
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    model = onnx.load(str(src))
+    model = read_onnx(src)
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
@@ -93,6 +93,7 @@ def rewrite_artifacts(
     data = json.loads((src / MANIFEST).read_text())
     with atomic_dir(out, overwrite) as tmp:
         for name, spec in manifest.graphs.items():
+            check_loadable(manifest.path(name))  # a graph that cannot be read is never copied into a sealed folder
             if name in rewrites:
                 log.info("quantizing %s to %s", spec.file, precision)
                 rewrites[name](manifest.path(name), tmp / spec.file)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.loadable import read_onnx
 from ..errors import BackendUnavailableError
 
 FP16_MAX = 65504.0
@@ -43,7 +44,7 @@ def _convertible(array: np.ndarray) -> bool:
 def store_fp16(source: Path, target: Path) -> int:
     """Write ``source`` to ``target`` with its large float32 initializers stored as float16; how many were."""
     onnx, numpy_helper = _import_onnx()
-    model = onnx.load(str(source))
+    model = read_onnx(source)
     graph = model.graph
     kept, casts = [], []
     for init in graph.initializer:
