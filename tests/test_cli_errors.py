@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from unprivileged import run_cli, shared_folder
 
 from star_deploy.cli import app
-from star_deploy.demo import DEMO_GRAPHS
+from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
 from star_deploy.files.images import read_png
 
 runner = CliRunner()
@@ -280,6 +280,14 @@ CASES = [
     (
         "run-out-folder-is-input",
         ["run", "a", "b", "--weights", "{bad}/rel", "--resolution", "256", "-o", "{bad}/rel"],
+        2,
+        "overlaps the input",
+    ),
+    # the demo release (no weight option) is an input too: nothing is written inside the installed package
+    ("export-demo-out-inside-demo", ["export", "--out", str(DEMO_WEIGHTS / "art")], 2, "overlaps the input"),
+    (
+        "run-demo-out-inside-demo",
+        ["run", "a", "--backend", "torch", "-o", str(DEMO_WEIGHTS / "x.png")],
         2,
         "overlaps the input",
     ),
@@ -741,6 +749,22 @@ def test_damaged_artifacts_fail_cleanly(command, change, fragment, artifacts_fp3
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert files_below(out) == set(), "an output was left behind"
     assert contents(art) == before, "the artefact folder changed"
+
+
+def test_save_pretrained_refuses_a_folder_inside_the_release_it_was_loaded_from(tmp_path):
+    from star_deploy import StarPipeline
+    from star_deploy.errors import OutputError
+
+    release = tmp_path / "release"
+    shutil.copytree(DEMO_WEIGHTS, release)
+    pipe = StarPipeline.from_pretrained(release, backend="torch", resolution=128)
+    for out in (release / "art", release, tmp_path):
+        with pytest.raises(OutputError, match=r"save_pretrained folder .* overlaps the input"):
+            pipe.save_pretrained(out, overwrite=True)
+    demo = StarPipeline.from_pretrained(None, backend="torch")
+    with pytest.raises(OutputError, match=r"overlaps the input .*demo/weights"):
+        demo.save_pretrained(DEMO_WEIGHTS / "art")
+    assert sorted(p.name for p in release.iterdir()) == sorted(p.name for p in DEMO_WEIGHTS.iterdir())
 
 
 @pytest.mark.parametrize(

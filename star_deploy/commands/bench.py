@@ -15,7 +15,7 @@ from ..core.call_options import CallOptions
 from ..core.config import PRESETS, SamplingConfig, preset
 from ..core.extras import require_torch
 from ..errors import ConfigError
-from ..files.atomic import check_writable
+from ..files.atomic import check_separate, check_writable
 from ..runtime.plan import LoadOptions, plan_load
 from .common import reports_errors
 from .options import takes
@@ -90,6 +90,9 @@ def run_benchmark(
     if json_path is not None:
         check_writable(json_path, overwrite=True)
     model = reference_model(random_weights, preset_name, load, needs_model(names, artifacts))
+    if json_path is not None:
+        inputs = [p for p in (artifacts, int8_artifacts) if p is not None] + list(model.inputs if model else ())
+        check_separate([json_path], inputs, "--json")
     source = BackendSource(model, artifacts, int8_artifacts, settings)
     try:
         report = run_bench(source, settings)

@@ -115,7 +115,7 @@ def export(
     check_writable(out, overwrite)
     weights = option_folder(weights)
     paths = release_paths(weights, clip, vae, star)
-    check_separate([out], [p for p in (weights, paths.clip, paths.vae, paths.star) if p is not None])
+    check_separate([out], paths.inputs)
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
     with progress_bar() as progress:
         task = progress.add_task("exporting", total=len(GRAPH_NAMES))

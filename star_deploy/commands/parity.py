@@ -18,7 +18,7 @@ from ..core.config import SamplingConfig
 from ..core.tokenizer import PromptTokenizer
 from ..errors import ConfigError
 from ..evaluation.parity import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
-from ..files.atomic import check_writable, write_text
+from ..files.atomic import check_separate, check_writable, write_text
 from ..release.finder import release_paths
 from ..runtime.loading import reference_backend
 from ..runtime.pipeline import ScaleLoop
@@ -86,6 +86,8 @@ def measure(load: LoadOptions, prompt: list[str] | None, seed: int, json_out: Pa
     if json_out is not None:
         check_writable(json_out, overwrite=True)
     model, manifest, plan = reference_and_tested(load)
+    if json_out is not None:
+        check_separate([json_out], [*plan.inputs, *model.inputs], "--json")
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
     prompts = measured_prompts(manifest, plan.spec, prompt)
     reference = reference_backend(model)

@@ -32,6 +32,13 @@ class ReleasePaths:
     clip: Path
     vae: Path
     star: Path
+    folder: Path | None = None
+    """The release folder the parts were found in (``--weights``, or the demo's)."""
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file and folder a load reads: no output may be, contain or lie inside one."""
+        return [p for p in (self.folder, self.clip, self.vae, self.star) if p is not None]
 
     @property
     def tokenizer(self) -> Path:
@@ -75,7 +82,7 @@ def resolve_release(
     missing = [flag for flag, value in (("--clip", clip), ("--vae", vae), ("--star", star)) if value is None]
     if missing:
         raise WeightsError(f"missing {', '.join(missing)}: give them, or --weights DIR with the whole release")
-    paths = ReleasePaths(Path(clip), Path(vae), Path(star))
+    paths = ReleasePaths(Path(clip), Path(vae), Path(star), weights)
     for sub in (paths.tokenizer, paths.text_encoder):
         if not sub.is_dir():
             clip_advice = advice or "--clip takes the release's CLIP folder (tokenizer/ and text_encoder/)"

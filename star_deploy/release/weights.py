@@ -164,6 +164,8 @@ class StarTorchModel:
     vqvae: StarVQVAE
     tokenizer_dir: Path
     sources: dict[str, Path]
+    inputs: tuple[Path, ...] = ()
+    """The release folder and files it was loaded from (outputs are kept apart from them)."""
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StarTorchModel:
         """Move to ``device``; the transformer and decoder take ``dtype``, the head stays fp32."""
@@ -243,6 +245,7 @@ def build_model(
         vqvae.eval(),
         paths.tokenizer,
         {"clip": paths.clip, "vae": paths.vae, "star": paths.star},
+        tuple(paths.inputs),
     )
 
 

@@ -179,7 +179,7 @@ class LoadPlan:
     @property
     def inputs(self) -> list[Path]:
         """Every file and folder the load reads (outputs must stay apart from them)."""
-        parts = (self.release.clip, self.release.vae, self.release.star) if self.release else ()
+        parts = self.release.inputs if self.release else ()
         return [p for p in (self.options.weights, *parts, self.artifacts) if p is not None]
 
 
