@@ -413,7 +413,7 @@ CASES = [
         "provider-with-torch",
         RUN + ["--weights", G, "--provider", "cuda", "-o", "{out}"],
         2,
-        "--provider 'cuda': execution providers are ONNX Runtime's; use it with --backend onnxruntime, or drop it",
+        "provider applies to backend='onnxruntime', not to backend='torch'; use it with --backend onnxruntime",
     ),
     (
         "check-json-folder-missing",

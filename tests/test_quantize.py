@@ -30,8 +30,8 @@ def logits_error(gen, golden_logits: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def int8_dir(artifacts_fp32, tmp_path_factory):
-    return quantize_artifacts(artifacts_fp32, tmp_path_factory.mktemp("quant") / "int8")
+def int8_dir(artifacts_int8):
+    return artifacts_int8
 
 
 def op_types(path) -> set[str]:
