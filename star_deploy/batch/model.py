@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.factory import check_device_name, default_device, needs_artifacts
+from ..backends.devices import check_device_name
 from ..backends.ort_sessions import check_provider
+from ..backends.registry import backend_spec
 from ..demo import DEMO_GRAPHS
 from ..errors import ConfigError
 from ..release.hub import option_folder
@@ -45,7 +46,7 @@ class ModelSpec:
 
     @property
     def artifacts(self) -> Path | None:
-        return Path(self.path) if needs_artifacts(self.backend) and self.path is not None else None
+        return Path(self.path) if backend_spec(self.backend).needs_artifacts and self.path is not None else None
 
     def precision(self) -> str:
         """fp32, fp16, ... of an artefact folder (its manifest), else the torch compute dtype."""
@@ -89,7 +90,7 @@ def model_spec(
     """The model as ``run`` chooses it: torch with weight options, else ONNX Runtime on --artifacts or the demo."""
     given = weights is not None or any(p is not None for p in parts.values())
     backend = backend if backend is not None else ("torch" if given else "onnxruntime")
-    if needs_artifacts(backend):
+    if backend_spec(backend).needs_artifacts:
         folder = option_folder(artifacts) or (DEMO_GRAPHS if not given else None)
         if folder is None:
             raise ConfigError(f"--backend {backend} runs exported graphs: pass --artifacts DIR (`star-deploy export`)")
@@ -99,4 +100,5 @@ def model_spec(
             raise ConfigError("--artifacts runs on onnxruntime or tensorrt; drop --backend torch or --artifacts")
         path = None if weights is None else option_folder(weights).resolve()
     named = {k: None if v is None else str(Path(v).resolve()) for k, v in parts.items()}
-    return ModelSpec(None if path is None else str(path), backend, default_device(backend, device), **named, **options)
+    device = device or backend_spec(backend).default_device
+    return ModelSpec(None if path is None else str(path), backend, device, **named, **options)
