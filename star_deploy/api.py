@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ log = logging.getLogger("star_deploy")
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES = ("pil", "np", "pt")
 PROGRESS_KEYS = ("disable", "desc", "leave")
+LOCK_POLL_S = 0.1
+"""How often a waiting call looks whether the running call is stuck in its callback."""
 
 
 @dataclass
@@ -101,8 +104,13 @@ class StarPipeline:
 
     One pipeline may be shared by threads: calls on it run one at a time (a lock), each
     giving the images it would give alone. A ``callback_on_scale_end`` may not call the
-    same pipeline again (refused with a ConfigError); load a second pipeline for that.
+    same pipeline again, nor wait for another thread that calls it: the first is refused at
+    once, the second when the waiting call has waited ``callback_wait_s`` seconds while the
+    callback did not return (ConfigError in the waiting thread). Load a second pipeline for that.
     """
+
+    callback_wait_s: float = 30.0
+    """How long a call waits while the running call's callback does not return, before refusing."""
 
     def __init__(self, loaded: Loaded) -> None:
         self.loop = loaded.loop
@@ -113,6 +121,7 @@ class StarPipeline:
         self.manifest = loaded.manifest
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._callback_since: float | None = None
         self._progress = {"disable": None, "desc": "scales", "leave": False}
 
     @property
@@ -188,19 +197,28 @@ class StarPipeline:
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """One generation at a time; a call from inside a callback (same thread) is refused, not deadlocked."""
+        """One generation at a time; a call from inside a callback (same thread) is refused at once, and a call that
+        a callback waits for (another thread) once the callback has not returned for ``callback_wait_s``."""
         me = threading.get_ident()
         if self._owner == me:
             raise ConfigError(
                 "this pipeline is generating: a callback_on_scale_end cannot call it again; load a second "
                 "StarPipeline for nested generation, or generate after the call returns"
             )
-        with self._lock:
-            self._owner = me
-            try:
-                yield
-            finally:
-                self._owner = None
+        while not self._lock.acquire(timeout=LOCK_POLL_S):
+            since = self._callback_since
+            if since is not None and time.monotonic() - since > self.callback_wait_s:
+                raise ConfigError(
+                    f"this pipeline's running call has been in its callback_on_scale_end for over "
+                    f"{self.callback_wait_s:g} s while this call waits for it: a callback must not wait for another "
+                    "call of the same pipeline (it would never return); load a second StarPipeline for that"
+                )
+        self._owner = me
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
 
     def _generate(
         self,
@@ -214,7 +232,11 @@ class StarPipeline:
             advance()
             if callback is None:
                 return None
-            return arguments.callback_result(callback(ScaleProgress(event.scale, event.num_scales, event)))
+            self._callback_since = time.monotonic()
+            try:
+                return arguments.callback_result(callback(ScaleProgress(event.scale, event.num_scales, event)))
+            finally:
+                self._callback_since = None
 
         return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False)
 

@@ -299,6 +299,60 @@ def test_callback_calling_the_pipeline_again_is_refused_and_the_outer_call_is_un
     assert np.array_equal(out.tokens, alone.tokens) and np.abs(out.images - alone.images).max() <= 1e-6
 
 
+@pytest.mark.parametrize("how", ["thread", "executor"])
+def test_callback_waiting_for_another_thread_calling_the_pipeline_is_refused_not_deadlocked(demo_pipe, how):
+    """The waiting call gives up once the callback has not returned for callback_wait_s; the outer call finishes."""
+    import concurrent.futures
+    import threading
+
+    refused = []
+
+    def inner() -> None:
+        try:
+            demo_pipe("a green square", seed=3)
+        except ConfigError as exc:
+            refused.append(str(exc))
+
+    def waits_for_another_call(progress) -> bool:
+        if how == "thread":
+            worker = threading.Thread(target=inner)
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "deadlocked"
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(inner).result(timeout=30)
+        return False
+
+    demo_pipe.callback_wait_s = 0.5
+    try:
+        out = demo_pipe("a red circle", seed=2, output_type="np", callback_on_scale_end=waits_for_another_call)
+    finally:
+        del demo_pipe.callback_wait_s
+    assert len(out.images) == 1
+    assert len(refused) == 1 and "a callback must not wait for another call of the same pipeline" in refused[0]
+    assert len(demo_pipe("a green square").images) == 1  # the lock was released
+
+
+def test_a_call_waits_for_a_slow_callback_of_another_thread_within_callback_wait_s(demo_pipe):
+    import threading
+    import time
+
+    entered, results = threading.Event(), []
+
+    def slow(progress) -> bool:
+        entered.set()
+        time.sleep(0.5)
+        return False
+
+    outer = threading.Thread(target=lambda: results.append(demo_pipe("a red circle", callback_on_scale_end=slow)))
+    outer.start()
+    entered.wait(30)
+    results.append(demo_pipe("a green square"))  # waits for the outer call, callback included
+    outer.join(30)
+    assert len(results) == 2
+
+
 def test_an_error_inside_a_callback_releases_the_pipeline(demo_pipe):
     def fail(progress):
         raise RuntimeError("callback failed")
