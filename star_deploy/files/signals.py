@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT become one exception, so both run the same clean-up as Ctrl-C."""
+"""SIGTERM, SIGHUP and SIGINT become one exception, so all run the same clean-up as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread when the process receives SIGINT or SIGTERM."""
+    """Raised in the main thread when the process receives SIGINT, SIGTERM or SIGHUP."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -22,7 +22,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        """The shell convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        """The shell convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
         return 128 + self.signum
 
 
@@ -62,7 +62,7 @@ def _quiet_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
 
 @contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise ``Interrupted``; the previous handlers come back after it."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Interrupted``; the previous handlers come back after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
