@@ -20,6 +20,7 @@ import numpy as np
 from .core import arguments
 from .core.call_options import CallOptions
 from .core.config import SamplingConfig, StarConfig
+from .core.extras import require_installed
 from .errors import ConfigError
 from .files.images import to_pil
 from .runtime.loading import Loaded, load
@@ -177,6 +178,8 @@ class StarPipeline:
         ``star_deploy.core.sampling``). Calls from several threads run one after another.
         """
         arguments.one_of("output_type", output_type, OUTPUT_TYPES)
+        if output_type == "pt":
+            require_installed("torch", "output_type='pt'")  # before generating, not after
         call = CallOptions(seed, guidance_scale, top_k, top_p, batch_size, sampler)
         prompts = normalize_prompts(prompt, num_images_per_prompt)
         seeds = call.seeds(len(prompts))

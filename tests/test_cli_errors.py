@@ -858,3 +858,16 @@ def test_graph_contract_checks_names_dtypes_and_shapes(artifacts_fp32):
     assert io_problem(header, spec) == "its inputs lack tokens and include unexpected ids"
     other = io_problem(header, manifest.graphs["vq_decoder"])
     assert other == "its inputs include unexpected ids, upsample, downsample"
+
+
+def test_every_extra_an_error_names_exists():
+    import tomllib
+
+    from star_deploy.core.extras import EXTRAS, NOTES, missing_extra
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert {extra for _, extra in EXTRAS.values()} | set(NOTES) <= set(declared)
+    message = str(missing_extra(ModuleNotFoundError(name="tensorrt"), "--backend tensorrt"))
+    assert "star-deploy[tensorrt-cu12]" in message and "star-deploy[tensorrt-cu13]" in message

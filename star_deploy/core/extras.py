@@ -13,12 +13,15 @@ EXTRAS = {
     "safetensors": ("safetensors", "torch"),
     "onnx": ("the onnx package", "torch"),
     "onnxscript": ("onnxscript", "torch"),
-    "tensorrt": ("TensorRT", "tensorrt"),
+    "tensorrt": ("TensorRT", "tensorrt-cu12"),
     "ray": ("Ray Serve", "serve"),
     "fastapi": ("FastAPI", "serve"),
 }
 """Top-level module -> (what to call it, the extra that installs it)."""
-NOTES = {"torch": "the base install runs exported graphs with --backend onnxruntime"}
+NOTES = {
+    "torch": "the base install runs exported graphs with --backend onnxruntime",
+    "tensorrt-cu12": "for CUDA 12 torch; 'star-deploy[tensorrt-cu13]' for CUDA 13, on a machine with an NVIDIA GPU",
+}
 """What an install without the extra can still do."""
 
 
