@@ -871,3 +871,14 @@ def test_every_extra_an_error_names_exists():
     assert {extra for _, extra in EXTRAS.values()} | set(NOTES) <= set(declared)
     message = str(missing_extra(ModuleNotFoundError(name="tensorrt"), "--backend tensorrt"))
     assert "star-deploy[tensorrt-cu12]" in message and "star-deploy[tensorrt-cu13]" in message
+
+
+def test_resolution_is_read_from_the_weights_scale_count_where_the_name_does_not_state_it(tmp_path):
+    from star_deploy.errors import ConfigError
+    from star_deploy.release.finder import choose_resolution, release_paths
+
+    copy = tmp_path / "my-demo"
+    shutil.copytree(DEMO_WEIGHTS, copy)
+    assert choose_resolution(release_paths(copy, None, None, None), None) == 128  # 6 scales: only 128 has them
+    with pytest.raises(ConfigError, match=r"pass --resolution \(128, 256, 512 or 1024\)"):
+        choose_resolution(release_paths(Path(G), None, None, None), None)  # a .pth: its header is not read

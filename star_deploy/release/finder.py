@@ -144,12 +144,30 @@ def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
         return DEMO_RESOLUTION
     named = resolution_from_name(paths.star)
     if named is None:
+        fitting = resolutions_of_weights(paths.star)
+        if len(fitting) == 1:
+            log.info("resolution %d (the only one with the scales of %s)", fitting[0], paths.star.name)
+            return fitting[0]
+        choices = ", ".join(map(str, fitting[:-1])) + f" or {fitting[-1]}"
         raise ConfigError(
-            f"{paths.star.name}: pass --resolution (256, 512 or 1024): it cannot be read from the weights "
-            f"(256 and 512 checkpoints both have 10 scales)"
+            f"{paths.star.name}: pass --resolution ({choices}): the file name does not state it and the "
+            "weights' scale count fits each of these"
         )
     log.info("resolution %d (from the file name %s)", named, paths.star.name)
     return named
+
+
+def resolutions_of_weights(star: Path) -> list[int]:
+    """The resolutions whose schedule has as many scales as ``star`` has level embeddings (read from a
+    safetensors header); every known one where that cannot be read without loading the file."""
+    from .weight_shapes import safetensors_shapes
+
+    known = list(SCHEDULES)
+    if star.suffix.lower() != ".safetensors":
+        return known
+    shape = safetensors_shapes(star)[0].get("lvl_embed.weight")
+    fitting = [r for r in known if shape is not None and len(SCHEDULES[r]) == shape.shape[0]]
+    return fitting or known
 
 
 def star_for_resolution(folder: Path, resolution: int | None) -> Path | None:
