@@ -129,7 +129,7 @@ def test_demo_site_draws_the_tokens_of_python_in_chromium(browser, references):
 
 
 def test_fp32_storage_ships_the_exported_graphs_unchanged(artifacts_fp32, dist, tmp_path):
-    site = build_site(artifacts_fp32, tmp_path / "site32", dist, storage="fp32").out
+    site = build_site(artifacts_fp32, tmp_path / "site32", dist, weights="fp32").out
     files = json.loads((site / SITE_MANIFEST).read_text())["files"]
     exported = json.loads((artifacts_fp32 / "manifest.json").read_text())["files"]
     for name in ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"):

@@ -28,12 +28,14 @@ def web(
             help="onnxruntime-web's dist/ folder (npm install onnxruntime-web); its runtime files go into the site.",
         ),
     ] = None,
-    storage: Annotated[
+    weights: Annotated[
         str,
         typer.Option(
+            "--weights",
             "--storage",
             help="fp16: float32 weights stored as float16 and cast back on load (half the download, float32 math); "
-            "fp32: the graphs as exported.",
+            "fp32: the graphs as exported; int8, int4: the transformer's and text encoder's MatMul weights in 8- or "
+            "4-bit blocks (MatMulNBits; from an fp32 export), the rest as fp16.",
         ),
     ] = "fp16",
     serve: Annotated[
@@ -68,8 +70,8 @@ def web(
     reuse = (serve or bench) and folder is None and not overwrite and (out / SITE_MANIFEST).is_file()
     folder = folder or DEMO_GRAPHS
     if not reuse:
-        report = build_site(folder, out, check_ort_web(ort_web), storage, overwrite)
-        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, storage, out)
+        report = build_site(folder, out, check_ort_web(ort_web), weights, overwrite)
+        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, weights, out)
         typer.echo(str(out))
     if bench:
         from ..bench.web import bench_site
