@@ -24,6 +24,7 @@ from ..core.config import MAX_CFG
 from ..core.graphs import GraphSpec, TensorSpec
 from ..core.tables import build_scale_tables
 from ..core.tokenizer import load_tokenizer
+from ..errors import OutputError
 from ..files.atomic import atomic_dir, check_separate
 from .parts import GZ, PART_BYTES, compress, write_graph
 from .runtime import BUILDS, ORT_WEB_VERSION, ort_web_version
@@ -182,6 +183,19 @@ def site_manifest(manifest: Manifest, weights: str, quantization: Quantization |
     } | sections
 
 
+def check_site_folder(out: Path, inputs: list[Path]) -> None:
+    """Refuse to write the site over the current folder, one of its parents, the home folder, or over, inside or
+    around an input (the artefact folder, onnxruntime-web's): ``--overwrite`` would replace their contents."""
+    target = out.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents or target == Path.home().resolve():
+        raise OutputError(
+            f"--out {out}: is the current folder, one of its parents or the home folder, whose contents a site would "
+            f"replace; write the site into a folder of its own, e.g. --out {out / 'site'}"
+        )
+    check_separate([out], inputs)
+
+
 def build_site(
     artifacts: Path,
     out: Path,
@@ -192,7 +206,7 @@ def build_site(
 ) -> SiteReport:
     """Write the site for the artefact folder ``artifacts`` into ``out`` (atomically)."""
     check_weights(weights)
-    check_separate([out], [artifacts, ort_web])
+    check_site_folder(out, [artifacts, ort_web])
     manifest = load_manifest(artifacts)
     quantization = quantization_of(weights, manifest.precision)
     with atomic_dir(out, overwrite) as tmp:
