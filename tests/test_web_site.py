@@ -128,6 +128,21 @@ def test_demo_site_draws_the_tokens_of_python_in_chromium(browser, references):
         assert check_against_python(result, reference, case) >= MIN_PSNR_DB
 
 
+@needs_chromium
+def test_demo_site_draws_the_tokens_of_python_on_webgpu(site, references):
+    """WebGPU on SwiftShader: every graph on the GPU for the first prompt, then the decoder on WebAssembly."""
+    with SiteBrowser(site, webgpu=True) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        providers = browser.driver.execute_script("return window.star.providers")
+        assert set(providers.values()) == {"webgpu"}, providers
+        for n, (case, reference) in enumerate(zip(CASES, references)):
+            if n == 1:
+                assert browser.load(graphProviders={"vq_decoder": "wasm"}).state == "ready"
+            result = browser.generate(*case)
+            assert check_against_python(result, reference, ("webgpu", case)) >= MIN_PSNR_DB
+
+
 def test_fp32_storage_ships_the_exported_graphs_unchanged(artifacts_fp32, dist, tmp_path):
     site = build_site(artifacts_fp32, tmp_path / "site32", dist, weights="fp32").out
     files = json.loads((site / SITE_MANIFEST).read_text())["files"]

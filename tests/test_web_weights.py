@@ -35,6 +35,9 @@ from star_deploy.web.weights import BITS
 dist = test_web_site.dist
 check_against_python = test_web_site.check_against_python
 needs_chromium = test_web_site.needs_chromium
+DECODER_ON_WASM = {"vq_decoder": "wasm"}
+"""The VQVAE decoder (float, the same in every site) takes most of a generation on SwiftShader's software
+WebGPU; the tests run it there once, on the demo (test_web_site.py), and on WebAssembly elsewhere."""
 SMALL_PARTS = 96 * 1024
 """Parts this small split the tiny transformer's weights into several files."""
 
@@ -100,6 +103,9 @@ def test_quantized_site_draws_pythons_tokens_on_webassembly_and_webgpu(weights, 
             page = browser.open()
             assert page.state == "ready", page.message
             assert browser.driver.execute_script("return window.star.provider") == ("webgpu" if webgpu else "wasm")
+            if webgpu:
+                page = browser.load(graphProviders=DECODER_ON_WASM)
+                assert page.state == "ready", page.message
             result = browser.generate(prompt, seed)
         check_against_python(result, reference, (weights, "webgpu" if webgpu else "wasm"))
 
