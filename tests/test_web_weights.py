@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,25 @@ def test_web_refuses_the_current_folder_its_parents_home_and_the_inputs(artifact
             result.output
         )
     assert (here / "keep.txt").read_text() == "mine" and sorted(os.listdir(here)) == ["keep.txt"]
+
+
+def test_weight_storage_without_onnx_names_the_web_extra(artifacts_fp32, dist, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    for weights in ("fp16", "int8", "int4"):
+        result = CliRunner().invoke(
+            app,
+            [
+                "web",
+                str(artifacts_fp32),
+                "--out",
+                str(tmp_path / weights),
+                "--ort-web",
+                str(dist),
+                "--weights",
+                weights,
+            ],
+        )
+        assert result.exit_code == 2 and "pip install 'star-deploy[web]'" in result.output, result.output
+        assert not (tmp_path / weights).exists()
+    fp32 = ["web", str(artifacts_fp32), "--out", str(tmp_path / "fp32"), "--ort-web", str(dist), "--weights", "fp32"]
+    assert CliRunner().invoke(app, fp32).exit_code == 0
