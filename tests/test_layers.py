@@ -48,9 +48,9 @@ LAYERS: list[set[str]] = [
 ]
 """Lowest first. A module may import its own layer and those below it, never one above."""
 
-EXPORT_USERS = {"export", "bench", "api", "commands"}
-"""The only parts that import the exporter (the API for ``save_pretrained``): the runtime reads artefact folders,
-it does not write them."""
+EXPORT_USERS = {"export", "bench", "api", "web", "commands"}
+"""The only parts that import the exporter (the API for ``save_pretrained``, the site writer for its int8/int4
+weights): the runtime reads artefact folders, it does not write them."""
 
 FORBIDDEN = {"export": {"engines", "backends", "runtime", "evaluation"}}
 """Imports the layer table alone would allow but that would tie the exporter to a runtime."""

@@ -19,7 +19,7 @@ def write_site(
     folder: Path | None,
     out: Path,
     ort_web: Path | None,
-    storage: str,
+    weights: str,
     serve: bool,
     port: int,
     bench: bool,
@@ -33,8 +33,8 @@ def write_site(
     reuse = (serve or bench) and folder is None and not overwrite and (out / SITE_MANIFEST).is_file()
     artifacts = plan_load(LoadOptions(artifacts=folder)).artifacts
     if not reuse:
-        report = build_site(artifacts, out, check_ort_web(ort_web), storage, overwrite)
-        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, storage, out)
+        report = build_site(artifacts, out, check_ort_web(ort_web), weights, overwrite)
+        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, weights, out)
         typer.echo(str(out))
     if bench:
         from ..bench.web import bench_site
@@ -56,12 +56,14 @@ OrtWeb = Annotated[
         help="onnxruntime-web's dist/ folder (npm install onnxruntime-web); its runtime files go into the site.",
     ),
 ]
-Storage = Annotated[
+Weights = Annotated[
     str,
     typer.Option(
+        "--weights",
         "--storage",
         help="fp16: float32 weights stored as float16 and cast back on load (half the download, float32 math); "
-        "fp32: the graphs as exported.",
+        "fp32: the graphs as exported; int8, int4: the transformer's and text encoder's MatMul weights in 8- or "
+        "4-bit blocks (MatMulNBits; from an fp32 export), the rest as fp16.",
     ),
 ]
 Serve = Annotated[
@@ -82,7 +84,7 @@ def web(
     out: Out,
     artifacts: Artifacts = None,
     ort_web: OrtWeb = None,
-    storage: Storage = "fp16",
+    weights: Weights = "fp16",
     serve: Serve = False,
     port: Port = 8000,
     bench: Bench = False,
@@ -98,7 +100,7 @@ def web(
     or --bench and no ARTIFACTS, an existing site in --out is used as it is.
     """
     folder = artifacts_folder(artifacts, artifacts_option, required=False)
-    write_site(folder, out, ort_web, storage, serve, port, bench, overwrite)
+    write_site(folder, out, ort_web, weights, serve, port, bench, overwrite)
 
 
 def serve_site(folder: Path, port: int) -> None:
