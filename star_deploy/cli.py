@@ -85,7 +85,6 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("star_deploy").setLevel(level)
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         for name in ("torch.onnx", "onnxscript", "onnx_ir", "transformers", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)

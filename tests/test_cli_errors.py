@@ -882,3 +882,17 @@ def test_resolution_is_read_from_the_weights_scale_count_where_the_name_does_not
     assert choose_resolution(release_paths(copy, None, None, None), None) == 128  # 6 scales: only 128 has them
     with pytest.raises(ConfigError, match=r"pass --resolution \(128, 256, 512 or 1024\)"):
         choose_resolution(release_paths(Path(G), None, None, None), None)  # a .pth: its header is not read
+
+
+def test_a_hub_id_that_cannot_be_reached_says_so_not_that_downloads_are_off(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("huggingface_hub")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "star_deploy", "run", "a", "--weights", "someorg/somemodel", "-o", "x.png"]
+    done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "the Hub cannot be reached" in done.stderr and "HF_HUB_OFFLINE" not in done.stderr, done.stderr

@@ -185,7 +185,7 @@ def read_text_config(encoder_dir: Path) -> TextEncoderConfig:
     from transformers import CLIPTextConfig
 
     try:
-        hf_config = CLIPTextConfig.from_pretrained(str(encoder_dir))
+        hf_config = CLIPTextConfig.from_pretrained(str(encoder_dir), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(
             f"{encoder_dir}: no readable CLIPTextModel config.json ({str(exc)[:120]}); download CLIP/ again"
