@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -215,16 +216,91 @@ def test_one_context_per_profile_sharing_one_buffer_and_no_profile_switch(fake_t
 # 8. return values
 
 
-def test_refused_profile_is_reported_with_its_shapes(fake_trt):
-    from star_deploy.engines.builder import add_profiles
+def test_refused_profile_is_reported_with_its_shapes(fake_trt, engines, tmp_path):
+    from star_deploy.engines.builder import BuildOptions, builder_config, parse_network
     from star_deploy.engines.profiles import Profile
 
-    builder = fake_trt.Builder(fake_trt.Logger())
-    config = builder.create_builder_config()
-    good = Profile(0, 1, None, {"f_hat": (1, 8, 16, 16)})
-    bad = Profile(1, 2, None, {"f_hat": (2, -1, 16, 16)})
-    with pytest.raises(StarDeployError, match=r"refused optimization profile 1 \(f_hat \[2, -1, 16, 16\]\)"):
-        add_profiles(builder, config, [good, bad])
+    network = parse_network(load_manifest(engines).path("vq_decoder"), "strong")
+    shape = tuple(load_sidecar(sidecar_path(engines, "vq_decoder")).profiles[0].shapes["f_hat"])
+    good, bad = Profile(0, 1, None, {"f_hat": shape}), Profile(1, 2, None, {"f_hat": (2, -1, *shape[2:])})
+    message = r"refused the optimization profiles \(profile 1: f_hat \[2, -1, .*Shape provided for min is inconsistent"
+    with pytest.raises(StarDeployError, match=message):
+        builder_config(fake_trt, network, [good, bad], BuildOptions(), (b"", tmp_path / "timing.cache"))
+
+
+def test_refused_profile_selection_is_reported(fake_trt, engines):
+    """set_optimization_profile_async raises RuntimeError on failure (pyCore.cpp): here, a stream of another GPU."""
+    from star_deploy.engines.gpu import cuda
+
+    decoder = golden_pipeline(engines).backend.engines["vq_decoder"]
+    decoder.stream = cuda().stream(torch.device("cuda", 1))
+    with pytest.raises(StarDeployError, match=r"vq_decoder: TensorRT refused optimization profile 0 \(Error in set"):
+        decoder.attach(cuda().empty((decoder.memory_bytes(),), torch.uint8, torch.device("cpu")))
+
+
+def test_unreadable_plan_is_refused_after_its_sidecar_passes(fake_trt, folder):
+    plan_path(folder, "vq_decoder").write_bytes(b"not a plan")
+    with pytest.raises(StarDeployError, match=r"vq_decoder.plan: TensorRT could not deserialize it; rebuild"):
+        golden_pipeline(folder)
+
+
+def test_corrupt_timing_cache_is_replaced_with_a_warning(fake_trt, folder, caplog):
+    cache = folder / "engines" / f"timing-{A100}-trt{fake_trt.__version__}.cache"
+    cache.write_bytes(b"\x00garbage")
+    result = invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "a fresh one replaces it" in caplog.text
+    assert json.loads(cache.read_text())["device"][0] == "NVIDIA A100-SXM4-80GB"
+
+
+def test_unparsable_graph_names_the_file_and_the_parser_errors(fake_trt, tmp_path):
+    from star_deploy.engines.builder import parse_network
+
+    with pytest.raises(StarDeployError, match=r"pow.onnx: TensorRT could not parse it \(.*kPOW must have inputs of"):
+        with older_tensorrt(fake_trt, "10.8.0.43"):
+            parse_network(integer_pow_graph(tmp_path / "pow.onnx"), "strong")
+    assert parse_network(tmp_path / "pow.onnx", "strong")[1].num_inputs == 1  # 10.12 and later build kPOW on INT64
+
+
+def test_torch_cache_is_released_before_each_graph_is_built(fake_trt, folder):
+    before = fake_trt.STATS.cache_releases
+    result = invoke("build-engine", folder, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert fake_trt.STATS.cache_releases - before == len(load_manifest(folder).graphs)
+
+
+def test_scale_update_builds_on_tensorrt_before_10_12(fake_trt, folder):
+    """No INT64 Pow in the exported scale update (TensorRT 10.1 to 10.11 refuse kPOW on integers)."""
+    with older_tensorrt(fake_trt, "10.8.0.43"):
+        result = invoke("build-engine", folder, "--graph", "scale_update", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert load_sidecar(sidecar_path(folder, "scale_update")).runtime.tensorrt_version == "10.8.0.43"
+
+
+@contextmanager
+def older_tensorrt(fake_trt, version: str):
+    previous = fake_trt.__version__
+    fake_trt.__version__ = version
+    try:
+        yield
+    finally:
+        fake_trt.__version__ = previous
+
+
+def integer_pow_graph(path: Path) -> Path:
+    """n (INT64, [1]) -> n ** 2: what an export of ``side * side`` as a power of a shape value looks like."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Pow", ["n", "two"], ["square"], name="node_pow")],
+        "pow",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("square", TensorProto.INT64, [1])],
+        [helper.make_tensor("two", TensorProto.INT64, [], [2])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
 
 
 def test_refused_address_and_shape_name_the_tensor(fake_trt, engines):
@@ -276,7 +352,9 @@ def test_fake_runs_a_context_that_keeps_every_rule(fake_trt, decoder_context):
     [
         (lambda ctx, s, b: ctx.set_tensor_address("image", b[2].data_ptr() + 64), "not 256-byte aligned"),
         (lambda ctx, s, b: ctx.set_input_shape("f_hat", (2, *b[1].shape[1:])), "outside profile 0"),
-        (lambda ctx, s, b: ctx.set_optimization_profile_async(5, s), "profile 5 is out of range"),
+        (lambda ctx, s, b: ctx.set_input_shape("image", tuple(b[2].shape)), "image is not an input tensor"),
+        (lambda ctx, s, b: ctx.set_input_shape("f_hat", tuple(b[1].shape)[1:]), "does not agree with the network"),
+        (lambda ctx, s, b: ctx.set_device_memory(b[0].data_ptr() + 64, 256), "not non-null and 256-byte aligned"),
         (lambda ctx, s, b: ctx.set_tensor_address("logits", b[2].data_ptr()), "not an input or output tensor"),
         (lambda ctx, s, b: ctx.set_device_memory(b[0].data_ptr(), 256) or ctx.execute_async_v3(s), "needs"),
         (lambda ctx, s, b: ctx.set_tensor_address("image", 0) and ctx.execute_async_v3(s), "image has no address"),
@@ -287,6 +365,13 @@ def test_fake_refuses_each_documented_misuse(fake_trt, decoder_context, breach, 
     ctx, stream, buffers = decoder_context
     assert not breach(ctx, stream, buffers)
     assert message in " ".join(fake_trt.ERRORS)
+
+
+def test_fake_raises_on_a_profile_out_of_range(fake_trt, decoder_context):
+    ctx, stream, _ = decoder_context
+    with pytest.raises(RuntimeError, match="Error in set optimization profile async"):
+        ctx.set_optimization_profile_async(5, stream)
+    assert "profile 5 is out of range" in fake_trt.ERRORS[-1]
 
 
 def test_fake_refuses_execution_on_another_current_device(fake_trt, decoder_context):
@@ -328,6 +413,64 @@ def test_fake_builder_rules(fake_trt):
     stale = config.create_timing_cache(json.dumps({"device": ["NVIDIA H100 80GB HBM3", "9.0"], "entries": []}).encode())
     assert not config.set_timing_cache(stale, False) and config.get_timing_cache() is None
     assert config.set_timing_cache(stale, True)
+    assert not config.set_timing_cache(config.create_timing_cache(b"\x00garbage"), True)
     profile = fake_trt.Builder(fake_trt.Logger()).create_optimization_profile()
-    profile.set_shape("x", (1, 4), (1, 2), (1, 4))
-    assert config.add_optimization_profile(profile) == -1
+    for which, shapes in {
+        "opt": ((1, 4), (1, 2), (1, 4)),
+        "min": ((-1, 4),) * 3,
+        "max": ((1, 2), (1, 4), (1, 3)),
+    }.items():
+        with pytest.raises(RuntimeError, match=f"Shape provided for {which} is inconsistent with other shapes"):
+            profile.set_shape("x", *shapes)
+    assert not profile and config.add_optimization_profile(profile) == -1
+    profile.set_shape("past", (0, 2, 4), (0, 2, 4), (0, 2, 4))  # a zero-length dimension is allowed
+    assert config.add_optimization_profile(profile) == 0
+
+
+def decoder_network(fake_trt, engines, flags: int):
+    builder = fake_trt.Builder(fake_trt.Logger())
+    network = builder.create_network(flags)
+    assert fake_trt.OnnxParser(network, fake_trt.Logger()).parse_from_file(
+        str(load_manifest(engines).path("vq_decoder"))
+    )
+    return builder, network
+
+
+STRONG = 1 << 1  # 1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+@pytest.mark.parametrize("flag", ["FP16", "INT8", "BF16", "FP8"])
+def test_fake_refuses_precision_flags_on_a_strongly_typed_network(fake_trt, engines, flag):
+    builder, network = decoder_network(fake_trt, engines, STRONG)
+    shape = tuple(load_sidecar(sidecar_path(engines, "vq_decoder")).profiles[0].shapes["f_hat"])
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("f_hat", shape, shape, shape)
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None  # TF32 (on by default) is allowed
+    config.set_flag(getattr(fake_trt.BuilderFlag, flag))
+    assert builder.build_serialized_network(network, config) is None
+    assert f"builder flag(s) {flag} are not allowed on a strongly typed network" in fake_trt.ERRORS[-1]
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({}, "the network has dynamic inputs and no optimization profile"),
+        ({"image": None}, "profile 0 sets image, which is not a network input"),
+        ({"f_hat": "rank"}, "does not agree with the network dims"),
+    ],
+)
+def test_fake_refuses_profiles_that_do_not_fit_the_network(fake_trt, engines, shapes, message):
+    builder, network = decoder_network(fake_trt, engines, STRONG)
+    shape = tuple(load_sidecar(sidecar_path(engines, "vq_decoder")).profiles[0].shapes["f_hat"])
+    config = builder.create_builder_config()
+    if shapes:
+        profile = builder.create_optimization_profile()
+        profile.set_shape("f_hat", shape, shape, shape)
+        for name, value in shapes.items():
+            bad = shape[1:] if value == "rank" else shape
+            profile.set_shape(name, bad, bad, bad)
+        config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is None
+    assert message in fake_trt.ERRORS[-1]

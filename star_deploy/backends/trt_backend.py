@@ -88,8 +88,12 @@ class TrtEngine:
         for profile, ctx in zip(self.profiles, self.contexts):
             ctx.set_device_memory(memory.data_ptr(), memory.numel())
             index = profile.index
-            if not self.stream.enqueue(lambda handle, c=ctx, i=index: c.set_optimization_profile_async(i, handle)):
-                raise StarDeployError(f"{self.graph}: TensorRT refused optimization profile {index}; {self.rebuild}")
+            try:  # the Python binding raises RuntimeError where the C++ call returns false (pyCore.cpp)
+                self.stream.enqueue(lambda handle, c=ctx, i=index: c.set_optimization_profile_async(i, handle))
+            except RuntimeError as exc:
+                raise StarDeployError(
+                    f"{self.graph}: TensorRT refused optimization profile {index} ({exc}); {self.rebuild}"
+                ) from None
 
     def profile(self, batch: int, scale: int | None = None) -> Profile:
         return select_profile(self.profiles, self.spec, batch, scale)

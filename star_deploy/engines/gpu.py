@@ -34,6 +34,7 @@ class Runtime(Protocol):
     def cuda_major(self) -> int | None: ...
     def stream(self, device: torch.device) -> Stream: ...
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor: ...
+    def release_cached(self, device: torch.device) -> None: ...
 
 
 class CudaStream:
@@ -89,6 +90,11 @@ class CudaRuntime:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised buffer; the CUDA caching allocator aligns every block to 512 bytes."""
         return torch.empty(shape, dtype=dtype, device=device)
+
+    def release_cached(self, device: torch.device) -> None:
+        """Give torch's cached, unused blocks back to the driver (TensorRT allocates with cudaMalloc, outside them)."""
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
 
 
 _RUNTIME: list[Runtime] = [CudaRuntime()]

@@ -13,11 +13,12 @@ DEVICES = [("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA H100 80GB HBM3", "9.0")]
 
 @dataclass
 class Stats:
-    """What the tests read back: context memory held, profile switches, executions."""
+    """What the tests read back: context memory held, profile switches, executions, torch cache releases."""
 
     context_memory: int = 0
     profile_switches: int = 0
     executions: int = 0
+    cache_releases: int = 0
 
 
 STATS = Stats()
@@ -79,4 +80,4 @@ def room(address: int) -> int | None:
 
 def reset() -> None:
     _local.device = 0
-    STATS.context_memory = STATS.profile_switches = STATS.executions = 0
+    STATS.context_memory = STATS.profile_switches = STATS.executions = STATS.cache_releases = 0
