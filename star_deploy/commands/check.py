@@ -28,13 +28,13 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 def report_readiness(manifest: Manifest) -> None:
     """Print one line per graph; raise with the first problem if any graph is not ready."""
-    from ..artifacts.readiness import check_artifacts, load_ops_table
+    from ..artifacts.readiness import check_artifacts, release_tables
 
-    table = load_ops_table()
-    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})
+    tables = release_tables()
+    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs}, tables)
     typer.echo(
-        f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset "
-        f"{table.opset_min}..{table.opset_max}):"
+        f"TensorRT readiness (ONNX parsers of TensorRT {', '.join(t.tensorrt_version for t in tables)}, opset "
+        f"{tables[-1].opset_min}..{tables[-1].opset_max}):"
     )
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..artifacts.manifest import Manifest, graph_digest
-from ..artifacts.readiness import check_graph
+from ..artifacts.readiness import check_graph, load_ops_table
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..files.atomic import atomic_file
 from ..version import __version__
@@ -190,8 +190,10 @@ def write_plan(root: Path, sidecar: EngineSidecar, plan: bytes) -> Path:
     return target
 
 
-def check_ready(manifest: Manifest, graphs: list[str]) -> None:
-    problems = [p for g in graphs for p in check_graph(manifest.path(g), manifest.graphs[g]).problems]
+def check_ready(manifest: Manifest, graphs: list[str], tensorrt_version: str) -> None:
+    """Refuse graphs the ONNX parser of ``tensorrt_version`` cannot build."""
+    table = load_ops_table(version=tensorrt_version)
+    problems = [p for g in graphs for p in check_graph(manifest.path(g), manifest.graphs[g], table).problems]
     if problems:
         raise ArtifactError(
             f"{manifest.root}: not ready for TensorRT: {problems[0]} ({len(problems)} problem(s); see `star-deploy "
@@ -228,7 +230,7 @@ def build_engines(
     dev = cuda_device(device)
     info: RuntimeInfo = runtime_info(trt, dev)
     options.validate(info.tensorrt_version)
-    check_ready(manifest, graphs)
+    check_ready(manifest, graphs, info.tensorrt_version)
     root = manifest.root
     check_outputs(root, graphs, overwrite)
     (root / ENGINES_DIR).mkdir(exist_ok=True)
