@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -474,3 +476,86 @@ def test_fake_refuses_profiles_that_do_not_fit_the_network(fake_trt, engines, sh
         config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config) is None
     assert message in fake_trt.ERRORS[-1]
+
+
+# 10. the fp16 export, strongly typed, and the two-machine parity workflow
+
+
+TEXT = {"capture_output": True, "text": True, "timeout": 120}
+
+
+@pytest.fixture(scope="module")
+def fp16_engines(fake_trt, artifacts_fp16, tmp_path_factory) -> Path:
+    """The golden model's fp16 export with strongly typed engines (the build the design asks for)."""
+    folder = tmp_path_factory.mktemp("fake_trt16") / "tiny_fp16"
+    shutil.copytree(artifacts_fp16, folder)
+    result = invoke("build-engine", folder, "--typing", "strong")
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_fp16_strongly_typed_engines_give_the_tokens_of_onnxruntime(
+    fake_trt, fp16_engines, golden_cases, golden_sampling
+):
+    from star_deploy.backends.ort_backend import OrtBackend
+
+    header = plan_header(fake_trt, fp16_engines, "transformer_step")
+    assert header["strongly_typed"] and not header["fp16"]
+    manifest = load_manifest(fp16_engines)
+    onnxruntime = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    for case in golden_cases[:2]:
+        expected = onnxruntime.generate([case["prompt"]], golden_sampling, seeds=[case["seed"]]).tokens
+        tokens = golden_pipeline(fp16_engines).generate([case["prompt"]], golden_sampling, seeds=[case["seed"]]).tokens
+        assert np.array_equal(tokens, expected)
+    assert fake_trt.ERRORS == []
+
+
+def test_recorded_graph_io_is_polygraphy_data_and_the_engines_match_it(fake_trt, fp16_engines, tmp_path):
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    ref = tmp_path / "ref.json"
+    saved = invoke("parity", "--artifacts", fp16_engines, "--save-outputs", ref, "--prompt", "a red car")
+    assert saved.exit_code == 0, saved.output
+    [(runner, steps)] = RunResults.load(str(tmp_path / "ref.transformer_step.json")).items()
+    assert runner == "onnxruntime" and len(steps) == load_manifest(fp16_engines).config.num_scales
+    feeds = load_json(str(tmp_path / "ref.inputs.transformer_step.json"))
+    assert feeds[0]["x"].dtype == np.float16 and steps[0]["logits"].shape[-1] == 256  # the fp16 graphs' own types
+    assert feeds[0]["past_key.0"].shape[0] == 0 and feeds[1]["past_key.0"].shape[0] == 1
+    polygraphy = str(Path(sys.executable).parent / "polygraphy")
+    shown = subprocess.run([polygraphy, "inspect", "data", str(ref.with_name("ref.vq_decoder.json"))], **TEXT)
+    assert shown.returncode == 0 and "onnxruntime" in shown.stdout and "image" in shown.stdout, shown.stderr
+    again = invoke("parity", "--artifacts", fp16_engines, "--save-outputs", ref, "--prompt", "a red car")
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+    compared = invoke("parity", "--artifacts", fp16_engines, "--backend", "tensorrt", "--load-outputs", ref)
+    assert compared.exit_code == 0, compared.output
+    assert "PASS: " in compared.output and "(fp16)" in compared.output
+
+
+def test_engines_of_a_changed_weight_fail_naming_graph_scale_and_output(fake_trt, fp16_engines, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from star_deploy.artifacts.manifest import MANIFEST, dumps, graph_digest, sealed
+
+    ref = tmp_path / "ref.json"
+    assert invoke("parity", "--artifacts", fp16_engines, "--save-outputs", ref).exit_code == 0
+    folder = tmp_path / "changed"
+    shutil.copytree(fp16_engines, folder, ignore=shutil.ignore_patterns("engines"))
+    path = folder / "transformer_step.onnx"
+    model = onnx.load(path)
+    vocab = load_manifest(fp16_engines).config.transformer.vocab_size
+    head = next(w for w in model.graph.initializer if list(w.dims)[1:] == [vocab])  # the logits projection
+    changed = numpy_helper.to_array(head).copy()
+    changed[0, 0] += 1
+    head.CopyFrom(numpy_helper.from_array(changed, head.name))
+    onnx.save(model, path)
+    data = json.loads((folder / MANIFEST).read_text())
+    manifest = load_manifest(fp16_engines)
+    data["graphs"]["transformer_step"]["sha256"] = graph_digest(folder, manifest.graphs["transformer_step"])
+    (folder / MANIFEST).write_text(dumps(sealed(data, folder)))
+    rebuilt = invoke("build-engine", folder)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    compared = invoke("parity", "--artifacts", folder, "--backend", "tensorrt", "--load-outputs", ref)
+    assert compared.exit_code == 1, compared.output
+    assert "FAIL: transformer_step at scale 0: output logits differs by up to" in compared.output

@@ -16,6 +16,7 @@ from ..backends.factory import artifacts_manifest, create_backend, default_devic
 from ..core.config import SamplingConfig
 from ..core.tokenizer import PromptTokenizer
 from ..errors import ConfigError
+from ..evaluation.graph_records import RecordsRequest, run_records
 from ..evaluation.parity import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
 from ..files.atomic import check_writable, write_text
 from ..release.finder import release_paths
@@ -78,12 +79,35 @@ def parity(
     vae: VaeOpt = None,
     star: StarOpt = None,
     resolution: ResolutionOpt = None,
+    save_outputs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record every graph's outputs on ONNX Runtime (CPU) as Polygraphy RunResults: REF.<graph>.json."
+        ),
+    ] = None,
+    save_inputs: Annotated[
+        Path | None, typer.Option(help="Where the recorded inputs go (Polygraphy input JSON; default REF.inputs.json).")
+    ] = None,
+    load_outputs: Annotated[
+        Path | None,
+        typer.Option(help="Replay recorded inputs through the engines and compare with these outputs (Polygraphy)."),
+    ] = None,
+    load_inputs: Annotated[Path | None, typer.Option(help="The recorded inputs (default REF.inputs.json).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --save-outputs/--save-inputs files.")] = False,
 ) -> None:
     """Compare exported graphs with the PyTorch fp32 reference of the same weights.
 
     Prints per-graph max/mean errors (same inputs into both), teacher-forced token agreement,
-    and image PSNR; exits 1 if the artefacts' precision misses its thresholds.
+    and image PSNR; exits 1 if the artefacts' precision misses its thresholds. With --save-outputs or
+    --load-outputs: record graph I/O on one machine, compare engines with it on another (no weights needed).
     """
+    if save_outputs is not None or load_outputs is not None:
+        records = RecordsRequest(save_outputs, save_inputs, load_outputs, load_inputs, overwrite)
+        failure = run_records(artifacts, backend, device, list(prompt or DEFAULT_PROMPTS[:1]), records, typer.echo)
+        if failure:
+            typer.secho(f"FAIL: {failure}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1)
+        return
     if json_out is not None:
         check_writable(json_out, overwrite=True)
     manifest = artifacts_manifest(artifacts, backend)
