@@ -422,3 +422,35 @@ def test_engines_run_from_a_worker_thread_on_the_last_gpu(artifacts_fp16, tmp_pa
     worker.join()
     assert results and np.isfinite(results[0].images).all()
     assert load_sidecar(folder / "engines" / "vq_decoder.json").runtime.gpu_name == torch.cuda.get_device_name(device)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_first_scale_runs_with_a_zero_length_cache(tiny_engines):
+    """Profile 0 of the step has min = opt = max = 0 past tokens (allowed by setDimensions: 0 <= min)."""
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.backends.trt_backend import TrtBackend
+    from star_deploy.evaluation.graph_records import engine_replay, record_generation
+
+    [first] = [p for p in load_sidecar(tiny_engines / "engines" / "transformer_step.json").profiles if p.index == 0]
+    assert first.shapes["past_key.0"][0] == 0
+
+    manifest = load_manifest(tiny_engines)
+    [call] = [c for c in record_generation(manifest, ["a red car."]).calls if c.graph == "transformer_step"][:1]
+    outputs = engine_replay(TrtBackend(manifest, "cuda"))(call)
+    assert np.abs(outputs["logits"].astype(np.float32) - call.outputs["logits"].astype(np.float32)).max() < 0.25
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_recorded_onnxruntime_outputs_match_the_engines(tiny_engines, tmp_path):
+    from typer.testing import CliRunner
+
+    from star_deploy.cli import app
+
+    ref = str(tmp_path / "ref.json")
+    saved = CliRunner().invoke(app, ["parity", "--artifacts", str(tiny_engines), "--save-outputs", ref])
+    assert saved.exit_code == 0, saved.output
+    args = ["parity", "--artifacts", str(tiny_engines), "--backend", "tensorrt", "--load-outputs", ref]
+    compared = CliRunner().invoke(app, args)
+    assert compared.exit_code == 0 and "PASS: " in compared.output, compared.output
