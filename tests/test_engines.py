@@ -23,6 +23,7 @@ from star_deploy.engines.buffers import (
     kv_cache_bytes,
 )
 from star_deploy.engines.builder import BuildOptions, engine_sidecar
+from star_deploy.engines.memory import attention_scores_bytes
 from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.errors import ArtifactError, ConfigError
@@ -93,6 +94,12 @@ def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
     # the last scale's step I/O is the largest set of transient buffers (its logits alone are 128 MiB)
     assert plan.transient_peak == STEP_IO_1024_D30_B1_FP16 == 166_723_584
     assert plan.total == 4_539_485_492
+
+
+def test_fp32_attention_scores_of_1024_d30_last_scale():
+    """(2B, 30 heads, 64 x 64 queries, 9451 keys) float32: 8.65 GiB at batch 1, four times that at batch 4."""
+    assert attention_scores_bytes(preset("1024-d30"), 1) == 2 * 30 * 4096 * 9451 * 4 == 9_290_711_040
+    assert attention_scores_bytes(preset("1024-d30"), 4) == 4 * 9_290_711_040
 
 
 def test_kv_cache_plan_matches_the_allocated_cache():

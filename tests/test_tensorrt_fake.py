@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.cli import app
 from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.engines.memory import device_memory, size
 from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
 from star_deploy.errors import BackendUnavailableError, ConfigError, StarDeployError
 from star_deploy.files.images import read_png
@@ -269,6 +270,43 @@ def test_torch_cache_is_released_before_each_graph_is_built(fake_trt, folder):
     result = invoke("build-engine", folder, "--overwrite")
     assert result.exit_code == 0, result.output
     assert fake_trt.STATS.cache_releases - before == len(load_manifest(folder).graphs)
+
+
+def test_check_reports_device_memory_for_every_batch_size(engines):
+    manifest = load_manifest(engines)
+    memory = {m.batch: m for m in device_memory(manifest, [1, 4])}
+    assert memory[4].buffers.kv_cache == 4 * memory[1].buffers.kv_cache
+    assert memory[4].attention_scores == 4 * memory[1].attention_scores > 0
+    asked = invoke("check", engines, "-b", "1", "-b", "4")
+    assert asked.exit_code == 0, asked.output
+    assert [line for line in asked.output.splitlines() if line.startswith("device memory")] == [
+        memory[1].line(),
+        memory[4].line(),
+    ]
+    built = invoke("check", engines)  # the engines are built for batch size 1
+    assert [line for line in built.output.splitlines() if line.startswith("device memory")] == [memory[1].line()]
+
+
+def test_build_that_cannot_fit_the_gpu_is_refused_with_the_numbers(fake_trt, folder, monkeypatch):
+    memory = {m.batch: m for m in device_memory(load_manifest(folder), [1, 2])}
+    assert memory[1].unfused < memory[2].required  # batch 1 fits even unfused, batch 2 does not
+    monkeypatch.setattr(fake_trt._cuda, "MEMORY", [memory[1].unfused] * 2)
+    before = plan_path(folder, "vq_decoder").read_bytes()
+    result = invoke("build-engine", folder, "-b", "1", "-b", "2", "--overwrite")
+    assert result.exit_code != 0
+    assert f"--batch-size 2: the engines need {size(memory[2].required)} of device memory" in result.output
+    assert f"more than the {size(memory[1].unfused)} of NVIDIA A100-SXM4-80GB" in result.output
+    assert "(1 fit)" in result.output
+    assert plan_path(folder, "vq_decoder").read_bytes() == before
+    assert invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite").exit_code == 0
+
+
+def test_build_that_fits_only_with_fused_attention_warns(fake_trt, folder, monkeypatch, caplog):
+    memory = device_memory(load_manifest(folder), [1])[0]
+    monkeypatch.setattr(fake_trt._cuda, "MEMORY", [memory.required + memory.attention_scores // 2] * 2)
+    result = invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert f"batch 1: {size(memory.unfused)} of device memory if TensorRT does not fuse" in caplog.text
 
 
 def test_scale_update_builds_on_tensorrt_before_10_12(fake_trt, folder):

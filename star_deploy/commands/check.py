@@ -15,7 +15,7 @@ from ..artifacts.manifest import Manifest, load_manifest
 from ..backends.factory import create_backend
 from ..core.config import SamplingConfig
 from ..core.tokenizer import PromptTokenizer
-from ..engines.buffers import buffer_plan
+from ..engines.memory import device_memory, reported_batch_sizes
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..evaluation.parity import ValidationReport, validate
 from ..files.atomic import check_writable, write_text
@@ -49,12 +49,8 @@ def report_readiness(manifest: Manifest) -> None:
 
 
 def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
-    for b in batch_sizes:
-        plan = buffer_plan(manifest.config, manifest.graphs, b, manifest.precision)
-        typer.echo(
-            f"device buffers at batch {b}: KV cache {plan.kv_cache / 2**20:.1f} MiB, text context "
-            f"{plan.text_context / 2**20:.2f} MiB, largest transient I/O {plan.transient_peak / 2**20:.1f} MiB"
-        )
+    for memory in device_memory(manifest, batch_sizes):
+        typer.echo(memory.line())
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -121,6 +117,15 @@ def check(
             "as the smallest batch size the engines are built for).",
         ),
     ] = None,
+    batch_size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help="Batch size to report device memory for; repeat for several (default: those the engines are "
+            "built for, else 1).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
     runs: Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")] = 3,
     min_agreement: Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")] = 0.9,
@@ -144,7 +149,7 @@ def check(
         check_writable(json_out, overwrite=True)
     manifest = load_manifest(artifacts)
     report_readiness(manifest)
-    report_memory(manifest, [1])
+    report_memory(manifest, reported_batch_sizes(manifest, batch_size))
     if backend is None:
         return
     if backend != "tensorrt":

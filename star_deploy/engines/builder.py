@@ -30,6 +30,7 @@ from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..files.atomic import atomic_file
 from ..version import __version__
 from .gpu import cuda
+from .memory import check_fits, device_memory
 from .polygraphy_calls import polygraphy_errors
 from .profiles import Profile, Shape, check_batch_sizes, profile_table
 from .sidecar import ENGINES_DIR, EngineSidecar, RuntimeInfo, plan_path, sidecar_path, write_sidecar
@@ -233,6 +234,7 @@ def build_engines(
     check_ready(manifest, graphs, info.tensorrt_version)
     root = manifest.root
     check_outputs(root, graphs, overwrite)
+    check_fits(device_memory(manifest, list(options.batch_sizes)), cuda().total_memory(dev), info.gpu_name)
     (root / ENGINES_DIR).mkdir(exist_ok=True)
     cache_path = options.timing_cache or default_timing_cache(root, info)
     cache_blob = cache_path.read_bytes() if cache_path.is_file() else b""

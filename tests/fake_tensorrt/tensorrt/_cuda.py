@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 DEVICES = [("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA H100 80GB HBM3", "9.0")]
 """(name, compute capability) of each fake GPU, by index."""
+MEMORY = [80 * 2**30, 80 * 2**30]
+"""Memory in bytes of each fake GPU (cudaDeviceProp::totalGlobalMem, about 80 GiB on both); a test may shrink it."""
 
 
 @dataclass
