@@ -399,12 +399,34 @@ def test_fake_runs_a_context_that_keeps_every_rule(fake_trt, decoder_context):
         (lambda ctx, s, b: ctx.set_device_memory(b[0].data_ptr(), 256) or ctx.execute_async_v3(s), "needs"),
         (lambda ctx, s, b: ctx.set_tensor_address("image", 0) and ctx.execute_async_v3(s), "image has no address"),
         (lambda ctx, s, b: ctx.execute_async_v3(s + 0x10), "is not a stream of device 0"),
+        (lambda ctx, s, b: ctx.set_tensor_address("image", b[1].data_ptr()) and ctx.execute_async_v3(s), "image holds"),
     ],
 )
 def test_fake_refuses_each_documented_misuse(fake_trt, decoder_context, breach, message):
     ctx, stream, buffers = decoder_context
     assert not breach(ctx, stream, buffers)
     assert message in " ".join(fake_trt.ERRORS)
+
+
+def test_fake_refuses_plans_of_another_tensorrt_or_gpu(fake_trt, engines):
+    plan = plan_path(engines, "vq_decoder").read_bytes()
+    runtime = fake_trt.Runtime(fake_trt.Logger())
+    assert runtime.deserialize_cuda_engine(plan) is not None
+    with older_tensorrt(fake_trt, "10.8.0.43"):
+        assert runtime.deserialize_cuda_engine(plan) is None
+    assert "built by TensorRT" in fake_trt.ERRORS[-1]
+    with fake_trt._cuda.device_context(1):  # built on the A100 (8.0), deserialized on the H100 (9.0)
+        assert runtime.deserialize_cuda_engine(plan) is None
+    assert "the plan is for compute capability 8.0, device 1 is not" in fake_trt.ERRORS[-1]
+
+
+def test_fake_timing_cache_rules(fake_trt):
+    config = fake_trt.Builder(fake_trt.Logger()).create_builder_config()
+    assert config.create_timing_cache(b"\x00garbage") is None
+    assert "not a serialized timing cache" in fake_trt.ERRORS[-1]
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        config.set_timing_cache(None, False)
+    assert config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
 def test_fake_raises_on_a_profile_out_of_range(fake_trt, decoder_context):
@@ -453,7 +475,6 @@ def test_fake_builder_rules(fake_trt):
     stale = config.create_timing_cache(json.dumps({"device": ["NVIDIA H100 80GB HBM3", "9.0"], "entries": []}).encode())
     assert not config.set_timing_cache(stale, False) and config.get_timing_cache() is None
     assert config.set_timing_cache(stale, True)
-    assert not config.set_timing_cache(config.create_timing_cache(b"\x00garbage"), True)
     profile = fake_trt.Builder(fake_trt.Logger()).create_optimization_profile()
     for which, shapes in {
         "opt": ((1, 4), (1, 2), (1, 4)),
@@ -527,6 +548,7 @@ def fp16_engines(fake_trt, artifacts_fp16, tmp_path_factory) -> Path:
     """The golden model's fp16 export with strongly typed engines (the build the design asks for)."""
     folder = tmp_path_factory.mktemp("fake_trt16") / "tiny_fp16"
     shutil.copytree(artifacts_fp16, folder)
+    fake_trt.ERRORS.clear()  # the build and the first test's runs log no error
     result = invoke("build-engine", folder, "--typing", "strong")
     assert result.exit_code == 0, result.output
     return folder

@@ -184,8 +184,8 @@ class OptimizationProfile:
 class TimingCache:
     """ITimingCache: tactic timings stamped with the CUDA device they were measured on (None: not known)."""
 
-    def __init__(self, device: list[str] | None, entries: list[str], readable: bool = True) -> None:
-        self.device, self.entries, self.readable = device, entries, readable
+    def __init__(self, device: list[str] | None, entries: list[str]) -> None:
+        self.device, self.entries = device, entries
 
     def serialize(self) -> bytes:
         return json.dumps({"format": "fake-timing-cache", "device": self.device, "entries": self.entries}).encode()
@@ -232,25 +232,27 @@ class BuilderConfig:
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
-    def create_timing_cache(self, serialized_timing_cache: bytes) -> TimingCache:
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> TimingCache | None:
         """NvInfer.h, createTimingCache: "Size 0 means create a new cache from scratch"; it returns "the pointer to
-        ITimingCache created". A blob that is not a cache gives one whose device properties are unknown, which
-        set_timing_cache then refuses."""
+        ITimingCache created". A blob TensorRT cannot read gives a null pointer (None): NVIDIA's own samples check
+        for it (samples/common/timingCache.cpp, updateTimingCacheFile: "Failed to create timingCache from" the file;
+        sampleEngines.cpp: "TimingCache creation failed")."""
         if not serialized_timing_cache:
             return TimingCache(None, [])
         try:
             data = json.loads(bytes(serialized_timing_cache))
             return TimingCache(data["device"], list(data["entries"]))
         except (ValueError, KeyError, TypeError):
-            return TimingCache(None, [], readable=False)
+            refuse(self.logger, "not a serialized timing cache")
+            return None
 
     def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
         """NvInfer.h, setTimingCache: "A failure will be reported if the CUDA device property in the provided
-        cache is different from current environment"; returns "true if set successfully, false otherwise"."""
+        cache is different from current environment"; returns "true if set successfully, false otherwise". The
+        binding takes an ITimingCache (a reference in C++): anything else, None included, raises TypeError."""
+        if not isinstance(cache, TimingCache):
+            raise TypeError(f"set_timing_cache(): incompatible function arguments (got {type(cache).__name__})")
         here = list(_cuda.DEVICES[_cuda.current_device()])
-        if not cache.readable:
-            refuse(self.logger, "the timing cache holds no CUDA device properties (not a serialized timing cache)")
-            return False
         if cache.device is not None and cache.device != here and not ignore_mismatch:
             refuse(self.logger, f"timing cache made on {cache.device}, the current device is {here}")
             return False

@@ -173,8 +173,9 @@ class IExecutionContext:
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        """Input: the shape set (network dims until then); output: its shape for the input shapes set, or the
-        network dims (-1 dynamic) while some input shape is missing."""
+        """NvInferRuntime.h, getTensorShape: an input's shape as set, with -1 wildcards "if ... setInputShape() has
+        not yet been called for this tensor"; an output's runtime dimension is -1 while "setInputShape() has NOT been
+        called for some input tensor(s) with a runtime shape", else the shape the input shapes give."""
         mode, spec = self.engine.tensors[name]
         if mode == TensorIOMode.INPUT:
             return self.shapes.get(name, tuple(spec["dims"]))
