@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from .commands import (
+    batch,
     bench,
     bench_serve,
     build_engine,
@@ -117,6 +118,7 @@ def main(
 
 
 app.command("run")(run.command)
+app.command("batch")(batch.command)
 app.command("export")(export.command)
 app.command("build-engine")(build_engine.command)
 app.command("bench")(bench.command)

@@ -79,6 +79,14 @@ def artifacts_fp16(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def artifacts_int8(artifacts_fp32, tmp_path_factory) -> Path:
+    """The fp32 export quantized to static int8 (read only: tests copy it before changing it)."""
+    from star_deploy.export.quantize import quantize_artifacts
+
+    return quantize_artifacts(artifacts_fp32, tmp_path_factory.mktemp("quant") / "int8")
+
+
+@pytest.fixture(scope="session")
 def ort_pipeline(artifacts_fp32) -> ScaleLoop:
     from star_deploy.artifacts.manifest import load_manifest
     from star_deploy.backends.ort_backend import OrtBackend

@@ -21,7 +21,8 @@ from star_deploy.core.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
 from star_deploy.release.random_weights import random_model
-from star_deploy.serve.model import ImageModel, Job, ModelSpec, to_pixels
+from star_deploy.runtime.plan import LoadOptions
+from star_deploy.serve.model import ImageModel, Job, to_pixels
 from tools.demo_training.evaluate import Reading, read_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -81,10 +82,14 @@ def test_preview_of_the_last_scale_is_the_image(golden_pipe):
 
 
 def test_torch_output_type(golden_pipe):
+    """Output type "pt" holds the pixels of "np" at the same seed, channels first, float32 on the CPU."""
     import torch
 
-    out = golden_pipe("a red car.", output_type="pt")
+    out = golden_pipe("a red car.", seed=4, output_type="pt")
     assert isinstance(out.images, torch.Tensor) and tuple(out.images.shape) == (1, 3, 256, 256)
+    assert out.images.dtype == torch.float32 and out.images.device.type == "cpu"
+    pixels = golden_pipe("a red car.", seed=4, output_type="np").images
+    assert np.array_equal(out.images.numpy().transpose(0, 2, 3, 1), pixels)
 
 
 def test_artifact_folder_defaults_to_onnxruntime(artifacts_fp32, golden_pipe):
@@ -177,8 +182,8 @@ def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"backend": "foo"}, "backend must be one of torch, onnxruntime, tensorrt, got 'foo'"),
-        ({"backend": 1}, "backend must be one of torch, onnxruntime, tensorrt"),
+        ({"backend": "foo"}, "backend: unknown backend 'foo'; choose one of torch, onnxruntime, tensorrt"),
+        ({"backend": 1}, "backend must be a str or None, got int"),
         ({"threads": -1}, "threads=-1: choose 0 (one per physical core) to"),
         ({"threads": 10**6}, "threads=1000000: choose 0"),
         ({"threads": 1.5}, "threads must be an integer, got float"),
@@ -318,7 +323,7 @@ def test_sampling_defaults_travel_in_the_manifest(tmp_path, artifacts_fp32, demo
 
 
 def test_a_serve_replica_samples_with_the_manifest_defaults(tmp_path, demo_pipe):
-    model = ImageModel(ModelSpec(artifacts=str(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))))
+    model = ImageModel(LoadOptions(artifacts=str(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))))
     assert model.settings(Job("a red circle")) == (2.5, 7, 0.5)
     assert model.settings(Job("a red circle", cfg=3.0, top_k=0, top_p=0.9)) == (3.0, 0, 0.9)
     served = model.generate([Job("a red circle on a blue background", seed=5)])[0]

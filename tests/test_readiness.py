@@ -124,13 +124,15 @@ def test_custom_domain_and_dynamic_reduce_axes(tmp_path):
     assert any("com.example::FancyOp is a custom-domain op" in p for p in problems)
 
 
-@pytest.mark.parametrize("opset", [8])
-def test_opset_outside_the_parser_range(tmp_path, opset):
+@pytest.mark.parametrize("opset, accepted", [(8, False), (9, True), (24, True), (25, False)])
+def test_opset_outside_the_parser_range(tmp_path, opset, accepted):
+    """The parser's range is 9..24 (star_deploy/data/trt_onnx_ops.json): both ends pass, one past either end fails."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])
     path = save_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [x], [y], opset=opset)
     problems = check_graph(path, spec([("x", ("batch",), "float32")], [("y", ("batch",), "float32")])).problems
-    assert problems == ["g.onnx: opset 8 is outside TensorRT 10.12-10.15's range 9..24; export with a supported opset"]
+    refused = [f"g.onnx: opset {opset} is outside TensorRT 10.12-10.15's range 9..24; export with a supported opset"]
+    assert problems == ([] if accepted else refused)
 
 
 def integer_pow(tmp_path):

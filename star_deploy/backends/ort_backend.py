@@ -22,7 +22,7 @@ from ..core.sampling import PortableSampler
 from ..core.tables import build_scale_tables
 from ..errors import BackendUnavailableError
 from .base import HostClock
-from .ort_sessions import create_session, provider_entry
+from .ort_sessions import create_session, default_provider, provider_entry
 from .text_cache import UnconditionalTextCache
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ class OrtBackend:
         ort = import_ort()
         self.ort, self.manifest, self.config = ort, manifest, manifest.config
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        default = "cuda" if device.startswith("cuda") else "cpu"
-        self.provider = default if provider is None else provider
+        self.provider = provider or default_provider(device)
         entry, self.io_device = provider_entry(ort, self.provider, device_id, provider_options)
         self.device = device
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"

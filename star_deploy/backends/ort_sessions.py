@@ -16,6 +16,7 @@ from typing import Any
 
 from ..artifacts.manifest import Manifest
 from ..errors import BackendUnavailableError, ConfigError
+from .devices import is_cuda
 from .ort_cache import cache_folder, cache_key, cached_entry, discard, new_entry, store_entry
 
 log = logging.getLogger(__name__)
@@ -34,33 +35,33 @@ DEVICE_BUFFERS = {"cuda": "cuda", "tensorrt": "cuda"}
 """Providers whose KV cache lives in device memory; the rest use host memory."""
 
 
-def check_provider(provider: str | None, backend: str) -> None:
-    """Refuse a --provider that is not one of PROVIDERS, or one given to a backend that is not onnxruntime."""
-    if provider is None:
-        return
-    if backend != "onnxruntime":
-        raise ConfigError(
-            f"--provider {provider!r}: execution providers are ONNX Runtime's; use it with --backend onnxruntime, "
-            f"or drop it for --backend {backend}"
-        )
-    if provider not in PROVIDERS:
+def default_provider(device: str) -> str:
+    """The provider a device implies when none is given: CUDA's for a CUDA device, else the CPU's."""
+    return "cuda" if is_cuda(device) else "cpu"
+
+
+def check_provider(provider: str | None, device: str) -> None:
+    """Refuse an unknown provider, or one this onnxruntime build lacks (with none given: the device's)."""
+    name = provider or default_provider(device)
+    if name not in PROVIDERS:
         raise ConfigError(f"--provider {provider!r}: unknown provider; choose one of {', '.join(PROVIDERS)}")
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if PROVIDERS[name] not in available:
+        option, value = ("--provider", provider) if provider else ("--device", device)
+        raise BackendUnavailableError(
+            f"{option} {value}: onnxruntime {ort.__version__} has no {PROVIDERS[name]} (installed: "
+            f"{', '.join(available)}); install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda and "
+            f"tensorrt), or use {option} cpu"
+        )
 
 
 def provider_entry(
     ort: ModuleType, provider: str, device_id: int, options: dict[str, Any] | None
 ) -> tuple[list, tuple[str, int]]:
     """The session's provider list (with CPU fallback) and the (device type, id) of its buffers."""
-    if provider not in PROVIDERS:
-        raise ConfigError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     name = PROVIDERS[provider]
-    available = ort.get_available_providers()
-    if name not in available:
-        raise BackendUnavailableError(
-            f"onnxruntime {ort.__version__} has no {name} (installed: {', '.join(available)}); "
-            "install the onnxruntime build that has it (e.g. onnxruntime-gpu for cuda and tensorrt), or use "
-            "--provider cpu"
-        )
     buffers = DEVICE_BUFFERS.get(provider, "cpu")
     settings = dict(options or {})
     if buffers == "cuda":

@@ -24,7 +24,7 @@ from ..core.graphs import Role, TensorSpec
 from ..core.sampling import guidance_scale
 from ..core.tables import build_scale_tables
 from ..core.tokenizer import PromptTokenizer
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError
 from ..files.atomic import atomic_file, check_writable
 
 log = logging.getLogger(__name__)
@@ -239,34 +239,3 @@ class RecordsRequest:
     load_outputs: Path | None = None
     load_inputs: Path | None = None
     overwrite: bool = False
-
-
-def run_records(
-    artifacts: Path, backend: str, device: str | None, prompts: list[str], request: RecordsRequest, echo
-) -> str | None:
-    """Record (``save_outputs``) or compare (``load_outputs``); the first mismatch as a line, else None."""
-    from ..artifacts.manifest import load_manifest
-    from ..evaluation.parity import THRESHOLDS
-
-    manifest = load_manifest(artifacts)
-    if request.save_outputs is not None:
-        if backend != "onnxruntime":
-            raise ConfigError("--save-outputs records on ONNX Runtime (CPU): drop --backend")
-        inputs = request.save_inputs or inputs_stem(request.save_outputs)
-        written = save_records(record_generation(manifest, prompts), request.save_outputs, inputs, request.overwrite)
-        echo(f"recorded {len(written) // 2} graphs: {', '.join(str(p) for p in written)}")
-    if request.load_outputs is None:
-        return None
-    if backend != "tensorrt":
-        raise ConfigError("--load-outputs compares TensorRT engines: pass --backend tensorrt")
-    from ..backends.trt_backend import TrtBackend
-
-    reference = load_records(request.load_outputs, request.load_inputs or inputs_stem(request.load_outputs), manifest)
-    atol = THRESHOLDS[manifest.precision].logits_max_abs
-    compared, mismatch = compare_records(
-        reference, engine_replay(TrtBackend(manifest, device or "cuda")), atol, backend
-    )
-    if mismatch is not None:
-        return f"{mismatch} (tolerance {atol:g}, {manifest.precision} thresholds)"
-    echo(f"PASS: {compared} outputs of {len(reference.calls)} graph calls within {atol:g} ({manifest.precision})")
-    return None

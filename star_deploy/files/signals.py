@@ -80,3 +80,42 @@ def signals_as_interrupts() -> Iterator[None]:
         sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class StopRequest:
+    """Set by the first SIGINT or SIGTERM inside ``stop_requests``: long work stops at its next safe point."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Within the block, a first SIGINT or SIGTERM only sets the yielded ``StopRequest``; a second one raises
+    ``Interrupted`` (as under ``signals_as_interrupts``). The previous handlers come back after the block."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+    def request(signum: int, frame: FrameType | None) -> None:
+        stop.signum = signum
+        for sig in SIGNALS:
+            signal.signal(sig, _raise)
+
+    for sig in SIGNALS:
+        signal.signal(sig, request)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -67,7 +67,8 @@ def resolve_release(
     """
     if weights is not None:
         if not weights.is_dir():
-            raise WeightsError(f"{weights}: not a directory; --weights takes the folder of the STAR release")
+            why = "a file" if weights.exists() else "no such folder"
+            raise WeightsError(f"{weights}: not a directory ({why}); --weights takes the folder of the STAR release")
         clip = clip or weights / "CLIP"
         vae = vae or _single_match(weights, VAE_PATTERNS, "--vae", advice)
         star = star or _single_match(weights, STAR_PATTERNS, "--star", advice)
@@ -142,3 +143,12 @@ def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
         )
     log.info("resolution %d (from the file name %s)", named, paths.star.name)
     return named
+
+
+def star_for_resolution(folder: Path, resolution: int | None) -> Path | None:
+    """In a folder with several official STAR checkpoints, the one trained for ``resolution``."""
+    found = sorted({p for pattern in STAR_PATTERNS for p in folder.glob(pattern)})
+    if len(found) < 2 or resolution is None:
+        return None
+    matching = [p for p in found if resolution_from_name(p) == resolution]
+    return matching[0] if len(matching) == 1 else None

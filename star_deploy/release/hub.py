@@ -78,6 +78,11 @@ def local_folder(path: str | Path, cache_dir: str | Path | None = None, local_fi
     return hub_snapshot(Path(path))
 
 
-def option_folder(path: Path | None) -> Path | None:
-    """A folder option of the CLI (``--weights``, ``--artifacts``): a Hub repo id or cache folder -> its snapshot."""
-    return None if path is None else local_folder(str(path) if is_repo_id(str(path)) else path)
+def option_folder(
+    path: str | Path | None, cache_dir: str | Path | None = None, local_files_only: bool = False
+) -> Path | None:
+    """A folder option (``--weights``, ``--artifacts``, a path): a Hub repo id or cache folder -> its snapshot."""
+    if path is None:
+        return None
+    text = str(path)
+    return local_folder(text if is_repo_id(text) else Path(path), cache_dir, local_files_only)

@@ -10,29 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.plan import LoadOptions, plan_load
+
 PreviewCallback = Callable[[int, int, dict[int, np.ndarray]], None]
 """Called after each scale with (scale, num_scales, {job index: coarse image (H, W, 3) uint8})."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which pipeline a replica loads: backend, weights or artefact folder, device.
-
-    ``backend`` None: torch with ``weights``, else ONNX Runtime (``artifacts``, or the demo's
-    graphs: the base install plus the serve extra serves without torch).
-    """
-
-    backend: str | None = None
-    weights: str | None = None
-    artifacts: str | None = None
-    device: str | None = None
-    dtype: str = "float32"
-    threads: int = 0
-
-    @property
-    def runtime(self) -> str:
-        """The backend this spec loads."""
-        return self.backend or ("torch" if self.weights else "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -62,19 +43,13 @@ def to_pixels(images: np.ndarray) -> list[np.ndarray]:
 class ImageModel:
     """A loaded ``StarPipeline``; thread-safe (one generation at a time)."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: LoadOptions) -> None:
         from ..api import StarPipeline
-        from ..backends.factory import default_device
 
         self.spec = spec
-        self.device = default_device(spec.runtime, spec.device)
-        self.pipe = StarPipeline.from_pretrained(
-            spec.artifacts or spec.weights,
-            backend=spec.runtime,
-            device=self.device,
-            dtype=spec.dtype,
-            threads=spec.threads,
-        )
+        plan = plan_load(spec)
+        self.device = plan.device
+        self.pipe = StarPipeline.from_plan(plan)
         self.config = self.pipe.config
         self.defaults = self.pipe.defaults
         self.backend = self.pipe.backend_name
