@@ -24,7 +24,7 @@ from ..core.graphs import Role, TensorSpec
 from ..core.sampling import guidance_scale
 from ..core.tables import build_scale_tables
 from ..core.tokenizer import PromptTokenizer
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from ..files.atomic import atomic_file, check_writable
 
 log = logging.getLogger(__name__)
@@ -239,3 +239,11 @@ class RecordsRequest:
     load_outputs: Path | None = None
     load_inputs: Path | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.save_outputs is not None and self.load_outputs is not None:
+            raise ConfigError("--save-outputs and --load-outputs: record on one machine, compare on another; give one")
+        if self.save_inputs is not None and self.save_outputs is None:
+            raise ConfigError("--save-inputs goes with --save-outputs REF")
+        if self.load_inputs is not None and self.load_outputs is None:
+            raise ConfigError("--load-inputs goes with --load-outputs REF")
