@@ -429,6 +429,19 @@ CASES = [
         2,
         "folder does not exist",
     ),
+    (
+        "parity-records-save-and-load",
+        ["parity", "--save-outputs", "{out}/ref.json", "--load-outputs", "{out}/ref.json"],
+        2,
+        "--save-outputs and --load-outputs: record on one machine, compare on another; give one",
+    ),
+    ("parity-save-inputs-alone", ["parity", "--save-inputs", "{out}/in.json"], 2, "--save-inputs goes with"),
+    (
+        "parity-load-outputs-without-engines",
+        ["parity", "--load-outputs", "{out}/ref.json"],
+        2,
+        "--load-outputs compares built engines: pass --backend tensorrt",
+    ),
 ]
 
 

@@ -16,7 +16,7 @@ from ..artifacts.manifest import Manifest, load_manifest
 from ..backends.registry import BackendSpec, backend_spec, default_backend, engine_backends
 from ..core.config import SamplingConfig
 from ..core.tokenizer import PromptTokenizer
-from ..engines.buffers import buffer_plan
+from ..engines.memory import device_memory, reported_batch_sizes
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..evaluation.parity import ValidationReport, validate
 from ..files.atomic import check_writable, write_text
@@ -30,13 +30,13 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 def report_readiness(manifest: Manifest) -> None:
     """Print one line per graph; raise with the first problem if any graph is not ready."""
-    from ..artifacts.readiness import check_artifacts, load_ops_table
+    from ..artifacts.readiness import check_artifacts, release_tables
 
-    table = load_ops_table()
-    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})
+    tables = release_tables()
+    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs}, tables)
     typer.echo(
-        f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset "
-        f"{table.opset_min}..{table.opset_max}):"
+        f"TensorRT readiness (ONNX parsers of TensorRT {', '.join(t.tensorrt_version for t in tables)}, opset "
+        f"{tables[-1].opset_min}..{tables[-1].opset_max}):"
     )
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
@@ -51,12 +51,8 @@ def report_readiness(manifest: Manifest) -> None:
 
 
 def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
-    for b in batch_sizes:
-        plan = buffer_plan(manifest.config, manifest.graphs, b, manifest.precision)
-        typer.echo(
-            f"device buffers at batch {b}: KV cache {plan.kv_cache / 2**20:.1f} MiB, text context "
-            f"{plan.text_context / 2**20:.2f} MiB, largest transient I/O {plan.transient_peak / 2**20:.1f} MiB"
-        )
+    for memory in device_memory(manifest, batch_sizes):
+        typer.echo(memory.line())
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -106,8 +102,14 @@ def check_thresholds(report: ValidationReport, min_agreement: float, min_psnr: f
         raise StarDeployError(f"teacher-forced image PSNR {report.teacher_psnr:.2f} dB < {min_psnr} dB")
 
 
-def check_folder(artifacts: Path | None, backend: str | None, validation: Validation, json_out: Path | None) -> None:
-    """Readiness of DIR's graphs (of the demo's without DIR); with a backend that runs engines, their validation."""
+def check_folder(
+    artifacts: Path | None,
+    backend: str | None,
+    validation: Validation,
+    json_out: Path | None,
+    batch_sizes: list[int] | None = None,
+) -> None:
+    """Readiness and device memory of DIR's graphs (of the demo's without DIR); with an engine backend, validation."""
     if artifacts is None:
         if backend is not None:
             raise ConfigError(
@@ -119,7 +121,7 @@ def check_folder(artifacts: Path | None, backend: str | None, validation: Valida
         check_writable(json_out, overwrite=True)
     manifest = load_manifest(artifacts)
     report_readiness(manifest)
-    report_memory(manifest, [1])
+    report_memory(manifest, reported_batch_sizes(manifest, batch_sizes))
     if backend is not None:
         validate_engines(artifacts, manifest, engine_backend(backend), validation, json_out)
 
@@ -183,6 +185,15 @@ Prompt = Annotated[
         "smallest batch size the engines are built for).",
     ),
 ]
+BatchSize = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        help="Batch size to report device memory for; repeat for several (default: those the engines are built for, "
+        "else 1).",
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seed of the first prompt.")]
 Runs = Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")]
 MinAgreement = Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")]
@@ -197,6 +208,7 @@ def check(
     device: Device = None,
     reference_device: ReferenceDevice = None,
     prompt: Prompt = None,
+    batch_size: BatchSize = None,
     seed: Seed = 0,
     runs: Runs = 3,
     min_agreement: MinAgreement = 0.9,
@@ -209,7 +221,8 @@ def check(
     Readiness needs no GPU: supported operators, data types, Resize modes, profilable shapes.
     """
     validation = Validation(reference, device, reference_device, prompt, seed, runs, min_agreement, min_psnr)
-    check_folder(artifacts_folder(artifacts, artifacts_option, required=False), backend, validation, json_out)
+    folder = artifacts_folder(artifacts, artifacts_option, required=False)
+    check_folder(folder, backend, validation, json_out, batch_size)
 
 
 def check_demo() -> None:

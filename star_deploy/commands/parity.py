@@ -13,10 +13,19 @@ from rich.table import Table
 
 from ..artifacts.manifest import Manifest, load_manifest
 from ..artifacts.sources import check_sources
-from ..backends.registry import BackendSpec, default_backend
+from ..backends.registry import BackendSpec, default_backend, engine_backends
 from ..core.config import SamplingConfig
 from ..core.tokenizer import PromptTokenizer
 from ..errors import ConfigError
+from ..evaluation.graph_records import (
+    RecordsRequest,
+    compare_records,
+    engine_replay,
+    inputs_stem,
+    load_records,
+    record_generation,
+    save_records,
+)
 from ..evaluation.parity import THRESHOLDS, ErrorStats, Fidelity, failures, fidelity, graph_parity
 from ..files.atomic import check_separate, check_writable, write_text
 from ..release.finder import release_paths
@@ -63,14 +72,19 @@ def measured_prompts(manifest: Manifest, spec: BackendSpec, given: list[str] | N
     return prompts_for(manifest.root, list(manifest.graphs), given, list(DEFAULT_PROMPTS))
 
 
+def graphs_plan(load: LoadOptions) -> tuple[LoadPlan, Manifest]:
+    """The checked plan of a backend that runs exported graphs (ONNX Runtime unless --backend), and its manifest."""
+    plan = plan_load(replace(load, backend=load.backend or default_backend(artifacts=True).name))
+    if not plan.spec.needs_artifacts:
+        raise ConfigError(f"--backend {plan.backend}: parity measures a backend that runs exported graphs")
+    return plan, load_manifest(plan.artifacts)
+
+
 def reference_and_tested(load: LoadOptions) -> tuple[StarTorchModel, Manifest, LoadPlan]:
     """The PyTorch fp32 reference and the checked plan of the exported graphs, made from the same weights."""
     from ..release.weights import load_release
 
-    plan = plan_load(replace(load, backend=load.backend or default_backend(artifacts=True).name))
-    if not plan.spec.needs_artifacts:
-        raise ConfigError(f"--backend {plan.backend}: parity measures a backend that runs exported graphs")
-    manifest = load_manifest(plan.artifacts)
+    plan, manifest = graphs_plan(load)
     release = plan.release or release_paths(None, None, None, None)
     check_sources(manifest, release, "pass the weights it was exported from (--weights or --star/--vae/--clip)")
     model = load_release(release, plan.resolution)
@@ -123,6 +137,34 @@ def report_verdict(
     typer.echo(f"PASS ({precision} thresholds: {vars(limits)})")
 
 
+def record(load: LoadOptions, prompts: list[str], request: RecordsRequest) -> None:
+    """Every graph's I/O along one generation on ONNX Runtime (CPU), written as Polygraphy data."""
+    plan, manifest = graphs_plan(load)
+    if plan.spec is not default_backend(artifacts=True):
+        raise ConfigError(f"--save-outputs records on {default_backend(artifacts=True).name} (CPU): drop --backend")
+    inputs = request.save_inputs or inputs_stem(request.save_outputs)
+    written = save_records(record_generation(manifest, prompts), request.save_outputs, inputs, request.overwrite)
+    typer.echo(f"recorded {len(written) // 2} graphs: {', '.join(str(p) for p in written)}")
+
+
+def compare_recorded(load: LoadOptions, request: RecordsRequest) -> None:
+    """Replay recorded inputs through the engines; exit 1 naming the first graph, scale and output outside."""
+    plan, manifest = graphs_plan(load)
+    if not plan.spec.engines:
+        names = " or ".join(s.name for s in engine_backends())
+        raise ConfigError(f"--load-outputs compares built engines: pass --backend {names}")
+    recorded = load_records(request.load_outputs, request.load_inputs or inputs_stem(request.load_outputs), manifest)
+    atol = THRESHOLDS[manifest.precision].logits_max_abs
+    engines = plan.spec.create(manifest, plan.device, plan.options)
+    compared, mismatch = compare_records(recorded, engine_replay(engines), atol, plan.backend)
+    if mismatch is not None:
+        typer.secho(
+            f"FAIL: {mismatch} (tolerance {atol:g}, {manifest.precision} thresholds)", err=True, fg=typer.colors.RED
+        )
+        raise typer.Exit(1)
+    typer.echo(f"PASS: {compared} outputs of {len(recorded.calls)} graph calls within {atol:g} ({manifest.precision})")
+
+
 Prompt = Annotated[
     list[str] | None,
     typer.Option(
@@ -133,17 +175,48 @@ Prompt = Annotated[
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the first prompt.")]
 Json = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")]
+SaveOutputs = Annotated[
+    Path | None,
+    typer.Option(help="Record every graph's outputs on ONNX Runtime (CPU) as Polygraphy RunResults: REF.<graph>.json."),
+]
+SaveInputs = Annotated[
+    Path | None, typer.Option(help="Where the recorded inputs go (Polygraphy input JSON; default REF.inputs.json).")
+]
+LoadOutputs = Annotated[
+    Path | None,
+    typer.Option(help="Replay recorded inputs through the engines and compare with these outputs (Polygraphy)."),
+]
+LoadInputs = Annotated[Path | None, typer.Option(help="The recorded inputs (default REF.inputs.json).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing --save-outputs/--save-inputs files.")]
 
 
 @takes(LoadOptions, "load", only=("backend", "artifacts", "device", "weights", "clip", "vae", "star", "resolution"))
-def parity(prompt: Prompt = None, seed: Seed = 0, json_out: Json = None, *, load: LoadOptions) -> None:
+def parity(
+    prompt: Prompt = None,
+    seed: Seed = 0,
+    json_out: Json = None,
+    save_outputs: SaveOutputs = None,
+    save_inputs: SaveInputs = None,
+    load_outputs: LoadOutputs = None,
+    load_inputs: LoadInputs = None,
+    overwrite: Overwrite = False,
+    *,
+    load: LoadOptions,
+) -> None:
     """Compare exported graphs with the PyTorch fp32 reference of the same weights.
 
     Prints per-graph max/mean errors (same inputs into both), teacher-forced token agreement,
     and image PSNR; exits 1 if the artefacts' precision misses its thresholds. With no
-    --artifacts and no weight options, measures the built-in demo's graphs.
+    --artifacts and no weight options, measures the built-in demo's graphs. With --save-outputs or
+    --load-outputs: record graph I/O on one machine, compare engines with it on another (no weights needed).
     """
-    measure(load, prompt, seed, json_out)
+    request = RecordsRequest(save_outputs, save_inputs, load_outputs, load_inputs, overwrite)
+    if request.save_outputs is not None:
+        record(load, list(prompt or DEFAULT_PROMPTS[:1]), request)
+    elif request.load_outputs is not None:
+        compare_recorded(load, request)
+    else:
+        measure(load, prompt, seed, json_out)
 
 
 command = reports_errors(parity)
