@@ -106,10 +106,12 @@ class CpuMeter:
 
 def run_variant(prompts: Path, out: Path, batch_size: int, threads: int, ray: dict | None, temp: str) -> dict:
     """One job; its total seconds, steady images/s and CPU seconds (this process, plus the cluster's on Ray)."""
-    from star_deploy.batch import BatchOptions, RayOptions, model_spec, run_batch
+    from star_deploy.batch import BatchOptions, RayOptions, run_batch
+    from star_deploy.core.call_options import CallOptions
+    from star_deploy.runtime.plan import LoadOptions
 
-    model = model_spec(None, None, None, {"clip": None, "vae": None, "star": None}, None, threads=threads)
-    options = BatchOptions(prompts, out, model, batch_size=batch_size, ray=RayOptions(**ray) if ray else None)
+    call = CallOptions(batch_size=batch_size)
+    options = BatchOptions(prompts, out, LoadOptions(threads=threads), call, ray=RayOptions(**ray) if ray else None)
     stop = threading.Event()
     meter = CpuMeter(temp)
     meter.start()

@@ -10,12 +10,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +39,12 @@ from batch_helpers import (
 )
 from typer.testing import CliRunner
 
+from star_deploy.batch.model import worker_options, worker_plan
 from star_deploy.batch.plan import ImageTask, ItemSampling, plan_chunks
 from star_deploy.cli import app
+from star_deploy.demo import DEMO_GRAPHS
 from star_deploy.files.images import read_png
+from star_deploy.runtime.plan import LoadOptions, plan_load
 
 BATCH = ["--batch-size", "4"]
 HAS_RAY_DATA = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None
@@ -185,7 +190,7 @@ def dead_address() -> str:
         ("bad.jsonl", '{"prompt": "a"}\n{"prompt": "b"\n', [], "bad.jsonl line 2: not JSON"),
         ("neg.jsonl", '{"prompt": "a", "seed": -1}\n', [], "neg.jsonl line 1: seed must be in [0, 2**63)"),
         ("zero.jsonl", '{"prompt": "a", "n": 0}\n', [], "zero.jsonl line 1: n must be >= 1, got 0"),
-        ("ok.txt", "a red circle\n", ["--seed", "-3"], "--seed must be in [0, 2**63)"),
+        ("ok.txt", "a red circle\n", ["--seed", "-3"], "--seed: seed must be in [0, 2**63)"),
         ("ok.txt", "a red circle\n", ["--workers", "2"], "apply to --ray"),
         ("ok.txt", "a red circle\n", ["--ray", "DEAD"], "nothing answers there"),
     ],
@@ -214,6 +219,17 @@ def test_plan_chunks_follow_the_batch_size_and_the_settings():
     sampling = [ItemSampling(), ItemSampling(), ItemSampling(cfg=1.0), ItemSampling(), ItemSampling(), ItemSampling()]
     tasks = [ImageTask(i, str(i), 0, "p", i, s, f"{i}.png", "k") for i, s in enumerate(sampling)]
     assert [[t.ordinal for t in c] for c in plan_chunks(tasks, 2)] == [[0, 1], [2], [3, 4], [5]]
+
+
+def test_worker_load_options_travel_pickled_and_plan_alike_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(DEMO_GRAPHS.parent)
+    plan = plan_load(LoadOptions(artifacts=Path(DEMO_GRAPHS.name)))
+    sent = pickle.loads(pickle.dumps(worker_options(plan)))
+    monkeypatch.chdir(tmp_path)
+    again = worker_plan(sent, 1)
+    assert (again.backend, again.device, again.artifacts) == (plan.backend, plan.device, DEMO_GRAPHS.resolve())
+    assert again.options.threads == 1, "ONNX Runtime threads do not default to the worker's CPUs"
+    assert worker_plan(replace(sent, threads=1), 0).options.threads == 1, "--threads given was not kept"
 
 
 def test_batch_runs_without_torch_and_without_ray(tmp_path):

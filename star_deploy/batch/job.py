@@ -11,10 +11,12 @@ from typing import Any
 from ..errors import StarDeployError
 from ..files.atomic import check_separate
 from ..files.signals import Interrupted
+from ..runtime.plan import LoadPlan
 from .folder import Skeleton, locked, open_job, refuse_other_job, remove_partials, skeleton_files
 from .index import IndexAppender, rewrite_index, verified_rows
 from .layout import image_folders, layout_files
 from .local import RowsSink, run_local
+from .model import load_pipeline
 from .options import BatchOptions
 from .plan import Chunk, ImageTask, plan_chunks, plan_images, todo_chunks
 from .progress import Summary, progress_bar
@@ -23,38 +25,34 @@ from .record import record_dict, settings_digest
 from .writer import ChunkRunner, existing_image
 
 
-def model_inputs(options: BatchOptions) -> list[Path]:
-    """The files and folders the job reads: an output may not be, hold or lie inside one of them."""
-    m = options.model
-    return [Path(p) for p in (m.path, m.clip, m.vae, m.star) if p is not None] + [options.prompts]
-
-
 def run_batch(options: BatchOptions) -> Summary:
     """Generate every image of ``options.prompts`` not already in ``options.out``; the run's summary."""
     started = time.perf_counter()
-    options.check()
+    plan = options.check()
     prompts = read_prompts(options.prompts)
     data = options.prompts.read_bytes()
-    settings = options.settings(options.model.precision())
+    settings = options.settings(plan)
     copy = f"prompts{options.prompts.suffix.lower()}"
     record = record_dict(settings, copy, hashlib.sha256(data).hexdigest())
     tasks = plan_images(
         prompts, options.seed, options.images_per_prompt, options.sampling, options.layout, settings_digest(settings)
     )
-    check_separate([options.out], model_inputs(options))
+    check_separate([options.out], [*plan.inputs, options.prompts])
     folders = image_folders(options.layout, prompts)
     skeleton = Skeleton(skeleton_files(record, copy, data) | layout_files(options.layout, prompts), folders)
     refuse_other_job(options.out, record, options.prompts, options.overwrite)
-    pipe = None if options.ray else options.model.load(min(options.batch_size, len(tasks)))
+    pipe = None if options.ray else load_pipeline(plan, min(options.batch_size, len(tasks)))
     with ExitStack() as held:
         if options.out.is_dir():
             held.enter_context(locked(options.out))
         if not open_job(options.out, skeleton, record, options.prompts, options.overwrite):
             held.enter_context(locked(options.out))
-        return generate(options, tasks, pipe, folders, started)
+        return generate(options, plan, tasks, pipe, folders, started)
 
 
-def generate(options: BatchOptions, tasks: list[ImageTask], pipe: Any, folders: list[str], started: float) -> Summary:
+def generate(
+    options: BatchOptions, plan: LoadPlan, tasks: list[ImageTask], pipe: Any, folders: list[str], started: float
+) -> Summary:
     """Generate the images of ``tasks`` that are not done, appending their index lines as they finish."""
     out = options.out
     rows = verified_rows(out, tasks)
@@ -73,7 +71,7 @@ def generate(options: BatchOptions, tasks: list[ImageTask], pipe: Any, folders: 
                 summary.done += len(new)
                 advance(len(new))
 
-            summary.interrupted = dispatch(options, pipe, chunks, on_rows) if chunks else None
+            summary.interrupted = dispatch(options, plan, pipe, chunks, on_rows) if chunks else None
     except StarDeployError as exc:
         summary.error = str(exc)
     except KeyboardInterrupt as exc:
@@ -96,10 +94,10 @@ def refuse_foreign_files(out: Path, chunks: list[Chunk]) -> None:
                 existing_image(out, task)
 
 
-def dispatch(options: BatchOptions, pipe: Any, chunks: list[Chunk], on_rows: RowsSink) -> str | None:
+def dispatch(options: BatchOptions, plan: LoadPlan, pipe: Any, chunks: list[Chunk], on_rows: RowsSink) -> str | None:
     """The chunks on Ray (``--ray``) or in this process; the signal that stopped them, if any."""
     if options.ray is None:
-        return run_local(ChunkRunner(pipe, options.out, options.sampler), chunks, on_rows)
+        return run_local(ChunkRunner(pipe, options.out, options.call.sampler), chunks, on_rows)
     from .ray_job import run_on_ray
 
-    return run_on_ray(options, chunks, on_rows)
+    return run_on_ray(options, plan, chunks, on_rows)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+import numbers
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core import arguments
-from ..core.config import SAMPLERS
+from ..core.call_options import CallOptions
 from ..errors import BackendUnavailableError, ConfigError
+from ..runtime.plan import LoadOptions, LoadPlan, plan_load
 from .layout import check_layout
-from .model import ModelSpec
+from .model import identity
 from .plan import ItemSampling
-from .prompts import check_sampling
 
 PROBE_SECONDS = 5.0
 """How long ``--ray HOST:PORT`` waits for a connection before the address is refused."""
@@ -40,48 +41,56 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Everything a batch job is asked to do."""
+    """Everything a batch job is asked to do: the model (``load``), how it samples (``call``), and where."""
 
     prompts: Path
     out: Path
-    model: ModelSpec
-    seed: int = 0
+    load: LoadOptions = field(default_factory=LoadOptions)
+    call: CallOptions = field(default_factory=lambda: CallOptions(batch_size=1))
     images_per_prompt: int = 1
-    sampling: ItemSampling = field(default_factory=ItemSampling)
-    sampler: str = "portable"
-    batch_size: int = 1
     layout: str = "default"
     overwrite: bool = False
     ray: RayOptions | None = None
 
-    def check(self) -> None:
-        """Refuse bad values before anything is read, loaded or written."""
-        arguments.seed_value("--seed", self.seed)
+    @property
+    def seed(self) -> int:
+        return int(self.call.seed)  # type: ignore[arg-type]  # check() refuses a list
+
+    @property
+    def batch_size(self) -> int:
+        return self.call.batch_size or 1
+
+    @property
+    def sampling(self) -> ItemSampling:
+        return ItemSampling(self.call.guidance_scale, self.call.top_k, self.call.top_p)
+
+    def check(self) -> LoadPlan:
+        """Refuse bad values before anything is read, loaded or written; the model's checked plan."""
+        if not isinstance(self.call.seed, numbers.Integral):
+            raise ConfigError("seed: give one integer (image i of the plan uses seed+i) or a prompt line's seed")
         arguments.integer("--images-per-prompt", self.images_per_prompt, 1)
-        arguments.integer("--batch-size", self.batch_size, 1)
-        arguments.one_of("--sampler", self.sampler, SAMPLERS)
         check_layout(self.layout)
-        check_sampling(self.sampling.cfg, self.sampling.top_k, self.sampling.top_p)
-        self.model.check()
+        plan = plan_load(self.load)
         if self.ray is not None:
             require_ray_data()
             self.ray.check()
+        return plan
 
-    def settings(self, precision: str) -> dict[str, Any]:
+    def settings(self, plan: LoadPlan) -> dict[str, Any]:
         """The settings that shape the images (the job record compares them on a rerun)."""
         return {
             "seed": self.seed,
             "images_per_prompt": self.images_per_prompt,
             **asdict(self.sampling),
-            "sampler": self.sampler,
+            "sampler": self.call.sampler,
             "batch_size": self.batch_size,
             "layout": self.layout,
-            "backend": self.model.backend,
-            "device": self.model.device,
-            "dtype": self.model.dtype,
-            "resolution": self.model.resolution,
-            "precision": precision,
-            "model": self.model.identity(),
+            "backend": plan.backend,
+            "device": plan.device,
+            "dtype": self.load.dtype,
+            "resolution": self.load.resolution,
+            "precision": plan.precision,
+            "model": identity(plan),
         }
 
 

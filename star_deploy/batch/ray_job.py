@@ -15,7 +15,6 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import redirect_stdout
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,10 @@ import ray.data
 
 from ..errors import StarDeployError
 from ..files.signals import stop_requests
+from ..runtime.plan import LoadOptions, LoadPlan
 from .local import RowsSink
-from .model import ModelSpec
-from .options import BatchOptions, RayOptions
+from .model import load_pipeline, worker_options, worker_plan
+from .options import BatchOptions
 from .plan import Chunk
 from .writer import ChunkRunner
 
@@ -42,9 +42,9 @@ class RayJobError(StarDeployError):
 class ChunkWorker:
     """A Ray Data actor: loads the pipeline once, then generates the chunks it is given."""
 
-    def __init__(self, model: ModelSpec, out: str, sampler: str, batch_size: int) -> None:
+    def __init__(self, load: LoadOptions, cpus: int, out: str, sampler: str, batch_size: int) -> None:
         node = ray.get_runtime_context().get_node_id()
-        self.runner = ChunkRunner(model.load(batch_size), Path(out), sampler, node)
+        self.runner = ChunkRunner(load_pipeline(worker_plan(load, cpus), batch_size), Path(out), sampler, node)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [json.dumps(self.runner(Chunk.from_json(str(text)))) for text in batch["chunk"]]
@@ -68,19 +68,12 @@ def connect(address: str) -> None:
     logging.getLogger("ray.data").setLevel(logging.INFO if verbose() else logging.ERROR)
 
 
-def worker_model(model: ModelSpec, options: RayOptions) -> ModelSpec:
-    """The model as a worker loads it: ONNX Runtime threads default to the worker's CPUs."""
-    if model.threads or options.cpus_per_worker < 1:
-        return model
-    return replace(model, threads=int(options.cpus_per_worker))
-
-
 def last_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(exc).__name__
 
 
-def run_on_ray(job: BatchOptions, chunks: list[Chunk], on_rows: RowsSink) -> str | None:
+def run_on_ray(job: BatchOptions, plan: LoadPlan, chunks: list[Chunk], on_rows: RowsSink) -> str | None:
     """Run ``chunks`` on the cluster; a first Ctrl-C or SIGTERM stops taking results (its name returned).
 
     Ray prints the cluster's error notices (a worker died, a task is retried) on stdout: they go to stderr here.
@@ -90,7 +83,7 @@ def run_on_ray(job: BatchOptions, chunks: list[Chunk], on_rows: RowsSink) -> str
         connect(job.ray.address)
         try:
             with stop_requests() as stop:
-                for rows in results(dataset(job, chunks)):
+                for rows in results(dataset(job, plan, chunks)):
                     on_rows(rows)
                     if stop.requested:
                         break
@@ -99,8 +92,11 @@ def run_on_ray(job: BatchOptions, chunks: list[Chunk], on_rows: RowsSink) -> str
             ray.shutdown()
 
 
-def dataset(job: BatchOptions, chunks: list[Chunk]) -> ray.data.Dataset:
-    """The chunks as a dataset, mapped one chunk per call by an actor pool of ``--workers`` pipelines."""
+def dataset(job: BatchOptions, plan: LoadPlan, chunks: list[Chunk]) -> ray.data.Dataset:
+    """The chunks as a dataset, mapped one chunk per call by an actor pool of ``--workers`` pipelines.
+
+    ONNX Runtime threads default to the worker's CPUs (not every core of its node).
+    """
     assert job.ray is not None
     items = ray.data.from_items([{"chunk": c.to_json()} for c in chunks], override_num_blocks=len(chunks))
     return items.map_batches(
@@ -111,9 +107,10 @@ def dataset(job: BatchOptions, chunks: list[Chunk]) -> ray.data.Dataset:
         num_cpus=job.ray.cpus_per_worker,
         num_gpus=job.ray.gpus_per_worker or None,
         fn_constructor_kwargs={
-            "model": worker_model(job.model, job.ray),
+            "load": worker_options(plan),
+            "cpus": int(job.ray.cpus_per_worker),
             "out": str(job.out.resolve()),
-            "sampler": job.sampler,
+            "sampler": job.call.sampler,
             "batch_size": job.batch_size,
         },
     )
