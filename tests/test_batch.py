@@ -39,10 +39,13 @@ from batch_helpers import (
 )
 from typer.testing import CliRunner
 
+from star_deploy.batch import BatchOptions, run_batch
 from star_deploy.batch.model import worker_options, worker_plan
 from star_deploy.batch.plan import ImageTask, ItemSampling, plan_chunks
 from star_deploy.cli import app
+from star_deploy.core.call_options import CallOptions
 from star_deploy.demo import DEMO_GRAPHS
+from star_deploy.errors import ConfigError
 from star_deploy.files.images import read_png
 from star_deploy.runtime.plan import LoadOptions, plan_load
 
@@ -230,6 +233,14 @@ def test_worker_load_options_travel_pickled_and_plan_alike_elsewhere(tmp_path, m
     assert (again.backend, again.device, again.artifacts) == (plan.backend, plan.device, DEMO_GRAPHS.resolve())
     assert again.options.threads == 1, "ONNX Runtime threads do not default to the worker's CPUs"
     assert worker_plan(replace(sent, threads=1), 0).options.threads == 1, "--threads given was not kept"
+
+
+def test_a_list_of_seeds_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    options = BatchOptions(tmp_path / "p.txt", tmp_path / "out", call=CallOptions(seed=[1, 2]))
+    with pytest.raises(ConfigError, match="seed: give one integer"):
+        run_batch(options)
+    assert not (tmp_path / "out").exists()
 
 
 def test_batch_runs_without_torch_and_without_ray(tmp_path):
