@@ -1,6 +1,6 @@
 """`star-deploy batch`: a prompt file to PNGs and an index, equal to the pipeline's images, resumable, on Ray too.
 
-Cost on the shared 2-core machine: all 16 tests 2 min 17 s wall at load average 7-9 (the Ray cluster test
+Cost on the shared 2-core machine: all 18 tests about 1 min 45 s wall at load average 8 (the Ray cluster test
 54 s of it, the SIGTERM test 22 s, the 40-image reference run 16 s).
 """
 
