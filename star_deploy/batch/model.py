@@ -13,6 +13,7 @@ from ..backends.registry import backend_spec
 from ..demo import DEMO_GRAPHS
 from ..errors import ConfigError
 from ..release.hub import option_folder
+from ..runtime.plan import DEFAULT_DTYPE, LoadOptions, refuse_other_backends_options
 
 if TYPE_CHECKING:
     from ..api import StarPipeline
@@ -27,7 +28,7 @@ class ModelSpec:
     path: str | None
     backend: str
     device: str
-    dtype: str = "float32"
+    dtype: str | None = None
     resolution: int | None = None
     threads: int = 0
     provider: str | None = None
@@ -51,7 +52,7 @@ class ModelSpec:
     def precision(self) -> str:
         """fp32, fp16, ... of an artefact folder (its manifest), else the torch compute dtype."""
         if self.artifacts is None:
-            return self.dtype
+            return self.dtype or DEFAULT_DTYPE
         from ..artifacts.manifest import read_manifest
 
         return str(read_manifest(self.artifacts)["precision"])
@@ -67,6 +68,8 @@ class ModelSpec:
         """What can be checked without loading: backend, device name, provider, an export's manifest and size."""
         check_device_name(self.device)
         check_provider(self.provider, self.backend)
+        given = LoadOptions(backend=self.backend, dtype=self.dtype, provider=self.provider)
+        refuse_other_backends_options(backend_spec(self.backend), given)
         if self.artifacts is None:
             return
         from ..artifacts.manifest import read_manifest

@@ -11,6 +11,7 @@ from typing import Any
 from ..core import arguments
 from ..core.config import SAMPLERS
 from ..errors import BackendUnavailableError, ConfigError
+from ..runtime.plan import DEFAULT_DTYPE
 from .layout import check_layout
 from .model import ModelSpec
 from .plan import ItemSampling
@@ -78,7 +79,7 @@ class BatchOptions:
             "layout": self.layout,
             "backend": self.model.backend,
             "device": self.model.device,
-            "dtype": self.model.dtype,
+            "dtype": self.model.dtype or DEFAULT_DTYPE,
             "resolution": self.model.resolution,
             "precision": precision,
             "model": self.model.identity(),

@@ -48,7 +48,7 @@ def batch(
     backend: Annotated[str | None, typer.Option(help="torch, onnxruntime or tensorrt (as run).")] = None,
     artifacts: Annotated[Path | None, typer.Option(help="Artefact folder. Default: the demo's.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
-    dtype: Annotated[str, typer.Option(help="torch compute dtype.")] = "float32",
+    dtype: Annotated[str | None, typer.Option(help="torch compute dtype (default float32).")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime threads (0: one per core; on Ray: per worker CPU).")] = 0,
     provider: Annotated[str | None, typer.Option(help="onnxruntime execution provider.")] = None,
     weights: WeightsOpt = None,
