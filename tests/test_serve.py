@@ -49,10 +49,7 @@ def url():
     port = free_port()
     runner.start(ServeOptions(replicas=2, num_cpus=1, max_batch_size=8, batch_wait_s=0.1), port=port, num_cpus=2)
     yield f"http://127.0.0.1:{port}"
-    import ray
-
-    serve.shutdown()
-    ray.shutdown()
+    runner.stop(10)
 
 
 @pytest.fixture(scope="module")
@@ -384,14 +381,17 @@ def test_a_replica_failing_its_health_check_is_replaced(url, references):
     assert request(f"{url}/healthz").status == 200
 
 
-def test_shutdown_drains_in_flight_requests(url, references):
+def test_shutdown_drains_in_flight_requests(url, references, capfd):
     bodies = [CASES[i % len(CASES)] for i in range(6)]
     replies: list = []
     load = threading.Thread(target=lambda: replies.extend(post_all(f"{url}/v1/images", bodies)))
     load.start()
     time.sleep(0.5)
+    capfd.readouterr()
     runner.stop(60)
     load.join(timeout=120)
+    stopped = capfd.readouterr()
+    assert "graceful_shutdown" not in stopped.err + stopped.out, "Ray's shutdown warning reached the terminal"
     assert [r.status for r in replies] == [200] * 6
     for i, reply in enumerate(replies):
         assert same_image(png_pixels(reply.body), references[i % len(CASES)])
