@@ -194,7 +194,7 @@ def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
         ({"provider": 1}, "provider must be a str or None, got int"),
         ({"device": 0}, "device must be a str or None, got int"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
-        ({"dtype": 16}, "dtype must be a str, got int"),
+        ({"dtype": 16}, "dtype must be a str or None, got int"),
         ({"dtype": "float8"}, "unknown dtype 'float8'"),
         ({"resolution": "256"}, "resolution must be an integer, got str"),
         ({"cuda_graphs": "yes"}, "cuda_graphs must be True or False, got str"),
@@ -209,6 +209,8 @@ def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
         ({"backend": "torch", "provider": "cpu"}, "provider applies to backend='onnxruntime', not to backend='torch'"),
         ({"backend": "torch", "session_options": None, "provider_options": {}}, "provider_options applies to"),
         ({"compile": True}, "compile applies to backend='torch', not to backend='onnxruntime'"),
+        ({"dtype": "float32"}, "dtype applies to backend='torch', not to backend='onnxruntime'"),
+        ({"backend": "tensorrt", "dtype": "float16"}, "dtype applies to backend='torch', not to backend='tensorrt'"),
         ({"backend": "tensorrt", "session_options": None, "threads": 0, "provider": "cuda"}, "provider applies to"),
     ],
 )

@@ -195,6 +195,7 @@ def dead_address() -> str:
         ("zero.jsonl", '{"prompt": "a", "n": 0}\n', [], "zero.jsonl line 1: n must be >= 1, got 0"),
         ("ok.txt", "a red circle\n", ["--seed", "-3"], "--seed: seed must be in [0, 2**63)"),
         ("ok.txt", "a red circle\n", ["--workers", "2"], "apply to --ray"),
+        ("ok.txt", "a red circle\n", ["--dtype", "float16"], "dtype applies to backend='torch', not to backend='onnx"),
         ("ok.txt", "a red circle\n", ["--ray", "DEAD"], "nothing answers there"),
     ],
 )

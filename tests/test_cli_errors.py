@@ -221,6 +221,12 @@ CASES = [
         "manifest.json: missing",
     ),
     ("dtype-unknown", RUN + ["--weights", G, "--dtype", "float8", "-o", "{out}"], 2, "unknown dtype"),
+    (
+        "dtype-with-onnxruntime",
+        ["run", "a", "--dtype", "float16", "-o", "{out}"],
+        2,
+        "dtype applies to backend='torch', not to backend='onnxruntime'; use it with --backend torch",
+    ),
     ("device-unknown", RUN + ["--weights", G, "--device", "tpu", "-o", "{out}"], 2, "unknown device"),
     (
         "export-precision",

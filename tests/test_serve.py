@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import threading
@@ -48,10 +49,7 @@ def url():
     port = free_port()
     runner.start(ServeOptions(replicas=2, num_cpus=1, max_batch_size=8, batch_wait_s=0.1), port=port, num_cpus=2)
     yield f"http://127.0.0.1:{port}"
-    import ray
-
-    serve.shutdown()
-    ray.shutdown()
+    runner.stop(10)
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +331,40 @@ def test_openai_route_refuses_what_it_cannot_serve(url):
         assert words in str(caught.value), (kwargs, str(caught.value))
 
 
+def test_openai_client_reads_the_model_and_the_messages_of_missing_routes(url):
+    import openai
+
+    client = openai_client(url)
+    model = client.models.retrieve("star")
+    assert (model.id, model.object, model.owned_by) == ("star", "model", "star-deploy") and model.created > 0
+    assert [m.id for m in client.models.list()] == ["star"]
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("gpt-image-1")
+    assert "no model 'gpt-image-1'" in str(caught.value) and caught.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.images.edit(image=b"not an image", prompt="a red circle")
+    assert "no route POST /v1/images/edits" in str(caught.value), str(caught.value)
+    native = request(f"{url}/v1/nothing-here").json()["error"]
+    assert native["type"] == "invalid_request_error" and "no route GET /v1/nothing-here" in native["message"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_sent_without_the_json_content_type_is_told_to_send_it(url, content_type):
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    for path, openai_shape in (("/v1/images", False), ("/v1/images/generations", True)):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        connection.request("POST", path, body=b'{"prompt": "a red circle"}', headers=headers)
+        reply = connection.getresponse()
+        error = json.loads(reply.read())["error"]
+        connection.close()
+        message = error["message"] if openai_shape else error
+        assert reply.status == 415 and "Content-Type: application/json" in message, (path, message)
+
+
 def test_a_replica_failing_its_health_check_is_replaced(url, references):
     handle = serve.get_deployment_handle("StarReplica", runner.APP_NAME)
     victim = handle.release.remote().result(timeout_s=30)
@@ -349,14 +381,17 @@ def test_a_replica_failing_its_health_check_is_replaced(url, references):
     assert request(f"{url}/healthz").status == 200
 
 
-def test_shutdown_drains_in_flight_requests(url, references):
+def test_shutdown_drains_in_flight_requests(url, references, capfd):
     bodies = [CASES[i % len(CASES)] for i in range(6)]
     replies: list = []
     load = threading.Thread(target=lambda: replies.extend(post_all(f"{url}/v1/images", bodies)))
     load.start()
     time.sleep(0.5)
+    capfd.readouterr()
     runner.stop(60)
     load.join(timeout=120)
+    stopped = capfd.readouterr()
+    assert "graceful_shutdown" not in stopped.err + stopped.out, "Ray's shutdown warning reached the terminal"
     assert [r.status for r in replies] == [200] * 6
     for i, reply in enumerate(replies):
         assert same_image(png_pixels(reply.body), references[i % len(CASES)])

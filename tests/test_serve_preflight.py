@@ -75,6 +75,7 @@ def cases(busy: int, port: str, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "placement": (["--port", port, "--replicas", "2", "--num-cpus", str(local_cpus())], "need"),
         "batch-wait-inf": (["--port", port, "--batch-wait", "inf"], "--batch-wait: Input should be a finite number"),
         "batch-wait-huge": (["--port", port, "--batch-wait", "1e300"], "--batch-wait: Input should be less than or"),
+        "dtype-on-onnxruntime": (["--port", port, "--dtype", "float32"], "dtype applies to backend='torch', not to"),
     }
 
 

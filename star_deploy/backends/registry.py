@@ -95,7 +95,7 @@ def _create_torch(model: Any, device: str, options: Options) -> Any:
 
     if options.threads and not is_cuda(device):
         torch.set_num_threads(options.threads)
-    dtype = torch_dtype(options.dtype)
+    dtype = torch_dtype(options.compute_dtype)
     return TorchBackend(model, device, dtype, options.cuda_graphs, options.compile, compile_cache=options.compile_cache)
 
 
@@ -137,7 +137,7 @@ BACKENDS: dict[str, BackendSpec] = {
             runs=WEIGHTS,
             default_device="cpu",
             check=_check_torch,
-            options=("cuda_graphs", "compile", "compile_cache"),
+            options=("dtype", "cuda_graphs", "compile", "compile_cache"),
             module="torch",
             extra="torch",
             create=_create_torch,

@@ -87,7 +87,7 @@ class BatchOptions:
             "layout": self.layout,
             "backend": plan.backend,
             "device": plan.device,
-            "dtype": self.load.dtype,
+            "dtype": self.load.compute_dtype,
             "resolution": self.load.resolution,
             "precision": plan.precision,
             "model": identity(plan),

@@ -72,7 +72,7 @@ class BenchSettings:
 
     @property
     def dtype(self) -> str:
-        return self.load.dtype
+        return self.load.compute_dtype
 
     def options(self, variant: BenchVariant) -> LoadOptions:
         """The load options of one line: the run's, with the line's own."""

@@ -83,10 +83,11 @@ def load_release(plan: LoadPlan) -> Loaded:
 
     options = plan.options
     log.info("loading %s", plan.release.star)
-    model = load_weights(plan.release, plan.resolution, memory_check(plan, options.dtype))
+    dtype = options.compute_dtype
+    model = load_weights(plan.release, plan.resolution, memory_check(plan, dtype))
     engine = plan.spec.create(model, plan.device, options)
-    loop = ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir), call_budget(plan, model.config, options.dtype))
-    return Loaded(loop, plan.backend, options.dtype, SamplingConfig(), model=model)
+    loop = ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir), call_budget(plan, model.config, dtype))
+    return Loaded(loop, plan.backend, dtype, SamplingConfig(), model=model)
 
 
 def load_graphs(plan: LoadPlan) -> Loaded:

@@ -40,8 +40,9 @@ def _device(name: str, value: Any) -> str | None:
     return value
 
 
-def _dtype(name: str, value: Any) -> str:
-    return check_compute_dtype(arguments.text(name, value))
+def _dtype(name: str, value: Any) -> str | None:
+    value = _optional_text(name, value)
+    return None if value is None else check_compute_dtype(value)
 
 
 def _provider(name: str, value: Any) -> str | None:
@@ -60,7 +61,7 @@ def _resolution(name: str, value: Any) -> int | None:
 Backend = Annotated[str | None, Checked(_backend)]
 Folder = Annotated[Path | None, Checked(arguments.path)]
 Device = Annotated[str | None, Checked(_device)]
-Dtype = Annotated[str, Checked(_dtype)]
+Dtype = Annotated[str | None, Checked(_dtype)]
 Resolution = Annotated[int | None, Checked(_resolution)]
 Positive = Annotated[int, Checked(functools.partial(arguments.integer, minimum=1))]
 Threads = Annotated[int, Checked(arguments.threads)]
@@ -69,6 +70,9 @@ Provider = Annotated[str | None, Checked(_provider)]
 Mapping = Annotated[dict[str, Any] | None, Checked(arguments.mapping)]
 SessionOptions = Annotated[Any, Checked(arguments.session_options)]
 
+
+DEFAULT_DTYPE = "float32"
+"""The torch backend's compute dtype when ``dtype`` is not given."""
 
 WEIGHTS_HELP = (
     "Folder of the STAR release (CLIP/, vae*.pth, star*.pth), or its Hub repo id. Default: the built-in demo STAR "
@@ -104,7 +108,9 @@ class LoadOptions:
         ),
     ] = None
     device: Annotated[Device, CliOption("cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")] = None
-    dtype: Annotated[Dtype, CliOption("torch backend compute dtype: float32, float16 or bfloat16.")] = "float32"
+    dtype: Annotated[
+        Dtype, CliOption("torch backend compute dtype: float32, float16 or bfloat16. Default: float32.")
+    ] = None
     threads: Annotated[
         Threads, CliOption("Intra-op threads of onnxruntime, and of torch on CPU (0: one per physical core).")
     ] = 0
@@ -147,6 +153,11 @@ class LoadOptions:
 
     def __post_init__(self) -> None:
         arguments.check_fields(self)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The torch backend's compute dtype: ``dtype``, else float32."""
+        return self.dtype or DEFAULT_DTYPE
 
     @property
     def weight_options(self) -> bool:
@@ -263,7 +274,7 @@ def release_plan(spec: BackendSpec, device: str, options: LoadOptions) -> LoadPl
         star = star_for_resolution(options.weights, options.resolution)
     release = release_paths(options.weights, options.clip, options.vae, star)
     resolution = choose_resolution(release, options.resolution)
-    return LoadPlan(spec, device, options, None, release, resolution, options.dtype)
+    return LoadPlan(spec, device, options, None, release, resolution, options.compute_dtype)
 
 
 def graphs_plan(spec: BackendSpec, device: str, options: LoadOptions) -> LoadPlan:

@@ -1,7 +1,8 @@
 """HTTP errors as one-line JSON: validation (4xx), unavailable replicas (503), the rest (500).
 
 The native routes answer ``{"error": message}``; the OpenAI-compatible routes (``/v1/images/generations``,
-``/v1/models``) answer OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, which its clients read."""
+``/v1/models``, ``/v1/models/{id}``) and paths the server does not have answer OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``, which its clients read."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class BadRequest(ValueError):
 
 
 OPENAI_PATHS = ("/v1/images/generations", "/v1/models")
+"""The OpenAI-compatible routes (and, for ``/v1/models``, the routes below it)."""
 
 
 def error_response(status: int, message: str, openai: bool = False) -> JSONResponse:
@@ -34,8 +36,18 @@ def error_response(status: int, message: str, openai: bool = False) -> JSONRespo
 
 
 def is_openai(request: Request) -> bool:
-    """Whether ``request`` went to an OpenAI-compatible route."""
-    return request.url.path.endswith(OPENAI_PATHS)
+    """Whether ``request`` went to an OpenAI-compatible route, or to none (an OpenAI client's unknown route)."""
+    path = request.url.path
+    routed = request.scope.get("endpoint") is not None
+    return not routed or path.endswith(OPENAI_PATHS) or "/v1/models/" in path
+
+
+def json_body_expected(exc: RequestValidationError, content_type: str | None) -> bool:
+    """Whether the body was refused because it was not sent as JSON (no or another ``Content-Type``)."""
+    first = exc.errors()[0] if exc.errors() else {}
+    kind = (content_type or "").split(";")[0].strip().lower()
+    as_json = kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+    return tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), bytes) and not as_json
 
 
 def validation_message(exc: RequestValidationError) -> tuple[int, str]:
@@ -55,11 +67,19 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type")
+        if json_body_expected(exc, content_type):
+            got = f"not {content_type}" if content_type else "it was missing"
+            message = f"the body must be JSON: send it with the header Content-Type: application/json ({got})"
+            return error_response(415, message, openai=is_openai(request))
         return error_response(*validation_message(exc), openai=is_openai(request))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), openai=is_openai(request))
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.scope.get("endpoint") is None:
+            message = f"no route {request.method} {request.url.path}; the routes are listed in /openapi.json"
+        return error_response(exc.status_code, message, openai=is_openai(request))
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:

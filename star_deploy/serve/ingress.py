@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -59,6 +59,12 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     """One server-sent event."""
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
+
+MODEL_ID = "star"
+"""The id of the served model in the OpenAI-compatible routes."""
+
+STARTED = int(time.time())
+"""The ``created`` time of the model object: when the server process started."""
 
 PING_TIMEOUT_S = 2.0
 """How long /healthz waits for a model replica's answer before reporting none alive."""
@@ -129,9 +135,19 @@ class StarIngress:
 
     @app.get("/v1/models", summary="The served model, as OpenAI's model list")
     async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [await self.model_object()]}
+
+    @app.get("/v1/models/{model_id}", summary="The served model, as OpenAI's model object (404 for another id)")
+    async def model(self, model_id: str) -> dict[str, Any]:
+        if model_id != MODEL_ID:
+            raise HTTPException(404, f"no model {model_id!r}: this server runs one model, {MODEL_ID!r}")
+        return await self.model_object()
+
+    async def model_object(self) -> dict[str, Any]:
+        """The served model as OpenAI's model object (its id, created, owner), with the image size it draws."""
         info = await self.model_info(timeout_s=10.0)
         size = f"{info['resolution']}x{info['resolution']}"
-        return {"object": "list", "data": [{"id": "star", "object": "model", "owned_by": "star-deploy", "size": size}]}
+        return {"id": MODEL_ID, "object": "model", "created": STARTED, "owned_by": "star-deploy", "size": size}
 
     def scaling(self) -> dict[str, Any]:
         """Max batch size and replicas (a count, or the autoscaling bounds)."""

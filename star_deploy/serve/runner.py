@@ -105,9 +105,15 @@ def running() -> bool:
 
 
 def stop(timeout_s: float = 60.0) -> None:
-    """Refuse new requests, wait for in-flight ones (at most ``timeout_s``), then shut Serve down."""
+    """Refuse new requests, wait for in-flight ones (at most ``timeout_s``), then shut the local Ray instance down.
+
+    Ending Ray ends Serve with it; ``serve.shutdown()`` first would have Ray print a warning about the
+    controller's shutdown task, which fails by design when the controller exits. Nothing to do once Ray is down.
+    """
+    if not ray.is_initialized():
+        return
     drain(timeout_s)
-    serve.shutdown()
+    ray.shutdown()
 
 
 def drain(timeout_s: float) -> None:
@@ -206,8 +212,6 @@ def serve_forever(options: ServeOptions, host: str, port: int, drain_timeout_s: 
                 ray.shutdown()  # ends Serve with the local Ray instance
         except BaseException:
             with deadline(SHUTDOWN_GRACE_S):
-                if ray.is_initialized():
-                    serve.shutdown()
                 ray.shutdown()
             raise
     log.info("stopped %.1f s after the signal", time.monotonic() - started)
