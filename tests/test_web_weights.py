@@ -31,7 +31,7 @@ from star_deploy.web.artifacts import artifacts_from_site
 from star_deploy.web.browser import SiteBrowser
 from star_deploy.web.server import SiteHandler
 from star_deploy.web.site import SITE_MANIFEST, build_site
-from star_deploy.web.weights import BITS
+from star_deploy.web.weights import BITS, INT8_STORED_GRAPHS
 
 dist = test_web_site.dist
 check_against_python = test_web_site.check_against_python
@@ -87,7 +87,12 @@ def test_quantized_site_stores_matmulnbits_and_meets_the_thresholds_against_fp32
     for name in ("text_encoder", "text_context", "transformer_step"):
         ops = {n.op_type for n in onnx.load(str(manifest.path(name))).graph.node}
         assert "MatMulNBits" in ops, f"{name} of the {weights} site is not quantized"
-    assert "MatMulNBits" not in {n.op_type for n in onnx.load(str(manifest.path("vq_decoder"))).graph.node}
+    decoder = {n.op_type for n in onnx.load(str(manifest.path("vq_decoder"))).graph.node}
+    assert "MatMulNBits" not in decoder
+    for name in INT8_STORED_GRAPHS:
+        graph = onnx.load(str(manifest.path(name))).graph
+        int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        assert "DequantizeLinear" in {n.op_type for n in graph.node} and int8, f"{name}: tables/kernels not int8"
     agreement, lowest = forced_fidelity(site_graphs[weights], golden, golden_cases, golden_sampling)
     limits = THRESHOLDS[weights]
     assert agreement >= limits.teacher_forced_token_agreement, f"{weights}: agreement {agreement:.4f}"
