@@ -217,6 +217,7 @@ class TestBackendContract:
 
 
 FOREIGN_VALUES = {
+    "dtype": "float16",
     "cuda_graphs": True,
     "compile": True,
     "compile_cache": "compiled",
