@@ -6,7 +6,7 @@ keeps only their keys and values. Level 2 adds cached token pruning at the last 
 the transformer runs only each scale's pivotal tokens, the ones whose input deviates most from the
 scale's mean, and every other token takes its own input plus the previous scale's residual (what
 the transformer stack added), resampled to this scale. Each scale keeps a fixed number of tokens,
-so every shape stays static. Level 2 may also run the CPU decoder in int8 (``decoder``).
+so every shape stays static.
 
 A level resolves to knobs per model size (``FAST_PRESETS``); ``cfg_until`` and ``keep`` override
 them. ``scale_plans`` turns the knobs into what each scale runs.
@@ -21,8 +21,6 @@ from ..errors import ConfigError
 from .config import StarConfig
 
 LEVELS = (0, 1, 2)
-DECODERS = ("fp32", "int8")
-"""``FastMode.decoder``: the exported float decoder, or its int8 copy (ONNX Runtime on CPU)."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +29,12 @@ class FastPreset:
 
     cfg_until: int | None
     keep: tuple[float, ...]
-    decoder: str = "fp32"
 
 
 FAST_PRESETS: dict[tuple[int, int], FastPreset] = {
-    (128, 4): FastPreset(cfg_until=4, keep=(0.5,)),
-    (256, 16): FastPreset(cfg_until=7, keep=(0.5, 0.25), decoder="int8"),
-    (256, 30): FastPreset(cfg_until=7, keep=(0.5, 0.25), decoder="int8"),
+    (128, 4): FastPreset(cfg_until=5, keep=(0.875,)),
+    (256, 16): FastPreset(cfg_until=7, keep=(0.5, 0.25)),
+    (256, 30): FastPreset(cfg_until=7, keep=(0.5, 0.25)),
     (512, 30): FastPreset(cfg_until=8, keep=(0.5, 0.25)),
     (1024, 30): FastPreset(cfg_until=11, keep=(0.5, 0.25)),
 }
@@ -50,13 +47,12 @@ class FastMode:
 
     ``cfg_until``: guidance on the first K scales, the conditional rows alone after them (None: every
     scale). ``keep``: the share of tokens the transformer runs at each of the last ``len(keep)``
-    scales (1.0: all of them). ``decoder``: ``fp32`` or ``int8`` (ONNX Runtime's CPU decoder).
+    scales (1.0: all of them).
     """
 
     level: int = 0
     cfg_until: int | None = None
     keep: tuple[float, ...] = ()
-    decoder: str = "fp32"
 
     @property
     def exact(self) -> bool:
@@ -64,7 +60,7 @@ class FastMode:
 
     def record(self) -> dict:
         """What PNG text chunks, responses and bench JSON record about it."""
-        return {"level": self.level, "cfg_until": self.cfg_until, "keep": list(self.keep), "decoder": self.decoder}
+        return {"level": self.level, "cfg_until": self.cfg_until, "keep": list(self.keep)}
 
     def label(self) -> str:
         """One line: ``exact``, or the level and its knobs."""
@@ -75,8 +71,6 @@ class FastMode:
             parts.append(f"cfg-until {self.cfg_until}")
         if self.keep:
             parts.append("keep " + ",".join(f"{r:g}" for r in self.keep))
-        if self.decoder != "fp32":
-            parts.append(f"decoder {self.decoder}")
         return ", ".join(parts)
 
 
@@ -107,17 +101,15 @@ def resolve_fast(
     level: int = 0,
     cfg_until: int | None = None,
     keep: tuple[float, ...] | None = None,
-    decoder: str | None = None,
 ) -> FastMode:
     """The mode ``level`` means for ``config``, with the knobs given replacing the preset's.
 
-    A knob given alone implies the lowest level it belongs to: ``cfg_until`` 1, ``keep`` and ``decoder`` 2.
+    A knob given alone implies the lowest level it belongs to: ``cfg_until`` 1, ``keep`` 2.
     """
     check_level(level)
-    level2_knob = "--keep" if keep is not None else "--fast-decoder" if decoder is not None else None
-    if level == 1 and level2_knob:
-        raise ConfigError(f"{level2_knob} belongs to --fast 2; use --fast 2, or drop it for --fast 1")
-    level = max(level, 2 if level2_knob else 1 if cfg_until is not None else 0)
+    if level == 1 and keep is not None:
+        raise ConfigError("--keep belongs to --fast 2; use --fast 2, or drop it for --fast 1")
+    level = max(level, 2 if keep is not None else 1 if cfg_until is not None else 0)
     if level == 0:
         return EXACT
     preset = preset_for(config)
@@ -132,7 +124,6 @@ def resolve_fast(
         level,
         base.cfg_until if cfg_until is None else cfg_until,
         (base.keep if keep is None else tuple(keep)) if level == 2 else (),
-        (base.decoder if decoder is None else decoder) if level == 2 else "fp32",
     )
     check_mode(mode, config)
     return mode
@@ -151,8 +142,6 @@ def check_mode(mode: FastMode, config: StarConfig) -> None:
     for ratio in mode.keep:
         if not (math.isfinite(ratio) and 0 < ratio <= 1):
             raise ConfigError(f"--keep {ratio:g}: a keep ratio is the share of tokens kept, in (0, 1]")
-    if mode.decoder not in DECODERS:
-        raise ConfigError(f"--fast-decoder {mode.decoder!r}: choose one of {', '.join(DECODERS)}")
 
 
 @dataclass(frozen=True)

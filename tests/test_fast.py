@@ -1,0 +1,150 @@
+"""Fast modes: guidance stopped after a scale and cached token pruning, on torch and ONNX Runtime.
+
+Exact generation stays what the golden tests check; these tests check what each rung keeps
+(tokens before the cut), that backends agree token for token in every rung, and that bad
+knobs are refused in one line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from star_deploy.backends.kv_cache import KVCache
+from star_deploy.backends.ort_backend import compact_rows
+from star_deploy.core.config import SamplingConfig
+from star_deploy.core.fast import EXACT, FastMode, resolve_fast, scale_plans
+from star_deploy.core.pruning import kept_index
+from star_deploy.errors import ConfigError
+from star_deploy.model.graph_modules import PrunedStepGraph, StepGraph
+
+PROMPTS = ["a red circle on a blue background", "a small green square"]
+SEEDS = [3, 11]
+SAMPLING = SamplingConfig(cfg=4.0, top_k=64, top_p=0.9)
+CUT = 7
+"""Guidance on the first 7 of the golden model's 10 scales."""
+RUNGS = {
+    "fast1": FastMode(1, cfg_until=CUT),
+    "fast2": FastMode(2, cfg_until=CUT, keep=(0.5, 0.25)),
+}
+
+
+def generate(pipeline, mode: FastMode):
+    return pipeline.generate(PROMPTS, SAMPLING, seeds=SEEDS, fast=mode)
+
+
+@pytest.fixture(scope="module")
+def exact_tokens(torch_pipeline) -> np.ndarray:
+    return np.asarray(generate(torch_pipeline, EXACT).tokens)
+
+
+@pytest.mark.parametrize("rung", sorted(RUNGS))
+def test_every_rung_draws_the_same_tokens_on_torch_and_onnxruntime(torch_pipeline, ort_pipeline, rung):
+    a, b = generate(torch_pipeline, RUNGS[rung]), generate(ort_pipeline, RUNGS[rung])
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert np.abs(np.asarray(a.images) - np.asarray(b.images)).max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_rung_one_keeps_every_token_before_the_cut(torch_pipeline, ort_pipeline, exact_tokens, backend):
+    pipeline = torch_pipeline if backend == "torch" else ort_pipeline
+    tokens = np.asarray(generate(pipeline, RUNGS["fast1"]).tokens)
+    before = pipeline.config.scale_offsets()[CUT]
+    np.testing.assert_array_equal(tokens[:, :before], exact_tokens[:, :before])
+    assert not np.array_equal(tokens[:, before:], exact_tokens[:, before:])
+
+
+def test_exact_mode_is_the_default_generation(torch_pipeline, exact_tokens):
+    plain = torch_pipeline.generate(PROMPTS, SAMPLING, seeds=SEEDS)
+    np.testing.assert_array_equal(plain.tokens, exact_tokens)
+
+
+def test_plans_are_static_and_prune_only_the_last_scales(tiny_model):
+    config = tiny_model.config
+    plans = scale_plans(config, RUNGS["fast2"])
+    sides = config.patch_nums
+    assert [p.guided for p in plans] == [k < CUT for k in range(len(sides))]
+    assert [p.kept for p in plans[-2:]] == [round(0.5 * sides[-2] ** 2), round(0.25 * sides[-1] ** 2)]
+    assert [p.kept for p in plans[:-2]] == [s * s for s in sides[:-2]]
+    assert [p.residual for p in plans] == [k >= len(sides) - 3 for k in range(len(sides))]
+    assert scale_plans(config) == scale_plans(config, EXACT)
+
+
+def test_pruned_step_with_every_token_kept_is_the_step(tiny_model):
+    """The pruned-step graph keeping all tokens equals the plain step (logits and K/V), with a zero residual prior."""
+    t = tiny_model.transformer
+    c, rows, side = t.config.width, 2, 3
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, side * side, c, generator=gen)
+    angles = torch.randn(side * side, t.config.head_dim // 2, generator=gen)
+    cos, sin = angles.cos(), angles.sin()
+    d, h, hd, n = t.config.depth, t.config.heads, t.config.head_dim, 5
+    text_k = [torch.randn(1, h, n, hd, generator=gen) for _ in range(d)]
+    text_v = [torch.randn(1, h, n, hd, generator=gen) for _ in range(d)]
+    past = [torch.randn(4, rows, h, hd, generator=gen) for _ in range(2 * d)]
+    bias = torch.zeros(1, 1, 1, n)
+    with torch.inference_mode():
+        step = StepGraph(t)(x, cos, sin, bias, *text_k, *text_v, *past)
+        index = torch.arange(9).expand(rows, 9)
+        prior, restore = torch.zeros(rows, 2, 2, c), torch.full((side, 2), 0.5)
+        pruned = PrunedStepGraph(t)(
+            x.view(rows, side, side, c), index, cos, sin, prior, restore, bias, *text_k, *text_v, *past
+        )
+    torch.testing.assert_close(pruned[0], step[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(pruned[2:], step[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_kept_tokens_are_the_most_deviating_and_shared_by_both_rows():
+    x = np.zeros((4, 6, 3), dtype=np.float32)
+    x[0, [1, 4]] = 5.0
+    x[1, [0, 2]] = 3.0
+    index = kept_index(x, 2, batch=2)
+    np.testing.assert_array_equal(index, [[1, 4], [0, 2], [1, 4], [0, 2]])
+
+
+def test_cache_keeps_the_conditional_rows_in_place(tiny_model):
+    config = tiny_model.config
+    cache = KVCache(config, 4, torch.float32, torch.device("cpu"))
+    cache.length = 30
+    filled = [torch.randn(30, 4, *cache.head_shape) for _ in range(2 * config.transformer.depth)]
+    for layer, values in zip(cache.keys + cache.values, filled):
+        layer[:30].copy_(values)
+    cache.keep_conditional_rows()
+    for got, want in zip(cache.past(), filled):
+        torch.testing.assert_close(got, want[:, :2], rtol=0, atol=0)
+    cache.reset()
+    assert cache.rows == 4 and cache.keys[0].shape[1] == 4
+
+
+def test_host_cache_compaction_matches_slicing():
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((37, 6, 5))
+    flat = data.copy().reshape(-1)
+    compact_rows(flat, 37, 6, 3, 5)
+    np.testing.assert_array_equal(flat[: 37 * 3 * 5].reshape(37, 3, 5), data[:, :3])
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"level": 3}, "--fast 3: choose a level in 0, 1, 2"),
+        ({"level": 1, "cfg_until": 0}, "--cfg-until 0: guidance runs on the first K scales; choose K from 1 to 10"),
+        ({"level": 1, "cfg_until": 11}, "--cfg-until 11"),
+        ({"level": 2, "cfg_until": 5, "keep": (0.0, 0.5)}, "--keep 0: a keep ratio is the share of tokens kept"),
+        ({"level": 2, "cfg_until": 5, "keep": (1.5,)}, "--keep 1.5: a keep ratio"),
+        ({"level": 1}, "--fast 1: no preset for this model (256 px, depth 2); give its knobs instead"),
+        ({"level": 1, "keep": (0.5,)}, "--keep belongs to --fast 2"),
+    ],
+)
+def test_bad_knobs_are_refused_in_one_line(tiny_model, knobs, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")) as info:
+        resolve_fast(tiny_model.config, **knobs)
+    assert "\n" not in str(info.value)
+
+
+def test_a_knob_alone_implies_its_level(tiny_model):
+    assert resolve_fast(tiny_model.config, cfg_until=4).level == 1
+    assert resolve_fast(tiny_model.config, cfg_until=4, keep=(0.5,)).level == 2
+    assert resolve_fast(tiny_model.config) is EXACT
