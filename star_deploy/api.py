@@ -18,6 +18,7 @@ import numpy as np
 
 from .core import arguments
 from .core.config import SAMPLERS, SamplingConfig, StarConfig
+from .core.fast import EXACT, FastMode, parse_keep, resolve_fast
 from .errors import ConfigError
 from .files.images import to_pil
 from .runtime.loading import Loaded, LoadOptions, load
@@ -36,11 +37,12 @@ PROGRESS_KEYS = ("disable", "desc", "leave")
 
 @dataclass
 class StarPipelineOutput:
-    """Images in the asked form, the seed of each and its tokens (N, L)."""
+    """Images in the asked form, the seed of each, its tokens (N, L) and the fast mode they ran (exact by default)."""
 
     images: Any
     seeds: list[int]
     tokens: np.ndarray
+    fast: FastMode = EXACT
 
 
 @dataclass
@@ -182,6 +184,9 @@ class StarPipeline:
         output_type: OutputType = "pil",
         callback_on_scale_end: ScaleCallbackFn | None = None,
         sampler: str = "portable",
+        fast: int = 0,
+        cfg_until: int | None = None,
+        keep: Sequence[float] | str | None = None,
     ) -> StarPipelineOutput:
         """Generate one image per prompt (times ``num_images_per_prompt``).
 
@@ -192,23 +197,40 @@ class StarPipeline:
         (and batch); returning False stops the loop there and decodes the coarse image.
         ``sampler="official"`` reproduces the official code's torch.Generator draws (see
         ``star_deploy.core.sampling``). Calls from several threads run one after another.
+        ``fast`` picks a rung of the fast modes (0: exact, the default; 1: guidance stops after
+        the model's preset scale; 2: also cached token pruning at the last scales), ``cfg_until``
+        and ``keep`` override the preset's knobs (``star_deploy.core.fast``); the output's
+        ``fast`` records what ran.
         """
         arguments.one_of("output_type", output_type, OUTPUT_TYPES)
         prompts = normalize_prompts(prompt, num_images_per_prompt)
         seeds = arguments.seeds(seed, len(prompts))
         sampling = self._sampling(guidance_scale, top_k, top_p, sampler, seeds[0])
+        mode = self.fast_mode(fast, cfg_until, keep)
         step = arguments.optional_integer("batch_size", batch_size, 1) or len(prompts)
         if callback_on_scale_end is not None and not callable(callback_on_scale_end):
             raise ConfigError(f"callback_on_scale_end must be callable or None, got {type(callback_on_scale_end)}")
         batches = range(0, len(prompts), step)
         with self._exclusive(), self._progress_bar(len(batches) * self.config.num_scales) as advance:
             results = [
-                self._generate(prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end, advance)
+                self._generate(
+                    prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end, advance, mode
+                )
                 for i in batches
             ]
         images = np.concatenate([r.images for r in results])
         tokens = np.concatenate([r.tokens for r in results])
-        return StarPipelineOutput(convert_images(images, output_type), seeds, tokens)
+        return StarPipelineOutput(convert_images(images, output_type), seeds, tokens, mode)
+
+    def fast_mode(self, fast: Any = 0, cfg_until: Any = None, keep: Any = None) -> FastMode:
+        """The fast mode a call with these knobs runs (checked against this model's schedule)."""
+        ratios = parse_keep(keep) if isinstance(keep, str) else keep
+        return resolve_fast(
+            self.config,
+            arguments.integer("fast", fast),
+            None if cfg_until is None else arguments.integer("cfg_until", cfg_until),
+            None if ratios is None else tuple(arguments.real("keep", r) for r in ratios),
+        )
 
     def _sampling(self, cfg: Any, top_k: Any, top_p: Any, sampler: Any, seed: int) -> SamplingConfig:
         """The call's sampler settings: given values checked, the rest from ``self.defaults``."""
@@ -245,6 +267,7 @@ class StarPipeline:
         seeds: list[int],
         callback: ScaleCallbackFn | None,
         advance: Callable[[], None],
+        mode: FastMode,
     ) -> Generation:
         def on_scale(event: ScaleEvent) -> bool | None:
             advance()
@@ -252,7 +275,7 @@ class StarPipeline:
                 return None
             return arguments.callback_result(callback(ScaleProgress(event.scale, event.num_scales, event)))
 
-        return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False)
+        return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False, fast=mode)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Configure the progress bar over scales: ``disable`` (True: off; default: on a terminal), ``desc``,

@@ -10,13 +10,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN
+from typer.testing import CliRunner
 
 from star_deploy.backends.kv_cache import KVCache
 from star_deploy.backends.ort_backend import compact_rows
+from star_deploy.cli import app
 from star_deploy.core.config import SamplingConfig
 from star_deploy.core.fast import EXACT, FastMode, resolve_fast, scale_plans
 from star_deploy.core.pruning import kept_index
 from star_deploy.errors import ConfigError
+from star_deploy.files.images import read_png
 from star_deploy.model.graph_modules import PrunedStepGraph, StepGraph
 
 PROMPTS = ["a red circle on a blue background", "a small green square"]
@@ -148,3 +152,42 @@ def test_a_knob_alone_implies_its_level(tiny_model):
     assert resolve_fast(tiny_model.config, cfg_until=4).level == 1
     assert resolve_fast(tiny_model.config, cfg_until=4, keep=(0.5,)).level == 2
     assert resolve_fast(tiny_model.config) is EXACT
+
+
+TINY_RUN = ["--weights", str(GOLDEN), "--resolution", "256", "--backend", "torch", "--top-k", "50"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fast", "1"], "--fast 1: no preset for this model (256 px, depth 2); give its knobs instead"),
+        (["--cfg-until", "11"], "--cfg-until 11: guidance runs on the first K scales; choose K from 1 to 10"),
+        (["--fast", "2", "--cfg-until", "5", "--keep", "0.5,0"], "--keep 0: a keep ratio is the share of tokens"),
+        (["--keep", "1.5"], "--keep 1.5: a keep ratio is the share of tokens kept"),
+        (["--keep", "half"], "--keep 'half': give keep ratios separated by commas"),
+    ],
+)
+def test_run_refuses_bad_fast_knobs_in_one_line(tmp_path, flags, message):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["run", "a red car.", "-o", str(out), *TINY_RUN, *flags])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_run_records_the_rung_in_the_png(tmp_path):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["run", "a red car.", "-o", str(out), *TINY_RUN, "--cfg-until", "7"])
+    assert result.exit_code == 0, result.output
+    assert read_png(out)[1]["fast"] == "fast 1, cfg-until 7"
+
+
+def test_pipeline_call_runs_and_reports_the_rung(torch_pipeline, exact_tokens):
+    from star_deploy.api import StarPipeline
+
+    pipe = StarPipeline.from_pretrained(GOLDEN, backend="torch", resolution=256)
+    knobs = {"guidance_scale": 4.0, "top_k": 64, "top_p": 0.9, "seed": SEEDS, "output_type": "np"}
+    out = pipe(PROMPTS, fast=2, cfg_until=CUT, keep="0.5,0.25", **knobs)
+    assert out.fast == RUNGS["fast2"]
+    np.testing.assert_array_equal(out.tokens, generate(torch_pipeline, RUNGS["fast2"]).tokens)
+    assert pipe(PROMPTS, **knobs).fast == EXACT

@@ -19,6 +19,7 @@ from ..artifacts.schema import parse_config
 from ..backends.factory import check_backend_device, default_device, needs_artifacts
 from ..backends.ort_sessions import check_provider
 from ..core.config import SamplingConfig
+from ..core.fast import EXACT, FastMode
 from ..demo import DEMO_GRAPHS
 from ..errors import ConfigError, OutputError
 from ..files.atomic import check_separate, check_writable
@@ -28,7 +29,10 @@ from ..release.finder import ReleasePaths, release_paths
 from ..release.hub import option_folder
 from ..runtime.pipeline import Generation, ScaleEvent, ScaleLoop
 from .common import (
+    CfgUntilOpt,
     ClipOpt,
+    FastOpt,
+    KeepOpt,
     OverwriteOpt,
     ResolutionOpt,
     SamplerOpt,
@@ -180,6 +184,7 @@ def generate_batches(
     sampling: SamplingConfig,
     batch_size: int,
     on_preview: PreviewWriter | None = None,
+    fast: FastMode = EXACT,
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
     results = []
@@ -195,7 +200,7 @@ def generate_batches(
                 progress.advance(task, count)
 
             timing = log.isEnabledFor(logging.INFO)  # print_timings shows them; untimed, nothing waits for the device
-            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale, timing=timing))
+            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale, timing=timing, fast=fast))
     return results
 
 
@@ -303,6 +308,9 @@ def run(
             "CUDA.",
         ),
     ] = False,
+    fast: FastOpt = 0,
+    cfg_until: CfgUntilOpt = None,
+    keep: KeepOpt = None,
     weights: WeightsOpt = None,
     clip: ClipOpt = None,
     vae: VaeOpt = None,
@@ -369,6 +377,7 @@ def run(
         max_batch_size=batch,
     )
     pipeline = pipe.loop
+    mode = pipe.fast_mode(fast, cfg_until, keep)
     sampling = chosen_sampling(asked, pipe.defaults, (cfg, top_k, top_p), pipeline.config.transformer.vocab_size)
     meta = {
         "cfg": str(sampling.cfg),
@@ -376,6 +385,7 @@ def run(
         "top_p": str(sampling.top_p),
         "sampler": sampler,
         "backend": backend,
+        "fast": mode.label(),
         "software": "star-deploy",
     }
     with output_set(previews) as preview_outputs:
@@ -387,7 +397,7 @@ def run(
                     check_writable(path, overwrite)
             metas = [meta | {"prompt": p, "seed": str(seed + i)} for i, p in enumerate(prompts)]
             writer = preview_writer(preview_outputs, names, metas, overwrite)
-        results = generate_batches(pipeline, prompts, sampling, batch_size, writer)
+        results = generate_batches(pipeline, prompts, sampling, batch_size, writer, mode)
         images = [img for r in results for img in r.images]
         save_images(paths, prompts, images, meta, seed, overwrite)
     print_timings(results, len(images), f"{backend}, {device}")

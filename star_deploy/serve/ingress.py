@@ -45,6 +45,7 @@ def settings(job: Job, result: dict[str, Any]) -> dict[str, Any]:
         "cfg": result["cfg"],
         "top_k": result["top_k"],
         "top_p": result["top_p"],
+        "fast": result["fast"],
         "backend": result["backend"],
         "software": "star-deploy serve",
     }

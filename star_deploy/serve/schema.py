@@ -38,12 +38,24 @@ class ImageRequest(BaseModel):
     top_p: float | None = Field(
         None, gt=0.0, le=1.0, description="Nucleus sampling mass (default: the model's, 0.8 officially)."
     )
+    fast: int = Field(
+        0, ge=0, le=2, description="Fast mode: 0 exact; 1 guidance stops early; 2 also prunes tokens (approximations)."
+    )
+    cfg_until: int | None = Field(None, ge=1, description="Fast modes: guidance on the first K scales only.")
     response_format: Literal["png", "json"] | None = Field(
         None, description="png (image/png) or json (base64 PNG); default: from the Accept header, else png."
     )
 
     def job(self) -> Job:
-        return Job(prompt=self.prompt, seed=self.seed, cfg=self.cfg, top_k=self.top_k, top_p=self.top_p)
+        return Job(
+            prompt=self.prompt,
+            seed=self.seed,
+            cfg=self.cfg,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            fast=self.fast,
+            cfg_until=self.cfg_until,
+        )
 
 
 def wants_json(request: ImageRequest, accept: str | None) -> bool:
