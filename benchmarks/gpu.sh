@@ -3,7 +3,8 @@
 # a CLI run with CUDA graphs, then `star-deploy bench` on CUDA for each preset and batch size.
 # Every bench row carries its fidelity against a float32 generation of the same model (teacher-forced
 # token agreement and image PSNR); targets: >= 99 % and >= 35 dB in fp16.
-# Usage: benchmarks/gpu.sh [tests|bench|all|device]
+# Usage: benchmarks/gpu.sh [tests|bench|fast|all|device]
+# `fast` measures every fast-mode rung at 1024-d30 batch 1 (benchmarks/fast_modes.py).
 # `device` is the one-call check for a lent GPU, within 8 minutes from a tree trimmed by
 # benchmarks/device_tree.sh: the CUDA tests (the demo's when the demo is there), the CPU proxies,
 # then the 1024-d30 batch-1 bench of every torch variant (torch.compile cold, into $OUT/compile-cache).
@@ -50,5 +51,11 @@ if [[ "$what" == bench || "$what" == all || "$what" == device ]]; then
             --backends "$backends" --warmup 2 --repeat "${REPEAT:-5}" --compile-cache "$compile_cache" \
             --json "$OUT/bench_${p}_b${b}.json" 2>&1 | tee -a "$log" || status=1
     done
+fi
+
+if [[ "$what" == fast || "$what" == all || "$what" == device ]]; then
+    # Every fast-mode rung at 1024-d30 b1 (torch fp16, CUDA graphs), tokens and PSNR against exact, same run.
+    timeout 420 python3 benchmarks/fast_modes.py --models 1024-d30 --backend torch --device cuda \
+        --repeat "${REPEAT:-5}" --json "$OUT/fast_modes_1024-d30.json" 2>&1 | tee -a "$log" || status=1
 fi
 exit $status

@@ -1,0 +1,189 @@
+"""Speed and quality of each fast-mode rung against exact generation, measured in one run.
+
+For the demo model: held-out accuracy of the demo evaluator (colour, shape and background
+right) over every held-out combination x 2 seeds, and wall time, per rung. For random-weight
+preset models: tokens equal up to the first changed scale, image PSNR against exact, wall
+time (median of --repeat) and its ratio to exact, and the theoretical step-FLOP saving.
+Prints a table and writes JSON.
+
+Usage: python benchmarks/fast_modes.py [--models demo,256-d16] [--backend onnxruntime|torch]
+       [--device cpu|cuda] [--repeat 3] [--json benchmarks/results/fast_modes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from star_deploy.bench.flops import planned_step_flops  # noqa: E402
+from star_deploy.core.config import SamplingConfig, preset  # noqa: E402
+from star_deploy.core.fast import EXACT, FastMode, resolve_fast, scale_plans  # noqa: E402
+from star_deploy.core.tokenizer import PromptTokenizer  # noqa: E402
+from star_deploy.runtime.pipeline import ScaleLoop  # noqa: E402
+
+PROMPT = "a photo of a red fox in the snow"
+
+
+def demo_loop(backend: str) -> ScaleLoop:
+    """The demo model on ``backend`` (ONNX Runtime: its shipped graphs)."""
+    from star_deploy.demo import DEMO_GRAPHS, DEMO_RESOLUTION, DEMO_WEIGHTS
+
+    if backend == "torch":
+        from star_deploy.backends.torch_backend import TorchBackend
+        from star_deploy.release.finder import resolve_release
+        from star_deploy.release.weights import load_release
+
+        model = load_release(resolve_release(weights=DEMO_WEIGHTS), DEMO_RESOLUTION)
+        return ScaleLoop(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
+    return graphs_loop(DEMO_GRAPHS)
+
+
+def graphs_loop(folder: Path) -> ScaleLoop:
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.backends.ort_backend import OrtBackend
+
+    manifest = load_manifest(folder)
+    return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+
+
+def random_loop(name: str, backend: str, scratch: Path, device: str = "cpu") -> ScaleLoop:
+    """A random-weight model of preset ``name``: torch directly (CUDA: fp16 with CUDA graphs), or exported for ORT."""
+    from star_deploy.release.random_weights import random_model
+
+    model = random_model(preset(name))
+    if backend == "torch":
+        import torch
+
+        from star_deploy.backends.torch_backend import TorchBackend
+
+        cuda = device.startswith("cuda")
+        dtype = torch.float16 if cuda else torch.float32
+        return ScaleLoop(TorchBackend(model, device, dtype, cuda_graphs=cuda), PromptTokenizer(model.tokenizer_dir))
+    from star_deploy.export.artifacts import export_artifacts
+
+    return graphs_loop(export_artifacts(model, scratch / name, "fp32"))
+
+
+def rungs(config) -> list[FastMode]:
+    return [EXACT, resolve_fast(config, 1), resolve_fast(config, 2)]
+
+
+def step_saving(config, mode: FastMode) -> float:
+    """Theoretical share of transformer-step FLOPs the rung saves."""
+    exact = sum(planned_step_flops(config, 1, scale_plans(config)))
+    return 1.0 - sum(planned_step_flops(config, 1, scale_plans(config, mode))) / exact
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def first_changed_scale(config, a: np.ndarray, b: np.ndarray) -> int | None:
+    offsets = [*config.scale_offsets(), config.total_tokens]
+    for k in range(config.num_scales):
+        if not np.array_equal(a[:, offsets[k] : offsets[k + 1]], b[:, offsets[k] : offsets[k + 1]]):
+            return k
+    return None
+
+
+def demo_rows(backend: str) -> list[dict]:
+    from tools.demo_training.evaluate import read_image
+    from tools.demo_training.train import held_out_prompts
+
+    loop = demo_loop(backend)
+    cases = held_out_prompts(2)
+    rows = []
+    for mode in rungs(loop.config):
+        start = time.perf_counter()
+        gen = loop.generate([p for p, _, _ in cases], SamplingConfig(), seeds=[s for _, _, s in cases], fast=mode)
+        seconds = time.perf_counter() - start
+        right = [read_image(img).matches(combo) for img, (_, combo, _) in zip(gen.images, cases)]
+        rows.append(
+            {
+                "model": "demo",
+                "rung": mode.record(),
+                "label": mode.label(),
+                "images": len(cases),
+                "accuracy": float(np.mean([c and s for c, s in right])),
+                "seconds": seconds,
+                "step_flop_saving": step_saving(loop.config, mode),
+            }
+        )
+    exact = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = exact / row["seconds"]
+    return rows
+
+
+def random_rows(name: str, backend: str, repeat: int, scratch: Path, device: str) -> list[dict]:
+    loop = random_loop(name, backend, scratch, device)
+    sampling = SamplingConfig(cfg=4.0, top_k=600, top_p=0.8)
+    rows, exact = [], None
+    for mode in rungs(loop.config):
+        times, gen = [], None
+        for _ in range(repeat + 1):
+            start = time.perf_counter()
+            gen = loop.generate([PROMPT], sampling, seeds=[0], fast=mode)
+            times.append(time.perf_counter() - start)
+        exact = exact or gen
+        row = {
+            "model": f"{name} random",
+            "rung": mode.record(),
+            "label": mode.label(),
+            "seconds": statistics.median(times[1:]),
+            "first_changed_scale": first_changed_scale(loop.config, gen.tokens, exact.tokens),
+            "psnr_db": psnr(gen.images, exact.images),
+            "step_flop_saving": step_saving(loop.config, mode),
+        }
+        rows.append(row)
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':16} {'rung':34} {'seconds':>8} {'speedup':>8} {'FLOP saved':>10} {'quality':>22}")
+    for r in rows:
+        if "accuracy" in r:
+            quality = f"held-out acc {100 * r['accuracy']:.1f} %"
+        else:
+            changed = r["first_changed_scale"]
+            quality = f"PSNR {r['psnr_db']:.1f} dB, scale {changed if changed is not None else '-'}"
+        saved = f"{100 * r['step_flop_saving']:.0f} %"
+        print(f"{r['model']:16} {r['label']:34} {r['seconds']:8.2f} {r['speedup']:7.2f}x {saved:>10} {quality:>22}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="demo,256-d16")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    parser.add_argument("--device", default="cpu", help="torch backend: cpu, or cuda (fp16 with CUDA graphs)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/fast_modes.json"))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.models.split(","):
+            if name == "demo":
+                rows += demo_rows(args.backend)
+            else:
+                rows += random_rows(name, args.backend, args.repeat, Path(scratch), args.device)
+    print_table(rows)
+    report = {"backend": args.backend, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
