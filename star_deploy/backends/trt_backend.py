@@ -30,13 +30,14 @@ from types import ModuleType
 import torch
 
 from ..artifacts.manifest import Manifest
-from ..core.graphs import Role, scale_dims
+from ..core.fast import ScalePlan, scale_plans
+from ..core.graphs import OPTIONAL_GRAPHS, Role, scale_dims
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.gpu import ALIGNMENT, aligned, cuda
 from ..engines.profiles import Profile, select_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
 from ..engines.trt_api import import_tensorrt, make_logger, runtime_info, torch_dtype
-from ..errors import ArtifactError, StarDeployError
+from ..errors import ArtifactError, ConfigError, StarDeployError
 from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
 
@@ -175,7 +176,7 @@ class TrtBackend(TorchArrays):
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
         self.stream = self.gpu.stream(self.cuda_device)
-        graphs = self.manifest.graphs
+        graphs = {g: s for g, s in self.manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
         self.engines = {g: TrtEngine(trt, self.runtime, self.manifest, g, info, self) for g in graphs}
         size = max(ALIGNMENT, *(e.memory_bytes() for e in self.engines.values()))
         self.context_memory = self.gpu.empty((size,), torch.uint8, self.device)
@@ -206,7 +207,12 @@ class TrtBackend(TorchArrays):
         return outs["text_hidden"], outs["text_pooled"]
 
     @on_device
-    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
+    def begin(
+        self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor, plans: tuple[ScalePlan, ...] | None = None
+    ) -> torch.Tensor:
+        """Start a generation; the engines' profiles hold the exact plan's shapes only (``plans`` all exact)."""
+        if plans is not None and plans != scale_plans(self.config):
+            raise ConfigError("the tensorrt backend generates exactly; run fast modes on torch or onnxruntime")
         b = hidden.shape[0] // 2
         engine = self.engines["text_context"]
         outs = self._outputs("text_context", {"batch": b, "rows": 2 * b})
@@ -252,7 +258,7 @@ class TrtBackend(TorchArrays):
         inputs = {
             "tokens": self.asarray(tokens),
             "f_hat": f_hat,
-            **{k: v for k, v in self.tables[scale].items() if k not in ("rope_cos", "rope_sin")},
+            **{k: v for k, v in self.tables[scale].items() if k in engine.spec.input_names},
         }
         engine.run(engine.profile(b, scale), inputs, outs)
         return outs["f_hat_out"], outs["next_x"]

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..artifacts.manifest import load_manifest
+from ..core.graphs import OPTIONAL_GRAPHS
 from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, progress_bar, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -66,7 +67,7 @@ def build_engine(
 
     manifest = load_manifest(folder)
     options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32)
-    graphs = graph or list(manifest.graphs)
+    graphs = graph or [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS]
     with progress_bar() as progress:
         task = progress.add_task("building engines", total=len(graphs))
         paths = build_engines(manifest, options, graphs, device, overwrite, on_graph=lambda g: progress.advance(task))

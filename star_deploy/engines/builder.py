@@ -24,6 +24,7 @@ from types import ModuleType
 
 from ..artifacts.manifest import Manifest, graph_digest
 from ..artifacts.readiness import check_graph
+from ..core.graphs import OPTIONAL_GRAPHS
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..files.atomic import atomic_file
 from ..version import __version__
@@ -217,7 +218,7 @@ def build_engines(
     on_graph: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Build ``graphs`` (default: all) of ``manifest`` into DIR/engines/<graph>.plan + .json."""
-    graphs = list(graphs or manifest.graphs)
+    graphs = list(graphs or (g for g in manifest.graphs if g not in OPTIONAL_GRAPHS))
     unknown = sorted(set(graphs) - set(manifest.graphs))
     if unknown:
         raise ConfigError(f"unknown graph(s) {unknown}; choose from {', '.join(manifest.graphs)}")
