@@ -225,3 +225,41 @@ def test_presets_prune_only_large_scales():
     for (resolution, _), chosen in FAST_PRESETS.items():
         pruned = SCHEDULES[resolution][len(SCHEDULES[resolution]) - len(chosen.keep) :]
         assert all(side >= PRESET_MIN_PRUNED_SIDE for side in pruned), (resolution, pruned)
+
+
+DECODER_INT8_PSNR_DB = 28.0
+"""The int8 decoder against the fp32 one on the golden model's random-weight decoder: measured 29.9 dB (the
+trained demo decoder: 38-50 dB; docs/fast.md)."""
+
+
+def test_int8_decoder_keeps_tokens_and_stays_close_to_fp32(artifacts_fp32, ort_pipeline, tmp_path):
+    import json
+
+    import onnx
+
+    from star_deploy.artifacts.manifest import MANIFEST, load_manifest
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.core.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
+
+    out = tmp_path / "dec8"
+    result = CliRunner().invoke(app, ["quantize", str(artifacts_fp32), "--out", str(out), "--decoder"])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    assert manifest.precision == "fp32"
+    assert json.loads((out / MANIFEST).read_text())["quantization"]["graphs"] == ["vq_decoder"]
+    ops = [n.op_type for n in onnx.load(str(manifest.path("vq_decoder"))).graph.node]
+    assert ops.count("QuantizeLinear") >= ops.count("Conv") > 0
+    loop = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    a, b = generate(ort_pipeline, RUNGS["fast2"]), generate(loop, RUNGS["fast2"])
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    mse = np.mean((np.asarray(a.images, np.float64) - np.asarray(b.images)) ** 2)
+    psnr = 10 * np.log10(1 / mse)
+    assert psnr >= DECODER_INT8_PSNR_DB, f"int8 decoder PSNR {psnr:.1f} dB"
+
+
+def test_quantize_refuses_decoder_with_dynamic(artifacts_fp32, tmp_path):
+    out = tmp_path / "q"
+    result = CliRunner().invoke(app, ["quantize", str(artifacts_fp32), "--out", str(out), "--decoder", "--dynamic"])
+    assert result.exit_code == 2 and "--decoder and --dynamic: choose one" in result.stderr
+    assert not out.exists()
