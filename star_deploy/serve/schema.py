@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.config import MAX_CFG
+from ..core.config import MAX_CFG, StarConfig
+from ..core.fast import resolve_fast
+from ..errors import ConfigError
+from .errors import BadRequest
 from .model import Job
 
 MAX_PROMPT_CHARS = 1000
@@ -64,3 +67,11 @@ def wants_json(request: ImageRequest, accept: str | None) -> bool:
         return request.response_format == "json"
     accept = (accept or "").lower()
     return "application/json" in accept and "image/png" not in accept
+
+
+def check_fast(fast: int, cfg_until: int | None, config: dict) -> None:
+    """Refuse (400) a fast mode the served model cannot run: ``cfg_until`` beyond its scales, no preset."""
+    try:
+        resolve_fast(StarConfig.from_dict(config), fast, cfg_until)
+    except ConfigError as exc:
+        raise BadRequest(str(exc).replace("--cfg-until", "cfg_until").replace("--fast", "fast")) from None
