@@ -263,3 +263,26 @@ def test_quantize_refuses_decoder_with_dynamic(artifacts_fp32, tmp_path):
     result = CliRunner().invoke(app, ["quantize", str(artifacts_fp32), "--out", str(out), "--decoder", "--dynamic"])
     assert result.exit_code == 2 and "--decoder and --dynamic: choose one" in result.stderr
     assert not out.exists()
+
+
+def test_bench_runs_the_rung_on_all_but_the_baseline_and_records_it(artifacts_fp32, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    args = ["bench", *TINY_RUN[:4], "--artifacts", str(artifacts_fp32), "--backends", "torch-eager,torch,onnxruntime"]
+    args += ["--repeat", "1", "--warmup", "0", "--json", str(out), "--cfg-until", str(CUT)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["fast"] == {"level": 1, "cfg_until": CUT, "keep": [], "label": "fast 1, cfg-until 7"} | {
+        "baseline": "exact"
+    }
+    backends = report["backends"]
+    for name in ("torch", "onnxruntime"):
+        fidelity = backends[name]["fidelity"]
+        assert fidelity["tokens_equal_fp32"] is False and fidelity["teacher_forced_token_agreement"] < 1.0
+
+
+def test_bench_refuses_a_bad_level_before_loading(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--fast", "5", "--random-weights"])
+    assert result.exit_code == 2 and "--fast 5: choose a level in 0, 1, 2" in result.stderr

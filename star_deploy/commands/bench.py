@@ -15,7 +15,9 @@ from ..core.extras import require_torch
 from ..errors import ConfigError
 from ..files.atomic import check_writable
 from .common import (
+    CfgUntilOpt,
     ClipOpt,
+    FastOpt,
     ResolutionOpt,
     SamplerOpt,
     StarOpt,
@@ -88,18 +90,23 @@ def bench(
     vae: VaeOpt = None,
     star: StarOpt = None,
     resolution: ResolutionOpt = None,
+    fast: FastOpt = 0,
+    cfg_until: CfgUntilOpt = None,
 ) -> None:
     """Time the backends on the same prompts and seeds; print a table and the per-stage breakdown.
 
     With no weight options and no --random-weights, benchmarks the built-in demo model.
+    --fast runs that rung on every backend but the official-style baseline, which stays exact.
     """
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     require_torch("star-deploy bench")
     from ..bench.report import print_report, write_json
     from ..bench.runner import BackendSource, BenchSettings, run_bench
+    from ..core.fast import check_level
 
     check_threads(threads)
     check_device(device)
+    check_level(fast)
     settings = BenchSettings(
         names,
         batch_size,
@@ -111,6 +118,8 @@ def bench(
         seed,
         SamplingConfig(seed=seed, sampler=sampler),
         compile_cache=compile_cache,
+        fast=fast,
+        cfg_until=cfg_until,
     )
     if json_path is not None:
         check_writable(json_path, overwrite=True)
