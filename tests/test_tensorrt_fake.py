@@ -331,3 +331,32 @@ def test_fake_builder_rules(fake_trt):
     profile = fake_trt.Builder(fake_trt.Logger()).create_optimization_profile()
     profile.set_shape("x", (1, 4), (1, 2), (1, 4))
     assert config.add_optimization_profile(profile) == -1
+
+
+def test_fast_one_runs_on_engines_with_conditional_rows(fake_trt, engines, folder, torch_pipeline):
+    """Guidance stopped after scale 7: tokens before it are exact's, and all of them torch's (portable sampler).
+
+    On the golden model guidance changes few tokens: this prompt and seed change 11 after the cut."""
+    from star_deploy.core.config import SamplingConfig
+    from star_deploy.core.fast import FastMode
+
+    sampling, prompts, seeds, cut = SamplingConfig(cfg=4.0, top_k=64, top_p=0.9), ["a cute dog"], [4], 7
+    fast1, fast2 = FastMode(1, cfg_until=cut), FastMode(2, cfg_until=cut, keep=(0.5,))
+    with pytest.raises(StarDeployError, match="no profiles for the conditional rows.*--conditional-rows"):
+        golden_pipeline(engines).generate(prompts, sampling, seeds=seeds, fast=fast1)
+    result = invoke("build-engine", folder, "--graph", "transformer_step", "--conditional-rows", "--overwrite")
+    assert result.exit_code == 0, result.output
+    profiles = load_sidecar(sidecar_path(folder, "transformer_step")).profiles
+    assert [p.rows for p in profiles] == [None] * 10 + [1] * 10
+    pipeline = golden_pipeline(folder)
+    exact = pipeline.generate(prompts, sampling, seeds=seeds)
+    fast = pipeline.generate(prompts, sampling, seeds=seeds, fast=fast1)
+    before = pipeline.config.scale_offsets()[cut]
+    np.testing.assert_array_equal(fast.tokens[:, :before], exact.tokens[:, :before])
+    assert not np.array_equal(fast.tokens[:, before:], exact.tokens[:, before:])
+    np.testing.assert_array_equal(
+        fast.tokens, torch_pipeline.generate(prompts, sampling, seeds=seeds, fast=fast1).tokens
+    )
+    np.testing.assert_array_equal(pipeline.generate(prompts, sampling, seeds=seeds).tokens, exact.tokens)
+    with pytest.raises(ConfigError, match="runs --fast 0 and 1; run --fast 2 on torch or onnxruntime"):
+        pipeline.generate(prompts, sampling, seeds=seeds, fast=fast2)

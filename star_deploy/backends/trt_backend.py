@@ -30,7 +30,7 @@ from types import ModuleType
 import torch
 
 from ..artifacts.manifest import Manifest
-from ..core.fast import ScalePlan, scale_plans
+from ..core.fast import ScalePlan
 from ..core.graphs import OPTIONAL_GRAPHS, Role, scale_dims
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.gpu import ALIGNMENT, aligned, cuda
@@ -92,8 +92,8 @@ class TrtEngine:
             if not self.stream.enqueue(lambda handle, c=ctx, i=index: c.set_optimization_profile_async(i, handle)):
                 raise StarDeployError(f"{self.graph}: TensorRT refused optimization profile {index}; {self.rebuild}")
 
-    def profile(self, batch: int, scale: int | None = None) -> Profile:
-        return select_profile(self.profiles, self.spec, batch, scale)
+    def profile(self, batch: int, scale: int | None = None, rows: int | None = None) -> Profile:
+        return select_profile(self.profiles, self.spec, batch, scale, rows)
 
     def run(self, profile: Profile, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Execute with ``profile`` reading ``inputs`` and writing into the given ``outputs`` buffers."""
@@ -188,6 +188,7 @@ class TrtBackend(TorchArrays):
         self.cache_dtype = step_dtypes["new_key.0"]
         self.tables = [{k: self._aligned(v) for k, v in t.items()} for t in device_tables(self.config, self.device)]
         self.cache: KVCache | None = None
+        self.batch = 0
         self.text: dict[str, torch.Tensor] = {}
 
     def _aligned(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -210,10 +211,13 @@ class TrtBackend(TorchArrays):
     def begin(
         self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor, plans: tuple[ScalePlan, ...] | None = None
     ) -> torch.Tensor:
-        """Start a generation; the engines' profiles hold the exact plan's shapes only (``plans`` all exact)."""
-        if plans is not None and plans != scale_plans(self.config):
-            raise ConfigError("the tensorrt backend generates exactly; run fast modes on torch or onnxruntime")
+        """Start a generation of ``plans``: exact, or guidance stopped after a scale (fast 1; engines built
+        with conditional-row profiles). Pruned scales (fast 2) have no engine."""
+        if plans is not None and any(p.residual for p in plans):
+            raise ConfigError("the tensorrt backend runs --fast 0 and 1; run --fast 2 on torch or onnxruntime")
         b = hidden.shape[0] // 2
+        if plans is not None and not all(p.guided for p in plans):
+            self.engines["transformer_step"].profile(b, 0, rows=b)  # refuses engines built without those profiles
         engine = self.engines["text_context"]
         outs = self._outputs("text_context", {"batch": b, "rows": 2 * b})
         inputs = {"text_hidden": hidden[:b], "attention_mask": self.asarray(attention_mask)[:b], "text_pooled": pooled}
@@ -223,8 +227,14 @@ class TrtBackend(TorchArrays):
         if self.cache is None or self.cache.rows != 2 * b:
             self.cache = None  # free the old cache before allocating the new one
             self.cache = KVCache(self.config, 2 * b, self.cache_dtype, self.device, self.gpu.empty)
-        self.cache.length = 0
+        self.cache.reset()
+        self.batch = b
         return start
+
+    @on_device
+    def keep_conditional_rows(self) -> None:
+        """Guidance stops here: the cache keeps its conditional rows; later steps use the B-row profiles."""
+        self.cache.keep_conditional_rows()
 
     @on_device
     def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +255,8 @@ class TrtBackend(TorchArrays):
                 inputs[b.name] = bound_tensor(b, self.cache, self.text, tokens)
             elif b.role is Role.CACHE_SLOT:
                 outputs[b.name] = bound_tensor(b, self.cache, self.text, tokens)
-        engine.run(engine.profile(rows // 2, scale), inputs, outputs)
+        conditional = rows if rows != 2 * self.batch else None
+        engine.run(engine.profile(self.batch, scale, conditional), inputs, outputs)
         self.cache.length += tokens
         return logits
 

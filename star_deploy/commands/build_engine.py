@@ -49,6 +49,14 @@ def build_engine(
             "about 1e-3 relative error. Recorded in each sidecar. Default: off.",
         ),
     ] = False,
+    conditional_rows: Annotated[
+        bool,
+        typer.Option(
+            "--conditional-rows",
+            help="Also build step profiles for the conditional rows alone, so the engines run --fast 1 "
+            "(guidance stops after a scale). Doubles the step engine's profiles.",
+        ),
+    ] = False,
     graph: Annotated[
         list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")
     ] = None,
@@ -66,7 +74,7 @@ def build_engine(
     from ..engines.builder import BuildOptions, build_engines
 
     manifest = load_manifest(folder)
-    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32)
+    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32, conditional_rows)
     graphs = graph or [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS]
     with progress_bar() as progress:
         task = progress.add_task("building engines", total=len(graphs))

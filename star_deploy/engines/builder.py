@@ -48,6 +48,8 @@ class BuildOptions:
     typing: str = "strong"
     timing_cache: Path | None = None
     tf32: bool = False
+    conditional_rows: bool = False
+    """Also build the step's profiles for B conditional rows, which fast modes run after guidance stops."""
 
     def validate(self, tensorrt_version: str) -> None:
         check_batch_sizes(list(self.batch_sizes))
@@ -236,7 +238,7 @@ def build_engines(
     with cuda().current(dev):  # the builder builds for the current device (trtexec: cudaSetDevice first)
         for graph in graphs:
             spec, onnx_path = manifest.graphs[graph], manifest.path(graph)
-            profiles = profile_table(manifest.config, spec, list(options.batch_sizes))
+            profiles = profile_table(manifest.config, spec, list(options.batch_sizes), options.conditional_rows)
             log.info("building %s (%d profile(s)) on %s (%s)", graph, len(profiles), info.gpu_name, dev)
             plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob, cache_path)
             sidecar = engine_sidecar(manifest, graph, options, info, profiles)
