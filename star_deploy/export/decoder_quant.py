@@ -88,6 +88,7 @@ def quantize_decoder_graph(src: Path, dst: Path, latents: Sequence[np.ndarray], 
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         reduce_range=reduce_range,
+        extra_options={"CalibMaxIntermediateOutputs": 1},  # ranges merged per image: one image's activations held
     )
 
 
