@@ -2,8 +2,10 @@
 
 For the demo model: held-out accuracy of the demo evaluator (colour, shape and background
 right) over the 35 held-out combinations x 4 seeds (140 images), and wall time, per rung. For random-weight
-preset models: tokens equal up to the first changed scale, image PSNR against exact, wall
-time (median of --repeat) and its ratio to exact, and the theoretical step-FLOP saving.
+preset models: tokens equal up to the first changed scale, image PSNR and SSIM against exact,
+wall time (median of --repeat), its ratio to exact and to the official-style baseline
+(``torch-eager``, exact), the theoretical step-FLOP saving, and (ONNX Runtime) every rung
+again with the int8 decoder (``star-deploy quantize --decoder``).
 Prints a table and writes JSON.
 
 Usage: python benchmarks/fast_modes.py [--models demo,256-d16] [--backend onnxruntime|torch]
@@ -84,6 +86,22 @@ def step_saving(config, mode: FastMode) -> float:
     return 1.0 - sum(planned_step_flops(config, 1, scale_plans(config, mode))) / exact
 
 
+def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
+    """Mean SSIM of two (B, 3, H, W) images in [0, 1] over ``window`` x ``window`` box windows, channels averaged."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def local_mean(x: np.ndarray) -> np.ndarray:
+        return sliding_window_view(x, (window, window), axis=(-2, -1)).mean(axis=(-2, -1))
+
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu_a, mu_b = local_mean(a), local_mean(b)
+    var_a, var_b = local_mean(a * a) - mu_a**2, local_mean(b * b) - mu_b**2
+    cov = local_mean(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(score.mean())
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
@@ -131,42 +149,77 @@ def demo_rows(backend: str, seeds: int) -> list[dict]:
     return rows
 
 
-def random_rows(name: str, backend: str, repeat: int, scratch: Path, device: str) -> list[dict]:
+SAMPLING = SamplingConfig(cfg=4.0, top_k=600, top_p=0.8)
+
+
+def timed(loop: ScaleLoop, mode: FastMode, repeat: int):
+    """The median wall time of ``repeat`` generations after one warm-up, and the last generation."""
+    times, gen = [], None
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        gen = loop.generate([PROMPT], SAMPLING, seeds=[0], fast=mode)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]), gen
+
+
+def baseline_seconds(name: str, repeat: int, device: str) -> float:
+    """The official-style baseline (``torch-eager``: the official sampler's execution style), exact."""
+    from star_deploy.backends.eager_backend import EagerBackend
+    from star_deploy.release.random_weights import random_model
+
+    model = random_model(preset(name))
+    loop = ScaleLoop(EagerBackend(model, device), PromptTokenizer(model.tokenizer_dir))
+    return timed(loop, EXACT, repeat)[0]
+
+
+def random_rows(name: str, backend: str, repeat: int, scratch: Path, device: str, decoder_int8: bool) -> list[dict]:
     loop = random_loop(name, backend, scratch, device)
-    sampling = SamplingConfig(cfg=4.0, top_k=600, top_p=0.8)
+    loops = {"fp32 decoder": loop}
+    if decoder_int8 and backend == "onnxruntime":
+        from star_deploy.export.decoder_quant import quantize_decoder
+
+        loops["int8 decoder"] = graphs_loop(quantize_decoder(scratch / name, scratch / f"{name}-dec8"))
+    official = baseline_seconds(name, repeat, device)
     rows, exact = [], None
-    for mode in rungs(loop.config):
-        times, gen = [], None
-        for _ in range(repeat + 1):
-            start = time.perf_counter()
-            gen = loop.generate([PROMPT], sampling, seeds=[0], fast=mode)
-            times.append(time.perf_counter() - start)
-        exact = exact or gen
-        row = {
-            "model": f"{name} random",
-            "rung": mode.record(),
-            "label": mode.label(),
-            "seconds": statistics.median(times[1:]),
-            "first_changed_scale": first_changed_scale(loop.config, gen.tokens, exact.tokens),
-            "psnr_db": psnr(gen.images, exact.images),
-            "step_flop_saving": step_saving(loop.config, mode),
-        }
-        rows.append(row)
+    for decoder, current in loops.items():
+        for mode in rungs(current.config):
+            seconds, gen = timed(current, mode, repeat)
+            exact = exact or gen
+            rows.append(
+                {
+                    "model": f"{name} random",
+                    "rung": mode.record(),
+                    "label": mode.label() + ("" if decoder == "fp32 decoder" else ", int8 decoder"),
+                    "decoder": decoder,
+                    "seconds": seconds,
+                    "decode_seconds": gen.times.decode,
+                    "first_changed_scale": first_changed_scale(current.config, gen.tokens, exact.tokens),
+                    "psnr_db": psnr(gen.images, exact.images),
+                    "ssim": ssim(gen.images, exact.images),
+                    "step_flop_saving": step_saving(current.config, mode),
+                    "official_seconds": official,
+                }
+            )
     for row in rows:
         row["speedup"] = rows[0]["seconds"] / row["seconds"]
+        row["vs_official"] = official / row["seconds"]
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':16} {'rung':34} {'seconds':>8} {'speedup':>8} {'FLOP saved':>10} {'quality':>22}")
+    head = f"{'model':16} {'rung':50} {'seconds':>8} {'speedup':>8} {'vs official':>11} {'FLOP saved':>10}"
+    print(f"{head} {'quality':>36}")
     for r in rows:
         if "accuracy" in r:
             quality = f"held-out acc {100 * r['accuracy']:.1f} %"
         else:
             changed = r["first_changed_scale"]
-            quality = f"PSNR {r['psnr_db']:.1f} dB, scale {changed if changed is not None else '-'}"
+            scale = changed if changed is not None else "-"
+            quality = f"PSNR {r['psnr_db']:.1f} dB, SSIM {r['ssim']:.3f}, scale {scale}"
+        official = f"{r['vs_official']:.2f}x" if "vs_official" in r else "-"
         saved = f"{100 * r['step_flop_saving']:.0f} %"
-        print(f"{r['model']:16} {r['label']:34} {r['seconds']:8.2f} {r['speedup']:7.2f}x {saved:>10} {quality:>22}")
+        line = f"{r['model']:16} {r['label']:50} {r['seconds']:8.2f} {r['speedup']:7.2f}x {official:>11} {saved:>10}"
+        print(f"{line} {quality:>36}")
 
 
 def main() -> None:
@@ -175,6 +228,7 @@ def main() -> None:
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu", help="torch backend: cpu, or cuda (fp16 with CUDA graphs)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-decoder-int8", action="store_true", help="skip the int8-decoder rows (ONNX Runtime)")
     parser.add_argument("--demo-seeds", type=int, default=4, help="seeds per held-out combination (35 of them)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/fast_modes.json"))
     args = parser.parse_args()
@@ -184,7 +238,9 @@ def main() -> None:
             if name == "demo":
                 rows += demo_rows(args.backend, args.demo_seeds)
             else:
-                rows += random_rows(name, args.backend, args.repeat, Path(scratch), args.device)
+                rows += random_rows(
+                    name, args.backend, args.repeat, Path(scratch), args.device, not args.no_decoder_int8
+                )
     print_table(rows)
     report = {"backend": args.backend, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from .quantize import rewrite_artifacts
 
 DECODER = "vq_decoder"
 CALIBRATION_PROMPTS = ("a red circle on a blue background", "a photo of a mountain lake at dawn")
-"""Two images: MinMax calibration holds every intermediate tensor of every image (about 3.5 GB per 256-px image)."""
+"""Two images: MinMax calibration holds every intermediate tensor of every image (several GB per 256-px image)."""
 
 
 def calibration_latents(folder: Path, prompts: Sequence[str] = CALIBRATION_PROMPTS) -> list[np.ndarray]:
