@@ -176,9 +176,11 @@ def random_rows(name: str, backend: str, repeat: int, scratch: Path, device: str
     loop = random_loop(name, backend, scratch, device)
     loops = {"fp32 decoder": loop}
     if decoder_int8 and backend == "onnxruntime":
+        from star_deploy.evaluation.calibration import calibration_latents
         from star_deploy.export.decoder_quant import quantize_decoder
 
-        loops["int8 decoder"] = graphs_loop(quantize_decoder(scratch / name, scratch / f"{name}-dec8"))
+        dec8 = quantize_decoder(scratch / name, scratch / f"{name}-dec8", calibration_latents(scratch / name))
+        loops["int8 decoder"] = graphs_loop(dec8)
     official = baseline_seconds(name, repeat, device)
     rows, exact = [], None
     for decoder, current in loops.items():

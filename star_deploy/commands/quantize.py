@@ -53,9 +53,10 @@ def quantize(
     check_writable(out, overwrite)
     require("onnx", "star-deploy quantize")
     if decoder:
+        from ..evaluation.calibration import calibration_latents
         from ..export.decoder_quant import quantize_decoder
 
-        quantize_decoder(artifacts, out, overwrite=overwrite)
+        quantize_decoder(artifacts, out, calibration_latents(artifacts), overwrite=overwrite)
     elif dynamic:
         from ..export.dynamic_quant import dynamic_artifacts
 

@@ -19,34 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import SamplingConfig
 from ..core.cpu_isa import cpu_flags, int8_isa
 from ..errors import BackendUnavailableError
 from .dynamic_quant import has_vnni
 from .quantize import rewrite_artifacts
 
 DECODER = "vq_decoder"
-CALIBRATION_PROMPTS = ("a red circle on a blue background", "a photo of a mountain lake at dawn")
-"""Two images: MinMax calibration holds every intermediate tensor of every image (several GB per 256-px image)."""
-
-
-def calibration_latents(folder: Path, prompts: Sequence[str] = CALIBRATION_PROMPTS) -> list[np.ndarray]:
-    """The decoder inputs (``f_hat``, one image each) of ``prompts`` generated with the fp32 graphs of ``folder``."""
-    from ..artifacts.manifest import load_manifest
-    from ..backends.ort_backend import OrtBackend
-    from ..core.tokenizer import PromptTokenizer
-    from ..runtime.pipeline import ScaleLoop
-
-    manifest = load_manifest(folder)
-    loop = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
-    latents: list[np.ndarray] = []
-
-    def keep_last(event) -> None:
-        if event.scale == event.num_scales - 1:
-            latents.extend(np.split(np.asarray(event.backend.to_numpy(event.f_hat), np.float32), len(prompts)))
-
-    loop.generate(list(prompts), SamplingConfig(), seeds=list(range(len(prompts))), on_scale=keep_last, timing=False)
-    return latents
 
 
 class LatentReader:
@@ -87,11 +65,9 @@ def quantize_decoder_graph(src: Path, dst: Path, latents: Sequence[np.ndarray], 
     )
 
 
-def quantize_decoder(
-    src: Path, out: Path, overwrite: bool = False, prompts: Sequence[str] = CALIBRATION_PROMPTS
-) -> Path:
-    """Copy the fp32 artefact directory ``src`` into ``out`` with an int8 QDQ decoder."""
-    latents = calibration_latents(src, prompts)
+def quantize_decoder(src: Path, out: Path, latents: Sequence[np.ndarray], overwrite: bool = False) -> Path:
+    """Copy the fp32 artefact directory ``src`` into ``out`` with an int8 QDQ decoder calibrated on ``latents``
+    (see ``evaluation/calibration.py``)."""
     flags = cpu_flags()
     reduce_range = not has_vnni(flags)
     info = {
