@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The working tree trimmed for a GPU machine, whose copy of the tree (tracked files and untracked,
-# not-ignored ones) must stay under 60 MiB: the demo's graphs and weights (about 54 MB of the 104 MB
+# not-ignored ones) must stay under 60 MiB: the demo's graphs and weights (about 52 MB of the 104 MB
 # tracked) move to a stash inside the git directory, and come back with `restore`. The golden
-# fixtures the CUDA tests need stay. A trimmed tree skips the demo tests (benchmarks/gpu.sh device).
+# fixtures the CUDA tests need stay, and so does the demo's CLIP tokenizer (1.5 MB), which the
+# random-weight models of `star-deploy bench --random-weights` read. A trimmed tree skips the demo
+# tests (benchmarks/gpu.sh device).
 # Usage: benchmarks/device_tree.sh trim|restore|size
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stash="$(git rev-parse --git-path device-stash)"
 limit=$((60 * 1024 * 1024))
-trimmed=(star_deploy/demo/graphs star_deploy/demo/weights)
+trimmed=(
+    star_deploy/demo/graphs
+    star_deploy/demo/weights/star.safetensors
+    star_deploy/demo/weights/vae.safetensors
+    star_deploy/demo/weights/CLIP/text_encoder
+)
 
 tree_bytes() {
     # tracked files moved away are still listed: stat skips them

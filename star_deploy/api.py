@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .core import arguments
-from .core.config import SAMPLERS, SamplingConfig, StarConfig
-from .core.fast import EXACT, FastMode, parse_keep, resolve_fast
+from .core.call_options import CallOptions
+from .core.config import SamplingConfig, StarConfig
+from .core.extras import require_installed
+from .core.fast import EXACT, FastMode
 from .errors import ConfigError
 from .files.images import to_pil
-from .runtime.loading import Loaded, LoadOptions, load
+from .runtime.loading import Loaded, load
+from .runtime.plan import LOAD_FIELDS, LoadOptions, LoadPlan, plan_load
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -33,6 +37,8 @@ log = logging.getLogger("star_deploy")
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES = ("pil", "np", "pt")
 PROGRESS_KEYS = ("disable", "desc", "leave")
+LOCK_POLL_S = 0.1
+"""How often a waiting call looks whether the running call is stuck in its callback."""
 
 
 @dataclass
@@ -78,16 +84,20 @@ def convert_images(images: np.ndarray, output_type: OutputType) -> Any:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
+def load_options(options: dict[str, Any]) -> LoadOptions:
+    """``from_pretrained``'s keyword arguments as LoadOptions; an unknown one is refused, naming the known ones."""
+    unknown = sorted(set(options) - set(LOAD_FIELDS))
+    if unknown:
+        raise ConfigError(f"from_pretrained: unknown option(s) {', '.join(unknown)}; use {', '.join(LOAD_FIELDS)}")
+    return LoadOptions(**options)
+
+
 def normalize_prompts(prompt: str | Sequence[str], per_prompt: Any) -> list[str]:
     """A str is one prompt; a list holds several; each is repeated ``per_prompt`` times."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Sequence) else []
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ConfigError("prompt must be a str or a non-empty list of str")
-    for i, text in enumerate(prompts):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigError(f"prompt {i} is not valid UTF-8 text ({text!r}); pass the prompt in UTF-8") from None
+    arguments.prompts(prompts)
     per_prompt = arguments.integer("num_images_per_prompt", per_prompt, 1)
     return [p for p in prompts for _ in range(per_prompt)]
 
@@ -97,8 +107,13 @@ class StarPipeline:
 
     One pipeline may be shared by threads: calls on it run one at a time (a lock), each
     giving the images it would give alone. A ``callback_on_scale_end`` may not call the
-    same pipeline again (refused with a ConfigError); load a second pipeline for that.
+    same pipeline again, nor wait for another thread that calls it: the first is refused at
+    once, the second when the waiting call has waited ``callback_wait_s`` seconds while the
+    callback did not return (ConfigError in the waiting thread). Load a second pipeline for that.
     """
+
+    callback_wait_s: float = 30.0
+    """How long a call waits while the running call's callback does not return, before refusing."""
 
     def __init__(self, loaded: Loaded) -> None:
         self.loop = loaded.loop
@@ -109,6 +124,7 @@ class StarPipeline:
         self.manifest = loaded.manifest
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._callback_since: float | None = None
         self._progress = {"disable": None, "desc": "scales", "leave": False}
 
     @property
@@ -116,27 +132,7 @@ class StarPipeline:
         return self.loop.config
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path | None = None,
-        *,
-        backend: str | None = None,
-        device: str | None = None,
-        dtype: str = "float32",
-        resolution: int | None = None,
-        threads: int = 0,
-        cuda_graphs: bool = False,
-        compile: bool = False,
-        provider: str | None = None,
-        provider_options: dict[str, Any] | None = None,
-        session_options: Any = None,
-        clip: str | Path | None = None,
-        vae: str | Path | None = None,
-        star: str | Path | None = None,
-        max_batch_size: int = 1,
-        cache_dir: str | Path | None = None,
-        local_files_only: bool = False,
-    ) -> StarPipeline:
+    def from_pretrained(cls, path: str | Path | None = None, **options: Any) -> StarPipeline:
         """Load a release folder, a Hub repo id or cache folder of one, an artefact folder, or (None) the demo.
 
         The demo runs with ONNX Runtime on its shipped graphs (no PyTorch needed), or with
@@ -144,32 +140,20 @@ class StarPipeline:
         huggingface_hub into ``cache_dir`` (default: its cache), from the cache only when
         ``local_files_only`` or HF_HUB_OFFLINE is set.
 
-        ``backend`` defaults to onnxruntime for an artefact folder (``star-deploy export``) and
-        to torch for weights; ``dtype``, ``cuda_graphs`` and ``compile`` (torch.compile of the step)
-        apply to torch; ``threads``, ``provider`` (cpu, cuda, tensorrt, openvino, coreml, directml),
-        ``provider_options`` and ``session_options`` (an ``onnxruntime.SessionOptions``) to onnxruntime.
-        ``clip``, ``vae`` and ``star`` replace parts of the release (for artefacts: the checkpoints
-        they must have been exported from). Memory is checked before loading for ``max_batch_size``.
+        ``options`` are the fields of ``LoadOptions``: ``backend`` defaults to onnxruntime for an
+        artefact folder (``star-deploy export``) and to torch for weights; ``device`` to the backend's
+        (cuda for tensorrt, else cpu); ``dtype``, ``cuda_graphs``, ``compile`` (torch.compile of the step)
+        and ``compile_cache`` apply to torch; ``threads``, ``provider`` (cpu, cuda, tensorrt, openvino, coreml,
+        directml), ``provider_options`` and ``session_options`` (an ``onnxruntime.SessionOptions``) to
+        onnxruntime. ``clip``, ``vae`` and ``star`` replace parts of the release (for artefacts: the
+        checkpoints they must have been exported from). Memory is checked before loading for ``max_batch_size``.
         """
-        options = LoadOptions(
-            backend=backend,
-            device=device,
-            dtype=dtype,
-            resolution=resolution,
-            clip=None if clip is None else Path(clip),
-            vae=None if vae is None else Path(vae),
-            star=None if star is None else Path(star),
-            max_batch_size=max_batch_size,
-            threads=threads,
-            cuda_graphs=cuda_graphs,
-            compile=compile,
-            provider=provider,
-            provider_options=provider_options,
-            session_options=session_options,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
-        return cls(load(path, options))
+        return cls.from_plan(plan_load(load_options(options), path))
+
+    @classmethod
+    def from_plan(cls, plan: LoadPlan) -> StarPipeline:
+        """Load a plan made by ``plan_load`` (the CLI checks its outputs between the two)."""
+        return cls(load(plan))
 
     def __call__(
         self,
@@ -203,14 +187,18 @@ class StarPipeline:
         ``fast`` records what ran.
         """
         arguments.one_of("output_type", output_type, OUTPUT_TYPES)
+        if output_type == "pt":
+            require_installed("torch", "output_type='pt'")  # before generating, not after
+        call = CallOptions(seed, guidance_scale, top_k, top_p, batch_size, sampler, fast, cfg_until, keep)
         prompts = normalize_prompts(prompt, num_images_per_prompt)
-        seeds = arguments.seeds(seed, len(prompts))
-        sampling = self._sampling(guidance_scale, top_k, top_p, sampler, seeds[0])
-        mode = self.fast_mode(fast, cfg_until, keep)
-        step = arguments.optional_integer("batch_size", batch_size, 1) or len(prompts)
+        seeds = call.seeds(len(prompts))
+        sampling = call.sampling(self.defaults, self.config.transformer.vocab_size)
+        mode = call.fast_mode(self.config)
+        step = call.batch_size or len(prompts)
         if callback_on_scale_end is not None and not callable(callback_on_scale_end):
             raise ConfigError(f"callback_on_scale_end must be callable or None, got {type(callback_on_scale_end)}")
         batches = range(0, len(prompts), step)
+        self.loop.check_memory(min(step, len(prompts)), len(prompts))
         with self._exclusive(), self._progress_bar(len(batches) * self.config.num_scales) as advance:
             results = [
                 self._generate(
@@ -222,43 +210,30 @@ class StarPipeline:
         tokens = np.concatenate([r.tokens for r in results])
         return StarPipelineOutput(convert_images(images, output_type), seeds, tokens, mode)
 
-    def fast_mode(self, fast: Any = 0, cfg_until: Any = None, keep: Any = None) -> FastMode:
-        """The fast mode a call with these knobs runs (checked against this model's schedule)."""
-        ratios = parse_keep(keep) if isinstance(keep, str) else keep
-        return resolve_fast(
-            self.config,
-            arguments.integer("fast", fast),
-            None if cfg_until is None else arguments.integer("cfg_until", cfg_until),
-            None if ratios is None else tuple(arguments.real("keep", r) for r in ratios),
-        )
-
-    def _sampling(self, cfg: Any, top_k: Any, top_p: Any, sampler: Any, seed: int) -> SamplingConfig:
-        """The call's sampler settings: given values checked, the rest from ``self.defaults``."""
-        d = self.defaults
-        return replace(
-            d,
-            cfg=d.cfg if cfg is None else arguments.real("guidance_scale", cfg),
-            top_k=d.top_k if top_k is None else arguments.integer("top_k", top_k),
-            top_p=d.top_p if top_p is None else arguments.real("top_p", top_p),
-            sampler=arguments.one_of("sampler", sampler, SAMPLERS),
-            seed=seed,
-        )
-
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """One generation at a time; a call from inside a callback (same thread) is refused, not deadlocked."""
+        """One generation at a time; a call from inside a callback (same thread) is refused at once, and a call that
+        a callback waits for (another thread) once the callback has not returned for ``callback_wait_s``."""
         me = threading.get_ident()
         if self._owner == me:
             raise ConfigError(
                 "this pipeline is generating: a callback_on_scale_end cannot call it again; load a second "
                 "StarPipeline for nested generation, or generate after the call returns"
             )
-        with self._lock:
-            self._owner = me
-            try:
-                yield
-            finally:
-                self._owner = None
+        while not self._lock.acquire(timeout=LOCK_POLL_S):
+            since = self._callback_since
+            if since is not None and time.monotonic() - since > self.callback_wait_s:
+                raise ConfigError(
+                    f"this pipeline's running call has been in its callback_on_scale_end for over "
+                    f"{self.callback_wait_s:g} s while this call waits for it: a callback must not wait for another "
+                    "call of the same pipeline (it would never return); load a second StarPipeline for that"
+                )
+        self._owner = me
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
 
     def _generate(
         self,
@@ -273,7 +248,11 @@ class StarPipeline:
             advance()
             if callback is None:
                 return None
-            return arguments.callback_result(callback(ScaleProgress(event.scale, event.num_scales, event)))
+            self._callback_since = time.monotonic()
+            try:
+                return arguments.callback_result(callback(ScaleProgress(event.scale, event.num_scales, event)))
+            finally:
+                self._callback_since = None
 
         return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False, fast=mode)
 

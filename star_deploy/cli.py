@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from .commands import (
+    batch,
     bench,
     bench_serve,
     build_engine,
@@ -84,7 +85,6 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("star_deploy").setLevel(level)
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         for name in ("torch.onnx", "onnxscript", "onnx_ir", "transformers", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -117,6 +117,7 @@ def main(
 
 
 app.command("run")(run.command)
+app.command("batch")(batch.command)
 app.command("export")(export.command)
 app.command("build-engine")(build_engine.command)
 app.command("bench")(bench.command)

@@ -79,6 +79,14 @@ def artifacts_fp16(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def artifacts_int8(artifacts_fp32, tmp_path_factory) -> Path:
+    """The fp32 export quantized to static int8 (read only: tests copy it before changing it)."""
+    from star_deploy.export.quantize import quantize_artifacts
+
+    return quantize_artifacts(artifacts_fp32, tmp_path_factory.mktemp("quant") / "int8")
+
+
+@pytest.fixture(scope="session")
 def ort_pipeline(artifacts_fp32) -> ScaleLoop:
     from star_deploy.artifacts.manifest import load_manifest
     from star_deploy.backends.ort_backend import OrtBackend
@@ -122,7 +130,7 @@ FAKE_TENSORRT = Path(__file__).parent / "fake_tensorrt"
 def fake_tensorrt_installed(cuda_major: int = 12) -> Iterator:
     """``tests/fake_tensorrt`` as the ``tensorrt`` module and its host GPUs as the CUDA runtime, inside the block.
 
-    Nothing leaks: the path, the imported modules and the runtime are all removed afterwards.
+    Nothing leaks: the path, the imported modules (Polygraphy's included) and the runtime are all removed afterwards.
     """
     from star_deploy.engines.gpu import use_runtime
 
@@ -138,7 +146,8 @@ def fake_tensorrt_installed(cuda_major: int = 12) -> Iterator:
             yield tensorrt
     finally:
         sys.path.remove(str(FAKE_TENSORRT))
-        for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "host_cuda")]:
+        # Polygraphy keeps the tensorrt module it first imported: it goes too, to import the next fake afresh.
+        for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "host_cuda", "polygraphy")]:
             del sys.modules[name]
         importlib.invalidate_caches()
 

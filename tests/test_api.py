@@ -21,7 +21,8 @@ from star_deploy.core.config import SamplingConfig
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
 from star_deploy.release.random_weights import random_model
-from star_deploy.serve.model import ImageModel, Job, ModelSpec, to_pixels
+from star_deploy.runtime.plan import LoadOptions
+from star_deploy.serve.model import ImageModel, Job, to_pixels
 from tools.demo_training.evaluate import Reading, read_image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -81,10 +82,14 @@ def test_preview_of_the_last_scale_is_the_image(golden_pipe):
 
 
 def test_torch_output_type(golden_pipe):
+    """Output type "pt" holds the pixels of "np" at the same seed, channels first, float32 on the CPU."""
     import torch
 
-    out = golden_pipe("a red car.", output_type="pt")
+    out = golden_pipe("a red car.", seed=4, output_type="pt")
     assert isinstance(out.images, torch.Tensor) and tuple(out.images.shape) == (1, 3, 256, 256)
+    assert out.images.dtype == torch.float32 and out.images.device.type == "cpu"
+    pixels = golden_pipe("a red car.", seed=4, output_type="np").images
+    assert np.array_equal(out.images.numpy().transpose(0, 2, 3, 1), pixels)
 
 
 def test_artifact_folder_defaults_to_onnxruntime(artifacts_fp32, golden_pipe):
@@ -177,8 +182,8 @@ def test_bad_calls_are_refused_clearly(golden_pipe, call, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"backend": "foo"}, "backend must be one of torch, onnxruntime, tensorrt, got 'foo'"),
-        ({"backend": 1}, "backend must be one of torch, onnxruntime, tensorrt"),
+        ({"backend": "foo"}, "backend: unknown backend 'foo'; choose one of torch, onnxruntime, tensorrt"),
+        ({"backend": 1}, "backend must be a str or None, got int"),
         ({"threads": -1}, "threads=-1: choose 0 (one per physical core) to"),
         ({"threads": 10**6}, "threads=1000000: choose 0"),
         ({"threads": 1.5}, "threads must be an integer, got float"),
@@ -294,6 +299,60 @@ def test_callback_calling_the_pipeline_again_is_refused_and_the_outer_call_is_un
     assert np.array_equal(out.tokens, alone.tokens) and np.abs(out.images - alone.images).max() <= 1e-6
 
 
+@pytest.mark.parametrize("how", ["thread", "executor"])
+def test_callback_waiting_for_another_thread_calling_the_pipeline_is_refused_not_deadlocked(demo_pipe, how):
+    """The waiting call gives up once the callback has not returned for callback_wait_s; the outer call finishes."""
+    import concurrent.futures
+    import threading
+
+    refused = []
+
+    def inner() -> None:
+        try:
+            demo_pipe("a green square", seed=3)
+        except ConfigError as exc:
+            refused.append(str(exc))
+
+    def waits_for_another_call(progress) -> bool:
+        if how == "thread":
+            worker = threading.Thread(target=inner)
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "deadlocked"
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(inner).result(timeout=30)
+        return False
+
+    demo_pipe.callback_wait_s = 0.5
+    try:
+        out = demo_pipe("a red circle", seed=2, output_type="np", callback_on_scale_end=waits_for_another_call)
+    finally:
+        del demo_pipe.callback_wait_s
+    assert len(out.images) == 1
+    assert len(refused) == 1 and "a callback must not wait for another call of the same pipeline" in refused[0]
+    assert len(demo_pipe("a green square").images) == 1  # the lock was released
+
+
+def test_a_call_waits_for_a_slow_callback_of_another_thread_within_callback_wait_s(demo_pipe):
+    import threading
+    import time
+
+    entered, results = threading.Event(), []
+
+    def slow(progress) -> bool:
+        entered.set()
+        time.sleep(0.5)
+        return False
+
+    outer = threading.Thread(target=lambda: results.append(demo_pipe("a red circle", callback_on_scale_end=slow)))
+    outer.start()
+    entered.wait(30)
+    results.append(demo_pipe("a green square"))  # waits for the outer call, callback included
+    outer.join(30)
+    assert len(results) == 2
+
+
 def test_an_error_inside_a_callback_releases_the_pipeline(demo_pipe):
     def fail(progress):
         raise RuntimeError("callback failed")
@@ -318,7 +377,7 @@ def test_sampling_defaults_travel_in_the_manifest(tmp_path, artifacts_fp32, demo
 
 
 def test_a_serve_replica_samples_with_the_manifest_defaults(tmp_path, demo_pipe):
-    model = ImageModel(ModelSpec(artifacts=str(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))))
+    model = ImageModel(LoadOptions(artifacts=str(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))))
     assert model.settings(Job("a red circle")) == (2.5, 7, 0.5)
     assert model.settings(Job("a red circle", cfg=3.0, top_k=0, top_p=0.9)) == (3.0, 0, 0.9)
     served = model.generate([Job("a red circle on a blue background", seed=5)])[0]

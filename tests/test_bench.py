@@ -22,6 +22,7 @@ from star_deploy.core.cpu_isa import ISA_FLAGS, backend_isa, bf16_isa, cpu_flags
 from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.evaluation.parity import forced_fidelity, psnr, token_agreement
 from star_deploy.runtime.pipeline import ScaleLoop
+from star_deploy.runtime.plan import LoadOptions
 
 
 def test_decoder_flops_match_the_flop_counter(tiny_model):
@@ -110,7 +111,7 @@ def test_bench_command_reports_every_backend(artifacts_fp32, tmp_path):
 
 def test_without_the_baseline_fidelity_is_measured_against_a_float32_run(tiny_model):
     """The reference the GPU bench uses (its baseline runs fp16 autocast): a float32 torch generation."""
-    settings = BenchSettings(("torch", TORCH_GRAPHS), repeat=1, dtype="bfloat16")
+    settings = BenchSettings(("torch", TORCH_GRAPHS), repeat=1, load=LoadOptions(dtype="bfloat16"))
     report = run_bench(BackendSource(tiny_model, None, None, settings), settings)
     fid = report["backends"]["torch"]["fidelity"]
     assert 0.9 <= fid["teacher_forced_token_agreement"] < 1.0 and fid["image_psnr_db"] > 30

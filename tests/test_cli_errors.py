@@ -5,18 +5,19 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import GOLDEN
 from typer.testing import CliRunner
+from unprivileged import run_cli, shared_folder
 
 from star_deploy.cli import app
-from star_deploy.demo import DEMO_GRAPHS
+from star_deploy.demo import DEMO_GRAPHS, DEMO_WEIGHTS
 from star_deploy.files.images import read_png
 
 runner = CliRunner()
@@ -282,6 +283,14 @@ CASES = [
         2,
         "overlaps the input",
     ),
+    # the demo release (no weight option) is an input too: nothing is written inside the installed package
+    ("export-demo-out-inside-demo", ["export", "--out", str(DEMO_WEIGHTS / "art")], 2, "overlaps the input"),
+    (
+        "run-demo-out-inside-demo",
+        ["run", "a", "--backend", "torch", "-o", str(DEMO_WEIGHTS / "x.png")],
+        2,
+        "overlaps the input",
+    ),
     ("convert-out-is-input", ["convert", "{bad}/rel", "--out", "{bad}/rel", "--overwrite"], 2, "overlaps the input"),
     ("convert-out-inside-input", ["convert", "{bad}/rel", "--out", "{bad}/rel/safe"], 2, "overlaps the input"),
     (
@@ -412,13 +421,26 @@ CASES = [
         "provider-with-torch",
         RUN + ["--weights", G, "--provider", "cuda", "-o", "{out}"],
         2,
-        "--provider 'cuda': execution providers are ONNX Runtime's; use it with --backend onnxruntime, or drop it",
+        "provider applies to backend='onnxruntime', not to backend='torch'; use it with --backend onnxruntime",
     ),
     (
         "check-json-folder-missing",
         ["check", "{bad}/nope", "--json", "{out}/missing/r.json"],
         2,
         "folder does not exist",
+    ),
+    (
+        "parity-records-save-and-load",
+        ["parity", "--save-outputs", "{out}/ref.json", "--load-outputs", "{out}/ref.json"],
+        2,
+        "--save-outputs and --load-outputs: record on one machine, compare on another; give one",
+    ),
+    ("parity-save-inputs-alone", ["parity", "--save-inputs", "{out}/in.json"], 2, "--save-inputs goes with"),
+    (
+        "parity-load-outputs-without-engines",
+        ["parity", "--load-outputs", "{out}/ref.json"],
+        2,
+        "--load-outputs compares built engines: pass --backend tensorrt",
     ),
 ]
 
@@ -455,18 +477,25 @@ def test_cuda_without_gpu(bad, tmp_path):
     assert files_below(tmp_path) == set()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
-def test_unreadable_and_unwritable_paths(bad, tmp_path):
-    locked = tmp_path / "locked"
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder the CLI, run without root's file access, can enter."""
+    folder = shared_folder()
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_unreadable_and_unwritable_paths(shared):
+    locked = shared / "locked"
     shutil.copytree(GOLDEN, locked, ignore=shutil.ignore_patterns("golden.*"))
     (locked / "star.pth").chmod(0)
-    result = invoke(RUN + ["--weights", str(locked), "-o", str(tmp_path / "o.png")], bad, tmp_path)
-    assert result.exit_code == 2 and "cannot be read" in result.stderr
-    readonly = tmp_path / "readonly"
+    result = run_cli(*RUN, "--weights", str(locked), "-o", str(shared / "o.png"), cwd=shared)
+    assert result.returncode == 2 and "cannot be read" in result.stderr, result.stderr
+    readonly = shared / "readonly"
     readonly.mkdir(mode=0o500)
-    result = invoke(RUN + ["--weights", G, "-o", str(readonly / "x.png")], bad, tmp_path)
-    assert result.exit_code == 2 and "not writable" in result.stderr
-    assert not (tmp_path / "o.png").exists() and not any(readonly.iterdir())
+    result = run_cli(*RUN, "--weights", G, "-o", str(readonly / "x.png"), cwd=shared)
+    assert result.returncode == 2 and "not writable" in result.stderr, result.stderr
+    assert not (shared / "o.png").exists() and not any(readonly.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -570,6 +599,22 @@ def replace_graphs(folder: Path, moves: dict[str, str | bytes]) -> None:
     path.write_text(dumps(sealed(data, folder)))
 
 
+def damage_body(path: Path, fraction: float) -> None:
+    """Overwrite 16 bytes at ``fraction`` of the file (after its header) and reseal the folder: digests pass."""
+    data = path.read_bytes()
+    at = int(len(data) * fraction)
+    replace_graphs(path.parent, {path.name: data[:at] + b"\xff" * 16 + data[at + 16 :]})
+
+
+def misname_op(path: Path, op: bytes) -> None:
+    """Overwrite the first node's operator type ``op`` (NodeProto field 4) with an unknown one of the same length,
+    and reseal: the file parses and its header reads, but no runtime can build the graph."""
+    data = path.read_bytes()
+    field = b"\x22" + bytes([len(op)]) + op
+    assert field in data, op
+    replace_graphs(path.parent, {path.name: data.replace(field, field[:2] + b"X" * len(op), 1)})
+
+
 def setter(key: str, value):
     return lambda d: d.__setitem__(key, value)
 
@@ -660,6 +705,16 @@ ARTIFACT_CASES = [
         "vq_decoder.onnx: not a readable ONNX graph",
     ),
     (
+        "graph-body-unparsable-resealed",
+        lambda f: damage_body(f / "scale_update.onnx", 0.3),
+        "scale_update.onnx: cannot be loaded",
+    ),
+    (
+        "graph-body-malformed-resealed",
+        lambda f: misname_op(f / "scale_update.onnx", b"Reshape"),
+        "scale_update.onnx: cannot be loaded",
+    ),
+    (
         "graph-sha256-missing",
         lambda f: edit_manifest(f, lambda d: d["graphs"]["text_encoder"].pop("sha256"), reseal=True),
         "graph text_encoder must have exactly the keys",
@@ -707,6 +762,22 @@ def test_damaged_artifacts_fail_cleanly(command, change, fragment, artifacts_fp3
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert files_below(out) == set(), "an output was left behind"
     assert contents(art) == before, "the artefact folder changed"
+
+
+def test_save_pretrained_refuses_a_folder_inside_the_release_it_was_loaded_from(tmp_path):
+    from star_deploy import StarPipeline
+    from star_deploy.errors import OutputError
+
+    release = tmp_path / "release"
+    shutil.copytree(DEMO_WEIGHTS, release)
+    pipe = StarPipeline.from_pretrained(release, backend="torch", resolution=128)
+    for out in (release / "art", release, tmp_path):
+        with pytest.raises(OutputError, match=r"save_pretrained folder .* overlaps the input"):
+            pipe.save_pretrained(out, overwrite=True)
+    demo = StarPipeline.from_pretrained(None, backend="torch")
+    with pytest.raises(OutputError, match=r"overlaps the input .*demo/weights"):
+        demo.save_pretrained(DEMO_WEIGHTS / "art")
+    assert sorted(p.name for p in release.iterdir()) == sorted(p.name for p in DEMO_WEIGHTS.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -760,17 +831,16 @@ def test_artifacts_of_other_weights_are_named_by_parity(artifacts_fp32, bad, tmp
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
 @pytest.mark.parametrize("name", ["manifest.json", "vq_decoder.onnx", "tokenizer/vocab.json"])
-def test_unreadable_artifact_files_are_named(name, artifacts_fp32, tmp_path):
-    art = tmp_path / "art"
+def test_unreadable_artifact_files_are_named(name, artifacts_fp32, shared):
+    art = shared / "art"
     shutil.copytree(artifacts_fp32, art)
     (art / name).chmod(0)
-    for args in (["check", str(art)], ["run", "a", "--artifacts", str(art), "-o", str(tmp_path / "x.png")]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 2, result.output
+    for args in (["check", str(art)], ["run", "a", "--artifacts", str(art), "-o", str(shared / "x.png")]):
+        result = run_cli(*args, cwd=shared)
+        assert result.returncode == 2, result.stdout + result.stderr
         assert f"{name}: cannot be read (Permission denied); fix its permissions" in result.stderr, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert sorted(p.name for p in shared.iterdir()) == ["art"]
 
 
 def test_graph_contract_checks_names_dtypes_and_shapes(artifacts_fp32):
@@ -801,3 +871,41 @@ def test_graph_contract_checks_names_dtypes_and_shapes(artifacts_fp32):
     assert io_problem(header, spec) == "its inputs lack tokens and include unexpected ids"
     other = io_problem(header, manifest.graphs["vq_decoder"])
     assert other == "its inputs include unexpected ids, upsample, downsample"
+
+
+def test_every_extra_an_error_names_exists():
+    import tomllib
+
+    from star_deploy.core.extras import EXTRAS, NOTES, missing_extra
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert {extra for _, extra in EXTRAS.values()} | set(NOTES) <= set(declared)
+    message = str(missing_extra(ModuleNotFoundError(name="tensorrt"), "--backend tensorrt"))
+    assert "star-deploy[tensorrt-cu12]" in message and "star-deploy[tensorrt-cu13]" in message
+
+
+def test_resolution_is_read_from_the_weights_scale_count_where_the_name_does_not_state_it(tmp_path):
+    from star_deploy.errors import ConfigError
+    from star_deploy.release.finder import choose_resolution, release_paths
+
+    copy = tmp_path / "my-demo"
+    shutil.copytree(DEMO_WEIGHTS, copy)
+    assert choose_resolution(release_paths(copy, None, None, None), None) == 128  # 6 scales: only 128 has them
+    with pytest.raises(ConfigError, match=r"pass --resolution \(128, 256, 512 or 1024\)"):
+        choose_resolution(release_paths(Path(G), None, None, None), None)  # a .pth: its header is not read
+
+
+def test_a_hub_id_that_cannot_be_reached_says_so_not_that_downloads_are_off(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("huggingface_hub")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "star_deploy", "run", "a", "--weights", "someorg/somemodel", "-o", "x.png"]
+    done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "the Hub cannot be reached" in done.stderr and "HF_HUB_OFFLINE" not in done.stderr, done.stderr

@@ -6,6 +6,7 @@ to ``make_backend``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,15 @@ from tools.demo_training.evaluate import read_image
 from tools.demo_training.train import held_out_prompts, load_vae, main
 from tools.demo_training.vq import quant_tables, quantize
 
-BACKENDS = ["torch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
-if torch.cuda.is_available():
-    BACKENDS += ["torch-cuda-fp16", "torch-cuda-graphs-fp16"]
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh tests)")
+BACKENDS = [
+    "torch",
+    "onnxruntime-fp32",
+    "onnxruntime-fp16",
+    "onnxruntime-int8",
+    pytest.param("torch-cuda-fp16", marks=NEEDS_CUDA),
+    pytest.param("torch-cuda-graphs-fp16", marks=NEEDS_CUDA),
+]
 SEEDS_PER_COMBO = 2
 MIN_COLOUR_RATE = 0.9
 MIN_SHAPE_RATE = 0.75
@@ -142,9 +149,16 @@ def test_training_quantizer_matches_inference_update() -> None:
 
 def test_training_script_smoke(tmp_path: Path) -> None:
     out = tmp_path / "demo"
+    """Both stages run, their losses are finite, the record is saved, and the release written is the quick spec's."""
     record = main(["--out", str(out), "--quick", "--threads", str(torch.get_num_threads())])
+    losses = [v for stage in ("vae", "star") for v in record["final_losses"][stage].values()]
+    assert losses and all(np.isfinite(v) and v >= 0 for v in losses), record["final_losses"]
     assert record["final_losses"]["star"]["ce"] > 0
+    assert json.loads((out / "training.json").read_text()) == record
     model = load_release(resolve_release(weights=out), DEMO_RESOLUTION)
+    spec = record["spec"]
+    transformer = model.config.transformer
+    assert (transformer.depth, transformer.width, transformer.heads) == (spec["depth"], spec["width"], spec["heads"])
     pipe = ScaleLoop(TorchBackend(model), PromptTokenizer(model.tokenizer_dir))
     gen = pipe.generate(["a red circle on a blue background"], SAMPLING, seeds=[0])
     assert gen.images.shape == (1, 3, DEMO_RESOLUTION, DEMO_RESOLUTION)

@@ -12,17 +12,20 @@ import pytest
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.core.config import SamplingConfig
 from star_deploy.core.tokenizer import PromptTokenizer
-from star_deploy.evaluation.parity import THRESHOLDS, failures, fidelity, graph_parity
+from star_deploy.evaluation.parity import TEST_TOLERANCES, THRESHOLDS, failures, fidelity, graph_parity
 from star_deploy.runtime.pipeline import ScaleLoop
 
 PROMPTS = ["a red car.", "A cute dog sitting on the grass, high quality", ""]
 GRAPH_MAX_ERR = {
     "text_encoder": 1e-5,
+    "text_context": 5e-3,
     "transformer_step": 1e-2,
     "kv_cache": 1e-2,
     "scale_update": 5e-2,
     "vq_decoder": 1e-2,
 }
+"""Largest absolute error per graph, about three times what ONNX Runtime's CPU provider measures (text encoder 1.3e-6,
+text context 1.6e-3, step 2.4e-3, KV cache 2.6e-3, scale update 1.4e-2, decoder 3.7e-3): a tenfold regression fails."""
 FP32_ISLANDS = {
     "transformer_step": {"LayerNormalization": (3, 1), "ReduceL2": (2, 0), "Softmax": (2, 0)},
     "text_context": {"ReduceL2": (1, 0)},
@@ -107,17 +110,23 @@ def test_fp16_step_rope_and_logits_head_run_in_fp32(artifacts_fp16):
 
 
 def test_fp16_graphs_close_to_reference(torch_pipeline, fp16_pipeline):
+    """Every graph compared (none skipped) within its measured-error bound."""
     stats = graph_parity(torch_pipeline.backend, fp16_pipeline.backend, torch_pipeline.tokenizer, PROMPTS[:2])
+    assert set(stats) == set(GRAPH_MAX_ERR)
     for name, limit in GRAPH_MAX_ERR.items():
+        assert stats[name].count > 0, f"{name}: nothing was compared"
         assert stats[name].max_abs <= limit, f"{name}: {stats[name].max_abs} > {limit}"
 
 
 def test_fp16_fidelity_meets_thresholds(torch_pipeline, fp16_pipeline):
+    """The user-facing thresholds, and the test tolerance a few times the error ONNX Runtime fp16 measures."""
     result = fidelity(torch_pipeline, fp16_pipeline, PROMPTS, SamplingConfig(cfg=4.0, top_k=50, top_p=0.8), [1, 2, 3])
     assert failures(result, THRESHOLDS["fp16"]) == []
+    assert failures(result, TEST_TOLERANCES[("onnxruntime-cpu", "fp16")]) == []
 
 
 def test_fp32_artifacts_meet_fp32_thresholds(torch_pipeline, ort_pipeline):
     result = fidelity(torch_pipeline, ort_pipeline, PROMPTS[:2], SamplingConfig(cfg=4.0, top_k=50, top_p=0.8), [5, 6])
     assert failures(result, THRESHOLDS["fp32"]) == []
+    assert failures(result, TEST_TOLERANCES[("onnxruntime-cpu", "fp32")]) == []
     assert result.free_run_token_agreement == 1.0

@@ -39,8 +39,8 @@ LAYERS: list[set[str]] = [
     {"evaluation", "export"},
     # the Python API
     {"api"},
-    # front ends: the HTTP server, the browser site
-    {"serve", "web"},
+    # front ends: the HTTP server, the browser site, bulk generation from prompt files
+    {"serve", "web", "batch"},
     # every benchmark: backends, the server, the browser
     {"bench"},
     {"commands"},
@@ -48,9 +48,9 @@ LAYERS: list[set[str]] = [
 ]
 """Lowest first. A module may import its own layer and those below it, never one above."""
 
-EXPORT_USERS = {"export", "bench", "api", "commands"}
-"""The only parts that import the exporter (the API for ``save_pretrained``): the runtime reads artefact folders,
-it does not write them."""
+EXPORT_USERS = {"export", "bench", "api", "web", "commands"}
+"""The only parts that import the exporter (the API for ``save_pretrained``, the site writer for its int8/int4
+weights): the runtime reads artefact folders, it does not write them."""
 
 FORBIDDEN = {"export": {"engines", "backends", "runtime", "evaluation"}}
 """Imports the layer table alone would allow but that would tie the exporter to a runtime."""
@@ -323,3 +323,40 @@ def test_the_runtime_package_ships_no_training_code():
         "vae.safetensors",
     ]
     assert (ROOT / "tools" / "demo_training" / "train.py").is_file()
+
+
+REGISTRY = PACKAGE / "backends" / "registry.py"
+"""The one module that knows the backends by name."""
+
+
+def backend_name_comparisons(root: Path, names: set[str]) -> list[str]:
+    """Every comparison (``==``, ``!=``, ``in``) of a value with a backend's name, outside the registry."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == REGISTRY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            constants = [n for o in operands for n in ([o] if isinstance(o, ast.Constant) else ast.walk(o))]
+            named = {c.value for c in constants if isinstance(c, ast.Constant) and c.value in names}
+            if named:
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}: compares with {', '.join(sorted(named))}")
+    return found
+
+
+def test_only_the_registry_compares_backend_names():
+    """A backend's identity lives in its ``BackendSpec``: elsewhere code reads the spec, never its name."""
+    from star_deploy.backends.registry import BACKENDS
+
+    assert backend_name_comparisons(PACKAGE, set(BACKENDS)) == []
+
+
+def test_the_comparison_finder_finds_names(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text('def f(b):\n    return b == "torch" or b in ("x", "tensorrt")\n')
+    (package / "b.py").write_text('def g(b):\n    return b.name != "x"\n')
+    found = backend_name_comparisons(package, {"torch", "tensorrt"})
+    assert found == ["pkg/a.py:2: compares with torch", "pkg/a.py:2: compares with tensorrt"]

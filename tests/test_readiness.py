@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from star_deploy.artifacts.manifest import load_manifest
-from star_deploy.artifacts.readiness import OPS_TABLE, check_artifacts, check_graph, load_ops_table
+from star_deploy.artifacts.readiness import OPS_TABLE, check_artifacts, check_graph, load_ops_table, release_tables
 from star_deploy.core.graphs import GraphSpec, TensorSpec
 
 
@@ -59,7 +59,7 @@ def test_unsupported_operator_is_named(tmp_path):
     path = save_graph(tmp_path, [helper.make_node("Det", ["x"], ["y"], name="det0")], [x], [y])
     report = check_graph(path, spec([("x", ("batch", 3, 3), "float32")], [("y", ("batch",), "float32")]))
     assert report.problems == [
-        "g.onnx: node det0: operator Det is not supported by the TensorRT 10.15 ONNX parser "
+        "g.onnx: node det0: operator Det is not supported by the TensorRT 10.12-10.15 ONNX parser "
         "(see star_deploy/data/trt_onnx_ops.json); re-export without it"
     ]
 
@@ -124,10 +124,41 @@ def test_custom_domain_and_dynamic_reduce_axes(tmp_path):
     assert any("com.example::FancyOp is a custom-domain op" in p for p in problems)
 
 
-@pytest.mark.parametrize("opset", [8])
-def test_opset_outside_the_parser_range(tmp_path, opset):
+@pytest.mark.parametrize("opset, accepted", [(8, False), (9, True), (24, True), (25, False)])
+def test_opset_outside_the_parser_range(tmp_path, opset, accepted):
+    """The parser's range is 9..24 (star_deploy/data/trt_onnx_ops.json): both ends pass, one past either end fails."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])
     path = save_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [x], [y], opset=opset)
     problems = check_graph(path, spec([("x", ("batch",), "float32")], [("y", ("batch",), "float32")])).problems
-    assert problems == ["g.onnx: opset 8 is outside TensorRT 10.15's range 9..24; export with a supported opset"]
+    refused = [f"g.onnx: opset {opset} is outside TensorRT 10.12-10.15's range 9..24; export with a supported opset"]
+    assert problems == ([] if accepted else refused)
+
+
+def integer_pow(tmp_path):
+    """``side * side`` exported as a power of an INT64 shape value (Shape -> Squeeze -> Pow)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape", start=0, end=1),
+        helper.make_node("Squeeze", ["shape", "axes"], ["side"], name="side"),
+        helper.make_node("Pow", ["side", "two"], ["y"], name="square"),
+    ]
+    constants = [
+        helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("two", TensorProto.INT64, [], [2]),
+    ]
+    return save_graph(tmp_path, nodes, [x], [y], constants)
+
+
+def test_support_table_is_per_tensorrt_release(tmp_path):
+    """kPOW on integers: refused by TensorRT 10.1 to 10.11 (NvInfer.h), built from 10.12 on."""
+    tables = {t.tensorrt_version: t for t in release_tables()}
+    assert list(tables) == ["10.1-10.11", "10.12-10.15"]
+    assert "INT64" not in tables["10.1-10.11"].operators["Pow"] and "INT64" in tables["10.12-10.15"].operators["Pow"]
+    assert load_ops_table(version="10.8.0.43").tensorrt_version == "10.1-10.11"
+    assert load_ops_table(version="10.13.3.9").tensorrt_version == "10.12-10.15"
+    toy = spec([("x", ("rows", 4), "float32")], [("y", (), "int64")])
+    [report] = check_artifacts({"toy": toy}, {"toy": integer_pow(tmp_path)})
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("TensorRT 10.1-10.11: g.onnx: node square (Pow): tensor 'side' is INT64")

@@ -90,14 +90,42 @@ def test_decoder_layout_defaults_on_cpu():
     assert TorchBackend(load_golden_model(), dtype=torch.bfloat16).memory_format == torch.channels_last
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_on_a_cpu_without_it_is_called_slow(dtype, caplog):
-    from star_deploy.backends.torch_backend import TorchBackend
-    from star_deploy.core.cpu_isa import backend_isa, cpu_flags
+AVX2 = ["avx2", "fma", "f16c"]
+AVX512 = [*AVX2, "avx512f", "avx512_vnni"]
 
-    name = str(dtype).removeprefix("torch.")
+
+@pytest.mark.parametrize(
+    "dtype, flags, slow",
+    [
+        ("bfloat16", AVX2, True),
+        ("bfloat16", AVX512, True),
+        ("bfloat16", [*AVX512, "avx512_bf16"], False),
+        ("bfloat16", [*AVX2, "amx_tile", "amx_bf16"], False),
+        ("float16", [*AVX512, "avx512_bf16", "amx_bf16"], True),
+        ("float16", [*AVX512, "avx512_fp16"], False),
+        ("float32", AVX2, False),
+        ("float32", [], False),
+    ],
+)
+def test_reduced_precision_on_a_cpu_without_it_is_called_slow(dtype, flags, slow, caplog):
+    """Fixed CPU flag lists, literal answers: bf16 is native with AVX512-BF16 or AMX-BF16, fp16 with AVX512-FP16."""
+    from star_deploy.backends.torch_backend import warn_if_emulated
+
+    with caplog.at_level(logging.WARNING, logger="star_deploy"):
+        warn_if_emulated(dtype, flags)
+    warned = [r.getMessage() for r in caplog.records if "slower than float32" in r.getMessage()]
+    assert len(warned) == int(slow)
+    assert all(dtype in w and "--dtype float32" in w for w in warned)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_reduced_precision_backend_reads_this_cpu(dtype, caplog):
+    """TorchBackend warns by this CPU's flags, by the rule written out here rather than the code's."""
+    from star_deploy.backends.torch_backend import TorchBackend
+    from star_deploy.core.cpu_isa import cpu_flags
+
+    native = {torch.bfloat16: {"avx512_bf16", "amx_bf16"}, torch.float16: {"avx512_fp16"}}[dtype]
     with caplog.at_level(logging.WARNING, logger="star_deploy"):
         TorchBackend(load_golden_model(), dtype=dtype)
     warned = [r.getMessage() for r in caplog.records if "slower than float32" in r.getMessage()]
-    assert bool(warned) == backend_isa("fp32", name, cpu_flags()).endswith("emulated")
-    assert all(name in w and "--dtype float32" in w for w in warned)
+    assert bool(warned) == native.isdisjoint(cpu_flags())

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends import torch_sampling
-from star_deploy.core.config import SamplingConfig
+from star_deploy.backends.ort_backend import OrtBackend
+from star_deploy.core.config import SCHEDULES, SamplingConfig
 from star_deploy.core.sampling import (
     PortableSampler,
     exponential_race,
@@ -16,9 +18,95 @@ from star_deploy.core.sampling import (
     race_uniforms,
     stream_keys,
 )
+from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.demo import DEMO_GRAPHS, DEMO_RESOLUTION
 from star_deploy.errors import ConfigError
+from star_deploy.runtime.pipeline import ScaleLoop
 
 SETTINGS = [(0, 1.0), (50, 0.8), (1, 0.8), (200, 0.3), (0, 0.05)]
+
+
+PINNED_DRAWS = [
+    ((4.0, 600, 0.8), [0, 1], 9, (1024, 6), ["393 361 83 710 158 515", "828 947 30 518 704 982"]),
+    (
+        (3.0, 50, 0.8),
+        [11, 2**62 + 5],
+        3,
+        (256, 9),
+        ["213 183 66 183 30 179 145 24 125", "246 129 230 133 107 228 226 204 210"],
+    ),
+    ((1.5, 0, 1.0), [7], 0, (256, 9), ["57 35 255 134 243 35 207 229 92"]),
+    ((6.0, 1, 0.8), [5], 5, (256, 9), ["178 45 162 156 23 140 134 251 118"]),
+    ((4.0, 200, 0.3), [123456789], 7, (256, 9), ["113 115 109 214 85 214 200 186 65"]),
+    ((4.0, 600, 0.8), [42, 43], 8, (4096, 4), ["1564 2071 1816 593", "80 3091 1737 736"]),
+]
+"""(cfg, top_k, top_p), seeds, scale of 10, (codebook size, tokens), the tokens drawn from ``fixed_logits``: the
+portable rule as users' seeds have drawn it. Their closest race (log score of the winner over the runner-up) is
+0.008 or more, far above float64 rounding, so every machine draws these exact tokens."""
+
+DEMO_PROMPTS = [("a red circle on a blue background", 0), ("a green triangle in the top left on a white background", 1)]
+DEMO_TOKENS = [
+    "62 | 87 31 / 31 89 | 33 182 175 / 187 224 182 / 175 203 21 | 73 232 200 146 / 175 73 73 194 / 33 73 117 175 / "
+    "247 33 175 222 | 96 248 152 96 212 232 / 117 194 200 33 21 109 / 248 182 182 182 21 0 / 232 28 254 188 182 248 / "
+    "16 28 28 182 152 117 / 146 117 146 12 117 232 | 33 248 117 117 117 16 248 200 / 12 73 196 33 21 116 94 187 / "
+    "117 84 33 102 73 172 90 94 / 73 33 102 182 182 102 175 73 / 73 33 102 106 247 102 182 117 / "
+    "6 144 33 102 102 172 196 146 / 116 73 16 182 175 196 117 146 / 175 254 6 73 117 109 248 175",
+    "211 | 162 188 / 254 188 | 39 191 109 / 162 45 109 / 232 232 109 | 101 189 41 248 / 88 185 24 232 / "
+    "101 101 132 232 / 232 232 232 109 | 254 162 41 12 248 232 / 71 185 2 44 212 248 / 90 150 45 254 45 155 / "
+    "222 128 232 96 222 232 / 162 162 162 222 222 232 / 96 96 232 232 232 232 | 45 188 254 88 84 203 152 143 / "
+    "248 101 162 101 254 152 248 232 / 245 162 150 101 132 45 232 232 / 24 24 245 101 254 45 187 188 / "
+    "182 132 132 53 212 232 232 232 / 8 222 162 45 212 152 109 232 / 187 116 187 187 12 12 248 232 / "
+    "27 116 232 232 232 232 232 176",
+]
+"""The shipped demo's tokens at the default settings, scale by scale (|) and row by row (/). Closest race: 0.026."""
+
+
+def fixed_logits(rows: int, tokens: int, vocab: int, salt: int) -> np.ndarray:
+    """Logits in [-6, 6) from integer arithmetic only (the same bits on every machine and numpy version), with ties."""
+    i = np.arange(rows * tokens * vocab, dtype=np.int64).reshape(rows, tokens, vocab)
+    x = (i * 2654435761 + salt * 40503) % 65521
+    logits = (x.astype(np.float32) / np.float32(65521)) * np.float32(12) - np.float32(6)
+    logits[..., :8] = logits[..., :1]
+    return logits
+
+
+def token_text(text: str) -> list[int]:
+    return [int(t) for t in text.replace("|", " ").replace("/", " ").split()]
+
+
+@pytest.mark.parametrize("salt, case", list(enumerate(PINNED_DRAWS)))
+def test_portable_draws_are_pinned(salt, case):
+    """numpy and torch both draw the recorded tokens: a change to the rule in every implementation still fails."""
+    (cfg, top_k, top_p), seeds, scale, (vocab, tokens), expected = case
+    sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, sampler="portable")
+    logits = fixed_logits(2 * len(seeds), tokens, vocab, salt)
+    want = np.array([token_text(row) for row in expected], dtype=np.int64)
+    assert np.array_equal(PortableSampler(sampling, seeds, num_scales=10)(logits, scale), want)
+    device = torch_sampling.PortableSampler(sampling, seeds, 10, torch.device("cpu"))
+    assert np.array_equal(device(torch.from_numpy(logits), scale).numpy(), want)
+
+
+def test_seed_keys_and_hash_are_pinned():
+    assert stream_keys(0, 0) == (1003035106, 954407347)
+    assert stream_keys(5, 2) == (2764788149, 520347576)
+    assert stream_keys(2**62 + 5, 9) == (1394141786, 3011746412)
+    assert race_hash(np.arange(4, dtype=np.int64), stream_keys(5, 2)).tolist() == [
+        2031738074,
+        274045948,
+        1690171772,
+        1844111591,
+    ]
+
+
+def test_demo_tokens_are_pinned():
+    """The shipped demo graphs on ONNX Runtime draw the recorded tokens for two prompts at the default settings."""
+    manifest = load_manifest(DEMO_GRAPHS)
+    loop = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    prompts, seeds = [p for p, _ in DEMO_PROMPTS], [s for _, s in DEMO_PROMPTS]
+    gen = loop.generate(prompts, SamplingConfig(), seeds=seeds)
+    assert sum(side * side for side in SCHEDULES[DEMO_RESOLUTION]) == gen.tokens.shape[1]
+    for got, text in zip(gen.tokens, DEMO_TOKENS, strict=True):
+        assert got.tolist() == token_text(text)
 
 
 def random_logits(seed: int, rows: int = 4, tokens: int = 9, vocab: int = 256) -> np.ndarray:

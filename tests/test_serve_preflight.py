@@ -1,4 +1,4 @@
-"""`star-deploy serve` refuses bad settings before Ray starts (exit 2, one line, fast); typed serve options."""
+"""`star-deploy serve` refuses bad settings before Ray starts (exit 2, one line, Ray never imported); typed options."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray.serve", reason="needs the serve extra: pip install 'star-deploy[serve]'")
 
+import onnxruntime  # noqa: E402
+from ray.serve._private.build_app import build_app as built_app  # noqa: E402
 from serve_helpers import free_port  # noqa: E402
 
 from star_deploy.errors import ConfigError  # noqa: E402
@@ -21,23 +22,27 @@ from star_deploy.serve.options import ServeOptions  # noqa: E402
 from star_deploy.serve.preflight import check_placement, local_cpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_S = 3.0
-"""The most a refused start may take (the check runs before Ray is imported)."""
+HAS_CUDA_PROVIDER = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-def run_serve(*args: str, cwd: Path) -> tuple[int, str, float]:
-    """Exit code, stderr and seconds of ``star-deploy serve ARGS`` (killed after 60 s)."""
+def run_serve(*args: str, cwd: Path) -> tuple[int, list[str], list[str]]:
+    """Exit code, stderr lines and the modules imported by ``star-deploy serve ARGS`` (killed after 60 s).
+
+    ``python -X importtime`` writes one ``import time:`` line per module imported to stderr; they are
+    split from the command's own lines.
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "star_deploy", "serve", *args],
+        [sys.executable, "-X", "importtime", "-m", "star_deploy", "serve", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    return done.returncode, done.stderr, time.monotonic() - start
+    lines = done.stderr.strip().splitlines()
+    modules = [line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")]
+    return done.returncode, [line for line in lines if not line.startswith("import time:")], modules
 
 
 @pytest.fixture(scope="module")
@@ -49,46 +54,47 @@ def busy_port():
         yield listener.getsockname()[1]
 
 
-def cases(busy: int, tmp: Path) -> list[tuple[list[str], str]]:
-    """(arguments, words the one-line error must contain)."""
-    port = str(free_port())
-    return [
-        (["--port", str(busy)], f"port {busy} is in use"),
-        (["--port", "70000"], "--port 70000: out of range"),
-        (["--port", "0"], "--port 0: out of range"),
-        (["--port", port, "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
-        (["--port", port, "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot be resolved"),
-        (["--port", port, "--artifacts", str(tmp / "missing")], "--artifacts"),
-        (["--port", port, "--backend", "foo"], "--backend: unknown backend 'foo'; choose one of"),
-        (["--port", port, "--device", "cuda"], "--device cuda"),
-        (["--port", port, "--device", "gpu"], "--device: unknown device 'gpu'"),
-        (["--port", port, "--weights", str(tmp)], "holds no STAR release"),
-        (["--port", port, "--weights", str(tmp / "missing")], "no such folder"),
-        (["--port", port, "--drain-timeout", "-1"], "--drain-timeout -1"),
-        (["--port", port, "--replicas", "0"], "--replicas"),
-        (["--port", port, "--num-cpus", "-1"], "--num-cpus"),
-        (["--port", port, "--replicas", "2", "--max-replicas", "1"], "exceeds max_replicas"),
-        (["--port", port, "--replicas", "2", "--num-cpus", str(local_cpus())], "need"),
-    ]
+def cases(busy: int, port: str, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """By name: (arguments, words the one-line error must contain); ``port`` is a free one."""
+    return {
+        "busy-port": (["--port", str(busy)], f"port {busy} is in use"),
+        "port-above": (["--port", "70000"], "--port 70000: out of range"),
+        "port-0": (["--port", "0"], "--port 0: out of range"),
+        "foreign-host": (["--port", port, "--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
+        "unknown-host": (["--port", port, "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot be"),
+        "missing-artifacts": (["--port", port, "--artifacts", str(tmp / "missing")], "--artifacts"),
+        "backend": (["--port", port, "--backend", "foo"], "--backend: unknown backend 'foo'; choose one of"),
+        "device-cuda": (["--port", port, "--device", "cuda"], "--device cuda"),
+        "device-gpu": (["--port", port, "--device", "gpu"], "--device: unknown device 'gpu'"),
+        "empty-weights": (["--port", port, "--weights", str(tmp)], "holds no STAR release"),
+        "missing-weights": (["--port", port, "--weights", str(tmp / "missing")], "no such folder"),
+        "drain-timeout": (["--port", port, "--drain-timeout", "-1"], "--drain-timeout -1"),
+        "replicas": (["--port", port, "--replicas", "0"], "--replicas"),
+        "num-cpus": (["--port", port, "--num-cpus", "-1"], "--num-cpus"),
+        "max-replicas": (["--port", port, "--replicas", "2", "--max-replicas", "1"], "exceeds max_replicas"),
+        "placement": (["--port", port, "--replicas", "2", "--num-cpus", str(local_cpus())], "need"),
+        "batch-wait-inf": (["--port", port, "--batch-wait", "inf"], "--batch-wait: Input should be a finite number"),
+        "batch-wait-huge": (["--port", port, "--batch-wait", "1e300"], "--batch-wait: Input should be less than or"),
+    }
 
 
-def test_bad_settings_exit_2_with_one_line_before_ray_starts(busy_port, tmp_path):
-    for args, words in cases(busy_port, tmp_path):
-        if args[-1] == "cuda" and _has_cuda_provider():
-            continue
-        code, stderr, seconds = run_serve(*args, cwd=tmp_path)
-        assert code == 2, (args, stderr[-2000:])
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), (args, stderr[-2000:])
-        assert words in lines[0], (args, lines[0])
-        assert "unexpected" not in lines[0]
-        assert seconds < FAST_S, (args, seconds)
+CUDA_IS_VALID = pytest.mark.skipif(HAS_CUDA_PROVIDER, reason="onnxruntime has CUDA here: --device cuda is valid")
+CASE_NAMES = [
+    pytest.param(name, marks=CUDA_IS_VALID) if name == "device-cuda" else name for name in cases(0, "0", Path())
+]
 
 
-def _has_cuda_provider() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_settings_exit_2_with_one_line_before_ray_starts(busy_port, tmp_path, name):
+    """Refused in one line, and before Ray is imported: a refusal never waits for Ray to start."""
+    args, words = cases(busy_port, str(free_port()), tmp_path)[name]
+    code, lines, modules = run_serve(*args, cwd=tmp_path)
+    assert code == 2, (args, lines[-20:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), (args, lines[-20:])
+    assert words in lines[0], (args, lines[0])
+    assert "unexpected" not in lines[0]
+    assert "star_deploy.cli" in modules, "no import was recorded"
+    assert [m for m in modules if m.split(".")[0] == "ray"] == [], "Ray was imported before the refusal"
 
 
 def test_placement_refuses_what_ray_cannot_place():
@@ -102,12 +108,33 @@ def test_placement_refuses_what_ray_cannot_place():
     check_placement(autoscaled, cpus=2, gpus=0)
 
 
+def test_placement_counts_the_gpus_a_local_ray_would_see(monkeypatch):
+    from star_deploy.serve.preflight import local_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpus() == 0
+    with pytest.raises(ConfigError, match=r"--num-gpus 1 need 1 GPUs but Ray has 0 here"):
+        check_placement(ServeOptions(device="cuda", num_gpus=1), cpus=8, gpus=local_gpus())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert local_gpus() == 2
+
+
+def deployments(app) -> tuple:
+    """The ingress and the model deployment of an application, as `serve run` and `serve deploy` build them."""
+    built = built_app(app, name="star")
+    by_name = {d.name: d for d in built.deployments}
+    assert built.ingress_deployment_name == "StarIngress" and set(by_name) == {"StarIngress", "StarReplica"}
+    return by_name["StarIngress"], by_name["StarReplica"]
+
+
 def test_build_app_takes_serve_run_strings():
     """``serve run star_deploy.serve.app:build_app replicas=2 num_cpus=0.5`` passes strings."""
     options = ServeOptions.parse({"replicas": "2", "num_cpus": "0.5", "max_batch_size": "4", "batch_wait_s": "0"})
     assert (options.replicas, options.num_cpus, options.max_batch_size, options.batch_wait_s) == (2, 0.5, 4, 0.0)
-    assert build_app({"replicas": "2", "num_cpus": "0.5"}) is not None
     assert replica_count(options) == {"num_replicas": 2}
+    ingress, replica = deployments(build_app({"replicas": "2", "num_cpus": "0.5", "max_batch_size": "4"}))
+    assert (replica.num_replicas, replica.ray_actor_options) == (2, {"num_cpus": 0.5, "num_gpus": 0.0})
+    assert replica.init_args[0].max_batch_size == 4 and ingress.init_args[1] == replica.init_args[0]
 
 
 def test_build_app_takes_a_config_file_mapping():
@@ -118,7 +145,11 @@ def test_build_app_takes_a_config_file_mapping():
         "max_batch_size": 16,
         "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
     }
-    assert build_app(args) is not None
+    ingress, replica = deployments(build_app(args))
+    assert replica.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.0}
+    autoscaling = replica._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 4, 8)
+    assert replica.init_args[0].max_batch_size == 16 and ingress.ray_actor_options == {"num_cpus": 0}
     options = ServeOptions.parse(args)
     assert replica_count(options) == {
         "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8.0}
@@ -136,6 +167,20 @@ def test_build_app_takes_a_config_file_mapping():
         ({"num_gpus": 1}, "num_gpus > 0 with device cpu"),
         ({"backend": "foo"}, "serve option backend: unknown backend 'foo'"),
         ({"device": "gpu"}, "serve option device: unknown device 'gpu'"),
+        ({"batch_wait_s": "inf"}, "serve option batch_wait_s: Input should be a finite number"),
+        ({"batch_wait_s": 1e300}, "serve option batch_wait_s: Input should be less than or equal to 60"),
+        ({"num_cpus": float("nan")}, "serve option num_cpus: Input should be a finite number"),
+        ({"num_gpus": "inf", "device": "cuda"}, "serve option num_gpus: Input should be a finite number"),
+        ({"retries": 10**9}, "serve option retries: Input should be less than or equal to 100"),
+        ({"max_ongoing_requests": 10**12}, "serve option max_ongoing_requests: Input should be less than or equal"),
+        ({"max_batch_size": 10**6}, "serve option max_batch_size: Input should be less than or equal to 1024"),
+        ({"replicas": 10**6}, "serve option replicas: Input should be less than or equal to 1024"),
+        ({"dtype": "float64"}, "serve option dtype: unknown dtype 'float64'"),
+        ({"autoscaling_config": {"target_ongoing_requests": "inf"}}, "target_ongoing_requests: Input should be a fin"),
+        (
+            {"replicas": 3, "autoscaling_config": {"max_replicas": 4}},
+            "replicas and autoscaling_config both given",
+        ),
     ],
 )
 def test_bad_options_name_the_setting(args, words):

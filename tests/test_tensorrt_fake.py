@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from typer.testing import CliRunner
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.cli import app
 from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.engines.memory import device_memory, size
 from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
 from star_deploy.errors import BackendUnavailableError, ConfigError, StarDeployError
 from star_deploy.files.images import read_png
@@ -215,16 +219,128 @@ def test_one_context_per_profile_sharing_one_buffer_and_no_profile_switch(fake_t
 # 8. return values
 
 
-def test_refused_profile_is_reported_with_its_shapes(fake_trt):
-    from star_deploy.engines.builder import add_profiles
+def test_refused_profile_is_reported_with_its_shapes(fake_trt, engines, tmp_path):
+    from star_deploy.engines.builder import BuildOptions, builder_config, parse_network
     from star_deploy.engines.profiles import Profile
 
-    builder = fake_trt.Builder(fake_trt.Logger())
-    config = builder.create_builder_config()
-    good = Profile(0, 1, None, {"f_hat": (1, 8, 16, 16)})
-    bad = Profile(1, 2, None, {"f_hat": (2, -1, 16, 16)})
-    with pytest.raises(StarDeployError, match=r"refused optimization profile 1 \(f_hat \[2, -1, 16, 16\]\)"):
-        add_profiles(builder, config, [good, bad])
+    network = parse_network(load_manifest(engines).path("vq_decoder"), "strong")
+    shape = tuple(load_sidecar(sidecar_path(engines, "vq_decoder")).profiles[0].shapes["f_hat"])
+    good, bad = Profile(0, 1, None, {"f_hat": shape}), Profile(1, 2, None, {"f_hat": (2, -1, *shape[2:])})
+    message = r"refused the optimization profiles \(profile 1: f_hat \[2, -1, .*Shape provided for min is inconsistent"
+    with pytest.raises(StarDeployError, match=message):
+        builder_config(fake_trt, network, [good, bad], BuildOptions(), (b"", tmp_path / "timing.cache"))
+
+
+def test_refused_profile_selection_is_reported(fake_trt, engines):
+    """set_optimization_profile_async raises RuntimeError on failure (pyCore.cpp): here, a stream of another GPU."""
+    from star_deploy.engines.gpu import cuda
+
+    decoder = golden_pipeline(engines).backend.engines["vq_decoder"]
+    decoder.stream = cuda().stream(torch.device("cuda", 1))
+    with pytest.raises(StarDeployError, match=r"vq_decoder: TensorRT refused optimization profile 0 \(Error in set"):
+        decoder.attach(cuda().empty((decoder.memory_bytes(),), torch.uint8, torch.device("cpu")))
+
+
+def test_unreadable_plan_is_refused_after_its_sidecar_passes(fake_trt, folder):
+    plan_path(folder, "vq_decoder").write_bytes(b"not a plan")
+    with pytest.raises(StarDeployError, match=r"vq_decoder.plan: TensorRT could not deserialize it; rebuild"):
+        golden_pipeline(folder)
+
+
+def test_corrupt_timing_cache_is_replaced_with_a_warning(fake_trt, folder, caplog):
+    cache = folder / "engines" / f"timing-{A100}-trt{fake_trt.__version__}.cache"
+    cache.write_bytes(b"\x00garbage")
+    result = invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "a fresh one replaces it" in caplog.text
+    assert json.loads(cache.read_text())["device"][0] == "NVIDIA A100-SXM4-80GB"
+
+
+def test_unparsable_graph_names_the_file_and_the_parser_errors(fake_trt, tmp_path):
+    from star_deploy.engines.builder import parse_network
+
+    with pytest.raises(StarDeployError, match=r"pow.onnx: TensorRT could not parse it \(.*kPOW must have inputs of"):
+        with older_tensorrt(fake_trt, "10.8.0.43"):
+            parse_network(integer_pow_graph(tmp_path / "pow.onnx"), "strong")
+    assert parse_network(tmp_path / "pow.onnx", "strong")[1].num_inputs == 1  # 10.12 and later build kPOW on INT64
+
+
+def test_torch_cache_is_released_before_each_graph_is_built(fake_trt, folder):
+    before = fake_trt.STATS.cache_releases
+    result = invoke("build-engine", folder, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert fake_trt.STATS.cache_releases - before == len(load_manifest(folder).graphs)
+
+
+def test_check_reports_device_memory_for_every_batch_size(engines):
+    manifest = load_manifest(engines)
+    memory = {m.batch: m for m in device_memory(manifest, [1, 4])}
+    assert memory[4].buffers.kv_cache == 4 * memory[1].buffers.kv_cache
+    assert memory[4].attention_scores == 4 * memory[1].attention_scores > 0
+    asked = invoke("check", engines, "-b", "1", "-b", "4")
+    assert asked.exit_code == 0, asked.output
+    assert [line for line in asked.output.splitlines() if line.startswith("device memory")] == [
+        memory[1].line(),
+        memory[4].line(),
+    ]
+    built = invoke("check", engines)  # the engines are built for batch size 1
+    assert [line for line in built.output.splitlines() if line.startswith("device memory")] == [memory[1].line()]
+
+
+def test_build_that_cannot_fit_the_gpu_is_refused_with_the_numbers(fake_trt, folder, monkeypatch):
+    memory = {m.batch: m for m in device_memory(load_manifest(folder), [1, 2])}
+    assert memory[1].unfused < memory[2].required  # batch 1 fits even unfused, batch 2 does not
+    monkeypatch.setattr(fake_trt._cuda, "MEMORY", [memory[1].unfused] * 2)
+    before = plan_path(folder, "vq_decoder").read_bytes()
+    result = invoke("build-engine", folder, "-b", "1", "-b", "2", "--overwrite")
+    assert result.exit_code != 0
+    assert f"--batch-size 2: the engines need {size(memory[2].required)} of device memory" in result.output
+    assert f"more than the {size(memory[1].unfused)} of NVIDIA A100-SXM4-80GB" in result.output
+    assert "(1 fit)" in result.output
+    assert plan_path(folder, "vq_decoder").read_bytes() == before
+    assert invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite").exit_code == 0
+
+
+def test_build_that_fits_only_with_fused_attention_warns(fake_trt, folder, monkeypatch, caplog):
+    memory = device_memory(load_manifest(folder), [1])[0]
+    monkeypatch.setattr(fake_trt._cuda, "MEMORY", [memory.required + memory.attention_scores // 2] * 2)
+    result = invoke("build-engine", folder, "--graph", "vq_decoder", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert f"batch 1: {size(memory.unfused)} of device memory if TensorRT does not fuse" in caplog.text
+
+
+def test_scale_update_builds_on_tensorrt_before_10_12(fake_trt, folder):
+    """No INT64 Pow in the exported scale update (TensorRT 10.1 to 10.11 refuse kPOW on integers)."""
+    with older_tensorrt(fake_trt, "10.8.0.43"):
+        result = invoke("build-engine", folder, "--graph", "scale_update", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert load_sidecar(sidecar_path(folder, "scale_update")).runtime.tensorrt_version == "10.8.0.43"
+
+
+@contextmanager
+def older_tensorrt(fake_trt, version: str):
+    previous = fake_trt.__version__
+    fake_trt.__version__ = version
+    try:
+        yield
+    finally:
+        fake_trt.__version__ = previous
+
+
+def integer_pow_graph(path: Path) -> Path:
+    """n (INT64, [1]) -> n ** 2: what an export of ``side * side`` as a power of a shape value looks like."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Pow", ["n", "two"], ["square"], name="node_pow")],
+        "pow",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("square", TensorProto.INT64, [1])],
+        [helper.make_tensor("two", TensorProto.INT64, [], [2])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
 
 
 def test_refused_address_and_shape_name_the_tensor(fake_trt, engines):
@@ -276,17 +392,48 @@ def test_fake_runs_a_context_that_keeps_every_rule(fake_trt, decoder_context):
     [
         (lambda ctx, s, b: ctx.set_tensor_address("image", b[2].data_ptr() + 64), "not 256-byte aligned"),
         (lambda ctx, s, b: ctx.set_input_shape("f_hat", (2, *b[1].shape[1:])), "outside profile 0"),
-        (lambda ctx, s, b: ctx.set_optimization_profile_async(5, s), "profile 5 is out of range"),
+        (lambda ctx, s, b: ctx.set_input_shape("image", tuple(b[2].shape)), "image is not an input tensor"),
+        (lambda ctx, s, b: ctx.set_input_shape("f_hat", tuple(b[1].shape)[1:]), "does not agree with the network"),
+        (lambda ctx, s, b: ctx.set_device_memory(b[0].data_ptr() + 64, 256), "not non-null and 256-byte aligned"),
         (lambda ctx, s, b: ctx.set_tensor_address("logits", b[2].data_ptr()), "not an input or output tensor"),
         (lambda ctx, s, b: ctx.set_device_memory(b[0].data_ptr(), 256) or ctx.execute_async_v3(s), "needs"),
         (lambda ctx, s, b: ctx.set_tensor_address("image", 0) and ctx.execute_async_v3(s), "image has no address"),
         (lambda ctx, s, b: ctx.execute_async_v3(s + 0x10), "is not a stream of device 0"),
+        (lambda ctx, s, b: ctx.set_tensor_address("image", b[1].data_ptr()) and ctx.execute_async_v3(s), "image holds"),
     ],
 )
 def test_fake_refuses_each_documented_misuse(fake_trt, decoder_context, breach, message):
     ctx, stream, buffers = decoder_context
     assert not breach(ctx, stream, buffers)
     assert message in " ".join(fake_trt.ERRORS)
+
+
+def test_fake_refuses_plans_of_another_tensorrt_or_gpu(fake_trt, engines):
+    plan = plan_path(engines, "vq_decoder").read_bytes()
+    runtime = fake_trt.Runtime(fake_trt.Logger())
+    assert runtime.deserialize_cuda_engine(plan) is not None
+    with older_tensorrt(fake_trt, "10.8.0.43"):
+        assert runtime.deserialize_cuda_engine(plan) is None
+    assert "built by TensorRT" in fake_trt.ERRORS[-1]
+    with fake_trt._cuda.device_context(1):  # built on the A100 (8.0), deserialized on the H100 (9.0)
+        assert runtime.deserialize_cuda_engine(plan) is None
+    assert "the plan is for compute capability 8.0, device 1 is not" in fake_trt.ERRORS[-1]
+
+
+def test_fake_timing_cache_rules(fake_trt):
+    config = fake_trt.Builder(fake_trt.Logger()).create_builder_config()
+    assert config.create_timing_cache(b"\x00garbage") is None
+    assert "not a serialized timing cache" in fake_trt.ERRORS[-1]
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        config.set_timing_cache(None, False)
+    assert config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def test_fake_raises_on_a_profile_out_of_range(fake_trt, decoder_context):
+    ctx, stream, _ = decoder_context
+    with pytest.raises(RuntimeError, match="Error in set optimization profile async"):
+        ctx.set_optimization_profile_async(5, stream)
+    assert "profile 5 is out of range" in fake_trt.ERRORS[-1]
 
 
 def test_fake_refuses_execution_on_another_current_device(fake_trt, decoder_context):
@@ -329,8 +476,16 @@ def test_fake_builder_rules(fake_trt):
     assert not config.set_timing_cache(stale, False) and config.get_timing_cache() is None
     assert config.set_timing_cache(stale, True)
     profile = fake_trt.Builder(fake_trt.Logger()).create_optimization_profile()
-    profile.set_shape("x", (1, 4), (1, 2), (1, 4))
-    assert config.add_optimization_profile(profile) == -1
+    for which, shapes in {
+        "opt": ((1, 4), (1, 2), (1, 4)),
+        "min": ((-1, 4),) * 3,
+        "max": ((1, 2), (1, 4), (1, 3)),
+    }.items():
+        with pytest.raises(RuntimeError, match=f"Shape provided for {which} is inconsistent with other shapes"):
+            profile.set_shape("x", *shapes)
+    assert not profile and config.add_optimization_profile(profile) == -1
+    profile.set_shape("past", (0, 2, 4), (0, 2, 4), (0, 2, 4))  # a zero-length dimension is allowed
+    assert config.add_optimization_profile(profile) == 0
 
 
 def test_fast_one_runs_on_engines_with_conditional_rows(fake_trt, engines, folder, torch_pipeline):
@@ -360,3 +515,136 @@ def test_fast_one_runs_on_engines_with_conditional_rows(fake_trt, engines, folde
     np.testing.assert_array_equal(pipeline.generate(prompts, sampling, seeds=seeds).tokens, exact.tokens)
     with pytest.raises(ConfigError, match="runs --fast 0 and 1; run --fast 2 on torch or onnxruntime"):
         pipeline.generate(prompts, sampling, seeds=seeds, fast=fast2)
+
+
+def decoder_network(fake_trt, engines, flags: int):
+    builder = fake_trt.Builder(fake_trt.Logger())
+    network = builder.create_network(flags)
+    assert fake_trt.OnnxParser(network, fake_trt.Logger()).parse_from_file(
+        str(load_manifest(engines).path("vq_decoder"))
+    )
+    return builder, network
+
+
+STRONG = 1 << 1  # 1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+@pytest.mark.parametrize("flag", ["FP16", "INT8", "BF16", "FP8"])
+def test_fake_refuses_precision_flags_on_a_strongly_typed_network(fake_trt, engines, flag):
+    builder, network = decoder_network(fake_trt, engines, STRONG)
+    shape = tuple(load_sidecar(sidecar_path(engines, "vq_decoder")).profiles[0].shapes["f_hat"])
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("f_hat", shape, shape, shape)
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None  # TF32 (on by default) is allowed
+    config.set_flag(getattr(fake_trt.BuilderFlag, flag))
+    assert builder.build_serialized_network(network, config) is None
+    assert f"builder flag(s) {flag} are not allowed on a strongly typed network" in fake_trt.ERRORS[-1]
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({}, "the network has dynamic inputs and no optimization profile"),
+        ({"image": None}, "profile 0 sets image, which is not a network input"),
+        ({"f_hat": "rank"}, "does not agree with the network dims"),
+    ],
+)
+def test_fake_refuses_profiles_that_do_not_fit_the_network(fake_trt, engines, shapes, message):
+    builder, network = decoder_network(fake_trt, engines, STRONG)
+    shape = tuple(load_sidecar(sidecar_path(engines, "vq_decoder")).profiles[0].shapes["f_hat"])
+    config = builder.create_builder_config()
+    if shapes:
+        profile = builder.create_optimization_profile()
+        profile.set_shape("f_hat", shape, shape, shape)
+        for name, value in shapes.items():
+            bad = shape[1:] if value == "rank" else shape
+            profile.set_shape(name, bad, bad, bad)
+        config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is None
+    assert message in fake_trt.ERRORS[-1]
+
+
+# 10. the fp16 export, strongly typed, and the two-machine parity workflow
+
+
+TEXT = {"capture_output": True, "text": True, "timeout": 120}
+
+
+@pytest.fixture(scope="module")
+def fp16_engines(fake_trt, artifacts_fp16, tmp_path_factory) -> Path:
+    """The golden model's fp16 export with strongly typed engines (the build the design asks for)."""
+    folder = tmp_path_factory.mktemp("fake_trt16") / "tiny_fp16"
+    shutil.copytree(artifacts_fp16, folder)
+    fake_trt.ERRORS.clear()  # the build and the first test's runs log no error
+    result = invoke("build-engine", folder, "--typing", "strong")
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_fp16_strongly_typed_engines_give_the_tokens_of_onnxruntime(
+    fake_trt, fp16_engines, golden_cases, golden_sampling
+):
+    from star_deploy.backends.ort_backend import OrtBackend
+
+    header = plan_header(fake_trt, fp16_engines, "transformer_step")
+    assert header["strongly_typed"] and not header["fp16"]
+    manifest = load_manifest(fp16_engines)
+    onnxruntime = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    for case in golden_cases[:2]:
+        expected = onnxruntime.generate([case["prompt"]], golden_sampling, seeds=[case["seed"]]).tokens
+        tokens = golden_pipeline(fp16_engines).generate([case["prompt"]], golden_sampling, seeds=[case["seed"]]).tokens
+        assert np.array_equal(tokens, expected)
+    assert fake_trt.ERRORS == []
+
+
+def test_recorded_graph_io_is_polygraphy_data_and_the_engines_match_it(fake_trt, fp16_engines, tmp_path):
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    ref = tmp_path / "ref.json"
+    saved = invoke("parity", "--artifacts", fp16_engines, "--save-outputs", ref, "--prompt", "a red car")
+    assert saved.exit_code == 0, saved.output
+    [(runner, steps)] = RunResults.load(str(tmp_path / "ref.transformer_step.json")).items()
+    assert runner == "onnxruntime" and len(steps) == load_manifest(fp16_engines).config.num_scales
+    feeds = load_json(str(tmp_path / "ref.inputs.transformer_step.json"))
+    assert feeds[0]["x"].dtype == np.float16 and steps[0]["logits"].shape[-1] == 256  # the fp16 graphs' own types
+    assert feeds[0]["past_key.0"].shape[0] == 0 and feeds[1]["past_key.0"].shape[0] == 1
+    polygraphy = str(Path(sys.executable).parent / "polygraphy")
+    shown = subprocess.run([polygraphy, "inspect", "data", str(ref.with_name("ref.vq_decoder.json"))], **TEXT)
+    assert shown.returncode == 0 and "onnxruntime" in shown.stdout and "image" in shown.stdout, shown.stderr
+    again = invoke("parity", "--artifacts", fp16_engines, "--save-outputs", ref, "--prompt", "a red car")
+    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+    compared = invoke("parity", "--artifacts", fp16_engines, "--backend", "tensorrt", "--load-outputs", ref)
+    assert compared.exit_code == 0, compared.output
+    assert "PASS: " in compared.output and "(fp16)" in compared.output
+
+
+def test_engines_of_a_changed_weight_fail_naming_graph_scale_and_output(fake_trt, fp16_engines, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from star_deploy.artifacts.manifest import MANIFEST, dumps, graph_digest, sealed
+
+    ref = tmp_path / "ref.json"
+    assert invoke("parity", "--artifacts", fp16_engines, "--save-outputs", ref).exit_code == 0
+    folder = tmp_path / "changed"
+    shutil.copytree(fp16_engines, folder, ignore=shutil.ignore_patterns("engines"))
+    path = folder / "transformer_step.onnx"
+    model = onnx.load(path)
+    vocab = load_manifest(fp16_engines).config.transformer.vocab_size
+    head = next(w for w in model.graph.initializer if list(w.dims)[1:] == [vocab])  # the logits projection
+    changed = numpy_helper.to_array(head).copy()
+    changed[0, 0] += 1
+    head.CopyFrom(numpy_helper.from_array(changed, head.name))
+    onnx.save(model, path)
+    data = json.loads((folder / MANIFEST).read_text())
+    manifest = load_manifest(fp16_engines)
+    data["graphs"]["transformer_step"]["sha256"] = graph_digest(folder, manifest.graphs["transformer_step"])
+    (folder / MANIFEST).write_text(dumps(sealed(data, folder)))
+    rebuilt = invoke("build-engine", folder)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    compared = invoke("parity", "--artifacts", folder, "--backend", "tensorrt", "--load-outputs", ref)
+    assert compared.exit_code == 1, compared.output
+    assert "FAIL: transformer_step at scale 0: output logits differs by up to" in compared.output

@@ -49,6 +49,28 @@ def test_readme_command_runs_the_demo_without_torch(tmp_path):
     assert read_image(pixels.astype(np.float32) / 255) == Reading("red", "circle", "blue")
 
 
+def test_torch_tensors_are_refused_before_generating_without_torch(tmp_path):
+    result = run_without_torch(
+        """
+        from star_deploy import StarPipeline
+        from star_deploy.errors import BackendUnavailableError
+        pipe = StarPipeline.from_pretrained()
+        scales = []
+        try:
+            pipe("a red circle", output_type="pt", callback_on_scale_end=scales.append)
+        except BackendUnavailableError as exc:
+            print(exc, len(scales))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = (
+        "output_type='pt' needs PyTorch: pip install 'star-deploy[torch]' (the base install runs exported graphs "
+        "with --backend onnxruntime) 0"
+    )
+    assert result.stdout.strip() == expected
+
+
 def test_python_api_without_torch(tmp_path):
     result = run_without_torch(
         """

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from star_deploy.core.config import SamplingConfig
+from star_deploy.core.config import MAX_CFG, SamplingConfig
 from star_deploy.core.sampling import PortableSampler
 from star_deploy.core.tokenizer import load_tokenizer
 from star_deploy.demo import DEMO_GRAPHS
+from star_deploy.errors import ConfigError
 
 NODE = shutil.which("node")
 SCRIPTS = Path(__file__).parent / "web_js"
@@ -99,3 +100,60 @@ def test_js_tokenizer_matches_tokenizers_on_golden_and_tricky_prompts():
         assert result["mask"] == want.attention_mask, f"mask differs for {prompt!r}"
         truncated += bool(want.overflowing)
     assert truncated >= 2, "the long prompts should be truncated at 77 tokens"
+
+
+def python_message(**fields) -> str:
+    """SamplingConfig's message for ``fields`` (the messages the browser's checks repeat)."""
+    with pytest.raises(ConfigError) as caught:
+        SamplingConfig(**fields)
+    return str(caught.value)
+
+
+def test_js_generate_checks_its_options_as_python_does():
+    one_object = "generate() takes one object of options {prompt, seed, cfg, top_k, top_p, onScale}, got"
+    defaults = {"cfg": 4.0, "top_k": 600, "top_p": 0.8, "max_cfg": MAX_CFG}
+    cases = {
+        "{prompt: 5}": "prompt must be a string, got number 5",
+        "{prompt: null}": "prompt must be a string, got null",
+        "{prompt: ['a']}": 'prompt must be a string, got array ["a"]',
+        "{seed: 3}": "prompt must be a string, got undefined",
+        "{prompt: 'a', seed: 1.5}": "seed must be an integer, got number 1.5",
+        "{prompt: 'a', seed: NaN}": "seed must be an integer, got number NaN",
+        "{prompt: 'a', seed: null}": "seed must be an integer, got null",
+        "{prompt: 'a', seed: '7'}": 'seed must be an integer, got string "7"',
+        "{prompt: 'a', seed: true}": "seed must be an integer, got boolean true",
+        "{prompt: 'a', seed: 2 ** 60}": "seed must be an integer, got number 1152921504606847000 (beyond a "
+        "Number's exact integers: pass a BigInt)",
+        "{prompt: 'a', seed: -1}": python_message(seed=-1),
+        "{prompt: 'a', seed: 2n ** 63n}": python_message(seed=2**63),
+        "{prompt: 'a', cfg: 1000.5}": python_message(cfg=1000.5),
+        "{prompt: 'a', cfg: Infinity}": "cfg must be a finite number in [0, 1000], got Infinity",
+        "{prompt: 'a', cfg: '4'}": 'cfg must be a real number, got string "4"',
+        "{prompt: 'a', top_k: 2.5}": "top_k must be an integer, got number 2.5",
+        "{prompt: 'a', top_k: -1}": python_message(top_k=-1),
+        "{prompt: 'a', top_p: 1.5}": python_message(top_p=1.5),
+        "{prompt: 'a', top_p: NaN}": "top-p must be in (0, 1], got NaN",
+        "{prompt: 'a', onScale: 3}": "onScale must be a function or undefined, got number 3",
+        "{prompt: 'a', steps: 3}": "generate() got an unexpected option steps; it takes prompt, seed, cfg, top_k, "
+        "top_p, onScale",
+        "undefined": f"{one_object} undefined",
+        "'a cat'": f'{one_object} string "a cat"',
+    }
+    accepted = {
+        "{prompt: ''}": {"prompt": "", "seed": "0", "cfg": 4.0, "top_k": 256, "top_p": 0.8},
+        "{prompt: 'a', seed: 2n ** 63n - 1n, cfg: 1000, top_k: 5}": {"seed": str(2**63 - 1), "cfg": 1000, "top_k": 5},
+        "{prompt: 'a', seed: 9, cfg: null, top_k: null, top_p: null}": {"seed": "9", "cfg": 4.0, "top_k": 256},
+        "{prompt: 'a', seed: 0, cfg: 0, top_k: 0, top_p: 1, onScale: () => true}": {
+            "cfg": 0,
+            "top_k": 0,
+            "onScale": True,
+        },
+    }
+    got = run_node("request.mjs", {"cases": list(cases) + list(accepted), "defaults": defaults, "vocab": 256})
+    for (expression, message), result in zip(cases.items(), got):
+        assert result == {"error": f"SiteError: {message}"}, expression
+    for (expression, expected), result in zip(accepted.items(), got[len(cases) :]):
+        assert "request" in result, (expression, result)
+        assert expected.items() <= result["request"].items(), (expression, result)
+    python = python_message(seed=-1)
+    assert python == "seed must be in [0, 2**63), got -1", "Python's message changed: the browser's repeats it"

@@ -27,7 +27,7 @@ from star_deploy.cli import app
 from star_deploy.demo import DEMO_GRAPHS
 from star_deploy.evaluation.parity import psnr
 from star_deploy.files.images import read_png, to_uint8
-from star_deploy.web.browser import SiteBrowser, chromium_paths, run_form
+from star_deploy.web.browser import SiteBrowser, chromium_paths, fill, run_form, text_of
 from star_deploy.web.runtime import ORT_WEB_VERSION
 from star_deploy.web.server import SiteHandler
 from star_deploy.web.site import SITE_MANIFEST, build_site
@@ -128,8 +128,23 @@ def test_demo_site_draws_the_tokens_of_python_in_chromium(browser, references):
         assert check_against_python(result, reference, case) >= MIN_PSNR_DB
 
 
+@needs_chromium
+def test_demo_site_draws_the_tokens_of_python_on_webgpu(site, references):
+    """WebGPU on SwiftShader: every graph on the GPU for the first prompt, then the decoder on WebAssembly."""
+    with SiteBrowser(site, webgpu=True) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        providers = browser.driver.execute_script("return window.star.providers")
+        assert set(providers.values()) == {"webgpu"}, providers
+        for n, (case, reference) in enumerate(zip(CASES, references)):
+            if n == 1:
+                assert browser.load(graphProviders={"vq_decoder": "wasm"}).state == "ready"
+            result = browser.generate(*case)
+            assert check_against_python(result, reference, ("webgpu", case)) >= MIN_PSNR_DB
+
+
 def test_fp32_storage_ships_the_exported_graphs_unchanged(artifacts_fp32, dist, tmp_path):
-    site = build_site(artifacts_fp32, tmp_path / "site32", dist, storage="fp32").out
+    site = build_site(artifacts_fp32, tmp_path / "site32", dist, weights="fp32").out
     files = json.loads((site / SITE_MANIFEST).read_text())["files"]
     exported = json.loads((artifacts_fp32 / "manifest.json").read_text())["files"]
     for name in ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"):
@@ -227,3 +242,57 @@ def test_fp16_export_runs_in_chromium_with_the_tokens_of_python(artifacts_fp16, 
         assert page.state == "ready", page.message
         result = browser.generate(prompt, seed)
     check_against_python(result, (python.tokens[0], to_uint8(python.images[0].transpose(2, 0, 1))), prompt)
+
+
+def test_page_uses_the_defaults_for_cleared_fields_and_refuses_text(browser):
+    defaults = json.loads((browser.folder / SITE_MANIFEST).read_text())["sampling"]
+    assert defaults["max_cfg"] == 1000 and browser.driver.execute_script("return document.getElementById('cfg').max")
+    for field in ("cfg", "top_k", "top_p"):
+        fill(browser.driver, field, "")
+    run = run_form(browser, *CASES[0])
+    assert run.state == "done", run.message
+    text = read_png_text(run.png)
+    assert (float(text["cfg"]), int(text["top_k"]), float(text["top_p"])) == (
+        defaults["cfg"],
+        defaults["top_k"],
+        defaults["top_p"],
+    )
+    fill(browser.driver, "cfg", "500")
+    assert run_form(browser, *CASES[0]).state == "done", "cfg up to 1000, as in Python"
+    fill(browser.driver, "cfg", "1000.5")
+    assert browser.driver.execute_script("return document.getElementById('cfg').validity.rangeOverflow")
+    for field in ("cfg", "top_k", "top_p"):
+        fill(browser.driver, field, str(defaults[field]))
+
+
+def read_png_text(png: bytes) -> dict[str, str]:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return dict(Image.open(BytesIO(png)).text)
+
+
+@needs_chromium
+def test_page_names_a_broken_site_json_a_swapped_graph_and_a_file_url(site, tmp_path):
+    broken = Path(shutil.copytree(site, tmp_path / "broken"))
+    (broken / SITE_MANIFEST).write_text("{not json")
+    swapped = Path(shutil.copytree(site, tmp_path / "swapped"))
+    data = json.loads((swapped / SITE_MANIFEST).read_text())
+    graphs = data["graphs"]
+    decoder, update = graphs["vq_decoder"]["file"], graphs["scale_update"]["file"]
+    shutil.copy2(swapped / update, swapped / decoder)
+    data["files"][decoder] = data["files"][update]
+    (swapped / SITE_MANIFEST).write_text(json.dumps(data))
+    with SiteBrowser(broken) as browser:
+        page = browser.open()
+        assert page.state == "error" and "site.json at" in page.message and "is not valid JSON" in page.message
+        browser.driver.get((site / "index.html").as_uri())
+        state = browser.wait_for(("error",), 30)
+        assert state == "error" and "must be served" in text_of(browser.driver, "message")
+    with SiteBrowser(swapped) as browser:
+        page = browser.open()
+    assert page.state == "error", page.message
+    assert f"{decoder}: not the vq_decoder graph this site needs (its inputs include unexpected" in page.message, (
+        page.message
+    )

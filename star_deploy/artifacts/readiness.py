@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto
 
 from ..core.graphs import GraphSpec, TensorSpec
+from .loadable import check_loadable, read_onnx
 
 OPS_TABLE = Path(__file__).resolve().parent.parent / "data" / "trt_onnx_ops.json"
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -68,23 +69,50 @@ CONSTANT_AXES_INPUT = {
 
 @dataclass(frozen=True)
 class OpsTable:
-    """The parser's support matrix for one TensorRT release."""
+    """The parser's support matrix for one range of TensorRT releases (``tensorrt_version``: "10.1-10.11")."""
 
     tensorrt_version: str
     opset_min: int
     opset_max: int
     source: str
     operators: dict[str, frozenset[str]]
+    releases: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (99, 99))
 
     def supports(self, op: str) -> bool:
         return op in self.operators
 
+    def covers(self, version: str) -> bool:
+        """Whether TensorRT ``version`` ("10.8.0.43") lies in this table's release range."""
+        return self.releases[0] <= release(version) <= self.releases[1]
+
+
+def release(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string."""
+    parts = version.split(".")
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+
 
 @cache
-def load_ops_table(path: Path = OPS_TABLE) -> OpsTable:
+def release_tables(path: Path = OPS_TABLE) -> tuple[OpsTable, ...]:
+    """One table per release range of the file, oldest first: the newest table with that range's replacements."""
     data = json.loads(path.read_text())
-    ops = {name: frozenset(entry["types"]) for name, entry in data["operators"].items()}
-    return OpsTable(data["tensorrt_version"], data["opset_min"], data["opset_max"], data["source"], ops)
+    base = {name: frozenset(entry["types"]) for name, entry in data["operators"].items()}
+    tables = []
+    for entry in data.get("releases", [{"from": data["tensorrt_version"], "through": data["tensorrt_version"]}]):
+        ops = base | {name: frozenset(e["types"]) for name, e in entry.get("operators", {}).items()}
+        label = entry["from"] if entry["from"] == entry["through"] else f"{entry['from']}-{entry['through']}"
+        span = (release(entry["from"]), release(entry["through"]))
+        tables.append(OpsTable(label, data["opset_min"], data["opset_max"], data["source"], ops, span))
+    return tuple(tables)
+
+
+def load_ops_table(path: Path = OPS_TABLE, version: str | None = None) -> OpsTable:
+    """The table of TensorRT ``version`` (default: the newest release the file covers)."""
+    tables = release_tables(path)
+    if version is None:
+        return tables[-1]
+    newer = tables[-1] if release(version) > tables[-1].releases[1] else tables[0]
+    return next((t for t in tables if t.covers(version)), newer)
 
 
 @dataclass
@@ -173,8 +201,7 @@ def _check_nodes(model: onnx.ModelProto, table: OpsTable, report: GraphReport) -
         if not table.supports(node.op_type):
             report.add(
                 f"{where}: operator {node.op_type} is not supported by the TensorRT {table.tensorrt_version} ONNX "
-                "parser "
-                f"(see star_deploy/data/trt_onnx_ops.json); re-export without it"
+                "parser (see star_deploy/data/trt_onnx_ops.json); re-export without it"
             )
             continue
         _check_types(node, types, table, report)
@@ -246,7 +273,8 @@ def check_graph(path: Path, spec: GraphSpec, table: OpsTable | None = None) -> G
     """All TensorRT-readiness problems of one ONNX file against its contract ``spec``."""
     table = table or load_ops_table()
     report = GraphReport(spec.name, path)
-    model = onnx.load(str(path), load_external_data=False)
+    check_loadable(path)
+    model = read_onnx(path, load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), None)
     if opset is None or not table.opset_min <= opset <= table.opset_max:
         report.add(
@@ -265,7 +293,18 @@ def check_graph(path: Path, spec: GraphSpec, table: OpsTable | None = None) -> G
     return report
 
 
-def check_artifacts(graphs: dict[str, GraphSpec], paths: dict[str, Path]) -> list[GraphReport]:
-    """One report per graph of an artefact directory (``paths`` from Manifest.path)."""
-    table = load_ops_table()
-    return [check_graph(paths[name], spec, table) for name, spec in graphs.items()]
+def check_artifacts(
+    graphs: dict[str, GraphSpec], paths: dict[str, Path], tables: tuple[OpsTable, ...] | None = None
+) -> list[GraphReport]:
+    """One report per graph of an artefact directory (``paths`` from Manifest.path), over every release range of
+    ``tables`` (default: all the table covers); a problem of only some releases names them."""
+    tables = tables or release_tables()
+    reports = []
+    for name, spec in graphs.items():
+        per_release = [check_graph(paths[name], spec, table) for table in tables]
+        report = GraphReport(name, paths[name], op_counts=per_release[-1].op_counts)
+        for problem in dict.fromkeys(p for r in per_release for p in r.problems):
+            where = [t.tensorrt_version for t, r in zip(tables, per_release) if problem in r.problems]
+            report.problems.append(problem if len(where) == len(tables) else f"TensorRT {', '.join(where)}: {problem}")
+        reports.append(report)
+    return reports

@@ -24,7 +24,7 @@ from ..core.sampling import PortableSampler
 from ..core.tables import build_scale_tables
 from ..errors import ArtifactError, BackendUnavailableError
 from .base import HostClock
-from .ort_sessions import create_session, provider_entry
+from .ort_sessions import create_session, create_sessions, default_provider, provider_entry
 from .text_cache import UnconditionalTextCache
 
 log = logging.getLogger(__name__)
@@ -130,18 +130,13 @@ class OrtBackend:
         ort = import_ort()
         self.ort, self.manifest, self.config = ort, manifest, manifest.config
         device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        default = "cuda" if device.startswith("cuda") else "cpu"
-        self.provider = default if provider is None else provider
+        self.provider = provider or default_provider(device)
         entry, self.io_device = provider_entry(ort, self.provider, device_id, provider_options)
         self.device = device
         self.dtype = "float16" if manifest.precision == "fp16" else "float32"
         self.kv_dtype = numpy_type(manifest.graphs["transformer_step"].with_role(Role.CACHE_SLOT)[0].dtype)
         self._session_args = (entry, self.provider, threads, session_options)
-        self.sessions = {
-            name: create_session(ort, manifest, name, *self._session_args)
-            for name in manifest.graphs
-            if name not in OPTIONAL_GRAPHS
-        }
+        self.sessions = create_sessions(ort, manifest, *self._session_args, skip=OPTIONAL_GRAPHS)
         self.scale_steps: dict[int, Any] = {}
         self.tables = [t.arrays() for t in build_scale_tables(self.config)]
         self.cache: OrtKVCache | None = None

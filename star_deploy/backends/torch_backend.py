@@ -40,9 +40,10 @@ def cudnn_autotuned() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
-def warn_if_emulated(dtype: str) -> None:
-    """Say so when this CPU has no instructions for ``dtype``: its matmuls are then emulated, slower than float32."""
-    if backend_isa("fp32", dtype, cpu_flags()).endswith("emulated"):
+def warn_if_emulated(dtype: str, flags: list[str] | None = None) -> None:
+    """Say so when this CPU (or one with ``flags``) has no instructions for ``dtype``: its matmuls are then emulated,
+    slower than float32."""
+    if backend_isa("fp32", dtype, cpu_flags() if flags is None else flags).endswith("emulated"):
         log.warning(
             "%s is emulated on this CPU (no AVX512-BF16, AVX512-FP16 or AMX), slower than float32; "
             "use --dtype float32, or the onnxruntime backend",

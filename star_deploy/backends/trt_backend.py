@@ -27,11 +27,12 @@ import logging
 from collections.abc import Callable
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from ..artifacts.manifest import Manifest
 from ..core.fast import ScalePlan
-from ..core.graphs import OPTIONAL_GRAPHS, Role, scale_dims
+from ..core.graphs import OPTIONAL_GRAPHS, GraphSpec, Role, scale_dims
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.gpu import ALIGNMENT, aligned, cuda
 from ..engines.profiles import Profile, select_profile
@@ -89,8 +90,12 @@ class TrtEngine:
         for profile, ctx in zip(self.profiles, self.contexts):
             ctx.set_device_memory(memory.data_ptr(), memory.numel())
             index = profile.index
-            if not self.stream.enqueue(lambda handle, c=ctx, i=index: c.set_optimization_profile_async(i, handle)):
-                raise StarDeployError(f"{self.graph}: TensorRT refused optimization profile {index}; {self.rebuild}")
+            try:  # the Python binding raises RuntimeError where the C++ call returns false (pyCore.cpp)
+                self.stream.enqueue(lambda handle, c=ctx, i=index: c.set_optimization_profile_async(i, handle))
+            except RuntimeError as exc:
+                raise StarDeployError(
+                    f"{self.graph}: TensorRT refused optimization profile {index} ({exc}); {self.rebuild}"
+                ) from None
 
     def profile(self, batch: int, scale: int | None = None, rows: int | None = None) -> Profile:
         return select_profile(self.profiles, self.spec, batch, scale, rows)
@@ -282,3 +287,23 @@ class TrtBackend(TorchArrays):
         return outs["image"]
 
     preview = decode
+
+    @on_device
+    def run_graph(
+        self, graph: str, scale: int | None, inputs: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
+    ) -> dict[str, np.ndarray]:
+        """One engine on host ``inputs``, outputs of ``shapes`` on the host: a recorded graph call replayed."""
+        engine = self.engines[graph]
+        outs = {n: self.gpu.empty(tuple(s), engine.dtypes[n], self.device) for n, s in shapes.items()}
+        feeds = {n: self.asarray(a) for n, a in inputs.items()}
+        engine.run(engine.profile(call_batch(engine.spec, inputs), scale), feeds, outs)
+        return {n: self.to_numpy(t) for n, t in outs.items()}
+
+
+def call_batch(spec: GraphSpec, inputs: dict[str, np.ndarray]) -> int:
+    """The batch size of a call: the leading size of its first input with a batch (or 2 x batch rows) axis."""
+    for t in spec.inputs:
+        if t.shape and t.shape[0] in ("batch", "rows") and t.name in inputs:
+            rows = len(inputs[t.name])
+            return rows if t.shape[0] == "batch" else rows // 2
+    raise ValueError(f"{spec.name}: no input with a batch axis among {sorted(inputs)}")

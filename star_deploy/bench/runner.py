@@ -10,29 +10,35 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..artifacts.manifest import Manifest
-from ..backends.factory import create_backend
+from ..backends.devices import is_cuda
+from ..backends.registry import BenchVariant, bench_variants, default_backend
+from ..core.call_options import CallOptions
 from ..core.config import SamplingConfig, StarConfig
 from ..core.cpu_isa import backend_isa, cpu_flags
-from ..core.dtypes import COMPUTE_DTYPES, itemsize, torch_dtype
-from ..core.fast import EXACT, FastMode, resolve_fast
+from ..core.dtypes import itemsize, torch_dtype
+from ..core.fast import EXACT, FastMode
 from ..core.tokenizer import PromptTokenizer
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.parity import forced_fidelity
 from ..release.weights import StarTorchModel
 from ..runtime.pipeline import Generation, ScaleLoop, StageTimes, median_stages
-from . import BASELINE, BENCH_BACKENDS, ORT_PRECISIONS, TORCH_GRAPHS, TORCH_VARIANTS  # noqa: F401 (TORCH_GRAPHS re-exported)
+from ..runtime.plan import LoadOptions, chosen_device
+from . import BASELINE, BENCH_BACKENDS
 from .flops import StageTotals, generation_flops
 from .machine import PeakMemory, Roofs, machine_info, measure_roofs
 from .traffic import generation_bytes
 
 log = logging.getLogger(__name__)
+
+TORCH_GRAPHS = "torch-cuda-graphs"
+"""The torch backend's CUDA-graph line (skipped on a CPU)."""
 
 PROMPTS = (
     "a photo of a red fox sitting in the snow, high quality",
@@ -44,22 +50,18 @@ PROMPTS = (
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What one ``star-deploy bench`` run measures."""
+    """What one ``star-deploy bench`` run measures; ``load`` holds the load options every line shares."""
 
     backends: tuple[str, ...]
     batch_size: int = 1
     warmup: int = 1
     repeat: int = 3
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int = 0
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    compile_cache: Path | None = None
-    """Folder of the torch-compiled* backends' compiled artefacts (see backends/compiled_block.py)."""
-    fast: int = 0
-    cfg_until: int | None = None
-    """The fast-mode rung every backend but the official-style baseline runs (the baseline is exact by definition)."""
+    load: LoadOptions = field(default_factory=LoadOptions)
+    call: CallOptions = field(default_factory=CallOptions)
+    """The fast-mode rung (``fast``, ``cfg_until``, ``keep``) every line but the official-style baseline runs (the
+    baseline is exact by definition)."""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
@@ -67,8 +69,19 @@ class BenchSettings:
             raise ConfigError(f"--backends {','.join(self.backends)}: choose from {', '.join(BENCH_BACKENDS)}")
         if self.batch_size < 1 or self.warmup < 0 or self.repeat < 1:
             raise ConfigError("--batch-size and --repeat must be >= 1, --warmup >= 0")
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ConfigError(f"--dtype {self.dtype}: choose one of {', '.join(COMPUTE_DTYPES)}")
+
+    @property
+    def device(self) -> str:
+        """The device every line runs on: the one asked for, else the reference backend's."""
+        return chosen_device(default_backend(artifacts=False), self.load)
+
+    @property
+    def dtype(self) -> str:
+        return self.load.dtype
+
+    def options(self, variant: BenchVariant) -> LoadOptions:
+        """The load options of one line: the run's, with the line's own."""
+        return replace(self.load, device=self.device, **variant.options)
 
     @property
     def prompts(self) -> list[str]:
@@ -167,35 +180,28 @@ class BackendSource:
     def build(self, name: str):
         """The backend ``name`` on the settings' device, or BackendUnavailableError."""
         s = self.settings
-        if name == BASELINE or name in TORCH_VARIANTS:
-            graphs, compile_step = TORCH_VARIANTS.get(name, (False, False))
-            if graphs and not s.device.startswith("cuda"):
-                raise BackendUnavailableError(f"{name} needs --device cuda")
-            if self.model is None:
-                raise BackendUnavailableError(f"{name} runs the PyTorch model: pass --weights or --random-weights")
-            model = copy.deepcopy(self.model)
-            if name == BASELINE:
-                from ..backends.eager_backend import EagerBackend
+        if name == BASELINE:
+            from ..backends.eager_backend import EagerBackend
 
-                return EagerBackend(model, s.device)
-            return create_backend(
-                "torch",
-                s.device,
-                model=model,
-                dtype=s.dtype,
-                cuda_graphs=graphs,
-                compile_step=compile_step,
-                compile_cache=s.compile_cache,
-            )
-        if name == "tensorrt":
-            return create_backend("tensorrt", s.device, manifest=self.manifest())
-        manifest = self.manifest(ORT_PRECISIONS[name])
-        backend = create_backend("onnxruntime", s.device, manifest=manifest, threads=s.threads)
-        if ORT_PRECISIONS[name] == "int8-mixed":
+            return EagerBackend(copy.deepcopy(self._model(name)), s.device)
+        spec, variant = bench_variants()[name]
+        if variant.needs_cuda and not is_cuda(s.device):
+            raise BackendUnavailableError(f"{name} needs --device cuda")
+        options = s.options(variant)
+        spec.check(s.device, options)
+        if not spec.needs_artifacts:
+            return spec.create(copy.deepcopy(self._model(name)), s.device, options)
+        backend = spec.create(self.manifest(variant.precision), s.device, options)
+        if variant.precision == "int8-mixed":
             from ..export.dynamic_quant import MIXED_FLOAT_SCALES
 
             backend.step_scales_with(self.manifest(), MIXED_FLOAT_SCALES)
         return backend
+
+    def _model(self, name: str) -> StarTorchModel:
+        if self.model is None:
+            raise BackendUnavailableError(f"{name} runs the PyTorch model: pass --weights or --random-weights")
+        return self.model
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -214,8 +220,9 @@ def compute_dtype(name: str, backend) -> str:
     """The dtype a backend's matmuls run in, for the floor (a torch backend's --dtype, not an export precision)."""
     if name == BASELINE:
         return "float16" if str(backend.device).startswith("cuda") else "float32"
-    if name == "tensorrt":
-        return "float16"
+    variant = bench_variants()[name][1]
+    if variant.compute_dtype is not None:
+        return variant.compute_dtype
     dtype = getattr(backend, "dtype", torch.float32)
     return str(dtype).removeprefix("torch.")
 
@@ -283,7 +290,9 @@ def fp32_reference(source: BackendSource, tokenizer: PromptTokenizer, settings: 
     if source.model is None:
         return None
     log.info("generating the float32 reference")
-    backend = create_backend("torch", settings.device, model=copy.deepcopy(source.model), dtype="float32")
+    spec = default_backend(artifacts=False)
+    options = LoadOptions(device=settings.device)
+    backend = spec.create(copy.deepcopy(source.model), settings.device, options)
     generation = ScaleLoop(backend, tokenizer).generate(settings.prompts, settings.sampling, settings.seeds)
     del backend
     gc.collect()
@@ -293,7 +302,7 @@ def fp32_reference(source: BackendSource, tokenizer: PromptTokenizer, settings: 
 def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
     """Run every available backend in order (baseline first) and return the report dict."""
     config = source.config
-    mode = resolve_fast(config, settings.fast, settings.cfg_until)
+    mode = settings.call.fast_mode(config)
     device = torch.device(settings.device)
     tokenizer = PromptTokenizer(source.tokenizer_dir())
     order = sorted(settings.backends, key=lambda b: b != BASELINE)
@@ -343,7 +352,7 @@ def build_report(
             backends[run.name] = {"skipped": run.skipped}
             continue
         entry = backend_entry(run, settings.batch_size, floors[run.compute_dtype])
-        precision = ORT_PRECISIONS.get(run.name, "fp32")
+        precision = "fp32" if run.name == BASELINE else bench_variants()[run.name][1].precision
         entry["isa"] = "CUDA" if device.type == "cuda" else backend_isa(precision, run.compute_dtype, cpu_flags())
         if run.name == BASELINE:
             baseline_median = entry["median_s"]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.plan import LoadOptions
 from ..serve.client import request
-from ..serve.model import ImageModel, Job, ModelSpec
+from ..serve.model import ImageModel, Job
 
 log = logging.getLogger("star_deploy.serve")
 
@@ -43,7 +44,7 @@ class LoadResult:
         return (self.requests - self.errors) / self.seconds
 
 
-def pipeline_throughput(spec: ModelSpec, batch_size: int, repeats: int) -> float:
+def pipeline_throughput(spec: LoadOptions, batch_size: int, repeats: int) -> float:
     """Images per second of the bare pipeline generating batches of ``batch_size`` (after one warm-up batch)."""
     model = _shared_model(spec)
     jobs = [Job(**job(i)) for i in range(batch_size)]
@@ -54,10 +55,10 @@ def pipeline_throughput(spec: ModelSpec, batch_size: int, repeats: int) -> float
     return batch_size * repeats / (time.perf_counter() - start)
 
 
-_MODELS: dict[ModelSpec, ImageModel] = {}
+_MODELS: dict[LoadOptions, ImageModel] = {}
 
 
-def _shared_model(spec: ModelSpec) -> ImageModel:
+def _shared_model(spec: LoadOptions) -> ImageModel:
     if spec not in _MODELS:
         _MODELS[spec] = ImageModel(spec)
     return _MODELS[spec]
@@ -92,7 +93,7 @@ def server_load(url: str, clients: int, requests_per_client: int, timeout_s: flo
 
 
 def compare_level(
-    url: str, spec: ModelSpec, clients: int, requests_per_client: int, max_batch: int, replicas: int, repeats: int
+    url: str, spec: LoadOptions, clients: int, requests_per_client: int, max_batch: int, replicas: int, repeats: int
 ) -> dict:
     """Server figures at ``clients`` and the pipeline's img/s at the same batch size, timed just before and after.
 

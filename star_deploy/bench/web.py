@@ -1,8 +1,10 @@
 """Measure a site: its size, and a generation in headless Chromium (WebAssembly) vs native ONNX Runtime, one run.
 
-Both sides run the same graphs (a site's float16-stored weights fold back to the export's
-float32 values when a session loads them), the same prompt and seed, one warm-up each, and
-report the median wall time of ``RUNS`` generations and whether their tokens agree.
+Both sides run the same graphs (native ONNX Runtime the site's own, ``artifacts_from_site``), the
+same prompt and seed, one warm-up each, and report the median wall time of ``RUNS`` generations
+and whether their tokens agree. The page is opened twice: the second visit reads every file from
+the browser's cache. One generation on WebGPU through Chromium's SwiftShader adapter (software) is
+recorded for correctness, not speed.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import gzip
 import logging
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import StarDeployError
+from ..web.artifacts import artifacts_from_site
 from ..web.browser import SiteBrowser, run_form
 
 log = logging.getLogger(__name__)
@@ -47,14 +51,31 @@ def browser_times(folder: Path) -> tuple[dict, np.ndarray]:
             seconds.append(result.seconds)
             tokens = result.tokens
         provider = browser.driver.execute_script("return window.star.provider + ' x' + window.star.threads")
+        second = browser.open()
     report = {
         "provider": provider,
         "load_seconds": round(page.seconds, 3),
+        "second_visit_load_seconds": round(second.seconds, 3) if second.state == "ready" else second.message,
         "first_image_seconds": None if first.first_image_ms is None else round(first.first_image_ms / 1000, 3),
         "generate_seconds": round(statistics.median(seconds), 3),
         "generate_seconds_all": [round(s, 3) for s in seconds],
     }
     return report, tokens
+
+
+def webgpu_record(folder: Path) -> tuple[dict, object]:
+    """One generation on WebGPU through SwiftShader: the time (not a speed claim) and its tokens."""
+    with SiteBrowser(folder, webgpu=True) as browser:
+        page = browser.open()
+        if page.state != "ready":
+            return {"error": page.message}, None
+        result = browser.generate(PROMPT, SEED)
+        providers = browser.driver.execute_script("return window.star.providers")
+    return {
+        "providers": providers,
+        "load_seconds": round(page.seconds, 3),
+        "generate_seconds": round(result.seconds, 3),
+    }, result
 
 
 def native_times(artifacts: Path) -> tuple[dict, np.ndarray]:
@@ -75,7 +96,9 @@ def bench_site(folder: Path, artifacts: Path) -> dict:
     """The report of ``star-deploy web --bench``."""
     sizes = site_sizes(folder)
     browser, browser_tokens = browser_times(folder)
-    native, native_tokens = native_times(artifacts)
+    with tempfile.TemporaryDirectory(prefix="star-site-graphs-") as tmp:
+        native, native_tokens = native_times(artifacts_from_site(folder, Path(tmp) / "graphs"))
+    webgpu, webgpu_result = webgpu_record(folder)
     return {
         "site": str(folder),
         "artifacts": str(artifacts),
@@ -86,4 +109,8 @@ def bench_site(folder: Path, artifacts: Path) -> dict:
         "native_onnxruntime": native,
         "ratio_browser_to_native": round(browser["generate_seconds"] / native["generate_seconds"], 2),
         "tokens_equal": bool(np.array_equal(browser_tokens, native_tokens)),
+        "webgpu_swiftshader": webgpu,
+        "webgpu_tokens_equal": None
+        if webgpu_result is None
+        else bool(np.array_equal(webgpu_result.tokens, native_tokens)),
     }

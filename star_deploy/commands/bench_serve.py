@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,21 +15,13 @@ from ..bench.report import write_json
 from ..core.extras import require_torch
 from ..errors import ConfigError
 from ..files.atomic import check_writable
+from ..runtime.plan import LoadOptions, chosen_backend, chosen_device
 from .common import OverwriteOpt, reports_errors
-from .serve import (
-    ArtifactsOpt,
-    BackendOpt,
-    BatchOpt,
-    CpusOpt,
-    DeviceOpt,
-    DtypeOpt,
-    GpusOpt,
-    ReplicasOpt,
-    ServeWeightsOpt,
-    WaitOpt,
-    options,
-    require_serve,
-)
+from .options import takes
+from .serve import BatchOpt, CpusOpt, GpusOpt, ReplicasOpt, WaitOpt, options, require_serve
+
+if TYPE_CHECKING:
+    from ..serve.options import ServeOptions
 
 log = logging.getLogger("star_deploy")
 
@@ -53,25 +45,66 @@ def table(report: dict) -> Table:
     return out
 
 
+def measure_server(levels_text: str, counts: tuple[int, int], out: Path, port: int, options: ServeOptions) -> None:
+    """Start a local server, load it at every client count, compare with the bare pipeline, write the report."""
+    require_torch("bench-serve (its machine report)")
+    import torch
+
+    from ..bench.machine import machine_info
+    from ..bench.serve import compare_level, server_load
+    from ..serve import runner
+
+    levels = sorted({int(c) for c in levels_text.split(",") if c.strip()})
+    if not levels or levels[0] < 1:
+        raise ConfigError(f"--clients {levels_text!r}: give positive integers, e.g. 1,8,32")
+    requests_per_client, repeats = counts
+    batch, replicas = options.max_batch_size, options.replicas
+    torch.set_num_threads(max(1, int(options.num_cpus)))
+    runner.start(options, "127.0.0.1", port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        server_load(url, min(levels[-1], batch * replicas), 2)  # warm-up
+        rows = []
+        for c in levels:
+            requests = max(requests_per_client, -(-16 // c))
+            rows.append(compare_level(url, options.model_spec(), c, requests, batch, replicas, repeats))
+            log.info("%d clients: %.2f req/s, efficiency %.2f", c, rows[-1]["rps"], rows[-1]["efficiency"])
+    finally:
+        runner.stop(30)
+    device = chosen_device(chosen_backend(options.load), options.load)
+    report = {
+        "machine": machine_info(torch.device(device)),
+        "command": " ".join(["star-deploy", *sys.argv[1:]]),
+        **options.to_dict(),
+        "rows": rows,
+    }
+    Console().print(table(report))
+    write_json(report, out)
+    typer.echo(str(out))
+
+
+Clients = Annotated[str, typer.Option(help="Comma-separated concurrent client counts.")]
+Requests = Annotated[int, typer.Option("--requests", help="Requests each client sends (at least 16 per level in all).")]
+Repeats = Annotated[int, typer.Option(help="Pipeline batches timed per batch size.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="JSON report.")]
+Port = Annotated[int, typer.Option(help="Port of the local server started for the run.")]
+
+
+@takes(LoadOptions, "load")
 def bench_serve(
-    clients: Annotated[str, typer.Option(help="Comma-separated concurrent client counts.")] = "1,8,32",
-    requests_per_client: Annotated[
-        int, typer.Option("--requests", help="Requests each client sends (at least 16 per level in all).")
-    ] = 4,
-    repeats: Annotated[int, typer.Option(help="Pipeline batches timed per batch size.")] = 4,
-    out: Annotated[Path, typer.Option("--out", "-o", help="JSON report.")] = Path("bench_serve.json"),
-    port: Annotated[int, typer.Option(help="Port of the local server started for the run.")] = 8000,
-    backend: BackendOpt = None,
-    weights: ServeWeightsOpt = None,
-    artifacts: ArtifactsOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    clients: Clients = "1,8,32",
+    requests_per_client: Requests = 4,
+    repeats: Repeats = 4,
+    out: Out = Path("bench_serve.json"),
+    port: Port = 8000,
     replicas: ReplicasOpt = 1,
     num_cpus: CpusOpt = 1.0,
     num_gpus: GpusOpt = 0.0,
     max_batch_size: BatchOpt = 8,
     batch_wait: WaitOpt = 0.1,
     overwrite: OverwriteOpt = False,
+    *,
+    load: LoadOptions,
 ) -> None:
     """Start a local server, load it with 1, 8 and 32 clients, and compare with the bare pipeline on this machine.
 
@@ -80,42 +113,9 @@ def bench_serve(
     (the higher reading counts).
     """
     require_serve()
-    require_torch("bench-serve (its machine report)")
-    import torch
-
-    from ..bench.machine import machine_info
-    from ..bench.serve import compare_level, server_load
-    from ..serve import runner
-
-    levels = sorted({int(c) for c in clients.split(",") if c.strip()})
-    if not levels or levels[0] < 1:
-        raise ConfigError(f"--clients {clients!r}: give positive integers, e.g. 1,8,32")
     check_writable(out, overwrite)
-    opts = options(backend, weights, artifacts, device, dtype, replicas, num_cpus, num_gpus, max_batch_size, batch_wait)
-    torch.set_num_threads(max(1, int(num_cpus)))
-    runner.start(opts, "127.0.0.1", port)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        server_load(url, min(levels[-1], max_batch_size * replicas), 2)  # warm-up
-        rows = []
-        for c in levels:
-            rows.append(
-                compare_level(
-                    url, opts.model_spec(), c, max(requests_per_client, -(-16 // c)), max_batch_size, replicas, repeats
-                )
-            )
-            log.info("%d clients: %.2f req/s, efficiency %.2f", c, rows[-1]["rps"], rows[-1]["efficiency"])
-    finally:
-        runner.stop(30)
-    report = {
-        "machine": machine_info(torch.device(opts.device or "cpu")),
-        "command": " ".join(["star-deploy", *sys.argv[1:]]),
-        **opts.to_dict(),
-        "rows": rows,
-    }
-    Console().print(table(report))
-    write_json(report, out)
-    typer.echo(str(out))
+    settings = options(load, replicas, num_cpus, num_gpus, max_batch_size, batch_wait)
+    measure_server(clients, (requests_per_client, repeats), out, port, settings)
 
 
 command = reports_errors(bench_serve)

@@ -6,20 +6,22 @@ import json
 import logging
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..artifacts.manifest import Manifest, load_manifest
-from ..backends.factory import create_backend
+from ..backends.registry import BackendSpec, backend_spec, default_backend, engine_backends
 from ..core.config import SamplingConfig
 from ..core.tokenizer import PromptTokenizer
-from ..engines.buffers import buffer_plan
+from ..engines.memory import device_memory, reported_batch_sizes
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..evaluation.parity import ValidationReport, validate
 from ..files.atomic import check_writable, write_text
 from ..runtime.pipeline import ScaleLoop
+from ..runtime.plan import LoadOptions, chosen_device
 from .common import ArtifactsAlias, artifacts_folder, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -28,13 +30,13 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 def report_readiness(manifest: Manifest) -> None:
     """Print one line per graph; raise with the first problem if any graph is not ready."""
-    from ..artifacts.readiness import check_artifacts, load_ops_table
+    from ..artifacts.readiness import check_artifacts, release_tables
 
-    table = load_ops_table()
-    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs})
+    tables = release_tables()
+    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs}, tables)
     typer.echo(
-        f"TensorRT readiness (ONNX parser of TensorRT {table.tensorrt_version}, opset "
-        f"{table.opset_min}..{table.opset_max}):"
+        f"TensorRT readiness (ONNX parsers of TensorRT {', '.join(t.tensorrt_version for t in tables)}, opset "
+        f"{tables[-1].opset_min}..{tables[-1].opset_max}):"
     )
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
@@ -49,12 +51,8 @@ def report_readiness(manifest: Manifest) -> None:
 
 
 def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
-    for b in batch_sizes:
-        plan = buffer_plan(manifest.config, manifest.graphs, b, manifest.precision)
-        typer.echo(
-            f"device buffers at batch {b}: KV cache {plan.kv_cache / 2**20:.1f} MiB, text context "
-            f"{plan.text_context / 2**20:.2f} MiB, largest transient I/O {plan.transient_peak / 2**20:.1f} MiB"
-        )
+    for memory in device_memory(manifest, batch_sizes):
+        typer.echo(memory.line())
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -72,18 +70,28 @@ def print_validation(report: ValidationReport) -> None:
         typer.echo(f"timings ({who}): {stages}")
 
 
-def validation_pipelines(
-    artifacts: Path, manifest: Manifest, reference: Path | None, device: str, reference_device: str
-):
-    from ..engines.trt_api import import_tensorrt
+def engine_backend(name: str) -> BackendSpec:
+    """The backend whose built engines ``check --backend`` validates."""
+    spec = backend_spec(name)
+    if not spec.engines:
+        names = ", ".join(s.name for s in engine_backends())
+        raise ConfigError(f"--backend {name}: check validates built engines only ({names})")
+    return spec
 
-    import_tensorrt()
+
+def validation_pipelines(
+    artifacts: Path, manifest: Manifest, reference: Path | None, spec: BackendSpec, devices: tuple[str, str]
+) -> tuple[ScaleLoop, ScaleLoop]:
+    """The reference (ONNX Runtime on ``reference``, else on DIR) and the engines, each on its device."""
+    (device, reference_device), ref_spec = devices, default_backend(artifacts=True)
+    options, ref_options = LoadOptions(device=device), LoadOptions(device=reference_device)
+    spec.check(device, options)
     ref_manifest = load_manifest(reference) if reference else manifest
     if ref_manifest.config != manifest.config:
         raise ConfigError(f"--reference {reference}: exported from a different model configuration than {artifacts}")
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
-    test = ScaleLoop(create_backend("tensorrt", device, manifest=manifest), tokenizer)
-    ref = ScaleLoop(create_backend("onnxruntime", reference_device, manifest=ref_manifest), tokenizer)
+    test = ScaleLoop(spec.create(manifest, device, options), tokenizer)
+    ref = ScaleLoop(ref_spec.create(ref_manifest, reference_device, ref_options), tokenizer)
     return ref, test
 
 
@@ -94,49 +102,18 @@ def check_thresholds(report: ValidationReport, min_agreement: float, min_psnr: f
         raise StarDeployError(f"teacher-forced image PSNR {report.teacher_psnr:.2f} dB < {min_psnr} dB")
 
 
-def check(
-    artifacts: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Artefact folder from `star-deploy export`. Default: the built-in demo model, exported to a "
-            "temporary folder."
-        ),
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="tensorrt: also validate DIR/engines on the GPU against ONNX Runtime.")
-    ] = None,
-    reference: Annotated[
-        Path | None,
-        typer.Option(help="Reference artefact folder (e.g. an fp32 export) run with ONNX Runtime. Default: DIR."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="CUDA device of the engines.")] = "cuda",
-    reference_device: Annotated[
-        str, typer.Option(help="Device of the ONNX Runtime reference (cuda needs onnxruntime-gpu).")
-    ] = "cuda",
-    prompt: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--prompt",
-            help="Validation prompt; repeat for a batch of a built batch size (default: built-in prompts, as many "
-            "as the smallest batch size the engines are built for).",
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the first prompt.")] = 0,
-    runs: Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")] = 3,
-    min_agreement: Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")] = 0.9,
-    min_psnr: Annotated[float, typer.Option(help="Fail below this teacher-forced image PSNR (dB).")] = 25.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the validation report as JSON.")] = None,
-    artifacts_option: ArtifactsAlias = None,
+def check_folder(
+    artifacts: Path | None,
+    backend: str | None,
+    validation: Validation,
+    json_out: Path | None,
+    batch_sizes: list[int] | None = None,
 ) -> None:
-    """Check that every graph of DIR can be built by TensorRT; with --backend tensorrt, validate the engines.
-
-    Readiness needs no GPU: supported operators, data types, Resize modes, profilable shapes.
-    """
-    artifacts = artifacts_folder(artifacts, artifacts_option, required=False)
+    """Readiness and device memory of DIR's graphs (of the demo's without DIR); with an engine backend, validation."""
     if artifacts is None:
         if backend is not None:
             raise ConfigError(
-                "--backend tensorrt validates built engines: pass the artefact folder they were built from"
+                f"--backend {backend} validates built engines: pass the artefact folder they were built from"
             )
         check_demo()
         return
@@ -144,20 +121,108 @@ def check(
         check_writable(json_out, overwrite=True)
     manifest = load_manifest(artifacts)
     report_readiness(manifest)
-    report_memory(manifest, [1])
-    if backend is None:
-        return
-    if backend != "tensorrt":
-        raise ConfigError(f"--backend {backend}: check validates tensorrt engines only")
+    report_memory(manifest, reported_batch_sizes(manifest, batch_sizes))
+    if backend is not None:
+        validate_engines(artifacts, manifest, engine_backend(backend), validation, json_out)
+
+
+def validate_engines(
+    artifacts: Path, manifest: Manifest, spec: BackendSpec, validation: Validation, json_out: Path | None
+) -> None:
+    """The engines against ONNX Runtime on the same prompts; exit 2 below the thresholds."""
     from ..engines.sidecar import prompts_for
 
-    prompts = prompts_for(manifest.root, list(manifest.graphs), prompt, DEFAULT_PROMPTS)
-    ref, test = validation_pipelines(artifacts, manifest, reference, device, reference_device)
-    report = validate(ref, test, prompts, SamplingConfig(seed=seed), runs)
+    v = validation
+    prompts = prompts_for(manifest.root, list(manifest.graphs), v.prompt, DEFAULT_PROMPTS)
+    device = chosen_device(spec, LoadOptions(device=v.device))
+    devices = (device, v.reference_device or device)
+    ref, test = validation_pipelines(artifacts, manifest, v.reference, spec, devices)
+    report = validate(ref, test, prompts, SamplingConfig(seed=v.seed), v.runs)
     print_validation(report)
     if json_out is not None:
         write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n", overwrite=True)
-    check_thresholds(report, min_agreement, min_psnr)
+    check_thresholds(report, v.min_agreement, v.min_psnr)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How ``check --backend`` validates engines."""
+
+    reference: Path | None
+    device: str | None
+    reference_device: str | None
+    prompt: list[str] | None
+    seed: int
+    runs: int
+    min_agreement: float
+    min_psnr: float
+
+
+Artifacts = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Artefact folder from `star-deploy export`. Default: the built-in demo model, exported to a temporary "
+        "folder."
+    ),
+]
+Backend = Annotated[
+    str | None, typer.Option(help="tensorrt: also validate DIR/engines on the GPU against ONNX Runtime.")
+]
+Reference = Annotated[
+    Path | None,
+    typer.Option(help="Reference artefact folder (e.g. an fp32 export) run with ONNX Runtime. Default: DIR."),
+]
+Device = Annotated[str | None, typer.Option(help="Device of the engines. Default: the backend's (cuda).")]
+ReferenceDevice = Annotated[
+    str | None,
+    typer.Option(help="Device of the ONNX Runtime reference (cuda needs onnxruntime-gpu). Default: --device."),
+]
+Prompt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt",
+        help="Validation prompt; repeat for a batch of a built batch size (default: built-in prompts, as many as the "
+        "smallest batch size the engines are built for).",
+    ),
+]
+BatchSize = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        help="Batch size to report device memory for; repeat for several (default: those the engines are built for, "
+        "else 1).",
+    ),
+]
+Seed = Annotated[int, typer.Option(help="Seed of the first prompt.")]
+Runs = Annotated[int, typer.Option(help="Timed generations per backend (0: no timings).")]
+MinAgreement = Annotated[float, typer.Option(help="Fail below this mean teacher-forced token agreement.")]
+MinPsnr = Annotated[float, typer.Option(help="Fail below this teacher-forced image PSNR (dB).")]
+Json = Annotated[Path | None, typer.Option("--json", help="Also write the validation report as JSON.")]
+
+
+def check(
+    artifacts: Artifacts = None,
+    backend: Backend = None,
+    reference: Reference = None,
+    device: Device = None,
+    reference_device: ReferenceDevice = None,
+    prompt: Prompt = None,
+    batch_size: BatchSize = None,
+    seed: Seed = 0,
+    runs: Runs = 3,
+    min_agreement: MinAgreement = 0.9,
+    min_psnr: MinPsnr = 25.0,
+    json_out: Json = None,
+    artifacts_option: ArtifactsAlias = None,
+) -> None:
+    """Check that every graph of DIR can be built by TensorRT; with --backend tensorrt, validate the engines.
+
+    Readiness needs no GPU: supported operators, data types, Resize modes, profilable shapes.
+    """
+    validation = Validation(reference, device, reference_device, prompt, seed, runs, min_agreement, min_psnr)
+    folder = artifacts_folder(artifacts, artifacts_option, required=False)
+    check_folder(folder, backend, validation, json_out, batch_size)
 
 
 def check_demo() -> None:

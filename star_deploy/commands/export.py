@@ -50,14 +50,14 @@ def check_export(model: StarTorchModel, folder: Path) -> tuple[TeacherForced, li
     Returns the measures and every threshold of the folder's precision they miss.
     """
     from ..artifacts.manifest import load_manifest
-    from ..backends.factory import create_backend
     from ..core.tokenizer import PromptTokenizer
+    from ..runtime.loading import graphs_backend, reference_backend
     from ..runtime.pipeline import ScaleLoop
 
     manifest = load_manifest(folder)
     tokenizer = PromptTokenizer(manifest.tokenizer_dir)
-    reference = ScaleLoop(create_backend("torch", "cpu", model=model), tokenizer)
-    tested = ScaleLoop(create_backend("onnxruntime", "cpu", manifest=manifest), tokenizer)
+    reference = ScaleLoop(reference_backend(model), tokenizer)
+    tested = ScaleLoop(graphs_backend(manifest), tokenizer)
     seeds = list(range(len(VALIDATION_PROMPTS)))
     result = teacher_forced(reference, tested, VALIDATION_PROMPTS, manifest.sampling, seeds)
     return result, failures(result, THRESHOLDS[manifest.precision])
@@ -116,7 +116,7 @@ def export(
     check_writable(out, overwrite)
     weights = option_folder(weights)
     paths = release_paths(weights, clip, vae, star)
-    check_separate([out], [p for p in (weights, paths.clip, paths.vae, paths.star) if p is not None])
+    check_separate([out], paths.inputs)
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
     with progress_bar() as progress:
         task = progress.add_task("exporting", total=len(GRAPH_NAMES + OPTIONAL_GRAPHS))

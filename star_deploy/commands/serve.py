@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import BackendUnavailableError
+from ..runtime.plan import LoadOptions
 from .common import reports_errors
+from .options import takes
 
-BackendOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="torch, onnxruntime or tensorrt. Default: torch with --weights, else onnxruntime (needs no torch)."
-    ),
-]
-ArtifactsOpt = Annotated[
-    Path | None, typer.Option(help="Artefact folder from `star-deploy export` (onnxruntime, tensorrt).")
-]
-ServeWeightsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--weights", help="STAR release folder for the torch backend. Default: the built-in demo model (128 px)."
-    ),
-]
-DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu.")]
-DtypeOpt = Annotated[str, typer.Option(help="torch backend compute dtype: float32, float16 or bfloat16.")]
+if TYPE_CHECKING:
+    from ..serve.options import ServeOptions
+
 ReplicasOpt = Annotated[
     int, typer.Option(help="Model replicas, each holding one pipeline (the minimum with --max-replicas).")
 ]
@@ -55,35 +42,28 @@ def require_serve() -> None:
             raise BackendUnavailableError(f"{module} is missing: pip install 'star-deploy[serve]'")
 
 
-def options(  # noqa: ANN201
-    backend: str | None,
-    weights: Path | None,
-    artifacts: Path | None,
-    device: str | None,
-    dtype: str,
+def options(
+    load: LoadOptions,
     replicas: int,
     num_cpus: float,
     num_gpus: float,
     max_batch_size: int,
     batch_wait: float,
     max_replicas: int | None = None,
-):
+) -> ServeOptions:
     """ServeOptions from the shared command-line options (errors name the option)."""
     from ..serve.options import ServeOptions
 
     args = {
-        "backend": backend,
-        "weights": str(weights) if weights else None,
-        "artifacts": str(artifacts) if artifacts else None,
-        "device": device,
-        "dtype": dtype,
-        "replicas": replicas,
+        "load": load,
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
         "max_batch_size": max_batch_size,
         "batch_wait_s": batch_wait,
     }
-    if max_replicas is not None:
+    if max_replicas is None:
+        args["replicas"] = replicas
+    else:
         args["autoscaling_config"] = {
             "min_replicas": replicas,
             "max_replicas": max_replicas,
@@ -92,25 +72,36 @@ def options(  # noqa: ANN201
     return ServeOptions.parse(args, flags=True)
 
 
+def serve_until_stopped(options: ServeOptions, host: str, port: int, drain_timeout: float) -> None:
+    """Every check that needs no Ray, then the server until Ctrl-C, SIGTERM or SIGHUP."""
+    from ..serve.preflight import preflight
+
+    preflight(options, host, port, drain_timeout)
+    from ..serve.runner import serve_forever  # imports Ray: only once the settings are known to be good
+
+    serve_forever(options, host, port, drain_timeout)
+
+
+Host = Annotated[str, typer.Option(help="Address the HTTP proxy listens on (0.0.0.0: every interface).")]
+Port = Annotated[int, typer.Option(help="HTTP port.")]
+DrainTimeout = Annotated[
+    float, typer.Option(help="Seconds to wait for in-flight requests on shutdown (then it stops regardless).")
+]
+
+
+@takes(LoadOptions, "load")
 def serve(
-    host: Annotated[
-        str, typer.Option(help="Address the HTTP proxy listens on (0.0.0.0: every interface).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    backend: BackendOpt = None,
-    weights: ServeWeightsOpt = None,
-    artifacts: ArtifactsOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
     replicas: ReplicasOpt = 1,
     max_replicas: MaxReplicasOpt = None,
     num_cpus: CpusOpt = 1.0,
     num_gpus: GpusOpt = 0.0,
     max_batch_size: BatchOpt = 8,
     batch_wait: WaitOpt = 0.1,
-    drain_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for in-flight requests on shutdown (then it stops regardless).")
-    ] = 60.0,
+    drain_timeout: DrainTimeout = 60.0,
+    *,
+    load: LoadOptions,
 ) -> None:
     """Serve STAR over HTTP on a local Ray instance: the web page at /, POST /v1/images, /v1/images:stream and
     the OpenAI-compatible /v1/images/generations, docs at /docs.
@@ -120,25 +111,8 @@ def serve(
     For a cluster, deploy star_deploy.serve.app:build_app with `serve deploy` (see docs/serving.md).
     """
     require_serve()
-    from ..serve.preflight import preflight
-
-    opts = options(
-        backend,
-        weights,
-        artifacts,
-        device,
-        dtype,
-        replicas,
-        num_cpus,
-        num_gpus,
-        max_batch_size,
-        batch_wait,
-        max_replicas,
-    )
-    preflight(opts, host, port, drain_timeout)
-    from ..serve.runner import serve_forever  # imports Ray: only once the settings are known to be good
-
-    serve_forever(opts, host, port, drain_timeout)
+    settings = options(load, replicas, num_cpus, num_gpus, max_batch_size, batch_wait, max_replicas)
+    serve_until_stopped(settings, host, port, drain_timeout)
 
 
 command = reports_errors(serve)

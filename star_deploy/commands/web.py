@@ -15,40 +15,79 @@ from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, reports_erro
 log = logging.getLogger("star_deploy")
 
 
+def write_site(
+    folder: Path | None,
+    out: Path,
+    ort_web: Path | None,
+    weights: str,
+    serve: bool,
+    port: int,
+    bench: bool,
+    overwrite: bool,
+) -> None:
+    """Write the site from ``folder`` (the demo's graphs without it), then measure and/or serve it."""
+    from ..runtime.plan import LoadOptions, plan_load
+    from ..web.runtime import check_ort_web
+    from ..web.site import SITE_MANIFEST, build_site
+
+    reuse = (serve or bench) and folder is None and not overwrite and (out / SITE_MANIFEST).is_file()
+    artifacts = plan_load(LoadOptions(artifacts=folder)).artifacts
+    if not reuse:
+        report = build_site(artifacts, out, check_ort_web(ort_web), weights, overwrite)
+        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, weights, out)
+        typer.echo(str(out))
+    if bench:
+        from ..bench.web import bench_site
+
+        typer.echo(json.dumps(bench_site(out, artifacts), indent=2))
+    if serve:
+        serve_site(out, port)
+
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (or, with --serve, to serve).")]
+Artifacts = Annotated[
+    Path | None, typer.Argument(help="Artefact folder from `star-deploy export`. Default: the built-in demo.")
+]
+OrtWeb = Annotated[
+    Path | None,
+    typer.Option(
+        "--ort-web",
+        envvar="STAR_DEPLOY_ORT_WEB",
+        help="onnxruntime-web's dist/ folder (npm install onnxruntime-web); its runtime files go into the site.",
+    ),
+]
+Weights = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        "--storage",
+        help="fp16: float32 weights stored as float16 and cast back on load (half the download, float32 math); "
+        "fp32: the graphs as exported; int8, int4: the transformer's and text encoder's MatMul weights in 8- or "
+        "4-bit blocks (MatMulNBits; from an fp32 export), the rest as fp16.",
+    ),
+]
+Serve = Annotated[
+    bool, typer.Option("--serve", help="Serve the site on 127.0.0.1 with cross-origin isolation headers until Ctrl-C.")
+]
+Port = Annotated[int, typer.Option("--port", help="Port of --serve (0: a free one).")]
+Bench = Annotated[
+    bool,
+    typer.Option(
+        "--bench",
+        help="Measure the site: its size, and a generation in headless Chromium (WebAssembly) vs native ONNX Runtime "
+        "on ARTIFACTS' graphs in the same run; JSON on stdout.",
+    ),
+]
+
+
 def web(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (or, with --serve, to serve).")],
-    artifacts: Annotated[
-        Path | None, typer.Argument(help="Artefact folder from `star-deploy export`. Default: the built-in demo.")
-    ] = None,
-    ort_web: Annotated[
-        Path | None,
-        typer.Option(
-            "--ort-web",
-            envvar="STAR_DEPLOY_ORT_WEB",
-            help="onnxruntime-web's dist/ folder (npm install onnxruntime-web); its runtime files go into the site.",
-        ),
-    ] = None,
-    storage: Annotated[
-        str,
-        typer.Option(
-            "--storage",
-            help="fp16: float32 weights stored as float16 and cast back on load (half the download, float32 math); "
-            "fp32: the graphs as exported.",
-        ),
-    ] = "fp16",
-    serve: Annotated[
-        bool,
-        typer.Option("--serve", help="Serve the site on 127.0.0.1 with cross-origin isolation headers until Ctrl-C."),
-    ] = False,
-    port: Annotated[int, typer.Option("--port", help="Port of --serve (0: a free one).")] = 8000,
-    bench: Annotated[
-        bool,
-        typer.Option(
-            "--bench",
-            help="Measure the site: its size, and a generation in headless Chromium (WebAssembly) vs native ONNX "
-            "Runtime on ARTIFACTS' graphs in the same run; JSON on stdout.",
-        ),
-    ] = False,
+    out: Out,
+    artifacts: Artifacts = None,
+    ort_web: OrtWeb = None,
+    weights: Weights = "fp16",
+    serve: Serve = False,
+    port: Port = 8000,
+    bench: Bench = False,
     artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -60,23 +99,8 @@ def web(
     WebAssembly threads need the cross-origin isolation headers that --serve sends. With --serve
     or --bench and no ARTIFACTS, an existing site in --out is used as it is.
     """
-    from ..demo import DEMO_GRAPHS
-    from ..web.runtime import check_ort_web
-    from ..web.site import SITE_MANIFEST, build_site
-
     folder = artifacts_folder(artifacts, artifacts_option, required=False)
-    reuse = (serve or bench) and folder is None and not overwrite and (out / SITE_MANIFEST).is_file()
-    folder = folder or DEMO_GRAPHS
-    if not reuse:
-        report = build_site(folder, out, check_ort_web(ort_web), storage, overwrite)
-        log.info("wrote %d files, %.1f MB (%s weights) to %s", report.files, report.bytes / 1e6, storage, out)
-        typer.echo(str(out))
-    if bench:
-        from ..bench.web import bench_site
-
-        typer.echo(json.dumps(bench_site(out, folder), indent=2))
-    if serve:
-        serve_site(out, port)
+    write_site(folder, out, ort_web, weights, serve, port, bench, overwrite)
 
 
 def serve_site(folder: Path, port: int) -> None:

@@ -1,10 +1,19 @@
-"""Checks of the Python API's arguments: each bad value is refused with a ConfigError naming the argument."""
+"""Checks of the Python API's arguments: each bad value is refused with a ConfigError naming the argument.
+
+A check is a function ``(name, value) -> value``. ``Checked(check)`` as ``Annotated`` metadata makes it the
+field's type: ``check_fields`` runs every one of a dataclass (``LoadOptions``), and pydantic runs the same one
+where such a dataclass is embedded in a model (``ServeOptions``), reporting its message as the field's error.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import numbers
 import os
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +22,82 @@ from ..errors import ConfigError
 
 MAX_SEED = 2**63
 """Seeds are in [0, 2**63): every sampler and the PNG metadata read them as signed 64-bit integers."""
+
+Check = Callable[[str, Any], Any]
+"""Checks ``value`` of the argument ``name``: returns it (normalized) or raises a ConfigError naming it."""
+
+
+class Checked:
+    """A check as the metadata of a type: ``Annotated[int, Checked(functools.partial(integer, minimum=1))]``."""
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+
+    def __call__(self, name: str, value: Any) -> Any:
+        return self.check(name, value)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        """In a pydantic model: the field's own type first (strings parsed), then this check; its ConfigError is
+        the field's validation error."""
+        from pydantic_core import core_schema
+
+        def validate(value: Any, info: Any) -> Any:
+            try:
+                return self.check(info.field_name, value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+
+        return core_schema.with_info_after_validator_function(validate, handler(source))
+
+
+@dataclasses.dataclass(frozen=True)
+class CliOption:
+    """A field that is also a command-line option (``--name-with-dashes``): its help text, and where the command
+    line differs from the field: its type (one seed, where Python takes a list too), flag and default."""
+
+    help: str
+    type: Any = None
+    flag: str | None = None
+    default: Any = ...
+
+
+@functools.cache
+def field_checks(cls: type) -> dict[str, tuple[Checked, ...]]:
+    """The ``Checked`` metadata of every field of the dataclass ``cls``, in declaration order."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {
+        f.name: tuple(m for m in getattr(hints[f.name], "__metadata__", ()) if isinstance(m, Checked))
+        for f in dataclasses.fields(cls)
+    }
+
+
+def checked(name: str, value: Any, checks: Sequence[Checked]) -> Any:
+    """``value`` through ``checks``; an error names the argument (prefixed where its message does not)."""
+    try:
+        for check in checks:
+            value = check(name, value)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(name) else f"{name}: {text}") from None
+    return value
+
+
+def check_fields(instance: Any) -> None:
+    """Run every field's checks on a (frozen) dataclass instance, keeping the values they normalize."""
+    for name, checks in field_checks(type(instance)).items():
+        object.__setattr__(instance, name, checked(name, getattr(instance, name), checks))
+
+
+def check_values(cls: type, values: dict[str, Any], names: dict[str, str]) -> None:
+    """The checks of ``cls``'s fields on ``values``, errors naming each field as ``names`` spell it (CLI flags)."""
+    checks = field_checks(cls)
+    for field, value in values.items():
+        checked(names.get(field, field), value, checks[field])
+
+
+def spelled(name: str, value: Any) -> str:
+    """An argument and its value as written: ``--threads 3`` on the command line, ``threads=3`` in Python."""
+    return f"{name} {value}" if name.startswith("--") else f"{name}={value}"
 
 
 def _kind(value: Any) -> str:
@@ -91,12 +176,12 @@ def seeds(seed: Any, count: int) -> list[int]:
     return values
 
 
-def threads(value: Any) -> int:
+def threads(name: str, value: Any) -> int:
     """ONNX Runtime intra-op threads: 0 (one per physical core) up to the CPU count."""
-    count = integer("threads", value)
+    count = integer(name, value)
     cpus = os.cpu_count() or 1
     if not 0 <= count <= cpus:
-        raise ConfigError(f"threads={count}: choose 0 (one per physical core) to {cpus} (the CPU count)")
+        raise ConfigError(f"{spelled(name, count)}: choose 0 (one per physical core) to {cpus} (the CPU count)")
     return count
 
 
@@ -107,15 +192,34 @@ def mapping(name: str, value: Any) -> dict | None:
     return value
 
 
-def session_options(value: Any) -> Any:
+def session_options(name: str, value: Any) -> Any:
     """None or an ``onnxruntime.SessionOptions``."""
     if value is None:
         return None
     import onnxruntime
 
     if not isinstance(value, onnxruntime.SessionOptions):
-        raise ConfigError(f"session_options must be an onnxruntime.SessionOptions or None, got {_kind(value)}")
+        raise ConfigError(f"{name} must be an onnxruntime.SessionOptions or None, got {_kind(value)}")
     return value
+
+
+def path(name: str, value: Any) -> Path | None:
+    """None, or a str or pathlib.Path as a Path."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)):
+        raise ConfigError(f"{name} must be a str, a pathlib.Path or None, got {_kind(value)}")
+    return Path(value)
+
+
+def prompts(texts: Sequence[str]) -> list[str]:
+    """Prompts that can be encoded: each valid UTF-8 text (a lone surrogate is refused, naming the prompt)."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"prompt {i} is not valid UTF-8 text ({text!r}); pass the prompt in UTF-8") from None
+    return list(texts)
 
 
 def callback_result(value: Any) -> bool | None:

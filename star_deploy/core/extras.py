@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ..errors import BackendUnavailableError
 
@@ -12,12 +13,16 @@ EXTRAS = {
     "safetensors": ("safetensors", "torch"),
     "onnx": ("the onnx package", "torch"),
     "onnxscript": ("onnxscript", "torch"),
-    "tensorrt": ("TensorRT", "tensorrt"),
+    "tensorrt": ("TensorRT", "tensorrt-cu12"),
     "ray": ("Ray Serve", "serve"),
     "fastapi": ("FastAPI", "serve"),
 }
 """Top-level module -> (what to call it, the extra that installs it)."""
-BASE_INSTALL = "the base install runs exported graphs with --backend onnxruntime"
+NOTES = {
+    "torch": "the base install runs exported graphs with --backend onnxruntime",
+    "tensorrt-cu12": "for CUDA 12 torch; 'star-deploy[tensorrt-cu13]' for CUDA 13, on a machine with an NVIDIA GPU",
+}
+"""What an install without the extra can still do."""
 
 
 def install_hint(module: str) -> str:
@@ -33,7 +38,7 @@ def missing_extra(exc: BaseException, what: str) -> BackendUnavailableError | No
     if module not in EXTRAS:
         return None
     name, extra = EXTRAS[module]
-    note = f" ({BASE_INSTALL})" if extra == "torch" else ""
+    note = f" ({NOTES[extra]})" if extra in NOTES else ""
     return BackendUnavailableError(f"{what} needs {name}: {install_hint(module)}{note}")
 
 
@@ -46,6 +51,12 @@ def require(module: str, what: str) -> None:
         if error is None:
             raise
         raise error from None
+
+
+def require_installed(module: str, what: str) -> None:
+    """Like ``require``, without importing ``module``: a cheap check before anything loads."""
+    if importlib.util.find_spec(module) is None:
+        raise missing_extra(ModuleNotFoundError(name=module), what)  # type: ignore[misc]
 
 
 def require_torch(what: str) -> None:

@@ -39,7 +39,7 @@ def convert_clip_tokenizer(folder: Path):
             f"pip install 'star-deploy[torch]', or use a folder made by `star-deploy export`"
         ) from None
     try:
-        fast = CLIPTokenizerFast.from_pretrained(str(folder))
+        fast = CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise WeightsError(
             f"{folder}: not a readable CLIP tokenizer ({str(exc)[:120]}); download CLIP/ again"

@@ -1,15 +1,17 @@
-"""ONNX -> TensorRT plans, one per graph, with per-scale profiles, a timing cache and a sidecar.
+"""ONNX -> TensorRT plans through Polygraphy, one per graph, with per-scale profiles, a timing cache and a sidecar.
 
-API references (TensorRT 10.x / 11 Python API):
-  Builder, create_network, NetworkDefinitionCreationFlag:
-    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
-  IBuilderConfig (set_memory_pool_limit, builder_optimization_level, set_flag,
-  create_timing_cache / set_timing_cache / get_timing_cache, add_optimization_profile):
+The build goes through Polygraphy's TensorRT loaders, as NVIDIA's demo/Diffusion builds its engines:
+``network_from_onnx_path`` (strongly typed unless the FP16 flag is asked for), ``CreateConfig`` (profiles,
+workspace limit, optimization level, TF32) with ``PostprocessConfig`` attaching the timing cache, and
+``engine_bytes_from_network``. Only the timing cache is handled here: Polygraphy ignores ``set_timing_cache``'s
+result and writes its cache file in place, while a cache made on another GPU must be replaced (with a warning)
+and every file written atomically.
+
+API references (TensorRT 10.x / 11 Python API; Polygraphy 0.49+):
+  Polygraphy TensorRT loaders: https://docs.nvidia.com/deeplearning/tensorrt/polygraphy/docs/backend/trt/loader.html
+  CreateConfig, Profile: https://docs.nvidia.com/deeplearning/tensorrt/polygraphy/docs/backend/trt/config.html
+  IBuilderConfig (create_timing_cache / set_timing_cache / get_timing_cache):
     https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html
-  IOptimizationProfile.set_shape(input, min, opt, max):
-    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/OptimizationProfile.html
-  OnnxParser.parse_from_file / num_errors / get_error:
-    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/parsers/Onnx/pyOnnx.html
   Timing cache usage: https://docs.nvidia.com/deeplearning/tensorrt/latest/performance/builder-performance.html
 """
 
@@ -23,15 +25,17 @@ from pathlib import Path
 from types import ModuleType
 
 from ..artifacts.manifest import Manifest, graph_digest
-from ..artifacts.readiness import check_graph
+from ..artifacts.readiness import check_graph, load_ops_table
 from ..core.graphs import OPTIONAL_GRAPHS
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..files.atomic import atomic_file
 from ..version import __version__
 from .gpu import cuda
+from .memory import check_fits, device_memory
+from .polygraphy_calls import polygraphy_errors
 from .profiles import Profile, Shape, check_batch_sizes, profile_table
 from .sidecar import ENGINES_DIR, EngineSidecar, RuntimeInfo, plan_path, sidecar_path, write_sidecar
-from .trt_api import cuda_device, import_tensorrt, major_version, make_logger, runtime_info
+from .trt_api import cuda_device, import_tensorrt, major_version, runtime_info
 
 log = logging.getLogger(__name__)
 
@@ -76,66 +80,71 @@ def engine_precision(manifest: Manifest, typing: str) -> str:
     return "fp16" if typing == "fp16-flag" else manifest.precision
 
 
-def create_network(trt: ModuleType, builder, typing: str):
-    """A network that is strongly typed (types from the ONNX) unless the FP16 flag is asked for."""
-    flags = 0
-    if typing == "strong":
-        # Ignored (always on) in TensorRT 11, required for strong typing in 10.x (Builder.html).
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    return builder.create_network(flags)
+def polygraphy_profiles(profiles: list[Profile]):
+    """Polygraphy ``Profile`` objects with min = opt = max = the exact shapes of each scale."""
+    from polygraphy.backend.trt import Profile as PolygraphyProfile
 
-
-def parse_onnx(trt: ModuleType, network, logger, path: Path) -> object:
-    """Parse ``path`` (external data beside it is found by parse_from_file)."""
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ArtifactError(f"{path}: TensorRT could not parse it ({errors}); run `star-deploy check` on the folder")
-    return parser
-
-
-def add_profiles(builder, config, profiles: list[Profile]) -> None:
-    """One optimization profile per entry, at the index the runtime selects it by."""
+    out = []
     for p in profiles:
-        profile = builder.create_optimization_profile()
+        profile = PolygraphyProfile()
         for name, shape in p.shapes.items():
-            profile.set_shape(name, shape, shape, shape)  # min = opt = max: exact shapes of this scale
-        index = config.add_optimization_profile(profile)  # -1 for an invalid profile
-        if index != p.index:
-            raise StarDeployError(
-                f"TensorRT refused optimization profile {p.index} ({describe_shapes(p.shapes)}); "
-                "the ONNX inputs do not match the manifest: export the folder again"
-            )
+            profile.add(name, shape, shape, shape)
+        out.append(profile)
+    return out
 
 
-def describe_shapes(shapes: dict[str, Shape]) -> str:
-    return ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+def parse_network(onnx_path: Path, typing: str):
+    """(builder, network, parser) of ``onnx_path``; strongly typed unless the FP16 flag is asked for."""
+    from polygraphy.backend.trt import network_from_onnx_path
+
+    fix = "run `star-deploy check` on the folder"
+    with polygraphy_errors(f"{onnx_path}: TensorRT could not parse it", ArtifactError, fix):
+        return network_from_onnx_path(str(onnx_path), strongly_typed=typing == "strong")
 
 
 def attach_timing_cache(config, cache_blob: bytes, source: Path) -> None:
-    """Reuse ``cache_blob``, or start a fresh cache when TensorRT refuses it (made on another GPU)."""
+    """Reuse ``cache_blob``, or start a fresh cache when TensorRT refuses it (made on another GPU, or not a cache)."""
     # ignore_mismatch=False: a cache from a device with other CUDA properties is refused (returns False).
     cache = config.create_timing_cache(cache_blob)
     if cache is not None and config.set_timing_cache(cache, False):
         return
-    log.warning("%s: timing cache made on another GPU or TensorRT; a fresh one replaces it", source)
+    log.warning("%s: timing cache made on another GPU or TensorRT (or unreadable); a fresh one replaces it", source)
     if not config.set_timing_cache(config.create_timing_cache(b""), False):
         raise StarDeployError(f"TensorRT refused a fresh timing cache; build without {source} (see the messages above)")
 
 
-def builder_config(trt: ModuleType, builder, options: BuildOptions, cache_blob: bytes, cache_path: Path):
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
-    config.builder_optimization_level = options.optimization_level
-    if options.typing == "fp16-flag":
-        config.set_flag(trt.BuilderFlag.FP16)  # weakly typed TensorRT 10 networks only
-    # TF32 is on by default and applies to FLOAT tensors even in strongly typed networks.
-    if options.tf32:
-        config.set_flag(trt.BuilderFlag.TF32)
-    else:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    attach_timing_cache(config, cache_blob, cache_path)
+def builder_config(trt: ModuleType, network, profiles: list[Profile], options: BuildOptions, cache: tuple[bytes, Path]):
+    """The IBuilderConfig of one graph: Polygraphy's CreateConfig, then the timing cache."""
+    from polygraphy.backend.trt import CreateConfig, PostprocessConfig
+
+    create = CreateConfig(
+        tf32=options.tf32,  # TF32 is on by default in TensorRT, even strongly typed: cleared unless asked for
+        fp16=options.typing == "fp16-flag",  # weakly typed TensorRT 10 networks only
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * (1 << 30))},
+        builder_optimization_level=options.optimization_level,
+        profiles=polygraphy_profiles(profiles),
+    )
+    config_of = PostprocessConfig(create, lambda _builder, _network, config: attach_timing_cache(config, *cache))
+    fix = "the ONNX inputs do not match the manifest: export the folder again"
+    with polygraphy_errors(
+        f"TensorRT refused the optimization profiles ({first_profile(profiles)})", StarDeployError, fix
+    ):
+        config = config_of(network[0], network[1])
+    if config.num_optimization_profiles != len(profiles):
+        raise StarDeployError(
+            f"TensorRT kept {config.num_optimization_profiles} of {len(profiles)} optimization profiles; {fix}"
+        )
     return config
+
+
+def first_profile(profiles: list[Profile]) -> str:
+    """The first profile with an impossible shape (negative size), else the first one."""
+    bad = next((p for p in profiles if any(d < 0 for s in p.shapes.values() for d in s)), profiles[0])
+    return f"profile {bad.index}: {describe_shapes(bad.shapes)}"
+
+
+def describe_shapes(shapes: dict[str, Shape]) -> str:
+    return ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
 
 
 def build_plan(
@@ -147,18 +156,13 @@ def build_plan(
     cache_path: Path,
 ) -> tuple[bytes, bytes]:
     """Serialized plan and updated timing cache for one ONNX graph (on the current device)."""
-    logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    network = create_network(trt, builder, options.typing)
-    parser = parse_onnx(trt, network, logger, onnx_path)  # owns the weights until the build is done
-    config = builder_config(trt, builder, options, cache_blob, cache_path)
-    add_profiles(builder, config, profiles)
-    serialized = builder.build_serialized_network(network, config)
-    del parser
-    if serialized is None:
-        raise StarDeployError(
-            f"{onnx_path}: TensorRT failed to build an engine (see the messages above; run with -v for details)"
-        )
+    from polygraphy.backend.trt import engine_bytes_from_network
+
+    network = parse_network(onnx_path, options.typing)  # the parser owns the weights until the build is done
+    config = builder_config(trt, network, profiles, options, (cache_blob, cache_path))
+    fix = "see the messages above; run with -v for TensorRT's log"
+    with polygraphy_errors(f"{onnx_path}: TensorRT failed to build an engine", StarDeployError, fix):
+        serialized = engine_bytes_from_network(network, config=config)
     cache = config.get_timing_cache()
     updated = bytes(memoryview(cache.serialize())) if cache is not None else cache_blob
     return bytes(memoryview(serialized)), updated
@@ -190,8 +194,10 @@ def write_plan(root: Path, sidecar: EngineSidecar, plan: bytes) -> Path:
     return target
 
 
-def check_ready(manifest: Manifest, graphs: list[str]) -> None:
-    problems = [p for g in graphs for p in check_graph(manifest.path(g), manifest.graphs[g]).problems]
+def check_ready(manifest: Manifest, graphs: list[str], tensorrt_version: str) -> None:
+    """Refuse graphs the ONNX parser of ``tensorrt_version`` cannot build."""
+    table = load_ops_table(version=tensorrt_version)
+    problems = [p for g in graphs for p in check_graph(manifest.path(g), manifest.graphs[g], table).problems]
     if problems:
         raise ArtifactError(
             f"{manifest.root}: not ready for TensorRT: {problems[0]} ({len(problems)} problem(s); see `star-deploy "
@@ -228,9 +234,10 @@ def build_engines(
     dev = cuda_device(device)
     info: RuntimeInfo = runtime_info(trt, dev)
     options.validate(info.tensorrt_version)
-    check_ready(manifest, graphs)
+    check_ready(manifest, graphs, info.tensorrt_version)
     root = manifest.root
     check_outputs(root, graphs, overwrite)
+    check_fits(device_memory(manifest, list(options.batch_sizes)), cuda().total_memory(dev), info.gpu_name)
     (root / ENGINES_DIR).mkdir(exist_ok=True)
     cache_path = options.timing_cache or default_timing_cache(root, info)
     cache_blob = cache_path.read_bytes() if cache_path.is_file() else b""
@@ -240,6 +247,7 @@ def build_engines(
             spec, onnx_path = manifest.graphs[graph], manifest.path(graph)
             profiles = profile_table(manifest.config, spec, list(options.batch_sizes), options.conditional_rows)
             log.info("building %s (%d profile(s)) on %s (%s)", graph, len(profiles), info.gpu_name, dev)
+            cuda().release_cached(dev)  # TensorRT's builder allocates outside torch's caching allocator
             plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob, cache_path)
             sidecar = engine_sidecar(manifest, graph, options, info, profiles)
             written.append(write_plan(root, sidecar, plan))

@@ -34,6 +34,8 @@ class Runtime(Protocol):
     def cuda_major(self) -> int | None: ...
     def stream(self, device: torch.device) -> Stream: ...
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor: ...
+    def release_cached(self, device: torch.device) -> None: ...
+    def total_memory(self, device: torch.device) -> int: ...
 
 
 class CudaStream:
@@ -89,6 +91,15 @@ class CudaRuntime:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised buffer; the CUDA caching allocator aligns every block to 512 bytes."""
         return torch.empty(shape, dtype=dtype, device=device)
+
+    def total_memory(self, device: torch.device) -> int:
+        """The GPU's memory in bytes (cudaDeviceProp::totalGlobalMem)."""
+        return torch.cuda.get_device_properties(device).total_memory
+
+    def release_cached(self, device: torch.device) -> None:
+        """Give torch's cached, unused blocks back to the driver (TensorRT allocates with cudaMalloc, outside them)."""
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
 
 
 _RUNTIME: list[Runtime] = [CudaRuntime()]

@@ -42,6 +42,26 @@ THRESHOLDS = {
 }
 """Per precision; the README's "what is verified where" table cites these."""
 
+TEST_TOLERANCES = {
+    ("onnxruntime-cpu", "fp32"): Thresholds(
+        logits_max_abs=2e-5, teacher_forced_token_agreement=1.0, teacher_forced_psnr_db=110.0
+    ),
+    ("onnxruntime-cpu", "fp16"): Thresholds(
+        logits_max_abs=8e-3, teacher_forced_token_agreement=0.99, teacher_forced_psnr_db=57.0
+    ),
+    ("onnxruntime-cpu", "int8"): Thresholds(
+        logits_max_abs=0.2, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=110.0
+    ),
+    ("onnxruntime-cpu", "int8-dynamic"): Thresholds(
+        logits_max_abs=0.15, teacher_forced_token_agreement=0.95, teacher_forced_psnr_db=110.0
+    ),
+}
+"""What the tests hold a (backend, precision) to on the golden tiny model: about three times the error
+measured (ONNX Runtime 1.32 on the x86-64 CI machine: fp32 logits 2.9e-6 and 124 dB; fp16 logits 2.6e-3 and
+66.4 dB; int8 logits 0.056; int8-dynamic logits 0.047), so a tenfold regression fails where ``THRESHOLDS`` would
+still pass it. The int8 rows' PSNR is of images decoded from the forced tokens by float graphs, which quantization
+does not touch."""
+
 
 @dataclass
 class ErrorStats:

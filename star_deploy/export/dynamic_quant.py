@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..artifacts.loadable import read_onnx
 from ..core.graphs import PRUNED_STEP
 from ..errors import ArtifactError, BackendUnavailableError
 from .quantize import head_matmuls
@@ -104,7 +105,6 @@ def dynamic_artifacts(
     ``reduce_range`` (7-bit weights) defaults to True where the CPU lacks VNNI/AMX: the AVX2
     kernel's u8 x s8 pair sums can saturate int16 at 8 bits.
     """
-    import onnx
 
     from ..artifacts.manifest import load_manifest
     from ..core.cpu_isa import cpu_flags
@@ -116,7 +116,7 @@ def dynamic_artifacts(
         reduce_range = not has_vnni(cpu_flags())
 
     def step(path: Path, dst: Path) -> None:
-        exclude = float_nodes(onnx.load(str(path)), depth, keep_blocks, keep_roles)
+        exclude = float_nodes(read_onnx(path), depth, keep_blocks, keep_roles)
         dynamic_quantize_graph(path, dst, exclude, reduce_range)
 
     def text(path: Path, dst: Path) -> None:

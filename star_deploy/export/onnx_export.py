@@ -26,6 +26,8 @@ from ..model.text import TextEncoderModule
 from ..release.weights import StarTorchModel
 
 log = logging.getLogger(__name__)
+EXPORTER_REGISTRATION_LOG = "torch.onnx._internal.exporter._registration"
+"""Warns once per torchvision operator it cannot register when torchvision is absent (unused here)."""
 
 OPSET = 18
 """Parsed by TensorRT 10.x and 11 and ONNX Runtime >= 1.14."""
@@ -104,6 +106,8 @@ def export_graph(
 ) -> None:
     """Export ``module`` to ``path`` with ``spec``'s names; weights over ``external_bytes`` go to external data."""
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger(EXPORTER_REGISTRATION_LOG).setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.config import SamplingConfig
 from ..core.graphs import EXPORT_PRECISIONS
 from ..errors import ConfigError
-from ..files.atomic import check_writable
+from ..files.atomic import check_separate, check_writable
 from ..release.weights import StarTorchModel
 from .artifacts import export_artifacts
 
@@ -24,4 +24,5 @@ def save_artifacts(
             f"dtype='float32' (precision='fp16' exports fp16 graphs)"
         )
     check_writable(out, overwrite)
+    check_separate([out], model.inputs, "save_pretrained folder")
     return export_artifacts(model, out, precision, overwrite, sampling=sampling)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..artifacts.loadable import check_loadable, read_onnx
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
 from ..core.graphs import ACCURACY_LEVEL, PRUNED_STEP
 from ..errors import ArtifactError, BackendUnavailableError
@@ -37,27 +38,32 @@ def head_matmuls(model, output: str = "logits") -> list[str]:
     return [node.name] if node is not None and node.op_type == "MatMul" else []
 
 
-def quantize_graph(src: Path, dst: Path, bits: int = 8, accuracy_level: int = ACCURACY_LEVEL) -> None:
-    """Rewrite ``src``'s weight MatMuls as ``bits``-bit MatMulNBits into ``dst``; the logits head stays float."""
-    import onnx
-
+def quantized(model, bits: int, block_size: int, accuracy_level: int):
+    """``model``'s weight MatMuls as ``bits``-bit symmetric MatMulNBits in blocks of ``block_size``; the logits
+    head (where there is one) stays float. Returns ONNX Runtime's ``ONNXModel`` wrapper, topologically sorted."""
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError:
         raise BackendUnavailableError("quantization needs onnxruntime >= 1.20: pip install -U onnxruntime") from None
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    model = onnx.load(str(src))
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
-        block_size=BLOCK_SIZE,
+        block_size=block_size,
         is_symmetric=True,
         accuracy_level=accuracy_level,
         nodes_to_exclude=head_matmuls(model),
     )
     quantizer.process()
-    large = quantizer.model.model.ByteSize() > 1_800_000_000
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+    quantizer.model.topological_sort()
+    return quantizer.model
+
+
+def quantize_graph(src: Path, dst: Path, bits: int = 8, accuracy_level: int = ACCURACY_LEVEL) -> None:
+    """Rewrite ``src``'s weight MatMuls as ``bits``-bit MatMulNBits into ``dst``; the logits head stays float."""
+    model = quantized(read_onnx(src), bits, BLOCK_SIZE, accuracy_level)
+    large = model.model.ByteSize() > 1_800_000_000
+    model.save_model_to_file(str(dst), use_external_data_format=large)
 
 
 def quantize_artifacts(
@@ -93,6 +99,7 @@ def rewrite_artifacts(
     data = json.loads((src / MANIFEST).read_text())
     with atomic_dir(out, overwrite) as tmp:
         for name, spec in manifest.graphs.items():
+            check_loadable(manifest.path(name))  # a graph that cannot be read is never copied into a sealed folder
             if name in rewrites:
                 log.info("quantizing %s to %s", spec.file, precision)
                 rewrites[name](manifest.path(name), tmp / spec.file)

@@ -44,15 +44,16 @@ def _related(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_separate(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:
-    """Refuse an output that is, contains or is inside one of the inputs (it would be destroyed or changed)."""
+def check_separate(outputs: Iterable[Path], inputs: Iterable[Path], option: str = "--out") -> None:
+    """Refuse an output that is, contains or is inside one of the inputs (it would be destroyed or changed);
+    ``option`` names the output in the message."""
     sources = [(i, f) for i in inputs for f in _forms(i)]
     for out in outputs:
         for form in _forms(out):
             for given, source in sources:
                 if _related(form, source):
                     raise OutputError(
-                        f"--out {out}: overlaps the input {given} (is, contains or is inside it); "
+                        f"{option} {out}: overlaps the input {given} (is, contains or is inside it); "
                         f"choose an output path outside the inputs"
                     )
 

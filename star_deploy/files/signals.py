@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT become one exception, so both run the same clean-up as Ctrl-C."""
+"""SIGTERM, SIGHUP and SIGINT become one exception, so all run the same clean-up as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread when the process receives SIGINT or SIGTERM."""
+    """Raised in the main thread when the process receives SIGINT, SIGTERM or SIGHUP."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -22,7 +22,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        """The shell convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        """The shell convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
         return 128 + self.signum
 
 
@@ -62,7 +62,7 @@ def _quiet_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
 
 @contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise ``Interrupted``; the previous handlers come back after it."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Interrupted``; the previous handlers come back after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -78,5 +78,44 @@ def signals_as_interrupts() -> Iterator[None]:
     finally:
         _received.clear()
         sys.unraisablehook = previous_hook
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StopRequest:
+    """Set by the first SIGINT or SIGTERM inside ``stop_requests``: long work stops at its next safe point."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Within the block, a first SIGINT or SIGTERM only sets the yielded ``StopRequest``; a second one raises
+    ``Interrupted`` (as under ``signals_as_interrupts``). The previous handlers come back after the block."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+    def request(signum: int, frame: FrameType | None) -> None:
+        stop.signum = signum
+        for sig in SIGNALS:
+            signal.signal(sig, _raise)
+
+    for sig in SIGNALS:
+        signal.signal(sig, request)
+    try:
+        yield stop
+    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -22,7 +22,7 @@ def load_text_encoder(encoder_dir: Path) -> torch.nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    return CLIPTextModel.from_pretrained(str(encoder_dir)).float().eval()
+    return CLIPTextModel.from_pretrained(str(encoder_dir), local_files_only=True).float().eval()
 
 
 def random_text_encoder(config: TextEncoderConfig, seed: int = 0) -> torch.nn.Module:

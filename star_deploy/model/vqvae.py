@@ -163,7 +163,9 @@ class StarVQVAE(nn.Module):
         refined = sum(w * conv(h) for w, conv in zip(phi_weights.unbind(0), self.quantize.quant_resi.qresi_ls))
         f_hat = f_hat + ((1 - ratio) * h + ratio * refined)
         nxt = downsample @ f_hat @ downsample.T
-        return f_hat, nxt.flatten(2).transpose(1, 2)
+        # (B, Cvae, p', p') -> (B, l', Cvae) with l' inferred: flatten would export p' ** 2 as an INT64 Pow,
+        # which TensorRT up to 10.11 refuses (ElementWiseOperation kPOW takes floating-point or INT8 inputs).
+        return f_hat, nxt.reshape(nxt.shape[0], nxt.shape[1], -1).transpose(1, 2)
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Image in [0, 1] (B, 3, 16P, 16P) from f_hat (B, Cvae, P, P)."""

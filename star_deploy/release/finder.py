@@ -32,6 +32,13 @@ class ReleasePaths:
     clip: Path
     vae: Path
     star: Path
+    folder: Path | None = None
+    """The release folder the parts were found in (``--weights``, or the demo's)."""
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file and folder a load reads: no output may be, contain or lie inside one."""
+        return [p for p in (self.folder, self.clip, self.vae, self.star) if p is not None]
 
     @property
     def tokenizer(self) -> Path:
@@ -67,14 +74,15 @@ def resolve_release(
     """
     if weights is not None:
         if not weights.is_dir():
-            raise WeightsError(f"{weights}: not a directory; --weights takes the folder of the STAR release")
+            why = "a file" if weights.exists() else "no such folder"
+            raise WeightsError(f"{weights}: not a directory ({why}); --weights takes the folder of the STAR release")
         clip = clip or weights / "CLIP"
         vae = vae or _single_match(weights, VAE_PATTERNS, "--vae", advice)
         star = star or _single_match(weights, STAR_PATTERNS, "--star", advice)
     missing = [flag for flag, value in (("--clip", clip), ("--vae", vae), ("--star", star)) if value is None]
     if missing:
         raise WeightsError(f"missing {', '.join(missing)}: give them, or --weights DIR with the whole release")
-    paths = ReleasePaths(Path(clip), Path(vae), Path(star))
+    paths = ReleasePaths(Path(clip), Path(vae), Path(star), weights)
     for sub in (paths.tokenizer, paths.text_encoder):
         if not sub.is_dir():
             clip_advice = advice or "--clip takes the release's CLIP folder (tokenizer/ and text_encoder/)"
@@ -136,9 +144,36 @@ def choose_resolution(paths: ReleasePaths, resolution: int | None) -> int:
         return DEMO_RESOLUTION
     named = resolution_from_name(paths.star)
     if named is None:
+        fitting = resolutions_of_weights(paths.star)
+        if len(fitting) == 1:
+            log.info("resolution %d (the only one with the scales of %s)", fitting[0], paths.star.name)
+            return fitting[0]
+        choices = ", ".join(map(str, fitting[:-1])) + f" or {fitting[-1]}"
         raise ConfigError(
-            f"{paths.star.name}: pass --resolution (256, 512 or 1024): it cannot be read from the weights "
-            f"(256 and 512 checkpoints both have 10 scales)"
+            f"{paths.star.name}: pass --resolution ({choices}): the file name does not state it and the "
+            "weights' scale count fits each of these"
         )
     log.info("resolution %d (from the file name %s)", named, paths.star.name)
     return named
+
+
+def resolutions_of_weights(star: Path) -> list[int]:
+    """The resolutions whose schedule has as many scales as ``star`` has level embeddings (read from a
+    safetensors header); every known one where that cannot be read without loading the file."""
+    from .weight_shapes import safetensors_shapes
+
+    known = list(SCHEDULES)
+    if star.suffix.lower() != ".safetensors":
+        return known
+    shape = safetensors_shapes(star)[0].get("lvl_embed.weight")
+    fitting = [r for r in known if shape is not None and len(SCHEDULES[r]) == shape.shape[0]]
+    return fitting or known
+
+
+def star_for_resolution(folder: Path, resolution: int | None) -> Path | None:
+    """In a folder with several official STAR checkpoints, the one trained for ``resolution``."""
+    found = sorted({p for pattern in STAR_PATTERNS for p in folder.glob(pattern)})
+    if len(found) < 2 or resolution is None:
+        return None
+    matching = [p for p in found if resolution_from_name(p) == resolution]
+    return matching[0] if len(matching) == 1 else None

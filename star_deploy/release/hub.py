@@ -37,8 +37,13 @@ def download(repo_id: str, cache_dir: str | Path | None = None, local_files_only
     cached_only = local_files_only or offline()
     try:
         return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=cached_only))
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as exc:
         where = cache or "the default cache"
+        if not cached_only:
+            raise WeightsError(
+                f"{repo_id}: no such local folder, not in the Hugging Face cache ({where}), and the Hub cannot be "
+                f"reached ({unreachable(exc)}); check the network (or HF_ENDPOINT), or pass a local folder"
+            ) from None
         raise WeightsError(
             f"{repo_id}: no such local folder, and not in the Hugging Face cache ({where}) while downloads are off "
             f"({'local_files_only' if local_files_only else 'HF_HUB_OFFLINE'}); download it once online, or pass "
@@ -53,6 +58,13 @@ def download(repo_id: str, cache_dir: str | Path | None = None, local_files_only
         raise WeightsError(
             f"{repo_id}: no such local folder, and it cannot be downloaded from the Hugging Face Hub ({detail})"
         ) from None
+
+
+def unreachable(exc: BaseException) -> str:
+    """Why the Hub could not be reached: the connection error under huggingface_hub's own."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0][:120]}" if text else type(cause).__name__
 
 
 def hub_snapshot(path: Path) -> Path:
@@ -78,6 +90,11 @@ def local_folder(path: str | Path, cache_dir: str | Path | None = None, local_fi
     return hub_snapshot(Path(path))
 
 
-def option_folder(path: Path | None) -> Path | None:
-    """A folder option of the CLI (``--weights``, ``--artifacts``): a Hub repo id or cache folder -> its snapshot."""
-    return None if path is None else local_folder(str(path) if is_repo_id(str(path)) else path)
+def option_folder(
+    path: str | Path | None, cache_dir: str | Path | None = None, local_files_only: bool = False
+) -> Path | None:
+    """A folder option (``--weights``, ``--artifacts``, a path): a Hub repo id or cache folder -> its snapshot."""
+    if path is None:
+        return None
+    text = str(path)
+    return local_folder(text if is_repo_id(text) else Path(path), cache_dir, local_files_only)

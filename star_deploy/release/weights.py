@@ -164,6 +164,8 @@ class StarTorchModel:
     vqvae: StarVQVAE
     tokenizer_dir: Path
     sources: dict[str, Path]
+    inputs: tuple[Path, ...] = ()
+    """The release folder and files it was loaded from (outputs are kept apart from them)."""
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> StarTorchModel:
         """Move to ``device``; the transformer and decoder take ``dtype``, the head stays fp32."""
@@ -183,7 +185,7 @@ def read_text_config(encoder_dir: Path) -> TextEncoderConfig:
     from transformers import CLIPTextConfig
 
     try:
-        hf_config = CLIPTextConfig.from_pretrained(str(encoder_dir))
+        hf_config = CLIPTextConfig.from_pretrained(str(encoder_dir), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(
             f"{encoder_dir}: no readable CLIPTextModel config.json ({str(exc)[:120]}); download CLIP/ again"
@@ -243,6 +245,7 @@ def build_model(
         vqvae.eval(),
         paths.tokenizer,
         {"clip": paths.clip, "vae": paths.vae, "star": paths.star},
+        tuple(paths.inputs),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from ..core.config import SamplingConfig
 from ..core.fast import EXACT, FastMode, scale_plans
 from ..core.tokenizer import PromptTokenizer
 from ..files.signals import raise_if_interrupted
+
+if TYPE_CHECKING:
+    from .memory import CallBudget
 
 
 @dataclass
@@ -98,10 +102,19 @@ ScaleCallback = Callable[[ScaleEvent], "bool | None"]
 class ScaleLoop:
     """Drives a backend through the schedule; CFG, sampling rules and seeds are decided here only."""
 
-    def __init__(self, backend: Backend, tokenizer: PromptTokenizer) -> None:
+    def __init__(self, backend: Backend, tokenizer: PromptTokenizer, budget: CallBudget | None = None) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = backend.config
+        self.budget = budget
+
+    def check_memory(self, batch: int, images: int) -> None:
+        """Refuse (MemoryBudgetError) ``images`` images in batches of ``batch`` that would not fit, before any work.
+
+        ``generate`` checks its own batch; a caller generating several batches checks the whole call first.
+        """
+        if self.budget is not None:
+            self.budget.check(batch, images)
 
     def clock(self, timing: bool) -> Clock:
         if not timing:
@@ -133,6 +146,7 @@ class ScaleLoop:
         """
         cfg, backend = self.config, self.backend
         b = len(prompts)
+        self.check_memory(b, b)
         plans = scale_plans(cfg, fast)
         seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(b)]
         sampling = sampling.clamped(cfg.transformer.vocab_size)

@@ -10,31 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from ..core.call_options import CallOptions
 from ..core.fast import FastMode
+from ..errors import StarDeployError
+from ..runtime.plan import LoadOptions, plan_load
 
 PreviewCallback = Callable[[int, int, dict[int, np.ndarray]], None]
 """Called after each scale with (scale, num_scales, {job index: coarse image (H, W, 3) uint8})."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which pipeline a replica loads: backend, weights or artefact folder, device.
-
-    ``backend`` None: torch with ``weights``, else ONNX Runtime (``artifacts``, or the demo's
-    graphs: the base install plus the serve extra serves without torch).
-    """
-
-    backend: str | None = None
-    weights: str | None = None
-    artifacts: str | None = None
-    device: str | None = None
-    dtype: str = "float32"
-    threads: int = 0
-
-    @property
-    def runtime(self) -> str:
-        """The backend this spec loads."""
-        return self.backend or ("torch" if self.weights else "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -66,19 +48,13 @@ def to_pixels(images: np.ndarray) -> list[np.ndarray]:
 class ImageModel:
     """A loaded ``StarPipeline``; thread-safe (one generation at a time)."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: LoadOptions) -> None:
         from ..api import StarPipeline
-        from ..backends.factory import default_device
 
         self.spec = spec
-        self.device = default_device(spec.runtime, spec.device)
-        self.pipe = StarPipeline.from_pretrained(
-            spec.artifacts or spec.weights,
-            backend=spec.runtime,
-            device=self.device,
-            dtype=spec.dtype,
-            threads=spec.threads,
-        )
+        plan = plan_load(spec)
+        self.device = plan.device
+        self.pipe = StarPipeline.from_plan(plan)
         self.config = self.pipe.config
         self.defaults = self.pipe.defaults
         self.backend = self.pipe.backend_name
@@ -128,7 +104,7 @@ class ImageModel:
             d.cfg if job.cfg is None else job.cfg,
             min(top_k, self.config.transformer.vocab_size),
             d.top_p if job.top_p is None else job.top_p,
-            self.pipe.fast_mode(job.fast, job.cfg_until),
+            CallOptions(fast=job.fast, cfg_until=job.cfg_until).fast_mode(self.config),
         )
 
     def generate(self, jobs: Sequence[Job], on_preview: PreviewCallback | None = None) -> list[np.ndarray]:
@@ -155,6 +131,8 @@ class ImageModel:
                 raise PipelineUnusable("the pipeline was released")
             try:
                 out = self._call(jobs, first, callback)
+            except StarDeployError:
+                raise  # refused before generating (a call that cannot fit): the pipeline is intact
             except Exception as exc:
                 self.failure = f"{type(exc).__name__}: {exc}"
                 raise

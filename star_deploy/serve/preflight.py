@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import logging
 import os
 import socket
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, ConfigError, WeightsError
+from ..errors import ArtifactError, ConfigError, WeightsError
 from .options import ServeOptions
 
 log = logging.getLogger("star_deploy.serve")
@@ -46,77 +45,26 @@ def check_address(host: str, port: int) -> None:
 
 
 def check_model(options: ServeOptions) -> None:
-    """Refuse an unknown backend, missing or wrong model folders, a backend's missing runtime, a missing GPU."""
-    from ..backends.factory import BACKENDS, default_device
+    """The load plan of what each replica loads (every check that needs no model), errors naming the folder option."""
+    from ..runtime.plan import plan_load
 
-    if options.backend is not None and options.backend not in BACKENDS:
-        raise ConfigError(f"--backend {options.backend}: unknown; choose one of {', '.join(BACKENDS)}")
-    if options.weights and options.artifacts:
+    load = options.load
+    if load.weights and load.artifacts:
         raise ConfigError("--weights and --artifacts both given: serve a release (--weights) or an export, not both")
-    runtime = options.runtime
-    module = {"torch": "torch", "tensorrt": "tensorrt"}.get(runtime)
-    if module and importlib.util.find_spec(module) is None:
-        raise BackendUnavailableError(
-            f"--backend {runtime} (the default with --weights) needs {module}: pip install 'star-deploy[{runtime}]', "
-            "or serve an export with --artifacts DIR on onnxruntime"
-        )
-    if options.artifacts:
-        check_artifacts(Path(options.artifacts), runtime)
-    if options.weights:
-        check_weights(Path(options.weights), runtime)
-    check_device(runtime, default_device(runtime, options.device))
-
-
-def check_artifacts(folder: Path, runtime: str) -> None:
-    """An artefact folder that exists and whose manifest and files verify."""
-    from ..artifacts.manifest import load_manifest
-
-    if not folder.is_dir():
-        raise ConfigError(f"--artifacts {folder}: no such folder; give a folder made by `star-deploy export`")
-    if runtime == "torch":
-        raise ConfigError("--backend torch runs a release (--weights DIR); an artefact folder runs on onnxruntime")
-    load_manifest(folder)
-
-
-def check_weights(folder: Path, runtime: str) -> None:
-    """A folder that holds a STAR release (or its Hugging Face cache folder), for the torch backend."""
-    from ..artifacts.manifest import MANIFEST
-    from ..release.finder import resolve_release
-    from ..release.hub import is_repo_id, option_folder
-
-    if not folder.exists() and not is_repo_id(str(folder)):
-        raise WeightsError(f"--weights {folder}: no such folder; give the folder of the STAR release")
-    folder = option_folder(folder)
-    if (folder / MANIFEST).is_file():
-        raise ConfigError(f"--weights {folder}: an artefact folder from `star-deploy export`; pass it as --artifacts")
-    if runtime != "torch":
-        raise ConfigError(f"--backend {runtime} runs exported graphs: pass --artifacts DIR instead of --weights")
     try:
-        resolve_release(folder)
-    except WeightsError as exc:
-        reason = str(exc).split("; ")[0]
-        raise WeightsError(f"--weights {folder} holds no STAR release ({reason}); give the release folder") from None
-
-
-def check_device(runtime: str, device: str) -> None:
-    """The device name, and a CUDA device only where the backend's runtime can use one."""
-    from ..backends import factory
-
-    factory.check_device_name(device)
-    if not device.startswith("cuda"):
-        return
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if "CUDAExecutionProvider" not in available:
-            raise ConfigError(
-                f"--device {device}: onnxruntime {ort.__version__} has no CUDA provider (installed: "
-                f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu"
-            )
-        return
-    if importlib.util.find_spec("torch") is not None:
-        factory.check_device(device)
+        plan_load(options.model_spec())
+    except (WeightsError, ArtifactError) as exc:
+        folder = load.weights if isinstance(exc, WeightsError) else load.artifacts
+        reason = str(exc).split("; ")[0].removeprefix(f"{folder}: ")
+        if load.weights is not None and isinstance(exc, WeightsError):
+            raise WeightsError(
+                f"--weights {load.weights} holds no STAR release ({reason}); give the release folder"
+            ) from None
+        if load.artifacts is not None and isinstance(exc, ArtifactError):
+            raise ArtifactError(
+                f"--artifacts {load.artifacts}: {reason}; give a folder made by `star-deploy export`"
+            ) from None
+        raise
 
 
 def check_placement(options: ServeOptions, cpus: float, gpus: float) -> None:
@@ -149,9 +97,18 @@ def local_cpus() -> int:
     return count if quota == "max" else max(1, min(count, int(quota) // int(period)))
 
 
+def local_gpus() -> int:
+    """The NVIDIA GPUs a local Ray would see: CUDA_VISIBLE_DEVICES where set, else the driver's list (none: 0)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "NoDevFiles"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
 def preflight(options: ServeOptions, host: str, port: int, drain_timeout_s: float) -> None:
     """Every check that needs no Ray, before Ray starts (a mistake costs seconds, not a Ray start-up)."""
     check_drain_timeout(drain_timeout_s)
     check_address(host, port)
     check_model(options)
-    check_placement(options, local_cpus(), float("inf"))
+    check_placement(options, local_cpus(), local_gpus())

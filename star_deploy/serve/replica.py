@@ -36,16 +36,11 @@ class UnreadStreamEnds(logging.Filter):
         return not (exc_type is StopAsyncIteration and "never retrieved" in record.getMessage())
 
 
-logging.getLogger("asyncio").addFilter(UnreadStreamEnds())
-
-
-def limit_torch_threads(options: ServeOptions) -> None:
-    """A torch replica on CPU uses as many threads as it has CPUs; other backends never import torch."""
-    if options.runtime != "torch" or (options.device or "cpu") != "cpu" or options.num_cpus < 1:
-        return
-    import torch
-
-    torch.set_num_threads(int(options.num_cpus))
+def drop_unread_stream_ends() -> None:
+    """Install ``UnreadStreamEnds`` on asyncio's logger of this process, once."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, UnreadStreamEnds) for f in logger.filters):
+        logger.addFilter(UnreadStreamEnds())
 
 
 @serve.deployment(name="StarReplica")
@@ -53,7 +48,7 @@ class StarReplica:
     """One STAR pipeline per replica; plain and preview requests are batched in separate queues."""
 
     def __init__(self, options: ServeOptions) -> None:
-        limit_torch_threads(options)
+        drop_unread_stream_ends()  # Ray ships this class by value: its process may never import this module
         self.model = ImageModel(options.model_spec())
         for handler in (self.generate_batch, self.stream_batch):
             handler.set_max_batch_size(options.max_batch_size)

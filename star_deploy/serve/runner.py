@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import LoggingConfig
 
 from ..errors import StarDeployError
+from ..files.signals import Interrupted
 from .app import build
 from .options import ServeOptions
 from .preflight import check_placement, local_cpus
@@ -132,6 +133,11 @@ class StopSignal:
             self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
+    def install(self) -> None:
+        """Take the signals back (``ray.init`` installs its own SIGTERM handler, which exits without clean-up)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.handle)
+
     def __exit__(self, *exc: object) -> None:
         for sig, old in self.previous.items():
             signal.signal(sig, old)
@@ -167,12 +173,30 @@ def deadline(seconds: float) -> Iterator[None]:
         timer.cancel()
 
 
+def start_ray(stop_signal: StopSignal) -> None:
+    """The local Ray instance, a stop signal during its start-up handled like any other.
+
+    While ``ray.init`` runs, SIGTERM reaches Ray's own handler, which raises SystemExit: that is the
+    signal, and it stops the server the same way; afterwards the signals are ours again.
+    """
+    try:
+        init_ray(local_cpus())
+    except SystemExit:
+        stop_signal.handle(signal.SIGTERM, None)
+    stop_signal.install()
+
+
 def serve_forever(options: ServeOptions, host: str, port: int, drain_timeout_s: float = 60.0) -> None:
-    """``star-deploy serve``: start, block until SIGINT, SIGTERM or SIGHUP, drain, shut down."""
-    init_ray(local_cpus())
+    """``star-deploy serve``: start, block until SIGINT, SIGTERM or SIGHUP, drain, shut down.
+
+    A signal at any moment (Ray starting, replicas loading, serving) stops it the same way: drain
+    what runs, shut Ray down (no process left), then raise ``Interrupted`` (exit 128 + the signal).
+    """
     with StopSignal() as stop_signal:
         try:
-            start(options, host, port, stop=stop_signal.event)
+            start_ray(stop_signal)
+            if not stop_signal.event.is_set():
+                start(options, host, port, stop=stop_signal.event)
             signum = stop_signal.wait()
             log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
             started = time.monotonic()
@@ -182,7 +206,9 @@ def serve_forever(options: ServeOptions, host: str, port: int, drain_timeout_s: 
                 ray.shutdown()  # ends Serve with the local Ray instance
         except BaseException:
             with deadline(SHUTDOWN_GRACE_S):
-                serve.shutdown()
+                if ray.is_initialized():
+                    serve.shutdown()
                 ray.shutdown()
             raise
     log.info("stopped %.1f s after the signal", time.monotonic() - started)
+    raise Interrupted(signum)

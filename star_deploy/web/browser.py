@@ -30,7 +30,17 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-unsafe-swiftshader")
+"""WebGPU on SwiftShader, Chromium's software adapter (no shader-f16, 1 GiB buffers): the WebGPU path runs, slowly,
+on a machine without a GPU. Only for pages on 127.0.0.1 or https://."""
 LOAD_TIMEOUT_S = 120.0
+
+
+def webgpu_flags() -> tuple[str, ...]:
+    """Chromium's flags with its GPU left on and WebGPU on SwiftShader."""
+    return (*(f for f in CHROMIUM_FLAGS if f != "--disable-gpu"), *WEBGPU_FLAGS)
+
+
 GENERATE_TIMEOUT_S = 300.0
 SCRIPT_TIMEOUT_S = 60.0
 GENERATE_SCRIPT = """
@@ -44,6 +54,16 @@ window.star.generate({...request, seed: BigInt(request.seed)}).then(
                           height: r.image.height, rgba: btoa(bytes)};
   },
   (err) => { window.benchResult = {error: String(err && err.message || err)}; });
+"""
+LOAD_SCRIPT = """
+const [options, done] = [arguments[0], arguments[arguments.length - 1]];
+window.star = undefined;
+const start = performance.now();
+import(new URL("star.mjs", location.href).href)
+  .then((m) => m.StarGenerator.load(new URL(".", location.href).href, options))
+  .then((star) => { window.star = star; done({state: "ready", message: star.notes.join("; "),
+                                              seconds: (performance.now() - start) / 1000}); },
+        (err) => done({state: "error", message: String(err && err.message || err), seconds: 0}));
 """
 POLL_S = 0.05
 
@@ -76,11 +96,12 @@ class BrowserImage:
 class SiteBrowser:
     """The site ``folder`` served on 127.0.0.1 and opened in a fresh headless Chromium (a context manager)."""
 
-    def __init__(self, folder: Path, handler: type[SiteHandler] = SiteHandler) -> None:
+    def __init__(self, folder: Path, handler: type[SiteHandler] = SiteHandler, webgpu: bool = False) -> None:
         paths = chromium_paths()
         if paths is None:
             raise BackendUnavailableError("needs chromium and chromedriver: apt-get install chromium chromium-driver")
         self.folder, self.paths = folder, paths
+        self.flags = webgpu_flags() if webgpu else CHROMIUM_FLAGS
         self.profile = tempfile.TemporaryDirectory(prefix="star-web-")
         self.server = site_server(folder, 0, handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
@@ -96,7 +117,7 @@ class SiteBrowser:
             raise BackendUnavailableError("driving Chromium needs selenium: pip install selenium") from None
         options = webdriver.ChromeOptions()
         options.binary_location = self.paths[0]
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={self.profile.name}"):
+        for flag in (*self.flags, f"--user-data-dir={self.profile.name}"):
             options.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(executable_path=self.paths[1]), options=options)
         self.driver.set_page_load_timeout(LOAD_TIMEOUT_S)
@@ -134,6 +155,16 @@ class SiteBrowser:
         state = self.wait_for(("ready", "error"), timeout_s)
         message = self.driver.execute_script("return document.getElementById('message').textContent")
         return PageState(state, message, time.perf_counter() - start)
+
+    def load(self, timeout_s: float = LOAD_TIMEOUT_S, **options) -> PageState:
+        """Load the site again in the open page with ``StarGenerator.load``'s ``options`` (e.g. executionProvider,
+        graphProviders) as ``window.star``; the notes it made (graphs moved to WebAssembly, ...) as the message."""
+        self.driver.set_script_timeout(timeout_s)
+        try:
+            result = self.driver.execute_async_script(LOAD_SCRIPT, options)
+        finally:
+            self.driver.set_script_timeout(SCRIPT_TIMEOUT_S)
+        return PageState(result["state"], result["message"], float(result["seconds"]))
 
     def generate(
         self, prompt: str, seed: int, timeout_s: float = GENERATE_TIMEOUT_S, **settings: float

@@ -8,27 +8,11 @@ casts once when it loads the graph. Only tensors whose values fit float16 (finit
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-from ..errors import BackendUnavailableError
 
 FP16_MAX = 65504.0
 MIN_ELEMENTS = 1024
 """Smaller tensors stay float32: they cost little to download."""
-
-
-def _import_onnx():
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        raise BackendUnavailableError(
-            "float16 weight storage rewrites the graphs with the onnx package: pip install onnx "
-            "(or 'star-deploy[torch]'), or pass --storage fp32"
-        ) from None
-    return onnx, numpy_helper
 
 
 def _convertible(array: np.ndarray) -> bool:
@@ -40,13 +24,17 @@ def _convertible(array: np.ndarray) -> bool:
     )
 
 
-def store_fp16(source: Path, target: Path) -> int:
-    """Write ``source`` to ``target`` with its large float32 initializers stored as float16; how many were."""
-    onnx, numpy_helper = _import_onnx()
-    model = onnx.load(str(source))
+def store_fp16(model) -> int:
+    """Store ``model``'s (an onnx ModelProto, changed in place) large float32 initializers as float16; how many."""
+    import onnx
+    from onnx import numpy_helper
+
     graph = model.graph
     kept, casts = [], []
     for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            kept.append(init)
+            continue
         array = numpy_helper.to_array(init)
         if not _convertible(array):
             kept.append(init)
@@ -59,5 +47,4 @@ def store_fp16(source: Path, target: Path) -> int:
     graph.initializer.extend(kept)
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(target))
     return len(casts)

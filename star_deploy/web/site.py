@@ -19,27 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts.manifest import Manifest, load_manifest, sha256_file
-from ..core.config import SamplingConfig
+from ..artifacts.loadable import read_onnx
+from ..artifacts.manifest import Manifest, graph_files, load_manifest, sha256_file
+from ..core.config import MAX_CFG
 from ..core.graphs import OPTIONAL_GRAPHS, GraphSpec, TensorSpec
 from ..core.tables import build_scale_tables
 from ..core.tokenizer import load_tokenizer
-from ..errors import ConfigError
+from ..errors import OutputError
 from ..files.atomic import atomic_dir, check_separate
-from .fp16_storage import store_fp16
+from .parts import GZ, PART_BYTES, compress, write_graph
 from .runtime import BUILDS, ORT_WEB_VERSION, ort_web_version
+from .weights import Quantization, check_weights, import_onnx, quantization_of, site_precision, stored
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 SITE_MANIFEST = "site.json"
 SITE_FORMAT = "star-deploy-web"
-SITE_FORMAT_VERSION = 1
-STORAGES = ("fp16", "fp32")
+SITE_FORMAT_VERSION = 2
+"""2: graphs may have their weights in parts (``data``), files are gzip-compressed only where it pays."""
 TABLE_ALIGN = 8
-GZ = ".gz"
-GZIP_LEVEL = 6
-"""Level 9 saves 1% more and takes several times longer."""
 LOOP = {
     "text_encoder": {"ids": "input_ids", "mask": "attention_mask", "hidden": "text_hidden", "pooled": "text_pooled"},
     "text_context": {
@@ -62,48 +61,45 @@ class SiteReport:
     out: Path
     files: int
     bytes: int
-    storage: str
+    weights: str
 
 
 def tensor_entry(t: TensorSpec) -> dict:
     return t.to_dict() | {"role": t.role.value, "layer": t.layer, "is_value": t.is_value}
 
 
-def graph_entry(spec: GraphSpec, data_file: str | None) -> dict:
-    entry = {
-        "file": f"graphs/{spec.file}{GZ}",
+def graph_entry(spec: GraphSpec, folder: Path, file: Path, parts: list[tuple[str, Path]]) -> dict:
+    """site.json's entry of a graph: its file, its weight parts (the name the graph gives each, and the file), I/O."""
+    return {
+        "file": file.relative_to(folder).as_posix(),
+        "data": [{"path": name, "file": path.relative_to(folder).as_posix()} for name, path in parts],
         "inputs": [tensor_entry(t) for t in spec.inputs],
         "outputs": [tensor_entry(t) for t in spec.outputs],
         "per_scale": spec.per_scale,
     }
-    return entry | ({"data": f"graphs/{data_file}{GZ}"} if data_file else {})
 
 
-def gzip_file(path: Path) -> None:
-    """Replace ``path`` by ``path.gz`` (no timestamp: the same input gives the same bytes)."""
-    with path.open("rb") as src, gzip.GzipFile(path.with_name(path.name + GZ), "wb", GZIP_LEVEL, mtime=0) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    path.unlink()
-
-
-def write_graphs(manifest: Manifest, folder: Path, storage: str) -> dict[str, dict]:
-    """Each graph, gzip-compressed, into ``folder/graphs``, its weights stored as ``storage``; their entries."""
-    (folder / "graphs").mkdir()
+def write_graphs(
+    manifest: Manifest, folder: Path, weights: str, quantization: Quantization | None, part_bytes: int
+) -> dict[str, dict]:
+    """Each graph into ``folder/graphs`` with its weights stored as ``weights``, compressed; their entries."""
+    graphs = folder / "graphs"
+    graphs.mkdir()
     entries = {}
     for name, spec in manifest.graphs.items():
         if name in OPTIONAL_GRAPHS:
             continue  # the page generates exactly: fast modes' graphs stay out of the site
-        source, target = manifest.path(name), folder / "graphs" / spec.file
-        external = source.with_name(source.name + ".data")
-        if storage == "fp16" and not external.exists():
-            store_fp16(source, target)
-        else:
+        source, target = manifest.path(name), graphs / spec.file
+        if weights == "fp32" and graph_files(manifest.root, spec) == [source] and source.stat().st_size <= part_bytes:
             shutil.copy2(source, target)
-        gzip_file(target)
-        if external.exists():
-            shutil.copy2(external, target.with_name(external.name))
-            gzip_file(target.with_name(external.name))
-        entries[name] = graph_entry(spec, external.name if external.exists() else None)
+            parts = []
+        else:
+            import_onnx()  # a clear error naming the extra where onnx is missing
+            log.info("writing %s with %s weights", spec.file, weights)
+            model = stored(read_onnx(source), name, weights, quantization)
+            parts = write_graph(model, graphs, spec.file, part_bytes)
+        data = [(part, compress(graphs / part)) for part in parts]
+        entries[name] = graph_entry(spec, folder, compress(target), data)
     return entries
 
 
@@ -133,24 +129,26 @@ def write_runtime(dist: Path, folder: Path) -> dict[str, dict]:
     for build in BUILDS:
         for name in (build.module, build.glue, build.binary):
             shutil.copy2(dist / name, folder / "ort" / name)
-        gzip_file(folder / "ort" / build.binary)
         builds[build.name] = {
             "module": f"ort/{build.module}",
             "glue": f"ort/{build.glue}",
-            "binary": f"ort/{build.binary}{GZ}",
+            "binary": compress(folder / "ort" / build.binary).relative_to(folder).as_posix(),
             "providers": list(build.providers),
         }
     return builds
 
 
-def model_entry(manifest: Manifest) -> dict:
+def model_entry(manifest: Manifest, weights: str) -> dict:
+    """The schedule the page runs, and (for ONNX Runtime in Python: artifacts.py) the config and precision."""
     config = manifest.config
     return {
         "patch_nums": list(config.patch_nums),
         "image_size": config.image_size,
         "vocab_size": config.transformer.vocab_size,
         "total_tokens": config.total_tokens,
-        "precision": manifest.precision,
+        "precision": site_precision(manifest.precision, weights),
+        "config": config.to_dict(),
+        "opset": manifest.opset,
     }
 
 
@@ -176,40 +174,59 @@ def file_entries(folder: Path) -> dict[str, dict]:
     return {p.relative_to(folder).as_posix(): file_entry(p) for p in files}
 
 
-def site_manifest(
-    manifest: Manifest, folder: Path, storage: str, graphs: dict, tables: list, runtime: dict, dist: Path
-) -> dict:
-    sampling = SamplingConfig()
+def site_manifest(manifest: Manifest, weights: str, quantization: Quantization | None, sections: dict) -> dict:
+    """site.json: everything but the files' table, which ``build_site`` adds last."""
+    sampling = manifest.sampling
     return {
         "format": SITE_FORMAT,
         "format_version": SITE_FORMAT_VERSION,
-        "model": model_entry(manifest),
-        "storage": storage,
-        "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p},
-        "graphs": graphs,
+        "model": model_entry(manifest, weights),
+        "weights": weights,
+        "quantization": quantization.to_dict() if quantization else None,
+        "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p, "max_cfg": MAX_CFG},
         "loop": LOOP,
-        "tables": {"file": "tables.bin", "scales": tables},
         "tokenizer": "tokenizer.json",
-        "runtime": {"version": ort_web_version(dist) or ORT_WEB_VERSION, "builds": runtime},
-        "files": file_entries(folder),
-    }
+    } | sections
 
 
-def build_site(artifacts: Path, out: Path, ort_web: Path, storage: str = "fp16", overwrite: bool = False) -> SiteReport:
+def check_site_folder(out: Path, inputs: list[Path]) -> None:
+    """Refuse to write the site over the current folder, one of its parents, the home folder, or over, inside or
+    around an input (the artefact folder, onnxruntime-web's): ``--overwrite`` would replace their contents."""
+    target = out.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents or target == Path.home().resolve():
+        raise OutputError(
+            f"--out {out}: is the current folder, one of its parents or the home folder, whose contents a site would "
+            f"replace; write the site into a folder of its own, e.g. --out {out / 'site'}"
+        )
+    check_separate([out], inputs)
+
+
+def build_site(
+    artifacts: Path,
+    out: Path,
+    ort_web: Path,
+    weights: str = "fp16",
+    overwrite: bool = False,
+    part_bytes: int = PART_BYTES,
+) -> SiteReport:
     """Write the site for the artefact folder ``artifacts`` into ``out`` (atomically)."""
-    if storage not in STORAGES:
-        raise ConfigError(f"--storage {storage!r}: choose one of {', '.join(STORAGES)}")
-    check_separate([out], [artifacts, ort_web])
+    check_weights(weights)
+    check_site_folder(out, [artifacts, ort_web])
     manifest = load_manifest(artifacts)
+    quantization = quantization_of(weights, manifest.precision)
     with atomic_dir(out, overwrite) as tmp:
-        graphs = write_graphs(manifest, tmp, storage)
-        tables = write_tables(manifest, tmp / "tables.bin")
+        sections = {
+            "graphs": write_graphs(manifest, tmp, weights, quantization, part_bytes),
+            "tables": {"file": "tables.bin", "scales": write_tables(manifest, tmp / "tables.bin")},
+        }
         (tmp / "tokenizer.json").write_text(load_tokenizer(manifest.tokenizer_dir).to_str(), encoding="utf-8")
-        runtime = write_runtime(ort_web, tmp)
+        version = ort_web_version(ort_web) or ORT_WEB_VERSION
+        sections["runtime"] = {"version": version, "builds": write_runtime(ort_web, tmp)}
         for source in sorted(STATIC.iterdir()):
             if source.is_file():
                 shutil.copy2(source, tmp / source.name)
-        data = site_manifest(manifest, tmp, storage, graphs, tables, runtime, ort_web)
+        data = site_manifest(manifest, weights, quantization, sections) | {"files": file_entries(tmp)}
         (tmp / SITE_MANIFEST).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     files = [p for p in out.rglob("*") if p.is_file()]
-    return SiteReport(out, len(files), sum(p.stat().st_size for p in files), storage)
+    return SiteReport(out, len(files), sum(p.stat().st_size for p in files), weights)

@@ -51,6 +51,13 @@ class HostRuntime:
     def stream(self, device: torch.device) -> HostStream:
         return HostStream(device.index)
 
+    def total_memory(self, device: torch.device) -> int:
+        return _cuda.MEMORY[device.index]
+
+    def release_cached(self, device: torch.device) -> None:
+        """torch.cuda.empty_cache on ``device``: counted (the fake's GPUs hold no torch cache)."""
+        _cuda.STATS.cache_releases += 1
+
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A host buffer at a 256-byte aligned address, registered as fake device memory."""
         size = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()

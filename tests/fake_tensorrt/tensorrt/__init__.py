@@ -1,4 +1,5 @@
-"""A fake ``tensorrt``: exactly the Python API star-deploy calls, enforcing TensorRT's documented rules.
+"""A fake ``tensorrt``: exactly the Python API star-deploy and Polygraphy's TensorRT loaders call, enforcing
+TensorRT's documented rules.
 
 Not TensorRT: its "engines" run their ONNX graph with ONNX Runtime on the host. See README.md beside it.
 """
@@ -6,13 +7,15 @@ Not TensorRT: its "engines" run their ONNX graph with ONNX Runtime on the host. 
 from __future__ import annotations
 
 from . import _cuda
-from ._builder import Builder, OnnxParser, read_plan
+from ._builder import Builder, OnnxParser, init_libnvinfer_plugins, read_plan
 from ._runtime import Runtime
 from ._types import (
     ERRORS,
     BuilderFlag,
     DataType,
+    DeviceType,
     ExecutionContextAllocationStrategy,
+    ILogger,
     Logger,
     MemoryPoolType,
     NetworkDefinitionCreationFlag,
@@ -38,12 +41,15 @@ __all__ = [
     "Builder",
     "BuilderFlag",
     "DataType",
+    "DeviceType",
     "ExecutionContextAllocationStrategy",
+    "ILogger",
     "Logger",
     "MemoryPoolType",
     "NetworkDefinitionCreationFlag",
     "OnnxParser",
     "Runtime",
     "TensorIOMode",
+    "init_libnvinfer_plugins",
     "read_plan",
 ]

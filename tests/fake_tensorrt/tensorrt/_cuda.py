@@ -9,15 +9,18 @@ from dataclasses import dataclass
 
 DEVICES = [("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA H100 80GB HBM3", "9.0")]
 """(name, compute capability) of each fake GPU, by index."""
+MEMORY = [80 * 2**30, 80 * 2**30]
+"""Memory in bytes of each fake GPU (cudaDeviceProp::totalGlobalMem, about 80 GiB on both); a test may shrink it."""
 
 
 @dataclass
 class Stats:
-    """What the tests read back: context memory held, profile switches, executions."""
+    """What the tests read back: context memory held, profile switches, executions, torch cache releases."""
 
     context_memory: int = 0
     profile_switches: int = 0
     executions: int = 0
+    cache_releases: int = 0
 
 
 STATS = Stats()
@@ -79,4 +82,4 @@ def room(address: int) -> int | None:
 
 def reset() -> None:
     _local.device = 0
-    STATS.context_memory = STATS.profile_switches = STATS.executions = 0
+    STATS.context_memory = STATS.profile_switches = STATS.executions = STATS.cache_releases = 0

@@ -14,20 +14,22 @@ import onnxruntime as ort
 
 from . import _cuda
 from ._builder import read_plan, version
-from ._types import NUMPY, DataType, ExecutionContextAllocationStrategy, Logger, TensorIOMode, refuse
+from ._types import NUMPY, DataType, ExecutionContextAllocationStrategy, ILogger, TensorIOMode, refuse
 
 ALIGNMENT = 256
 
 
 class Runtime:
-    def __init__(self, logger: Logger) -> None:
+    def __init__(self, logger: ILogger) -> None:
         self.logger = logger
 
     def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
-        """None for a plan of another TensorRT version or GPU architecture (plans are not portable), like
-        IRuntime::deserializeCudaEngine; the engine is bound to the device current now (Developer Guide, FAQ
-        "How do I use TensorRT on multiple GPUs?": "Each ICudaEngine object is bound to a specific GPU when it
-        is instantiated, either by the builder or on deserialization")."""
+        """pyCoreDoc.h, deserialize_cuda_engine: "The ICudaEngine, or None if it could not be deserialized"; the
+        Support Matrix, "Engine Portability": only engines built with the version-compatible flag run on newer
+        TensorRT versions, and without hardware compatibility mode "engines are not portable across different GPU
+        architectures" (neither mode is used here). The engine is bound to the device current now (Developer
+        Guide, FAQ "How do I use TensorRT on multiple GPUs?": "Each ICudaEngine object is bound to a specific GPU
+        when it is instantiated, either by the builder or on deserialization")."""
         plan = read_plan(serialized_engine)
         if plan is None:
             refuse(self.logger, "not a serialized engine")
@@ -44,7 +46,7 @@ class Runtime:
 
 
 class ICudaEngine:
-    def __init__(self, header: dict, model: bytes, device: int, logger: Logger) -> None:
+    def __init__(self, header: dict, model: bytes, device: int, logger: ILogger) -> None:
         self.header, self.model, self.device, self.logger = header, model, device, logger
         self.tensors = {t["name"]: (TensorIOMode.INPUT, t) for t in header["inputs"]}
         self.tensors |= {t["name"]: (TensorIOMode.OUTPUT, t) for t in header["outputs"]}
@@ -133,12 +135,13 @@ class IExecutionContext:
 
     def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
         """NvInferRuntime.h, setOptimizationProfileAsync: "The value must lie between 0 and
-        getEngine().getNbOptimizationProfiles() - 1"; "\\return true if the call succeeded, else false"."""
+        getEngine().getNbOptimizationProfiles() - 1"; "\\return true if the call succeeded, else false", which
+        pyCore.cpp turns into RuntimeError "Error in set optimization profile async." (True otherwise)."""
         if not 0 <= profile_index < self.engine.num_optimization_profiles:
             refuse(self.logger, f"profile {profile_index} is out of range")
-            return False
+            raise RuntimeError("Error in set optimization profile async.")
         if not self._stream_ok(stream_handle):
-            return False
+            raise RuntimeError("Error in set optimization profile async.")
         if profile_index != self.profile:
             # "setOptimizationProfileAsync() must be called before calling setInputShape() for all dynamic
             # input tensors": shapes set under the previous profile do not carry over.
@@ -170,8 +173,9 @@ class IExecutionContext:
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        """Input: the shape set (network dims until then); output: its shape for the input shapes set, or the
-        network dims (-1 dynamic) while some input shape is missing."""
+        """NvInferRuntime.h, getTensorShape: an input's shape as set, with -1 wildcards "if ... setInputShape() has
+        not yet been called for this tensor"; an output's runtime dimension is -1 while "setInputShape() has NOT been
+        called for some input tensor(s) with a runtime shape", else the shape the input shapes give."""
         mode, spec = self.engine.tensors[name]
         if mode == TensorIOMode.INPUT:
             return self.shapes.get(name, tuple(spec["dims"]))
@@ -201,9 +205,6 @@ class IExecutionContext:
             return False
         outputs = self.engine.run({name: self._read(name) for name in self._names(TensorIOMode.INPUT)})
         for name, array in outputs.items():
-            if tuple(array.shape) != self.get_tensor_shape(name):
-                refuse(self.logger, f"{name}: the graph wrote {array.shape}, not {self.get_tensor_shape(name)}")
-                return False
             self._write(name, array)
         if self.last_run_profile is None or self.last_run_profile != self.profile:
             self.last_run_profile = self.profile
@@ -242,8 +243,9 @@ class IExecutionContext:
     def _binding_problem(self) -> str | None:
         """NvInferRuntime.h: setOptimizationProfileAsync "must be called before calling setInputShape() for all
         dynamic input tensors"; setTensorAddress: "Before calling enqueueV3(), each input must have a non-null
-        address and each output must have a non-null address"; Developer Guide, "Empty Tensors": an empty tensor
-        "still needs a non-null memory address, and different tensors should have different addresses"."""
+        address and each output must have a non-null address", and "The pointer must point to a device buffer of
+        sufficient size and alignment"; Developer Guide, "Empty Tensors": an empty tensor "still needs a non-null
+        memory address, and different tensors should have different addresses"."""
         for name in self._names(TensorIOMode.INPUT):
             if name not in self.shapes and -1 in self.engine.tensors[name][1]["dims"]:
                 return f"the shape of input {name} is not set for profile {self.profile}"

@@ -59,6 +59,17 @@ class BuilderFlag(enum.IntEnum):
     REFIT = 4
     DISABLE_TIMING_CACHE = 5
     TF32 = 6
+    FP8 = 15
+    BF16 = 17
+
+
+TYPED_PRECISION_FLAGS = (BuilderFlag.FP16, BuilderFlag.INT8, BuilderFlag.FP8, BuilderFlag.BF16)
+"""The flags that choose precisions, which a strongly typed network takes from its types instead."""
+
+
+class DeviceType(enum.IntEnum):
+    GPU = 0
+    DLA = 1
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -66,22 +77,32 @@ class NetworkDefinitionCreationFlag(enum.IntEnum):
     STRONGLY_TYPED = 1
 
 
-class Logger:
-    """trt.Logger: messages at or above ``min_severity`` go to Python logging ("tensorrt")."""
+class ILogger:
+    """trt.ILogger: the base class of loggers written in Python (Polygraphy's logger derives from it)."""
 
     INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = 0, 1, 2, 3, 4
 
-    def __init__(self, min_severity: int = WARNING) -> None:
+    def __init__(self) -> None:
+        pass
+
+    def log(self, severity: int, message: str) -> None:
+        raise NotImplementedError
+
+
+class Logger(ILogger):
+    """trt.Logger: messages at or above ``min_severity`` go to Python logging ("tensorrt")."""
+
+    def __init__(self, min_severity: int = ILogger.WARNING) -> None:
+        super().__init__()
         self.min_severity = min_severity
 
     def log(self, severity: int, message: str) -> None:
-        if severity <= self.ERROR:
-            ERRORS.append(message)
         if severity <= self.min_severity:
             level = logging.ERROR if severity <= self.ERROR else logging.WARNING if severity == 2 else logging.INFO
             logging.getLogger("tensorrt").log(level, message)
 
 
-def refuse(logger: Logger, message: str):
+def refuse(logger: ILogger, message: str) -> None:
     """Report an API usage error the way TensorRT does: on the logger, then the call returns its failure value."""
-    logger.log(Logger.ERROR, f"API Usage Error ({message})")
+    ERRORS.append(f"API Usage Error ({message})")
+    logger.log(ILogger.ERROR, f"API Usage Error ({message})")
