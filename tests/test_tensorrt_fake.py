@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.cli import app
+from star_deploy.core.graphs import OPTIONAL_GRAPHS
 from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.engines.memory import device_memory, size
 from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
@@ -160,7 +161,7 @@ def test_timing_cache_of_another_gpu_is_replaced_with_a_warning(fake_trt, folder
 def test_build_and_run_on_the_chosen_gpu_from_a_worker_thread(fake_trt, folder, golden, golden_sampling):
     result = invoke("build-engine", folder, "--overwrite", "--device", "cuda:1")
     assert result.exit_code == 0, result.output
-    for graph in load_manifest(folder).graphs:
+    for graph in set(load_manifest(folder).graphs) - set(OPTIONAL_GRAPHS):  # the pruned step has no engine
         assert plan_header(fake_trt, folder, graph)["device"] == 1
         assert load_sidecar(sidecar_path(folder, graph)).runtime.gpu_name == "NVIDIA H100 80GB HBM3"
     pipeline = golden_pipeline(folder, "cuda:1")
@@ -269,7 +270,7 @@ def test_torch_cache_is_released_before_each_graph_is_built(fake_trt, folder):
     before = fake_trt.STATS.cache_releases
     result = invoke("build-engine", folder, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert fake_trt.STATS.cache_releases - before == len(load_manifest(folder).graphs)
+    assert fake_trt.STATS.cache_releases - before == len(set(load_manifest(folder).graphs) - set(OPTIONAL_GRAPHS))
 
 
 def test_check_reports_device_memory_for_every_batch_size(engines):
