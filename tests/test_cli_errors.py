@@ -599,10 +599,13 @@ def replace_graphs(folder: Path, moves: dict[str, str | bytes]) -> None:
     path.write_text(dumps(sealed(data, folder)))
 
 
-def damage_body(path: Path, fraction: float) -> None:
-    """Overwrite 16 bytes at ``fraction`` of the file (after its header) and reseal the folder: digests pass."""
+def damage_body(path: Path, op: bytes) -> None:
+    """Overwrite 16 bytes of the graph's body, across the first ``op`` node's encoding, and reseal the folder:
+    digests pass and the file's start reads, but the protobuf no longer parses (bytes inside weights would not do:
+    they stay a valid, if wrong, tensor)."""
     data = path.read_bytes()
-    at = int(len(data) * fraction)
+    at = data.find(b"\x22" + bytes([len(op)]) + op) - 4
+    assert at > 0, op
     replace_graphs(path.parent, {path.name: data[:at] + b"\xff" * 16 + data[at + 16 :]})
 
 
@@ -706,7 +709,7 @@ ARTIFACT_CASES = [
     ),
     (
         "graph-body-unparsable-resealed",
-        lambda f: damage_body(f / "scale_update.onnx", 0.3),
+        lambda f: damage_body(f / "scale_update.onnx", b"Reshape"),
         "scale_update.onnx: cannot be loaded",
     ),
     (
