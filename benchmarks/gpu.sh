@@ -3,7 +3,8 @@
 # the TensorRT engines), a CLI run with CUDA graphs, then `star-deploy bench` on CUDA for each preset and
 # batch size. Every bench row carries its fidelity against a float32 generation of the same model
 # (teacher-forced token agreement and image PSNR); targets: >= 99 % and >= 35 dB in fp16.
-# Usage: benchmarks/gpu.sh [--dry-run] [tests|bench|all|device]
+# Usage: benchmarks/gpu.sh [--dry-run] [tests|bench|fast|all|device]
+# `fast` measures every fast-mode rung at 1024-d30 batch 1 (benchmarks/fast_modes.py).
 # `device` is the one-call check for a lent GPU, within 8 minutes from a tree trimmed by
 # benchmarks/device_tree.sh: the CUDA tests (the demo's when the demo is there), the CPU proxies,
 # then the 1024-d30 batch-1 bench of every torch variant (torch.compile cold on a fresh machine).
@@ -23,9 +24,9 @@ if [[ "${1:-}" == --dry-run ]]; then
 fi
 what="${1:-all}"
 case "$what" in
-    tests | bench | all | device) ;;
+    tests | bench | fast | all | device) ;;
     *)
-        echo "usage: benchmarks/gpu.sh [--dry-run] [tests|bench|all|device]" >&2
+        echo "usage: benchmarks/gpu.sh [--dry-run] [tests|bench|fast|all|device]" >&2
         exit 2
         ;;
 esac
@@ -42,12 +43,12 @@ demo=()
 if ((dry_run)); then
     device=cpu dtype=float32 step_timeout="${STEP_TIMEOUT:-300}" collect=(--collect-only)
     backends="${BACKENDS:-torch-eager,torch}" default_runs="tiny:1" repeat="${REPEAT:-1}" warmup=0
-    run_model=("${golden[@]}") graphs=()
+    run_model=("${golden[@]}") graphs=() fast_models=demo
 else
     device=cuda dtype=float16 step_timeout="${STEP_TIMEOUT:-900}" collect=()
     backends="${BACKENDS:-torch-eager,torch,torch-cuda-graphs,torch-compiled,torch-compiled-cuda-graphs}"
     default_runs="1024-d30:1 1024-d30:4 512-d30:1 256-d16:1" repeat="${REPEAT:-5}" warmup=2
-    run_model=() graphs=(--cuda-graphs)
+    run_model=() graphs=(--cuda-graphs) fast_models=1024-d30
     ((${#demo[@]})) || run_model=("${golden[@]}")
 fi
 
@@ -100,5 +101,11 @@ if [[ "$what" == bench || "$what" == all || "$what" == device ]]; then
             --dtype "$dtype" --backends "$backends" --warmup "$warmup" --repeat "$repeat" \
             --compile-cache "$compile_cache" --json "$OUT/bench_${p}_b${b}.json"
     done
+fi
+
+if [[ "$what" == fast || "$what" == all || "$what" == device ]]; then
+    # Every fast-mode rung at 1024-d30 b1 (torch fp16, CUDA graphs), tokens and PSNR against exact, same run.
+    step python3 benchmarks/fast_modes.py --models "$fast_models" --backend torch --device "$device" \
+        --repeat "$repeat" --demo-seeds 1 --json "$OUT/fast_modes_${fast_models}.json"
 fi
 exit $status

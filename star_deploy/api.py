@@ -21,6 +21,7 @@ from .core import arguments
 from .core.call_options import CallOptions
 from .core.config import SamplingConfig, StarConfig
 from .core.extras import require_installed
+from .core.fast import EXACT, FastMode
 from .errors import ConfigError
 from .files.images import to_pil
 from .runtime.loading import Loaded, load
@@ -42,11 +43,12 @@ LOCK_POLL_S = 0.1
 
 @dataclass
 class StarPipelineOutput:
-    """Images in the asked form, the seed of each and its tokens (N, L)."""
+    """Images in the asked form, the seed of each, its tokens (N, L) and the fast mode they ran (exact by default)."""
 
     images: Any
     seeds: list[int]
     tokens: np.ndarray
+    fast: FastMode = EXACT
 
 
 @dataclass
@@ -166,6 +168,9 @@ class StarPipeline:
         output_type: OutputType = "pil",
         callback_on_scale_end: ScaleCallbackFn | None = None,
         sampler: str = "portable",
+        fast: int = 0,
+        cfg_until: int | None = None,
+        keep: Sequence[float] | str | None = None,
     ) -> StarPipelineOutput:
         """Generate one image per prompt (times ``num_images_per_prompt``).
 
@@ -176,14 +181,19 @@ class StarPipeline:
         (and batch); returning False stops the loop there and decodes the coarse image.
         ``sampler="official"`` reproduces the official code's torch.Generator draws (see
         ``star_deploy.core.sampling``). Calls from several threads run one after another.
+        ``fast`` picks a rung of the fast modes (0: exact, the default; 1: guidance stops after
+        the model's preset scale; 2: also cached token pruning at the last scales), ``cfg_until``
+        and ``keep`` override the preset's knobs (``star_deploy.core.fast``); the output's
+        ``fast`` records what ran.
         """
         arguments.one_of("output_type", output_type, OUTPUT_TYPES)
         if output_type == "pt":
             require_installed("torch", "output_type='pt'")  # before generating, not after
-        call = CallOptions(seed, guidance_scale, top_k, top_p, batch_size, sampler)
+        call = CallOptions(seed, guidance_scale, top_k, top_p, batch_size, sampler, fast, cfg_until, keep)
         prompts = normalize_prompts(prompt, num_images_per_prompt)
         seeds = call.seeds(len(prompts))
         sampling = call.sampling(self.defaults, self.config.transformer.vocab_size)
+        mode = call.fast_mode(self.config)
         step = call.batch_size or len(prompts)
         if callback_on_scale_end is not None and not callable(callback_on_scale_end):
             raise ConfigError(f"callback_on_scale_end must be callable or None, got {type(callback_on_scale_end)}")
@@ -191,12 +201,14 @@ class StarPipeline:
         self.loop.check_memory(min(step, len(prompts)), len(prompts))
         with self._exclusive(), self._progress_bar(len(batches) * self.config.num_scales) as advance:
             results = [
-                self._generate(prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end, advance)
+                self._generate(
+                    prompts[i : i + step], sampling, seeds[i : i + step], callback_on_scale_end, advance, mode
+                )
                 for i in batches
             ]
         images = np.concatenate([r.images for r in results])
         tokens = np.concatenate([r.tokens for r in results])
-        return StarPipelineOutput(convert_images(images, output_type), seeds, tokens)
+        return StarPipelineOutput(convert_images(images, output_type), seeds, tokens, mode)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -230,6 +242,7 @@ class StarPipeline:
         seeds: list[int],
         callback: ScaleCallbackFn | None,
         advance: Callable[[], None],
+        mode: FastMode,
     ) -> Generation:
         def on_scale(event: ScaleEvent) -> bool | None:
             advance()
@@ -241,7 +254,7 @@ class StarPipeline:
             finally:
                 self._callback_since = None
 
-        return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False)
+        return self.loop.generate(prompts, sampling, seeds, on_scale=on_scale, timing=False, fast=mode)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Configure the progress bar over scales: ``disable`` (True: off; default: on a terminal), ``desc``,

@@ -18,6 +18,7 @@ from star_deploy import StarPipeline
 from star_deploy.artifacts.manifest import MANIFEST
 from star_deploy.commands.export import check_export
 from star_deploy.core.config import SamplingConfig
+from star_deploy.core.fast import EXACT
 from star_deploy.demo import DEMO_WEIGHTS
 from star_deploy.errors import ArtifactError, ConfigError, WeightsError
 from star_deploy.release.random_weights import random_model
@@ -380,8 +381,8 @@ def test_sampling_defaults_travel_in_the_manifest(tmp_path, artifacts_fp32, demo
 
 def test_a_serve_replica_samples_with_the_manifest_defaults(tmp_path, demo_pipe):
     model = ImageModel(LoadOptions(artifacts=str(demo_with_defaults(tmp_path, {"cfg": 2.5, "top_k": 7, "top_p": 0.5}))))
-    assert model.settings(Job("a red circle")) == (2.5, 7, 0.5)
-    assert model.settings(Job("a red circle", cfg=3.0, top_k=0, top_p=0.9)) == (3.0, 0, 0.9)
+    assert model.settings(Job("a red circle")) == (2.5, 7, 0.5, EXACT)
+    assert model.settings(Job("a red circle", cfg=3.0, top_k=0, top_p=0.9)) == (3.0, 0, 0.9, EXACT)
     served = model.generate([Job("a red circle on a blue background", seed=5)])[0]
     explicit = demo_pipe(
         "a red circle on a blue background", seed=5, guidance_scale=2.5, top_k=7, top_p=0.5, output_type="np"

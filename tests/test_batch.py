@@ -180,6 +180,33 @@ def test_a_deleted_image_is_generated_again(tmp_path):
     assert folder_bytes(out) == before
 
 
+def test_fast_images_equal_the_pipeline_and_a_changed_fast_is_refused(tmp_path):
+    """--fast travels with each chunk: the images are StarPipeline(fast=...)'s, recorded in the PNG and the index."""
+    from star_deploy import StarPipeline
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle on a blue background\na small yellow triangle on black\n")
+    out = tmp_path / "out"
+    result = invoke(str(prompts), "-o", str(out), "--fast", "1", "--cfg-until", "2", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    pipe = StarPipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=True)
+    lines = prompts.read_text().split("\n")[:2]
+    fast = pipe(lines, seed=[0, 1], fast=1, cfg_until=2, batch_size=2)
+    exact = pipe(lines, seed=[0, 1], batch_size=2)
+    assert fast.fast.label() == "fast 1, cfg-until 2"
+    rows = read_index(out)
+    assert [r["fast"] for r in rows] == ["fast 1, cfg-until 2"] * 2
+    for row, image in zip(rows, fast.images):
+        pixels, text = read_png(out / row["file"])
+        assert np.array_equal(pixels, np.asarray(image)) and text["fast"] == "fast 1, cfg-until 2"
+    assert not np.array_equal(fast.tokens, exact.tokens)
+    before = folder_bytes(out)
+    result = invoke(str(prompts), "-o", str(out), "--batch-size", "2")
+    assert result.exit_code == 2 and "--fast: was 1, now 0" in result.output
+    assert folder_bytes(out) == before
+
+
 def dead_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

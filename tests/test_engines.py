@@ -83,7 +83,21 @@ def test_profiles_for_several_batch_sizes_and_their_selection():
 def test_only_inputs_with_symbolic_dimensions_are_profiled():
     specs = graph_specs(preset("tiny"), "fp32")
     assert dynamic_inputs(specs["scale_update"]) == ["tokens", "f_hat", "upsample", "downsample"]
-    assert {name for name, spec in specs.items() if spec.per_scale} == {"transformer_step", "scale_update"}
+    per_scale = {"transformer_step", "scale_update", "transformer_step_pruned"}
+    assert {name for name, spec in specs.items() if spec.per_scale} == per_scale
+
+
+def test_conditional_row_profiles_follow_the_exact_ones_for_the_step_only():
+    config = preset("tiny")
+    specs = graph_specs(config, "fp32")
+    step = profile_table(config, specs["transformer_step"], [1, 2], conditional_rows=True)
+    n = config.num_scales
+    assert [p.index for p in step] == list(range(4 * n))
+    assert [p.rows for p in step] == [None] * 2 * n + [1] * n + [2] * n
+    assert step[2 * n + n + 3].shapes["x"][0] == 2 and step[n + 3].shapes["x"][0] == 4
+    assert select_profile(step, specs["transformer_step"], 2, 3, rows=2) is step[3 * n + 3]
+    update = profile_table(config, specs["scale_update"], [1], conditional_rows=True)
+    assert len(update) == n and all(p.rows is None for p in update)
 
 
 def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
@@ -131,11 +145,13 @@ def test_roles_pair_what_one_graph_writes_with_what_the_next_reads():
     written = specs["text_context"].with_role(Role.TEXT_CONTEXT)
     read = specs["transformer_step"].with_role(Role.TEXT_CONTEXT)
     assert [(t.name, t.shape, t.dtype) for t in written] == [(t.name, t.shape, t.dtype) for t in read]
+    steps = ("transformer_step", "transformer_step_pruned")
     for role in (Role.CACHE_PREFIX, Role.CACHE_SLOT):
-        cache = specs["transformer_step"].with_role(role)
-        depth = config.transformer.depth
-        assert sorted((t.is_value, t.layer) for t in cache) == [(v, i) for v in (False, True) for i in range(depth)]
-    roles = {t.role for spec in specs.values() for t in spec.inputs + spec.outputs if spec.name != "transformer_step"}
+        for step in steps:
+            cache = specs[step].with_role(role)
+            depth = config.transformer.depth
+            assert sorted((t.is_value, t.layer) for t in cache) == [(v, i) for v in (False, True) for i in range(depth)]
+    roles = {t.role for spec in specs.values() for t in spec.inputs + spec.outputs if spec.name not in steps}
     assert roles == {Role.CALLER, Role.OUTPUT, Role.TEXT_CONTEXT}
 
 

@@ -45,7 +45,8 @@ def test_dry_run_of_the_device_call_passes_on_the_cpu(tmp_path):
     assert rows["torch"]["fidelity"]["teacher_forced_token_agreement"] == 1.0
     assert (tmp_path / "out" / "cpu_proxies_ops.json").is_file()
     results = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert results == ["bench_tiny_b1.json", "cpu_proxies_ops.json", "log.txt"]  # no compile cache in $OUT
+    assert (tmp_path / "out" / "fast_modes_demo.json").is_file()  # every fast-mode rung, the demo in a dry run
+    assert results == ["bench_tiny_b1.json", "cpu_proxies_ops.json", "fast_modes_demo.json", "log.txt"]  # no cache
 
 
 def test_every_step_is_bounded_in_time(tmp_path):
@@ -58,7 +59,7 @@ def test_every_step_is_bounded_in_time(tmp_path):
 def test_an_unknown_mode_is_a_usage_error(tmp_path):
     done = run_script(["--dry-run", "everything"], script_env(tmp_path), timeout=30)
     assert done.returncode == 2
-    assert "usage: benchmarks/gpu.sh [--dry-run] [tests|bench|all|device]" in done.stderr
+    assert "usage: benchmarks/gpu.sh [--dry-run] [tests|bench|fast|all|device]" in done.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -131,6 +131,8 @@ def test_json_by_accept_header_or_field(url, references):
         ({"prompt": "a red circle", "cfg": 1000.5}, 422, "cfg"),
         ({"prompt": "a red circle", "top_k": "10"}, 422, "top_k"),
         ({"prompt": "a red circle", "top_p": "0.5"}, 422, "top_p"),
+        ({"prompt": "a red circle", "cfg_until": 7}, 400, "cfg_until 7: guidance runs on the first K scales; choose K"),
+        ({"prompt": "a red circle", "fast": 3}, 422, "fast"),
     ],
 )
 def test_bad_requests_get_one_line_4xx(url, body, status, words):
@@ -323,6 +325,11 @@ def test_openai_route_refuses_what_it_cannot_serve(url):
         ({"extra_body": {"cfg": 1001.0}}, openai.UnprocessableEntityError, "cfg"),
         ({"n": 11}, openai.UnprocessableEntityError, "n"),
         ({"stream": True, "partial_images": 6}, openai.BadRequestError, "at most 5"),
+        (
+            {"extra_body": {"fast": 1, "cfg_until": 9}},
+            openai.BadRequestError,
+            "cfg_until 9: guidance runs on the first",
+        ),
     ]
     for kwargs, error, words in refused:
         with pytest.raises(error) as caught:

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.cli import app
+from star_deploy.core.graphs import OPTIONAL_GRAPHS
 from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.engines.memory import device_memory, size
 from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
@@ -160,7 +161,7 @@ def test_timing_cache_of_another_gpu_is_replaced_with_a_warning(fake_trt, folder
 def test_build_and_run_on_the_chosen_gpu_from_a_worker_thread(fake_trt, folder, golden, golden_sampling):
     result = invoke("build-engine", folder, "--overwrite", "--device", "cuda:1")
     assert result.exit_code == 0, result.output
-    for graph in load_manifest(folder).graphs:
+    for graph in set(load_manifest(folder).graphs) - set(OPTIONAL_GRAPHS):  # the pruned step has no engine
         assert plan_header(fake_trt, folder, graph)["device"] == 1
         assert load_sidecar(sidecar_path(folder, graph)).runtime.gpu_name == "NVIDIA H100 80GB HBM3"
     pipeline = golden_pipeline(folder, "cuda:1")
@@ -269,7 +270,7 @@ def test_torch_cache_is_released_before_each_graph_is_built(fake_trt, folder):
     before = fake_trt.STATS.cache_releases
     result = invoke("build-engine", folder, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert fake_trt.STATS.cache_releases - before == len(load_manifest(folder).graphs)
+    assert fake_trt.STATS.cache_releases - before == len(set(load_manifest(folder).graphs) - set(OPTIONAL_GRAPHS))
 
 
 def test_check_reports_device_memory_for_every_batch_size(engines):
@@ -486,6 +487,35 @@ def test_fake_builder_rules(fake_trt):
     assert not profile and config.add_optimization_profile(profile) == -1
     profile.set_shape("past", (0, 2, 4), (0, 2, 4), (0, 2, 4))  # a zero-length dimension is allowed
     assert config.add_optimization_profile(profile) == 0
+
+
+def test_fast_one_runs_on_engines_with_conditional_rows(fake_trt, engines, folder, torch_pipeline):
+    """Guidance stopped after scale 7: tokens before it are exact's, and all of them torch's (portable sampler).
+
+    On the golden model guidance changes few tokens: this prompt and seed change 11 after the cut."""
+    from star_deploy.core.config import SamplingConfig
+    from star_deploy.core.fast import FastMode
+
+    sampling, prompts, seeds, cut = SamplingConfig(cfg=4.0, top_k=64, top_p=0.9), ["a cute dog"], [4], 7
+    fast1, fast2 = FastMode(1, cfg_until=cut), FastMode(2, cfg_until=cut, keep=(0.5,))
+    with pytest.raises(StarDeployError, match="no profiles for the conditional rows.*--conditional-rows"):
+        golden_pipeline(engines).generate(prompts, sampling, seeds=seeds, fast=fast1)
+    result = invoke("build-engine", folder, "--graph", "transformer_step", "--conditional-rows", "--overwrite")
+    assert result.exit_code == 0, result.output
+    profiles = load_sidecar(sidecar_path(folder, "transformer_step")).profiles
+    assert [p.rows for p in profiles] == [None] * 10 + [1] * 10
+    pipeline = golden_pipeline(folder)
+    exact = pipeline.generate(prompts, sampling, seeds=seeds)
+    fast = pipeline.generate(prompts, sampling, seeds=seeds, fast=fast1)
+    before = pipeline.config.scale_offsets()[cut]
+    np.testing.assert_array_equal(fast.tokens[:, :before], exact.tokens[:, :before])
+    assert not np.array_equal(fast.tokens[:, before:], exact.tokens[:, before:])
+    np.testing.assert_array_equal(
+        fast.tokens, torch_pipeline.generate(prompts, sampling, seeds=seeds, fast=fast1).tokens
+    )
+    np.testing.assert_array_equal(pipeline.generate(prompts, sampling, seeds=seeds).tokens, exact.tokens)
+    with pytest.raises(ConfigError, match="runs --fast 0 and 1; run --fast 2 on torch or onnxruntime"):
+        pipeline.generate(prompts, sampling, seeds=seeds, fast=fast2)
 
 
 def decoder_network(fake_trt, engines, flags: int):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import SamplingConfig, StarConfig
-from ..core.graphs import GraphSpec, graph_specs
+from ..core.graphs import PRUNED_STEP, GraphSpec, graph_specs
 from ..errors import ArtifactError
 from ..files.records import read_record
 from .graph_io import check_graph_file
@@ -99,6 +99,14 @@ class Manifest:
 
     def path(self, graph: str) -> Path:
         return self.root / self.graphs[graph].file
+
+    @property
+    def runs_fast_modes(self) -> bool:
+        """Whether the export has what fast modes need: the pruned step, and a step graph taking B or 2B rows.
+
+        Both came with the same version of the exporter.
+        """
+        return PRUNED_STEP in self.graphs
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -197,7 +205,7 @@ def load_manifest(root: Path) -> Manifest:
     data = read_manifest(root)
     config = parse_config(data["config"], path)
     precision = data["precision"]
-    specs = graph_specs(config, precision)
+    specs = {name: spec for name, spec in graph_specs(config, precision).items() if name in data["graphs"]}
     for name, spec in specs.items():
         entry = data["graphs"][name]
         check_graph_entry(entry, spec, path)

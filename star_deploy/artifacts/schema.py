@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ..core.config import SCHEDULES, SamplingConfig, StarConfig
-from ..core.graphs import GRAPH_NAMES, PRECISIONS
+from ..core.graphs import GRAPH_NAMES, OPTIONAL_GRAPHS, PRECISIONS
 from ..errors import ArtifactError, ConfigError
 
 REQUIRED = {
@@ -46,11 +46,11 @@ def check_keys(data: dict[str, Any], path: Any) -> None:
 
 
 def check_graphs(graphs: Any, path: Any) -> None:
-    """One entry per graph, each with its file, I/O and sha256."""
+    """One entry per graph (the optional ones where exported), each with its file, I/O and sha256."""
     if not isinstance(graphs, dict):
         raise _fail(path, f"'graphs' must be an object keyed by graph name, not a {type(graphs).__name__}")
-    if set(graphs) != set(GRAPH_NAMES):
-        raise _fail(path, f"'graphs' must name exactly {', '.join(GRAPH_NAMES)}")
+    if not set(GRAPH_NAMES) <= set(graphs) <= set(GRAPH_NAMES + OPTIONAL_GRAPHS):
+        raise _fail(path, f"'graphs' must name {', '.join(GRAPH_NAMES)}, and may name {', '.join(OPTIONAL_GRAPHS)}")
     for name, entry in graphs.items():
         if not isinstance(entry, dict) or set(entry) != GRAPH_KEYS:
             raise _fail(path, f"graph {name} must have exactly the keys {', '.join(sorted(GRAPH_KEYS))}")

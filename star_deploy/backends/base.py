@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..core.config import SamplingConfig, StarConfig
+from ..core.fast import ScalePlan
 
 Array = Any
 """A backend's own array type: a torch tensor, or a numpy array."""
@@ -82,12 +83,33 @@ class Backend(Protocol):
         """(2B, 77) ids and mask -> hidden states (2B, 77, T), pooled (2B, T)."""
         ...
 
-    def begin(self, hidden: Array, attention_mask: np.ndarray, pooled: Array) -> Array:
-        """Prepare cross-attention of the cond rows, reset the cache; return scale-0 input (2B, 1, C)."""
+    def begin(
+        self, hidden: Array, attention_mask: np.ndarray, pooled: Array, plans: tuple[ScalePlan, ...] | None = None
+    ) -> Array:
+        """Prepare cross-attention of the cond rows, reset the cache; return scale-0 input (2B, 1, C).
+
+        ``plans`` is what each scale of this generation will run (None: exact).
+        """
         ...
 
     def step(self, scale: int, x: Array) -> Array:
-        """Run scale ``scale`` on input (2B, l, C), append its K/V; return float32 logits (2B, l, V)."""
+        """Run scale ``scale`` on input (2B, l, C), append its K/V; return float32 logits (2B, l, V).
+
+        After ``keep_conditional_rows`` the input, cache and logits hold the B conditional rows.
+        """
+        ...
+
+    def keep_conditional_rows(self) -> None:
+        """Guidance stops here: keep the conditional rows of the cache's prefix, the next steps run them alone."""
+        ...
+
+    def pruned_step(self, scale: int, x: Array, kept: int, prior: Array | None) -> tuple[Array, Array]:
+        """Run scale ``scale`` on its ``kept`` pivotal tokens (``core/pruning.py``) and append their K/V.
+
+        x (rows, l, C); ``prior`` is the previous scale's residual (rows, p', p', C), None at the
+        first scale the pruned-step graph runs. Returns float32 logits (rows, l, V) of every token
+        and this scale's residual (rows, p, p, C).
+        """
         ...
 
     def update(self, scale: int, tokens: Array | np.ndarray, f_hat: Array) -> tuple[Array, Array]:

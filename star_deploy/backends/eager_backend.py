@@ -19,6 +19,8 @@ import contextlib
 import torch
 
 from ..core.config import StarConfig
+from ..core.fast import ScalePlan, scale_plans
+from ..errors import ConfigError
 from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph
 from ..model.text import TextEncoderModule
 from ..model.transformer import MASK_VALUE, Block, StarTransformer, both_cfg_rows, rotary_tables
@@ -63,7 +65,12 @@ class EagerBackend(TorchArrays):
         return self.hidden, pooled.float()
 
     @torch.inference_mode()
-    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
+    def begin(
+        self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor, plans: tuple[ScalePlan, ...] | None = None
+    ) -> torch.Tensor:
+        """Start a generation; the baseline runs exact generation only (``plans`` all exact)."""
+        if plans is not None and plans != scale_plans(self.config):
+            raise ConfigError("the torch-eager baseline generates exactly; run fast modes on another backend")
         rows = pooled.shape[0]
         if self.hidden.shape[0] != rows:
             raise RuntimeError("encode_text() must run on the same rows before begin()")

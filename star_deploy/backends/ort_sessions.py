@@ -10,6 +10,7 @@ a stale, foreign or damaged entry is never used, but rebuilt).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -83,14 +84,15 @@ def _options(ort: ModuleType, threads: int):
     return options
 
 
-def create_sessions(ort: ModuleType, manifest: Manifest, *args: Any) -> dict[str, Any]:
-    """A session of every graph (``create_session``'s arguments after the graph); when one cannot be loaded,
-    the optimized-graph cache entries the others stored are removed: a failed load leaves the folder as it was."""
+def create_sessions(ort: ModuleType, manifest: Manifest, *args: Any, skip: Collection[str] = ()) -> dict[str, Any]:
+    """A session of every graph but ``skip`` (``create_session``'s arguments after the graph); when one cannot be
+    loaded, the optimized-graph cache entries the others stored are removed: a failed load leaves the folder
+    as it was."""
     folder = manifest.root / CACHE_DIR
     existed = folder.is_dir()
     before = set(folder.iterdir()) if existed else set()
     try:
-        return {name: create_session(ort, manifest, name, *args) for name in manifest.graphs}
+        return {name: create_session(ort, manifest, name, *args) for name in manifest.graphs if name not in skip}
     except ArtifactError:
         if folder.is_dir():
             for entry in set(folder.iterdir()) - before:

@@ -13,7 +13,8 @@ import torch
 
 from ..core.config import SamplingConfig
 from ..core.cpu_isa import backend_isa, cpu_flags
-from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..core.fast import ScalePlan, scale_plans
+from ..model.graph_modules import DecoderGraph, PrunedStepGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..release.weights import StarTorchModel
 from .compiled_block import CompileCache, compiled_block
@@ -22,6 +23,7 @@ from .decoder_layout import LayoutChoice, layout_name, measure_layout, set_layou
 from .kv_cache import KVCache
 from .text_cache import UnconditionalTextCache
 from .torch_arrays import TorchArrays, device_tables
+from .torch_pruning import kept_index
 from .torch_sampling import PortableSampler
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,10 @@ class TorchBackend(TorchArrays):
 
     With ``cuda_graphs``, the text context, every scale's step (with its cache write), its
     portable draw and its update, and the decoder are captured as CUDA graphs on the first
-    generation and replayed afterwards; only the CLIP text encoder runs eagerly.
+    generation and replayed afterwards; only the CLIP text encoder runs eagerly. Each plan of
+    scales (exact, or a fast mode's, ``core/fast.py``) captures its own graphs in its own memory
+    pool, so generations of different plans may alternate; a pruned step captures its choice of
+    pivotal tokens too.
 
     With ``compile`` (True for inductor, or a torch.compile backend name), the transformer
     block runs through torch.compile, compiled once and shared by every block (regional
@@ -89,7 +94,9 @@ class TorchBackend(TorchArrays):
         self.compiled = compile
         self.device = torch.device(device)
         self.dtype = dtype
-        self.graphs = CudaGraphs(self.device) if cuda_graphs else None
+        self.cuda_graphs = cuda_graphs
+        self.graph_sets: dict[tuple[ScalePlan, ...], CudaGraphs] = {}
+        self.graphs: CudaGraphs | None = None
         if self.device.type == "cpu" and dtype != torch.float32:
             warn_if_emulated(str(dtype).removeprefix("torch."))
         model.to(self.device, dtype)
@@ -99,6 +106,7 @@ class TorchBackend(TorchArrays):
         self.text_graph = TextEncoderModule(model.text_encoder)
         self.context_graph = TextContextGraph(model.transformer)
         self.step_graph = StepGraph(model.transformer, block_call)
+        self.pruned_graph = PrunedStepGraph(model.transformer, block_call)
         self.update_graph = ScaleUpdateGraph(model.transformer, model.vqvae)
         self.decoder_graph = DecoderGraph(model.vqvae)
         self.decoder_modules = (model.vqvae.post_quant_conv, model.vqvae.decoder)
@@ -134,13 +142,19 @@ class TorchBackend(TorchArrays):
         return self.text_graph(self.asarray(input_ids), self.asarray(attention_mask))
 
     @torch.inference_mode()
-    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
+    def begin(
+        self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor, plans: tuple[ScalePlan, ...] | None = None
+    ) -> torch.Tensor:
         b = hidden.shape[0] // 2
-        new_batch = self.cache is None or self.cache.rows != 2 * b
+        new_batch = self.cache is None or self.cache.capacity != 2 * b
         if new_batch:
+            self.cache = None
             self.cache = KVCache(self.config, 2 * b, self.dtype, self.device)
-            if self.graphs is not None:
-                self.graphs.reset()
+            for graphs in self.graph_sets.values():
+                graphs.reset()
+        self.cache.reset()
+        if self.cuda_graphs:
+            self.graphs = self.graph_sets.setdefault(plans or scale_plans(self.config), CudaGraphs(self.device))
         args = (hidden[:b], self.asarray(attention_mask)[:b], pooled)
         start, *text = (
             self.context_graph(*args) if self.graphs is None else self.graphs.run("context", self.context_graph, *args)
@@ -150,8 +164,12 @@ class TorchBackend(TorchArrays):
         else:
             for dst, src in zip(self.text, text):
                 dst.copy_(src)
-        self.cache.length = 0
         return start
+
+    def keep_conditional_rows(self) -> None:
+        """Guidance stops here: the cache keeps its conditional rows (eager copies, also with CUDA graphs)."""
+        with torch.inference_mode():
+            self.cache.keep_conditional_rows()
 
     def sampler(self, sampling: SamplingConfig, seeds: Sequence[int]):
         """The sampler ``sampling`` names; with CUDA graphs the portable one replays as a graph per scale."""
@@ -177,6 +195,35 @@ class TorchBackend(TorchArrays):
         logits, *new = self.step_graph(x, cos, sin, *self.text, *self.cache.past())
         self.cache.write(new)
         return (logits,)
+
+    @torch.inference_mode()
+    def pruned_step(
+        self, scale: int, x: torch.Tensor, kept: int, prior: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``scale`` on its ``kept`` pivotal tokens, the others restored from ``prior``; logits and residual."""
+        if self.cache is None:
+            raise RuntimeError("begin() must run before pruned_step()")
+        t, side = self.tables[scale], self.config.patch_nums[scale]
+        x = x.view(x.shape[0], side, side, x.shape[-1])
+        if prior is None:
+            before = self.config.patch_nums[scale - 1] if scale else 1
+            prior = x.new_zeros(x.shape[0], before, before, x.shape[-1])
+        args = (x, t["rope_cos"], t["rope_sin"], prior, t["restore"])
+        run = functools.partial(self._pruned, kept)
+        if self.graphs is None:
+            logits, residual = run(*args)
+        else:
+            logits, residual = self.graphs.run(("pruned", scale), run, *args)
+        self.cache.length += kept
+        return logits, residual
+
+    def _pruned(self, kept: int, x, cos, sin, prior, restore) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pivotal tokens' choice and the pruned step, writing the kept tokens' K/V into the next slot."""
+        batch = self.cache.capacity // 2
+        index = kept_index(x.flatten(1, 2), kept, batch)
+        logits, residual, *new = self.pruned_graph(x, index, cos, sin, prior, restore, *self.text, *self.cache.past())
+        self.cache.write(new)
+        return logits, residual
 
     @torch.inference_mode()
     def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,11 @@ from ..core.config import SamplingConfig
 from ..core.sampling import guidance_scale, race_hash, stream_keys
 
 
-def apply_cfg(logits: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-    """(1+t)·cond − t·uncond for logits (2B, l, V) with rows [cond; uncond]."""
-    b = logits.shape[0] // 2
-    return (1 + t) * logits[:b] - t * logits[b:]
+def apply_cfg(logits: torch.Tensor, t: float | torch.Tensor, batch: int) -> torch.Tensor:
+    """(1+t)·cond − t·uncond for logits (2B, l, V) [cond; uncond]; conditional logits (B, l, V) as they are."""
+    if logits.shape[0] == batch:
+        return logits
+    return (1 + t) * logits[:batch] - t * logits[batch:]
 
 
 def on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -54,7 +55,7 @@ class OfficialSampler:
 
     def __call__(self, logits: torch.Tensor, scale: int) -> torch.Tensor:
         s = self.sampling
-        guided = apply_cfg(logits.float(), guidance_scale(s.cfg, scale, self.num_scales))
+        guided = apply_cfg(logits.float(), guidance_scale(s.cfg, scale, self.num_scales), len(self.generators))
         return torch.stack([sample(guided[i], s.top_k, s.top_p, g) for i, g in enumerate(self.generators)])
 
 
@@ -78,9 +79,9 @@ class PortableSampler:
         return self.draw(logits, self.guidance[scale], self.keys[scale])
 
     def draw(self, logits: torch.Tensor, guidance: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, l) from logits (2B, l, V), the CFG strength (0-d) and each prompt's keys (B, 2)."""
+        """Tokens (B, l) from logits (2B, l, V) or (B, l, V), the CFG strength (0-d) and each prompt's keys (B, 2)."""
         s = self.sampling
-        guided = apply_cfg(logits.double(), guidance)
+        guided = apply_cfg(logits.double(), guidance, keys.shape[0])
         probs = filter_top_k_top_p(guided, s.top_k, s.top_p, stable=True).softmax(dim=-1)
         tokens, vocab = probs.shape[1:]
         counters = torch.arange(tokens * vocab, dtype=torch.int64, device=probs.device).view(tokens, vocab)

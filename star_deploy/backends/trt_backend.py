@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from ..artifacts.manifest import Manifest
-from ..core.graphs import GraphSpec, Role, scale_dims
+from ..core.fast import ScalePlan
+from ..core.graphs import OPTIONAL_GRAPHS, GraphSpec, Role, scale_dims
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.gpu import ALIGNMENT, aligned, cuda
 from ..engines.profiles import Profile, select_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
 from ..engines.trt_api import import_tensorrt, make_logger, runtime_info, torch_dtype
-from ..errors import ArtifactError, StarDeployError
+from ..errors import ArtifactError, ConfigError, StarDeployError
 from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
 
@@ -96,8 +97,8 @@ class TrtEngine:
                     f"{self.graph}: TensorRT refused optimization profile {index} ({exc}); {self.rebuild}"
                 ) from None
 
-    def profile(self, batch: int, scale: int | None = None) -> Profile:
-        return select_profile(self.profiles, self.spec, batch, scale)
+    def profile(self, batch: int, scale: int | None = None, rows: int | None = None) -> Profile:
+        return select_profile(self.profiles, self.spec, batch, scale, rows)
 
     def run(self, profile: Profile, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Execute with ``profile`` reading ``inputs`` and writing into the given ``outputs`` buffers."""
@@ -180,7 +181,7 @@ class TrtBackend(TorchArrays):
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
         self.stream = self.gpu.stream(self.cuda_device)
-        graphs = self.manifest.graphs
+        graphs = {g: s for g, s in self.manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
         self.engines = {g: TrtEngine(trt, self.runtime, self.manifest, g, info, self) for g in graphs}
         size = max(ALIGNMENT, *(e.memory_bytes() for e in self.engines.values()))
         self.context_memory = self.gpu.empty((size,), torch.uint8, self.device)
@@ -192,6 +193,7 @@ class TrtBackend(TorchArrays):
         self.cache_dtype = step_dtypes["new_key.0"]
         self.tables = [{k: self._aligned(v) for k, v in t.items()} for t in device_tables(self.config, self.device)]
         self.cache: KVCache | None = None
+        self.batch = 0
         self.text: dict[str, torch.Tensor] = {}
 
     def _aligned(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -211,8 +213,16 @@ class TrtBackend(TorchArrays):
         return outs["text_hidden"], outs["text_pooled"]
 
     @on_device
-    def begin(self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor) -> torch.Tensor:
+    def begin(
+        self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor, plans: tuple[ScalePlan, ...] | None = None
+    ) -> torch.Tensor:
+        """Start a generation of ``plans``: exact, or guidance stopped after a scale (fast 1; engines built
+        with conditional-row profiles). Pruned scales (fast 2) have no engine."""
+        if plans is not None and any(p.residual for p in plans):
+            raise ConfigError("the tensorrt backend runs --fast 0 and 1; run --fast 2 on torch or onnxruntime")
         b = hidden.shape[0] // 2
+        if plans is not None and not all(p.guided for p in plans):
+            self.engines["transformer_step"].profile(b, 0, rows=b)  # refuses engines built without those profiles
         engine = self.engines["text_context"]
         outs = self._outputs("text_context", {"batch": b, "rows": 2 * b})
         inputs = {"text_hidden": hidden[:b], "attention_mask": self.asarray(attention_mask)[:b], "text_pooled": pooled}
@@ -222,8 +232,14 @@ class TrtBackend(TorchArrays):
         if self.cache is None or self.cache.rows != 2 * b:
             self.cache = None  # free the old cache before allocating the new one
             self.cache = KVCache(self.config, 2 * b, self.cache_dtype, self.device, self.gpu.empty)
-        self.cache.length = 0
+        self.cache.reset()
+        self.batch = b
         return start
+
+    @on_device
+    def keep_conditional_rows(self) -> None:
+        """Guidance stops here: the cache keeps its conditional rows; later steps use the B-row profiles."""
+        self.cache.keep_conditional_rows()
 
     @on_device
     def step(self, scale: int, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +260,8 @@ class TrtBackend(TorchArrays):
                 inputs[b.name] = bound_tensor(b, self.cache, self.text, tokens)
             elif b.role is Role.CACHE_SLOT:
                 outputs[b.name] = bound_tensor(b, self.cache, self.text, tokens)
-        engine.run(engine.profile(rows // 2, scale), inputs, outputs)
+        conditional = rows if rows != 2 * self.batch else None
+        engine.run(engine.profile(self.batch, scale, conditional), inputs, outputs)
         self.cache.length += tokens
         return logits
 
@@ -257,7 +274,7 @@ class TrtBackend(TorchArrays):
         inputs = {
             "tokens": self.asarray(tokens),
             "f_hat": f_hat,
-            **{k: v for k, v in self.tables[scale].items() if k not in ("rope_cos", "rope_sin")},
+            **{k: v for k, v in self.tables[scale].items() if k in engine.spec.input_names},
         }
         engine.run(engine.profile(b, scale), inputs, outs)
         return outs["f_hat_out"], outs["next_x"]

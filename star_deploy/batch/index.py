@@ -28,6 +28,7 @@ FIELDS = (
     "top_k",
     "top_p",
     "sampler",
+    "fast",
     "file",
     "sha256",
     "backend",

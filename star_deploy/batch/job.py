@@ -42,6 +42,8 @@ def run_batch(options: BatchOptions) -> Summary:
     skeleton = Skeleton(skeleton_files(record, copy, data) | layout_files(options.layout, prompts), folders)
     refuse_other_job(options.out, record, options.prompts, options.overwrite)
     pipe = None if options.ray else load_pipeline(plan, min(options.batch_size, len(tasks)))
+    if pipe is not None:
+        options.call.fast_mode(pipe.config)  # knobs this model's schedule refuses, before the folder is opened
     with ExitStack() as held:
         if options.out.is_dir():
             held.enter_context(locked(options.out))

@@ -62,7 +62,8 @@ class BatchOptions:
 
     @property
     def sampling(self) -> ItemSampling:
-        return ItemSampling(self.call.guidance_scale, self.call.top_k, self.call.top_p)
+        c = self.call
+        return ItemSampling(c.guidance_scale, c.top_k, c.top_p, c.fast, c.cfg_until, c.keep)
 
     def check(self) -> LoadPlan:
         """Refuse bad values before anything is read, loaded or written; the model's checked plan."""
@@ -82,6 +83,7 @@ class BatchOptions:
             "seed": self.seed,
             "images_per_prompt": self.images_per_prompt,
             **asdict(self.sampling),
+            "keep": None if self.call.keep is None else list(self.call.keep),
             "sampler": self.call.sampler,
             "batch_size": self.batch_size,
             "layout": self.layout,

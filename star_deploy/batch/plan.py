@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..core.arguments import MAX_SEED
@@ -25,12 +25,20 @@ class ItemSampling:
     """The sampler settings an image asks for; None takes the model's default.
 
     Every per-image sampler setting lives here: chunks carry it to the worker that makes
-    the image, and it is part of the image's key.
+    the image, and it is part of the image's key. ``fast``, ``cfg_until`` and ``keep`` are the
+    job's fast mode (``CallOptions``), the same for every image.
     """
 
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    fast: int = 0
+    cfg_until: int | None = None
+    keep: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep is not None:
+            object.__setattr__(self, "keep", tuple(self.keep))  # a list once read back from JSON
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ class Chunk:
 
 def line_sampling(line: PromptLine, default: ItemSampling) -> ItemSampling:
     """The line's own settings, the command's for those it leaves out."""
-    return ItemSampling(
+    return replace(
+        default,
         cfg=default.cfg if line.cfg is None else line.cfg,
         top_k=default.top_k if line.top_k is None else line.top_k,
         top_p=default.top_p if line.top_p is None else line.top_p,

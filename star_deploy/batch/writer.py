@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.call_options import CallOptions
 from ..errors import OutputError
 from ..files.atomic import write_bytes
 from ..files.images import png_bytes, read_png
@@ -35,6 +36,7 @@ def png_text(task: ImageTask, applied: dict[str, Any], pipe: StarPipeline, sampl
         "top_k": str(applied["top_k"]),
         "top_p": str(applied["top_p"]),
         "sampler": sampler,
+        "fast": applied["fast"],
         "backend": pipe.backend_name,
         "precision": pipe.precision,
         "software": "star-deploy",
@@ -54,6 +56,7 @@ def index_row(task: ImageTask, text: dict[str, str], sha256: str, node: str | No
         "top_k": int(text["top_k"]),
         "top_p": float(text["top_p"]),
         "sampler": text["sampler"],
+        "fast": text["fast"],
         "file": task.file,
         "sha256": sha256,
         "backend": text["backend"],
@@ -99,6 +102,7 @@ class ChunkRunner:
             "cfg": d.cfg if s.cfg is None else s.cfg,
             "top_k": min(top_k, self.pipe.config.transformer.vocab_size),
             "top_p": d.top_p if s.top_p is None else s.top_p,
+            "fast": CallOptions(fast=s.fast, cfg_until=s.cfg_until, keep=s.keep).fast_mode(self.pipe.config).label(),
         }
 
     def generate(self, tasks: tuple[ImageTask, ...]) -> list[np.ndarray]:
@@ -112,6 +116,9 @@ class ChunkRunner:
             top_p=s.top_p,
             sampler=self.sampler,
             batch_size=len(tasks),
+            fast=s.fast,
+            cfg_until=s.cfg_until,
+            keep=s.keep,
         )
         return [np.asarray(image) for image in result.images]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..core.config import MAX_TEXT_TOKENS, StarConfig
+from ..core.fast import ScalePlan
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,23 @@ def step_flops(config: StarConfig, batch: int, scale: int) -> float:
     ffn = rows * l * 2 * c * t.mlp_width
     head = rows * l * c * t.vocab_size
     return 2.0 * (t.depth * (self_attn + cross + ffn) + head)
+
+
+def planned_step_flops(config: StarConfig, batch: int, plans: tuple[ScalePlan, ...]) -> list[float]:
+    """Each scale's step under fast-mode ``plans``: the rows and kept tokens it runs, over the cache they left.
+
+    The head still runs on every token of a pruned scale (restored tokens are sampled too).
+    """
+    t, c = config.transformer, config.transformer.width
+    out, cached = [], 0
+    for k, plan in enumerate(plans):
+        rows, kept, l = batch * (2 if plan.guided else 1), plan.kept, config.patch_nums[k] ** 2
+        self_attn = rows * kept * (4 * c * c + 2 * (cached + kept) * c)
+        cross = batch * kept * (2 * c * c + 2 * MAX_TEXT_TOKENS * c)
+        ffn = rows * kept * 2 * c * t.mlp_width
+        out.append(2.0 * (t.depth * (self_attn + cross + ffn) + rows * l * c * t.vocab_size))
+        cached += kept
+    return out
 
 
 def update_flops(config: StarConfig, batch: int, scale: int) -> float:

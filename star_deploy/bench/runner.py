@@ -19,9 +19,11 @@ import torch
 from ..artifacts.manifest import Manifest
 from ..backends.devices import is_cuda
 from ..backends.registry import BenchVariant, bench_variants, default_backend
+from ..core.call_options import CallOptions
 from ..core.config import SamplingConfig, StarConfig
 from ..core.cpu_isa import backend_isa, cpu_flags
 from ..core.dtypes import itemsize, torch_dtype
+from ..core.fast import EXACT, FastMode
 from ..core.tokenizer import PromptTokenizer
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.parity import forced_fidelity
@@ -57,6 +59,9 @@ class BenchSettings:
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     load: LoadOptions = field(default_factory=LoadOptions)
+    call: CallOptions = field(default_factory=CallOptions)
+    """The fast-mode rung (``fast``, ``cfg_until``, ``keep``) every line but the official-style baseline runs (the
+    baseline is exact by definition)."""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
@@ -223,10 +228,15 @@ def compute_dtype(name: str, backend) -> str:
 
 
 def run_backend(
-    name: str, backend, tokenizer: PromptTokenizer, settings: BenchSettings, reference: Generation | None
+    name: str,
+    backend,
+    tokenizer: PromptTokenizer,
+    settings: BenchSettings,
+    reference: Generation | None,
+    mode: FastMode = EXACT,
 ) -> BackendRun:
-    """Warm up (the first warmup is the teacher-forced fidelity run), then time ``repeat`` runs."""
-    pipeline = ScaleLoop(backend, tokenizer)
+    """Warm up (the first warmup is the teacher-forced fidelity run), then time ``repeat`` runs of ``mode``."""
+    pipeline = FastLoop(ScaleLoop(backend, tokenizer), EXACT if name == BASELINE else mode)
     prompts, seeds, sampling = settings.prompts, settings.seeds, settings.sampling
     report: dict = {}
     warmup_s: list[float] = []
@@ -251,6 +261,16 @@ def run_backend(
     return BackendRun(
         name, compute_dtype(name, backend), [r.times for r in runs], memory.peak_bytes, runs[0], report, details=details
     )
+
+
+class FastLoop:
+    """A scale loop whose generations run one fast-mode rung."""
+
+    def __init__(self, loop: ScaleLoop, mode: FastMode) -> None:
+        self.loop, self.mode = loop, mode
+
+    def generate(self, *args, **kwargs) -> Generation:
+        return self.loop.generate(*args, fast=self.mode, **kwargs)
 
 
 def backend_details(backend, warmup_s: list[float]) -> dict:
@@ -282,6 +302,7 @@ def fp32_reference(source: BackendSource, tokenizer: PromptTokenizer, settings: 
 def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
     """Run every available backend in order (baseline first) and return the report dict."""
     config = source.config
+    mode = settings.call.fast_mode(config)
     device = torch.device(settings.device)
     tokenizer = PromptTokenizer(source.tokenizer_dir())
     order = sorted(settings.backends, key=lambda b: b != BASELINE)
@@ -298,14 +319,16 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
             runs.append(BackendRun(name, "", [], 0, None, skipped=str(exc)))
             continue
         log.info("benchmarking %s", name)
-        run = run_backend(name, backend, tokenizer, settings, reference)
+        run = run_backend(name, backend, tokenizer, settings, reference, mode)
         if name == BASELINE and baseline_is_fp32:
             reference = run.first
         runs.append(run)
         del backend
         gc.collect()
     roofs = roofs.best(measure_roofs(dtypes, device))
-    return build_report(config, settings, device, runs, source.export_seconds, roofs)
+    report = build_report(config, settings, device, runs, source.export_seconds, roofs)
+    report["settings"]["fast"] = mode.record() | {"label": mode.label(), "baseline": "exact"}
+    return report
 
 
 def roof_dtypes(settings: BenchSettings, device: torch.device) -> dict[str, torch.dtype]:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..artifacts.manifest import load_manifest
+from ..core.graphs import OPTIONAL_GRAPHS
 from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, progress_bar, reports_errors
 
 log = logging.getLogger("star_deploy")
@@ -48,6 +49,14 @@ def build_engine(
             "about 1e-3 relative error. Recorded in each sidecar. Default: off.",
         ),
     ] = False,
+    conditional_rows: Annotated[
+        bool,
+        typer.Option(
+            "--conditional-rows",
+            help="Also build step profiles for the conditional rows alone, so the engines run --fast 1 "
+            "(guidance stops after a scale). Doubles the step engine's profiles.",
+        ),
+    ] = False,
     graph: Annotated[
         list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")
     ] = None,
@@ -65,8 +74,8 @@ def build_engine(
     from ..engines.builder import BuildOptions, build_engines
 
     manifest = load_manifest(folder)
-    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32)
-    graphs = graph or list(manifest.graphs)
+    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32, conditional_rows)
+    graphs = graph or [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS]
     with progress_bar() as progress:
         task = progress.add_task("building engines", total=len(graphs))
         paths = build_engines(manifest, options, graphs, device, overwrite, on_graph=lambda g: progress.advance(task))

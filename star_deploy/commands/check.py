@@ -15,6 +15,7 @@ import typer
 from ..artifacts.manifest import Manifest, load_manifest
 from ..backends.registry import BackendSpec, backend_spec, default_backend, engine_backends
 from ..core.config import SamplingConfig
+from ..core.graphs import OPTIONAL_GRAPHS
 from ..core.tokenizer import PromptTokenizer
 from ..engines.memory import device_memory, reported_batch_sizes
 from ..errors import ArtifactError, ConfigError, StarDeployError
@@ -29,11 +30,13 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 
 def report_readiness(manifest: Manifest) -> None:
-    """Print one line per graph; raise with the first problem if any graph is not ready."""
+    """Print one line per graph TensorRT builds (not the fast modes' pruned step, which runs on torch and
+    onnxruntime); raise with the first problem if any graph is not ready."""
     from ..artifacts.readiness import check_artifacts, release_tables
 
     tables = release_tables()
-    reports = check_artifacts(manifest.graphs, {g: manifest.path(g) for g in manifest.graphs}, tables)
+    graphs = {g: s for g, s in manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
+    reports = check_artifacts(graphs, {g: manifest.path(g) for g in graphs}, tables)
     typer.echo(
         f"TensorRT readiness (ONNX parsers of TensorRT {', '.join(t.tensorrt_version for t in tables)}, opset "
         f"{tables[-1].opset_min}..{tables[-1].opset_max}):"

@@ -66,6 +66,24 @@ SamplerOpt = Annotated[
         "torch.Generator draws (CPU: the official images)."
     ),
 ]
+FastOpt = Annotated[
+    int,
+    typer.Option(
+        "--fast",
+        help="Fast mode: 0 exact (default); 1 guidance stops after the model's preset scale; 2 also prunes tokens at "
+        "the last scales. Images of levels 1 and 2 are approximations, recorded as such.",
+    ),
+]
+CfgUntilOpt = Annotated[
+    int | None,
+    typer.Option("--cfg-until", help="Fast modes: guidance on the first K scales only (implies --fast 1)."),
+]
+KeepOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--keep", help="Fast modes: share of tokens run at each of the last scales, e.g. 0.5,0.25 (implies --fast 2)."
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

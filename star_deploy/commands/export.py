@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..core.config import StarConfig
-from ..core.graphs import EXPORT_PRECISIONS, GRAPH_NAMES
+from ..core.graphs import EXPORT_PRECISIONS, GRAPH_NAMES, OPTIONAL_GRAPHS
 from ..errors import ConfigError
 from ..evaluation.parity import THRESHOLDS, TeacherForced, failures, teacher_forced
 from ..files.atomic import check_separate, check_writable
@@ -102,7 +102,8 @@ def export(
 ) -> None:
     """Export a STAR release to ONNX graphs and a manifest.json that describes them, then validate them.
 
-    Graphs: text_encoder, text_context, transformer_step, scale_update, vq_decoder.
+    Graphs: text_encoder, text_context, transformer_step, scale_update, vq_decoder, and
+    transformer_step_pruned (for --fast 2).
     With no weight options, exports the built-in demo model.
 
     The folder appears only when complete: an interrupted export leaves nothing behind.
@@ -118,7 +119,7 @@ def export(
     check_separate([out], paths.inputs)
     model = load_model(weights, clip, vae, star, resolution, export_memory_check)
     with progress_bar() as progress:
-        task = progress.add_task("exporting", total=len(GRAPH_NAMES))
+        task = progress.add_task("exporting", total=len(GRAPH_NAMES + OPTIONAL_GRAPHS))
         export_artifacts(model, out, precision, overwrite, on_graph=lambda name: progress.advance(task))
     typer.echo(str(out))
     if validate:

@@ -27,6 +27,13 @@ def quantize(
             help="int8 weights and activations (MatMulInteger, precision int8-dynamic): the fast CPU path.",
         ),
     ] = False,
+    decoder: Annotated[
+        bool,
+        typer.Option(
+            "--decoder",
+            help="Only the VQ decoder's convolutions to int8 (static QDQ, calibrated); every fast mode still runs.",
+        ),
+    ] = False,
     artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -34,15 +41,23 @@ def quantize(
 
     Default: weight-only MatMulNBits (precision int8). --dynamic: the step's MatMuls as
     MatMulInteger with activations quantized at run time (precision int8-dynamic; the text
-    encoder and the logits head stay float32).
+    encoder and the logits head stay float32). --decoder: the VQ decoder alone, its convolutions
+    int8 with calibrated activation ranges (precision stays fp32; docs/fast.md).
     """
     artifacts = artifacts_folder(artifacts, artifacts_option)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"--accuracy-level {accuracy_level}: choose 0 to 4")
+    if decoder and dynamic:
+        raise ConfigError("--decoder and --dynamic: choose one (quantize the decoder of an fp32 folder)")
     check_separate([out], [artifacts])
     check_writable(out, overwrite)
     require("onnx", "star-deploy quantize")
-    if dynamic:
+    if decoder:
+        from ..evaluation.calibration import calibration_latents
+        from ..export.decoder_quant import quantize_decoder
+
+        quantize_decoder(artifacts, out, calibration_latents(artifacts), overwrite=overwrite)
+    elif dynamic:
         from ..export.dynamic_quant import dynamic_artifacts
 
         dynamic_artifacts(artifacts, out, overwrite=overwrite)

@@ -17,6 +17,7 @@ from ..api import StarPipeline
 from ..core import arguments
 from ..core.call_options import CallOptions
 from ..core.config import SamplingConfig
+from ..core.fast import EXACT, FastMode
 from ..errors import ConfigError, OutputError
 from ..files.atomic import check_separate, check_writable
 from ..files.images import to_pil, write_png
@@ -128,6 +129,7 @@ def generate_batches(
     sampling: SamplingConfig,
     batch_size: int,
     on_preview: PreviewWriter | None = None,
+    fast: FastMode = EXACT,
 ) -> list[Generation]:
     """Prompts in chunks of ``batch_size``; prompt i always uses seed ``seed + i``."""
     pipeline.check_memory(batch_size, len(prompts))
@@ -144,7 +146,7 @@ def generate_batches(
                 progress.advance(task, count)
 
             timing = log.isEnabledFor(logging.INFO)  # print_timings shows them; untimed, nothing waits for the device
-            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale, timing=timing))
+            results.append(pipeline.generate(chunk, sampling, seeds, on_scale=on_scale, timing=timing, fast=fast))
     return results
 
 
@@ -188,12 +190,14 @@ def generate_files(
     check_separate(paths + ([previews] if previews is not None else []), plan.inputs)
     pipe = StarPipeline.from_plan(plan)
     sampling = call.sampling(pipe.defaults, pipe.config.transformer.vocab_size)
+    mode = call.fast_mode(pipe.config)
     meta = {
         "cfg": str(sampling.cfg),
         "top_k": str(sampling.top_k),
         "top_p": str(sampling.top_p),
         "sampler": sampling.sampler,
         "backend": plan.backend,
+        "fast": mode.label(),
         "software": "star-deploy",
     }
     with output_set(previews) as preview_outputs:
@@ -201,7 +205,7 @@ def generate_files(
         if previews is not None:
             names = preview_paths(previews, prompts, pipe.config.num_scales)
             writer = previews_of(preview_outputs, names, prompts, meta, sampling.seed, overwrite)
-        results = generate_batches(pipe.loop, prompts, sampling, batch, writer)
+        results = generate_batches(pipe.loop, prompts, sampling, batch, writer, mode)
         images = [img for r in results for img in r.images]
         save_images(paths, prompts, images, meta, sampling.seed, overwrite)
     print_timings(results, len(images), f"{plan.backend}, {plan.device}")

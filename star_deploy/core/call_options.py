@@ -1,4 +1,4 @@
-"""The options of one generation call, typed and checked once: seeds, sampler settings, batch size.
+"""The options of one generation call, typed and checked once: seeds, sampler settings, batch size, fast mode.
 
 ``StarPipeline.__call__`` builds one from its keyword arguments; a field with a ``CliOption`` is also an
 option of ``run`` and ``bench`` (``star_deploy.commands.options``). Unset sampler settings take the
@@ -15,9 +15,11 @@ from typing import Annotated, Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import arguments
 from .arguments import Checked, CliOption
-from .config import SAMPLERS, SamplingConfig
+from .config import SAMPLERS, SamplingConfig, StarConfig
+from .fast import FastMode, check_level, parse_keep, resolve_fast
 
 log = logging.getLogger("star_deploy")
 
@@ -35,6 +37,20 @@ def _optional_real(name: str, value: Any) -> float | None:
 
 def _sampler(name: str, value: Any) -> str:
     return arguments.one_of(name, value, SAMPLERS)
+
+
+def _fast_level(name: str, value: Any) -> int:
+    return check_level(arguments.integer(name, value))
+
+
+def _keep(name: str, value: Any) -> tuple[float, ...] | None:
+    """Keep ratios: ``"0.5,0.25"`` (the command line) or a sequence of numbers; each in (0, 1] (``check_mode``)."""
+    if value is None:
+        return None
+    ratios = parse_keep(value) if isinstance(value, str) else value
+    if not isinstance(ratios, (list, tuple, np.ndarray)):
+        raise ConfigError(f"{name} must be keep ratios such as (0.5, 0.25), got {type(value).__name__} {value!r}")
+    return tuple(arguments.real(name, r) for r in ratios)
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,26 @@ class CallOptions:
             "torch.Generator draws (CPU: the official images)."
         ),
     ] = "portable"
+    fast: Annotated[
+        int,
+        Checked(_fast_level),
+        CliOption(
+            "Fast mode: 0 exact (default); 1 guidance stops after the model's preset scale; 2 also prunes tokens at "
+            "the last scales. Images of levels 1 and 2 are approximations, recorded as such."
+        ),
+    ] = 0
+    cfg_until: Annotated[
+        int | None,
+        Checked(arguments.optional_integer),
+        CliOption("Fast modes: guidance on the first K scales only (implies --fast 1)."),
+    ] = None
+    keep: Annotated[
+        tuple[float, ...] | None,
+        Checked(_keep),
+        CliOption(
+            "Fast modes: share of tokens run at each of the last scales, e.g. 0.5,0.25 (implies --fast 2).", str | None
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         arguments.check_fields(self)
@@ -94,6 +130,10 @@ class CallOptions:
     def seeds(self, count: int) -> list[int]:
         """The seed of each of ``count`` images."""
         return arguments.seeds(self.seed, count)
+
+    def fast_mode(self, config: StarConfig) -> FastMode:
+        """The fast mode these knobs mean for ``config`` (the preset's, overridden by those given; checked)."""
+        return resolve_fast(config, self.fast, self.cfg_until, self.keep)
 
     def sampling(self, defaults: SamplingConfig, vocab_size: int | None = None) -> SamplingConfig:
         """The settings given, ``defaults`` for the rest; top-k capped at the codebook (with a warning if given)."""

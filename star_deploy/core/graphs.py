@@ -5,12 +5,16 @@ ONNX Runtime and TensorRT backends (bindings, buffers, profiles) and the tests.
 
 Symbolic dimensions:
   batch        B, prompts per call
-  rows         2B, CFG rows [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]
+  rows         2B, CFG rows [cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]; B (the conditional rows
+               alone) where guidance stops early (fast modes, ``core/fast.py``)
   tokens       l = p*p, tokens of the current scale
-  past         tokens of all earlier scales (0 at the first scale)
+  past         tokens in the KV cache: every token of the earlier scales (0 at the first scale), or
+               the tokens they kept where scales were pruned
   side         p, side of the current scale's token map
   next_tokens  l' = p'*p', tokens of the next scale (1 after the last scale)
   next_side    p'
+  kept         tokens a pruned scale runs through the transformer (fast modes)
+  prior_side   side of the previous scale (1 at the first scale)
 
 Graphs (file ``<name>.onnx``):
   text_encoder      input_ids, attention_mask -> text_hidden, text_pooled
@@ -20,6 +24,16 @@ Graphs (file ``<name>.onnx``):
                     past_key.{i}, past_value.{i} -> logits, new_key.{i}, new_value.{i}
   scale_update      tokens, f_hat, upsample, downsample, phi_weights, next_level -> f_hat_out, next_x
   vq_decoder        f_hat -> image
+  transformer_step_pruned (optional: exports from the version with fast modes on)
+                    x, kept_index, rope_cos, rope_sin, prior_residual, restore, cross_bias,
+                    cross_key.{i}, cross_value.{i}, past_key.{i}, past_value.{i}
+                    -> logits, residual, new_key.{i}, new_value.{i}
+                    The step on the ``kept`` tokens ``kept_index`` names (per row, ascending); every
+                    other token's output is its input plus ``prior_residual`` resampled to this
+                    scale by ``restore`` (area), and ``residual`` is what the stack added to every
+                    token, for the next pruned scale. With every token kept it is the plain step
+                    that also returns its residual. x and the residuals are token maps (rows, side,
+                    side, C); the new keys and values are the kept tokens'.
 
 Each tensor carries its Role (caller input, output, text context, cache prefix, cache slot):
 runtimes bind memory by role, never by parsing names. Per-scale graphs (transformer_step,
@@ -35,6 +49,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .config import MAX_TEXT_TOKENS, NUM_PHI, StarConfig
+from .fast import ScalePlan, past_lengths, scale_plans
 
 Dim = str | int
 EXPORT_PRECISIONS = ("fp32", "fp16")
@@ -45,6 +60,10 @@ PRECISIONS = EXPORT_PRECISIONS + QUANTIZED_PRECISIONS
 ACCURACY_LEVEL = 4
 """MatMulNBits compute type of quantized graphs by default: 4 = int8 activations (fast), 1 = float32."""
 GRAPH_NAMES = ("text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder")
+"""The graphs every artefact folder holds."""
+PRUNED_STEP = "transformer_step_pruned"
+OPTIONAL_GRAPHS = (PRUNED_STEP,)
+"""Graphs an export of this version adds; a folder without them runs exact generation only."""
 
 
 class Role(str, Enum):
@@ -185,6 +204,29 @@ def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphS
             per_scale=True,
         ),
         GraphSpec(
+            PRUNED_STEP,
+            (
+                TensorSpec("x", ("rows", "side", "side", c), act),
+                TensorSpec("kept_index", ("rows", "kept"), i64),
+                TensorSpec("rope_cos", ("tokens", half), f32),
+                TensorSpec("rope_sin", ("tokens", half), f32),
+                TensorSpec("prior_residual", ("rows", "prior_side", "prior_side", c), act),
+                TensorSpec("restore", ("side", "prior_side"), f32),
+                TensorSpec("cross_bias", ("batch", 1, 1, n), f32, text),
+                *per_layer("cross_key", cross_shape, text),
+                *per_layer("cross_value", cross_shape, text),
+                *per_layer("past_key", ("past", "rows", h, d), Role.CACHE_PREFIX),
+                *per_layer("past_value", ("past", "rows", h, d), Role.CACHE_PREFIX),
+            ),
+            (
+                TensorSpec("logits", ("rows", "tokens", t.vocab_size), f32, out),
+                TensorSpec("residual", ("rows", "side", "side", c), act, out),
+                *per_layer("new_key", ("kept", "rows", h, d), Role.CACHE_SLOT),
+                *per_layer("new_value", ("kept", "rows", h, d), Role.CACHE_SLOT),
+            ),
+            per_scale=True,
+        ),
+        GraphSpec(
             "scale_update",
             (
                 TensorSpec("tokens", ("batch", "side", "side"), i64),
@@ -209,17 +251,31 @@ def graph_specs(config: StarConfig, precision: str = "fp32") -> dict[str, GraphS
     return {s.name: s for s in specs}
 
 
-def scale_dims(config: StarConfig, batch: int, scale: int) -> dict[str, int]:
-    """Values of every symbolic dimension at ``scale`` for ``batch`` prompts."""
+def scale_dims(
+    config: StarConfig, batch: int, scale: int, plans: tuple[ScalePlan, ...] | None = None
+) -> dict[str, int]:
+    """Values of every symbolic dimension at ``scale`` for ``batch`` prompts, exact or under ``plans``.
+
+    ``rows`` and ``past`` are the step's; the scale update always returns both CFG rows.
+    """
     sides = config.patch_nums
     side = sides[scale]
     next_side = sides[scale + 1] if scale + 1 < len(sides) else 1
+    plans = plans or scale_plans(config)
+    plan = plans[scale]
     return {
         "batch": batch,
-        "rows": 2 * batch,
+        "rows": batch * (2 if plan.guided else 1),
         "tokens": side * side,
-        "past": config.scale_offsets()[scale],
+        "past": past_lengths(config, plans)[scale],
         "side": side,
         "next_tokens": next_side * next_side,
         "next_side": next_side,
+        "kept": plan.kept,
+        "prior_side": sides[scale - 1] if scale else 1,
     }
+
+
+def step_graph(plan: ScalePlan) -> str:
+    """The step graph a scale of ``plan`` runs."""
+    return PRUNED_STEP if plan.residual else "transformer_step"

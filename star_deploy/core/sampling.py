@@ -25,6 +25,16 @@ def guidance_scale(cfg: float, scale: int, num_scales: int) -> float:
     return cfg * scale / (num_scales - 1)
 
 
+def guided(rows: np.ndarray, t: float, batch: int) -> np.ndarray:
+    """(1+t)·cond − t·uncond of logits (2B, l, V) [cond; uncond]; conditional logits (B, l, V) as they are.
+
+    B rows are what a step returns where guidance has stopped (fast modes): no guidance there.
+    """
+    if rows.shape[0] == batch:
+        return rows
+    return (1 + t) * rows[:batch] - t * rows[batch:]
+
+
 MASK32 = 0xFFFFFFFF
 MIX = (0x85EBCA6B, 0xC2B2AE35)
 """murmur3's fmix32 multipliers."""
@@ -123,7 +133,7 @@ def drop_outside_top_p(values: np.ndarray, idx: np.ndarray, top_p: float) -> np.
 
 
 class PortableSampler:
-    """The portable rule on host arrays: logits (2B, l, V) float32 -> tokens (B, l) int64.
+    """The portable rule on host arrays: logits (2B, l, V) float32 (or (B, l, V), unguided) -> tokens (B, l) int64.
 
     With top-k on, only each token's k candidates are filtered, hashed and raced: the entries
     outside them have probability zero and can never win, so the draw is the full rule's.
@@ -137,13 +147,12 @@ class PortableSampler:
     def __call__(self, logits: np.ndarray, scale: int) -> np.ndarray:
         s, b = self.sampling, len(self.seeds)
         t = guidance_scale(s.cfg, scale, self.num_scales)
-        rows = np.asarray(logits, dtype=np.float64)
-        guided = (1 + t) * rows[:b] - t * rows[b:]
-        tokens, vocab = guided.shape[1:]
-        picked = top_k_candidates(guided, s.top_k) if 0 < s.top_k < vocab else None
+        scores = guided(np.asarray(logits, dtype=np.float64), t, b)
+        tokens, vocab = scores.shape[1:]
+        picked = top_k_candidates(scores, s.top_k) if 0 < s.top_k < vocab else None
         if picked is None:
-            idx = np.broadcast_to(np.arange(vocab), guided.shape)
-            probs = softmax(filter_top_k_top_p(guided, s.top_k, s.top_p))
+            idx = np.broadcast_to(np.arange(vocab), scores.shape)
+            probs = softmax(filter_top_k_top_p(scores, s.top_k, s.top_p))
         else:
             idx, values = picked
             probs = softmax(drop_outside_top_p(values, idx, s.top_p) if s.top_p > 0 else values)

@@ -78,6 +78,7 @@ class ScaleTables:
     downsample: np.ndarray  # (p_next, P) float32: area to the next side; (1, P) on the last scale
     phi_weights: np.ndarray  # (NUM_PHI,) float32 one-hot selection of the Phi conv
     next_level: np.ndarray  # (1,) int64: level embedding row of the next scale
+    restore: np.ndarray  # (p, p_prev) float32: area resampling from the previous side (pruned steps)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The tables by graph input name."""
@@ -97,5 +98,6 @@ def build_scale_tables(config: StarConfig) -> list[ScaleTables]:
         phi = np.zeros(NUM_PHI, dtype=np.float32)
         phi[phi_index(k, len(sides))] = 1.0
         nxt = np.array([k if is_last else k + 1], dtype=np.int64)
-        tables.append(ScaleTables(np.cos(angles), np.sin(angles), up, down, phi, nxt))
+        restore = area_matrix(sides[k - 1] if k else 1, side)
+        tables.append(ScaleTables(np.cos(angles), np.sin(angles), up, down, phi, nxt, restore))
     return tables

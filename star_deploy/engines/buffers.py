@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..core.config import StarConfig
 from ..core.dtypes import tensor_bytes
-from ..core.graphs import CACHE_ROLES, GraphSpec, Role, activation_dtype
+from ..core.graphs import CACHE_ROLES, OPTIONAL_GRAPHS, GraphSpec, Role, activation_dtype
 from ..errors import ArtifactError
 from .profiles import profile_dims, profile_table
 
@@ -96,12 +96,12 @@ class BufferPlan:
 
 
 def buffer_plan(config: StarConfig, specs: dict[str, GraphSpec], batch: int, precision: str) -> BufferPlan:
-    """Byte sizes of every buffer class (engine activation memory not included)."""
+    """Byte sizes of every buffer class of the engines built (optional graphs have none; activations not included)."""
     context = specs["text_context"]
     peak = graph_peak_bytes(config, context, batch)
     text = sum(peak[t.name] for t in context.with_role(Role.TEXT_CONTEXT))
     transient = 0
-    for spec in specs.values():
+    for spec in (s for name, s in specs.items() if name not in OPTIONAL_GRAPHS):
         peak = graph_peak_bytes(config, spec, batch)
         owned = spec.with_role(Role.CALLER) + spec.with_role(Role.OUTPUT)
         transient = max(transient, sum(peak[t.name] for t in owned))

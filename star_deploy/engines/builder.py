@@ -26,6 +26,7 @@ from types import ModuleType
 
 from ..artifacts.manifest import Manifest, graph_digest
 from ..artifacts.readiness import check_graph, load_ops_table
+from ..core.graphs import OPTIONAL_GRAPHS
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..files.atomic import atomic_file
 from ..version import __version__
@@ -51,6 +52,8 @@ class BuildOptions:
     typing: str = "strong"
     timing_cache: Path | None = None
     tf32: bool = False
+    conditional_rows: bool = False
+    """Also build the step's profiles for B conditional rows, which fast modes run after guidance stops."""
 
     def validate(self, tensorrt_version: str) -> None:
         check_batch_sizes(list(self.batch_sizes))
@@ -223,7 +226,7 @@ def build_engines(
     on_graph: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Build ``graphs`` (default: all) of ``manifest`` into DIR/engines/<graph>.plan + .json."""
-    graphs = list(graphs or manifest.graphs)
+    graphs = list(graphs or (g for g in manifest.graphs if g not in OPTIONAL_GRAPHS))
     unknown = sorted(set(graphs) - set(manifest.graphs))
     if unknown:
         raise ConfigError(f"unknown graph(s) {unknown}; choose from {', '.join(manifest.graphs)}")
@@ -242,7 +245,7 @@ def build_engines(
     with cuda().current(dev):  # the builder builds for the current device (trtexec: cudaSetDevice first)
         for graph in graphs:
             spec, onnx_path = manifest.graphs[graph], manifest.path(graph)
-            profiles = profile_table(manifest.config, spec, list(options.batch_sizes))
+            profiles = profile_table(manifest.config, spec, list(options.batch_sizes), options.conditional_rows)
             log.info("building %s (%d profile(s)) on %s (%s)", graph, len(profiles), info.gpu_name, dev)
             cuda().release_cached(dev)  # TensorRT's builder allocates outside torch's caching allocator
             plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob, cache_path)

@@ -4,6 +4,8 @@ The transformer step and the scale update get one profile per scale and batch si
 min = opt = max = that scale's shapes (past length included), so TensorRT tunes kernels
 for every scale while the weights are shared. The other graphs have one profile per batch
 size. Profile index = batch_index * scales + scale (per-scale graphs) or batch_index.
+Built with conditional rows (fast modes: guidance stopped), the step engine also gets, after
+those, one profile per batch size and scale for its B conditional rows (``rows`` = B).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ..core.graphs import GraphSpec, scale_dims
 from ..errors import ArtifactError, ConfigError
 
 Shape = tuple[int, ...]
+STEP_GRAPH = "transformer_step"
 
 
 @dataclass(frozen=True)
@@ -25,19 +28,22 @@ class Profile:
     batch: int
     scale: int | None
     shapes: dict[str, Shape]
+    rows: int | None = None
+    """The step's rows when not both CFG rows: the B conditional rows of a scale after guidance stops."""
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "index": self.index,
             "batch": self.batch,
             "scale": self.scale,
             "shapes": {k: list(v) for k, v in self.shapes.items()},
         }
+        return data if self.rows is None else data | {"rows": self.rows}
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
         shapes = {k: tuple(v) for k, v in data["shapes"].items()}
-        return cls(data["index"], data["batch"], data["scale"], shapes)
+        return cls(data["index"], data["batch"], data["scale"], shapes, data.get("rows"))
 
 
 def dynamic_inputs(spec: GraphSpec) -> list[str]:
@@ -58,25 +64,39 @@ def check_batch_sizes(batch_sizes: list[int]) -> list[int]:
     return sorted(set(batch_sizes))
 
 
-def profile_table(config: StarConfig, spec: GraphSpec, batch_sizes: list[int]) -> list[Profile]:
-    """Every profile of ``spec``'s engine, in engine order."""
+def profile_table(
+    config: StarConfig, spec: GraphSpec, batch_sizes: list[int], conditional_rows: bool = False
+) -> list[Profile]:
+    """Every profile of ``spec``'s engine, in engine order (``conditional_rows``: the step's B-row ones too)."""
     names = dynamic_inputs(spec)
     scales: list[int | None] = list(range(config.num_scales)) if spec.per_scale else [None]
     profiles = []
-    for batch in check_batch_sizes(batch_sizes):
-        for scale in scales:
-            dims = profile_dims(config, batch, scale)
-            shapes = {n: spec.tensor(n).concrete(dims) for n in names}
-            profiles.append(Profile(len(profiles), batch, scale, shapes))
+    row_choices = [False, True] if conditional_rows and spec.name == STEP_GRAPH else [False]
+    for conditional in row_choices:
+        for batch in check_batch_sizes(batch_sizes):
+            for scale in scales:
+                dims = profile_dims(config, batch, scale) | ({"rows": batch} if conditional else {})
+                shapes = {n: spec.tensor(n).concrete(dims) for n in names}
+                profiles.append(Profile(len(profiles), batch, scale, shapes, batch if conditional else None))
     return profiles
 
 
-def select_profile(profiles: list[Profile], spec: GraphSpec, batch: int, scale: int | None = None) -> Profile:
-    """The profile of ``spec``'s engine built for ``batch`` prompts at ``scale`` (ignored unless per-scale)."""
+def select_profile(
+    profiles: list[Profile], spec: GraphSpec, batch: int, scale: int | None = None, rows: int | None = None
+) -> Profile:
+    """The profile of ``spec``'s engine built for ``batch`` prompts at ``scale`` (ignored unless per-scale).
+
+    ``rows``: the step's conditional rows alone (None: both CFG rows).
+    """
     want_scale = scale if spec.per_scale else None
     for p in profiles:
-        if p.batch == batch and p.scale == want_scale:
+        if p.batch == batch and p.scale == want_scale and p.rows == rows:
             return p
+    if rows is not None:
+        raise ArtifactError(
+            f"the {spec.name} engine has no profiles for the conditional rows of fast modes; "
+            "rebuild with `star-deploy build-engine DIR --conditional-rows`"
+        )
     built = sorted({p.batch for p in profiles})
     raise ArtifactError(
         f"the {spec.name} engine has no profile for batch size {batch} (built for {built}); "

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.graphs import OPTIONAL_GRAPHS
 from ..errors import ArtifactError, ConfigError
 from ..files.atomic import write_text
 from ..files.records import read_record
@@ -112,7 +113,7 @@ def check_sidecar(sidecar: EngineSidecar, running: RuntimeInfo, onnx_sha256: str
 
 def built_batch_sizes(root: Path, graphs: list[str]) -> list[int]:
     """The batch sizes every engine of ``graphs`` in ``root`` has profiles for, from their sidecars."""
-    sizes = [set(load_sidecar(sidecar_path(root, g)).batch_sizes) for g in graphs]
+    sizes = [set(load_sidecar(sidecar_path(root, g)).batch_sizes) for g in graphs if g not in OPTIONAL_GRAPHS]
     common = sorted(set.intersection(*sizes)) if sizes else []
     if not common:
         raise ArtifactError(f"{root / ENGINES_DIR}: the engines share no batch size; rebuild them together")

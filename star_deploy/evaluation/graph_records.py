@@ -20,7 +20,7 @@ import numpy as np
 from ..artifacts.manifest import Manifest
 from ..core.config import SamplingConfig
 from ..core.dtypes import numpy_type
-from ..core.graphs import Role, TensorSpec
+from ..core.graphs import OPTIONAL_GRAPHS, Role, TensorSpec
 from ..core.sampling import guidance_scale
 from ..core.tables import build_scale_tables
 from ..core.tokenizer import PromptTokenizer
@@ -70,7 +70,9 @@ class OrtGraphs:
 
         self.manifest = manifest
         self.sessions = {
-            g: ort.InferenceSession(str(manifest.path(g)), providers=["CPUExecutionProvider"]) for g in manifest.graphs
+            g: ort.InferenceSession(str(manifest.path(g)), providers=["CPUExecutionProvider"])
+            for g in manifest.graphs
+            if g not in OPTIONAL_GRAPHS
         }
 
     def __call__(self, graph: str, feeds: Feeds) -> Feeds:
@@ -167,6 +169,8 @@ def load_records(stem: Path, inputs: Path, manifest: Manifest) -> Recording:
 
     recording = Recording()
     for graph, spec in manifest.graphs.items():
+        if graph in OPTIONAL_GRAPHS:
+            continue  # an exact generation does not run the fast modes' pruned step
         out_path, in_path = record_path(stem, graph), record_path(inputs, graph)
         for path in (out_path, in_path):
             if not path.is_file():

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..artifacts.loadable import read_onnx
+from ..core.graphs import PRUNED_STEP
 from ..errors import ArtifactError, BackendUnavailableError
 from .quantize import head_matmuls
 
@@ -109,7 +110,8 @@ def dynamic_artifacts(
     from ..core.cpu_isa import cpu_flags
     from .quantize import rewrite_artifacts
 
-    depth = load_manifest(src).config.transformer.depth
+    manifest = load_manifest(src)
+    depth = manifest.config.transformer.depth
     if reduce_range is None:
         reduce_range = not has_vnni(cpu_flags())
 
@@ -120,13 +122,13 @@ def dynamic_artifacts(
     def text(path: Path, dst: Path) -> None:
         dynamic_quantize_graph(path, dst, [], reduce_range)
 
+    rewrites = {"transformer_step": step, PRUNED_STEP: step} | ({"text_encoder": text} if quantize_text else {})
     info = {
         "method": "onnxruntime quantize_dynamic: per-channel int8 weights, per-tensor uint8 activations at run time",
         "reduce_range": reduce_range,
         "float_blocks": list(keep_blocks),
         "float_roles": list(keep_roles),
-        "graphs": ["transformer_step", "text_encoder"] if quantize_text else ["transformer_step"],
+        "graphs": [g for g in rewrites if g in manifest.graphs],
         "source_precision": "fp32",
     }
-    rewrites = {"transformer_step": step, "text_encoder": text} if quantize_text else {"transformer_step": step}
     return rewrite_artifacts(src, out, "int8-dynamic", rewrites, info, overwrite)

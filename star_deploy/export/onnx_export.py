@@ -18,10 +18,10 @@ from torch.export import Dim
 
 from ..core.config import StarConfig
 from ..core.dtypes import torch_dtype
-from ..core.graphs import GraphSpec, activation_dtype, graph_specs, scale_dims
+from ..core.graphs import PRUNED_STEP, GraphSpec, activation_dtype, graph_specs, scale_dims
 from ..core.tables import build_scale_tables
 from ..files.signals import raise_if_interrupted
-from ..model.graph_modules import DecoderGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
+from ..model.graph_modules import DecoderGraph, PrunedStepGraph, ScaleUpdateGraph, StepGraph, TextContextGraph
 from ..model.text import TextEncoderModule
 from ..release.weights import StarTorchModel
 
@@ -43,26 +43,30 @@ def graph_modules(model: StarTorchModel) -> dict[str, nn.Module]:
         "text_encoder": TextEncoderModule(model.text_encoder),
         "text_context": TextContextGraph(model.transformer),
         "transformer_step": StepGraph(model.transformer),
+        PRUNED_STEP: PrunedStepGraph(model.transformer),
         "scale_update": ScaleUpdateGraph(model.transformer, model.vqvae),
         "vq_decoder": DecoderGraph(model.vqvae),
     }
 
 
 def export_dims() -> dict[str, Dim]:
-    batch = Dim("batch", min=1, max=256)
+    """Every symbolic dimension; ``rows`` is free of ``batch``: 2B, or B where guidance stops (fast modes)."""
     return {
-        "batch": batch,
-        "rows": 2 * batch,
+        "batch": Dim("batch", min=1, max=256),
+        "rows": Dim("rows", min=1, max=512),
         "tokens": Dim("tokens", min=1, max=65536),
         "past": Dim("past", min=0, max=65536),
         "side": Dim("side", min=1, max=256),
         "next_side": Dim("next_side", min=1, max=256),
+        "kept": Dim("kept", min=1, max=65536),
+        "prior_side": Dim("prior_side", min=1, max=256),
     }
 
 
 def sample_inputs(config: StarConfig, spec: GraphSpec) -> list[torch.Tensor]:
     """Random inputs of the export shapes, in ``spec``'s order."""
     dims = scale_dims(config, EXPORT_BATCH, EXPORT_SCALE)
+    dims["kept"] = dims["tokens"] - 2
     fixed = {k: torch.from_numpy(v) for k, v in build_scale_tables(config)[EXPORT_SCALE].arrays().items()}
     gen = torch.Generator().manual_seed(0)
     out = []
@@ -70,6 +74,9 @@ def sample_inputs(config: StarConfig, spec: GraphSpec) -> list[torch.Tensor]:
         shape = t.concrete(dims)
         if t.name in fixed:
             out.append(fixed[t.name])
+        elif t.name == "kept_index":
+            order = torch.rand(dims["rows"], dims["tokens"], generator=gen).argsort(dim=1)
+            out.append(order[:, : dims["kept"]].sort(dim=1).values)
         elif t.name == "attention_mask":
             out.append((torch.arange(shape[-1]) < 5).long().expand(shape).contiguous())
         elif t.dtype == "int64":

@@ -1,6 +1,6 @@
 """Weight-only int8 quantization of an fp32 artefact directory with ONNX Runtime's tools.
 
-The MatMuls with constant weights of the transformer step and the text encoder become
+The MatMuls with constant weights of the transformer steps and the text encoder become
 ``MatMulNBits`` (8-bit symmetric blocks of 32; graph inputs and outputs stay float32).
 The logits head stays float32: it decides the sampled tokens and is ~2% of the FLOPs.
 The other graphs are copied unchanged. The result is a separate artefact directory whose
@@ -18,13 +18,13 @@ from pathlib import Path
 
 from ..artifacts.loadable import check_loadable, read_onnx
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, graph_digest, load_manifest, sealed
-from ..core.graphs import ACCURACY_LEVEL
+from ..core.graphs import ACCURACY_LEVEL, PRUNED_STEP
 from ..errors import ArtifactError, BackendUnavailableError
 from ..files.atomic import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_GRAPHS = ("text_encoder", "transformer_step")
+QUANTIZED_GRAPHS = ("text_encoder", "transformer_step", PRUNED_STEP)
 BLOCK_SIZE = 32
 """MatMulNBits accuracy level 4: int8 activations inside the kernel (VNNI/AMX on x86); 1 keeps fp32 compute."""
 
@@ -76,7 +76,7 @@ def quantize_artifacts(
         "bits": bits,
         "block_size": BLOCK_SIZE,
         "accuracy_level": accuracy_level,
-        "graphs": list(QUANTIZED_GRAPHS),
+        "graphs": [g for g in QUANTIZED_GRAPHS if g in load_manifest(src).graphs],
         "source_precision": "fp32",
     }
     return rewrite_artifacts(src, out, f"int{bits}", rewrites, info, overwrite)

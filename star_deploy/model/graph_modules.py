@@ -48,6 +48,48 @@ class StepGraph(nn.Module):
         return (logits, *keys, *values)
 
 
+class PrunedStepGraph(nn.Module):
+    """One scale of the transformer on the tokens ``kept_index`` names; the others restored (cached token pruning).
+
+    Inputs: x (rows, p, p, C), kept_index (rows, k), rope_cos, rope_sin (p*p, D/2), prior_residual
+    (rows, p', p', C), restore (p, p'), cross_bias, cross_key.*, cross_value.*, past_key.*, past_value.*
+    Outputs: logits (rows, p*p, V), residual (rows, p, p, C), new_key.*, new_value.* (k, rows, H, D)
+
+    The kept tokens run every block (attending to the cache and to each other); every other
+    token's hidden state is its input plus the previous scale's residual, area-resampled to
+    this side by ``restore``. Logits come from every token's hidden state; ``residual`` (hidden
+    state - input) is what the next pruned scale restores from.
+    """
+
+    def __init__(self, transformer: StarTransformer, call: BlockCall | None = None) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.depth = transformer.config.depth
+        self.call = call or call_block
+
+    def forward(self, x, kept_index, rope_cos, rope_sin, prior_residual, restore, cross_bias, *layer_tensors):
+        d = self.depth
+        groups = [list(layer_tensors[i * d : (i + 1) * d]) for i in range(4)]
+        text = TextContext(groups[0], groups[1], cross_bias)
+        rows, side, _, c = x.shape
+        tokens = x.flatten(1, 2)
+        slots = kept_index[..., None].expand(-1, -1, c)
+        kept = tokens.gather(1, slots)
+        hidden, keys, values = self.transformer.run_blocks(
+            kept, rope_cos[kept_index], rope_sin[kept_index], text, groups[2], groups[3], call=self.call
+        )
+        restored = tokens + resample(prior_residual, restore.to(x.dtype)).flatten(1, 2)
+        out = restored.scatter(1, slots, hidden)
+        residual = (out - tokens).unflatten(1, (side, side))
+        return (self.transformer.logits(out), residual, *keys, *values)
+
+
+def resample(maps: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Token maps (N, p', p', C) resampled to (N, p, p, C) by ``matrix`` (p, p') along both axes."""
+    channels_first = maps.permute(0, 3, 1, 2)
+    return (matrix @ channels_first @ matrix.transpose(0, 1)).permute(0, 2, 3, 1)
+
+
 class ScaleUpdateGraph(nn.Module):
     """(tokens, f_hat, upsample, downsample, phi_weights, next_level) -> (f_hat, next x (2B, l', C))."""
 

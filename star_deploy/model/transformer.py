@@ -47,11 +47,12 @@ def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-width RoPE factors (l, 1, 1, D) from the per-pair tables (l, D/2): once per step, for every block.
 
-    With them the rotation of pairs (2m, 2m+1) is ``x * cos + swap_pairs(x) * sin``.
+    Tables gathered per row, (N, l, D/2), give (N, l, 1, 1, D). With them the rotation of pairs
+    (2m, 2m+1) is ``x * cos + swap_pairs(x) * sin``.
     """
     full_cos = cos.repeat_interleave(2, dim=-1)
     signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
-    return full_cos[:, None, None, :], signed_sin[:, None, None, :]
+    return full_cos[..., None, None, :], signed_sin[..., None, None, :]
 
 
 def swap_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -238,13 +239,14 @@ class Block(nn.Module):
         and the text bias of the conditional rows (see ``TextContext``).
         """
         new: list[torch.Tensor] = []
+        text = (text_k, text_v, text_bias)
 
         def self_attn(h: torch.Tensor) -> torch.Tensor:
             out, new_k, new_v = self.attn(h, cos, sin, past_k, past_v, mask)
             new.extend((new_k, new_v))
             return out
 
-        x = self.residual(x, self_attn, lambda h: self.cross_attn(h[: text_k.shape[0]], text_k, text_v, text_bias))
+        x = self.residual(x, self_attn, lambda h: self.cross_attn(conditional_rows(h, text_k.shape[0]), *text))
         return x, new[0], new[1]
 
     def residual(self, x: torch.Tensor, self_attn: Sublayer, cross_attn: Sublayer) -> torch.Tensor:
@@ -257,12 +259,27 @@ class Block(nn.Module):
         return x + self.ffn(layer_norm(x, self.eps))
 
 
+def conditional_rows(h: torch.Tensor, batch: int) -> torch.Tensor:
+    """The first ``batch`` rows of h: all of them where only the conditional rows run (fast modes).
+
+    Exported graphs gather them, so one graph serves rows = 2B and rows = B.
+    """
+    if torch.compiler.is_exporting():
+        return h.index_select(0, torch.arange(batch, device=h.device))
+    return h[:batch]
+
+
 def add_to_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """x + out; an ``out`` of the B conditional rows of x's 2B rows [cond; uncond] goes to both rows of its prompt.
 
     The official block broadcasts the conditional row's cross-attention to the
-    unconditional row (reference §5.1); broadcasting the add does it without a copy.
+    unconditional row (reference §5.1); broadcasting the add does it without a copy. Where
+    x holds the conditional rows alone, ``out`` adds row for row. Exported graphs gather
+    row ``r % B`` of ``out`` instead, which serves both cases with one graph.
     """
+    if torch.compiler.is_exporting():
+        batch = torch.full((), out.shape[0], dtype=torch.int64, device=x.device)
+        return x + out.index_select(0, torch.arange(x.shape[0], device=x.device).remainder(batch))
     if out.shape[0] == x.shape[0]:
         return x + out
     return (x.unflatten(0, (2, -1)) + out).flatten(0, 1)
@@ -344,7 +361,26 @@ class StarTransformer(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """One scale: x (2B, l, C) over cached (S, 2B, H, D) -> logits (2B, l, V), new K/V.
 
-        ``cos``/``sin`` are the scale's per-pair RoPE tables (l, D/2).
+        ``cos``/``sin`` are the scale's per-pair RoPE tables (l, D/2). The rows may be the B
+        conditional rows alone, over a cache of B rows.
+        """
+        x, new_keys, new_values = self.run_blocks(x, cos, sin, text, past_keys, past_values, mask, call)
+        return self.logits(x), new_keys, new_values
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: TextContext,
+        past_keys: list[torch.Tensor],
+        past_values: list[torch.Tensor],
+        mask: torch.Tensor | None = None,
+        call: BlockCall = call_block,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Every block over x: the hidden states before the head, and the new K/V of each layer.
+
+        ``cos``/``sin`` are (l, D/2), or (N, l, D/2) for tokens gathered per row.
         """
         cos, sin = rotary_tables(cos, sin)
         new_keys, new_values = [], []
@@ -353,7 +389,7 @@ class StarTransformer(nn.Module):
             x, k, v = call(blk, x, *args)
             new_keys.append(k)
             new_values.append(v)
-        return self.logits(x), new_keys, new_values
+        return x, new_keys, new_values
 
     def empty_cache(self, rows: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """A zero-length cache tensor for one layer's keys or values."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..backends.base import Array, Backend, Clock, HostClock, NoClock
 from ..core.config import SamplingConfig
+from ..core.fast import EXACT, FastMode, scale_plans
 from ..core.tokenizer import PromptTokenizer
 from ..files.signals import raise_if_interrupted
 
@@ -130,6 +131,7 @@ class ScaleLoop:
         keep_logits: bool = False,
         on_scale: ScaleCallback | None = None,
         timing: bool = True,
+        fast: FastMode = EXACT,
     ) -> Generation:
         """Generate one image per prompt; prompt i samples with seed ``seeds[i]`` (default: seed + i).
 
@@ -137,11 +139,15 @@ class ScaleLoop:
         the sampler still draws, so draws of two backends stay comparable token by token.
         ``on_scale`` sees a ``ScaleEvent`` after every scale; if it returns False the loop
         stops and the image is decoded from the scales done so far. ``timing=False`` skips
-        the stage clock (``Generation.times`` stays zero).
+        the stage clock (``Generation.times`` stays zero). ``fast`` approximates as
+        ``core/fast.py`` describes: where guidance stops, the steps run the conditional rows
+        and the cache keeps them; a pruned scale runs its pivotal tokens and restores the rest
+        from the previous scale's residual.
         """
         cfg, backend = self.config, self.backend
         b = len(prompts)
         self.check_memory(b, b)
+        plans = scale_plans(cfg, fast)
         seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(b)]
         sampling = sampling.clamped(cfg.transformer.vocab_size)
         teacher = None if teacher_tokens is None else np.asarray(teacher_tokens, dtype=np.int64)
@@ -149,16 +155,26 @@ class ScaleLoop:
         start = clock.mark()
         toks = self.tokenizer(list(prompts))
         hidden, pooled = backend.encode_text(toks.input_ids, toks.attention_mask)
-        x = backend.begin(hidden, toks.attention_mask, pooled)
+        x = backend.begin(hidden, toks.attention_mask, pooled, plans=plans)
         text_done = clock.mark()
         sampler = backend.sampler(sampling, seeds)
         f_hat = backend.new_f_hat(b)
         tokens_per_scale, sampled_per_scale, logits_per_scale, marks, offset = [], [], [], [], 0
         event: ScaleEvent | None = None
+        residual = None
         for k, side in enumerate(cfg.patch_nums):
             raise_if_interrupted()
+            plan = plans[k]
             t0 = clock.mark()
-            logits = backend.step(k, x)
+            if not plan.guided:
+                if k == 0 or plans[k - 1].guided:
+                    backend.keep_conditional_rows()
+                x = x[:b]
+            if plan.residual:
+                prior = residual if residual is None or residual.shape[0] == x.shape[0] else residual[:b]
+                logits, residual = backend.pruned_step(k, x, plan.kept, prior)
+            else:
+                logits = backend.step(k, x)
             t1 = clock.mark()
             if keep_logits:
                 logits_per_scale.append(backend.to_numpy(logits).astype(np.float32))

@@ -23,7 +23,7 @@ from .model import Job
 from .openai_images import GenerationRequest, check_servable, generation_response, preview_scales, stream_event
 from .options import ServeOptions
 from .png import b64_png
-from .schema import ImageRequest, wants_json
+from .schema import ImageRequest, check_fast, wants_json
 from .streams import EventStream
 
 log = logging.getLogger("star_deploy.serve")
@@ -45,6 +45,7 @@ def settings(job: Job, result: dict[str, Any]) -> dict[str, Any]:
         "cfg": result["cfg"],
         "top_k": result["top_k"],
         "top_p": result["top_p"],
+        "fast": result["fast"],
         "backend": result["backend"],
         "software": "star-deploy serve",
     }
@@ -91,6 +92,11 @@ class StarIngress:
             ) from None
         except Exception as exc:  # noqa: BLE001 - a dead or restarting replica
             raise ServiceUnavailable(f"no model replica answered ({calls.cause(exc)}); retry later") from None
+
+    async def check_fast(self, fast: int, cfg_until: int | None) -> None:
+        """A fast mode the model cannot run is a bad request (400), refused before any work starts."""
+        if fast or cfg_until is not None:
+            check_fast(fast, cfg_until, (await self.model_info(timeout_s=10.0))["config"])
 
     def admit(self, count: bool = True) -> None:
         """Refuse a request while draining, else count it in (unless ``count`` is False)."""
@@ -161,6 +167,7 @@ class StarIngress:
         responses={200: {"content": {"image/png": {}, "application/json": {}}}, 422: {}, 503: {}},
     )
     async def images(self, body: ImageRequest, accept: str | None = Header(None)) -> Response:
+        await self.check_fast(body.fast, body.cfg_until)
         self.admit()
         try:
             result = await calls.generate(self.model, body.job(), self.options.retries)
@@ -183,6 +190,7 @@ class StarIngress:
 
     @app.post("/v1/images:stream", summary="Generate one image, streaming a preview per scale (text/event-stream)")
     async def images_stream(self, body: ImageRequest) -> EventStream:
+        await self.check_fast(body.fast, body.cfg_until)
         self.admit(count=False)  # counted by the stream itself, which may never start if the client leaves
         return EventStream(self.events(body))
 
@@ -212,6 +220,7 @@ class StarIngress:
         self.admit(count=False)
         info = await self.model_info(timeout_s=10.0)
         check_servable(body, info["resolution"], info["num_scales"])
+        check_fast(body.fast, body.cfg_until, info["config"])
         size = f"{info['resolution']}x{info['resolution']}"
         if body.stream:
             scales = preview_scales(body.partial_images, info["num_scales"])

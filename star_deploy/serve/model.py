@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.call_options import CallOptions
+from ..core.fast import FastMode
 from ..errors import StarDeployError
 from ..runtime.plan import LoadOptions, plan_load
 
@@ -26,6 +28,8 @@ class Job:
     cfg: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    fast: int = 0
+    cfg_until: int | None = None
 
 
 class PipelineUnusable(RuntimeError):
@@ -89,8 +93,8 @@ class ImageModel:
             "config": self.config.to_dict(),
         }
 
-    def settings(self, job: Job) -> tuple[float, int, float]:
-        """The cfg, top-k (capped at the codebook) and top-p a job samples with; unset ones are the model's defaults.
+    def settings(self, job: Job) -> tuple[float, int, float, FastMode]:
+        """The cfg, top-k (capped at the codebook), top-p and fast mode of a job; unset ones are the model's defaults.
 
         Jobs with equal settings may share a batch.
         """
@@ -100,6 +104,7 @@ class ImageModel:
             d.cfg if job.cfg is None else job.cfg,
             min(top_k, self.config.transformer.vocab_size),
             d.top_p if job.top_p is None else job.top_p,
+            CallOptions(fast=job.fast, cfg_until=job.cfg_until).fast_mode(self.config),
         )
 
     def generate(self, jobs: Sequence[Job], on_preview: PreviewCallback | None = None) -> list[np.ndarray]:
@@ -135,7 +140,7 @@ class ImageModel:
 
     def _call(self, jobs: list[Job], first: Job, callback: Any) -> Any:
         """The pipeline call (under the lock)."""
-        cfg, top_k, top_p = self.settings(first)
+        cfg, top_k, top_p, mode = self.settings(first)
         return self.pipe(
             [j.prompt for j in jobs],
             seed=[j.seed for j in jobs],
@@ -144,4 +149,7 @@ class ImageModel:
             top_p=top_p,
             output_type="np",
             callback_on_scale_end=callback,
+            fast=mode.level,
+            cfg_until=mode.cfg_until,
+            keep=mode.keep or None,
         )

@@ -34,9 +34,18 @@ class GenerationRequest(BaseModel):
     top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="Top-k (0 off; default: the model's).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass (default: the model's).")
 
+    fast: int = Field(
+        0,
+        ge=0,
+        le=2,
+        description="Extension: fast mode 0 exact, 1 guidance stops early, 2 also prunes tokens.",
+    )
+    cfg_until: int | None = Field(None, ge=1, description="Extension, fast modes: guidance on the first K scales only.")
+
     def jobs(self) -> list[Job]:
         """One job per image: seeds seed, seed + 1, ..."""
-        settings = {"cfg": self.cfg, "top_k": self.top_k, "top_p": self.top_p}
+        settings = {"cfg": self.cfg, "top_k": self.top_k, "top_p": self.top_p, "fast": self.fast}
+        settings["cfg_until"] = self.cfg_until
         return [Job(prompt=self.prompt, seed=self.seed + i, **settings) for i in range(self.n)]
 
 

@@ -16,7 +16,7 @@ from .options import ServeOptions
 log = logging.getLogger("star_deploy.serve")
 
 Result = dict[str, Any]
-"""{"pixels": (H, W, 3) uint8, "batch_size": int, "cfg", "top_k", "top_p": as applied, "backend": str} for one job."""
+"""{"pixels": (H, W, 3) uint8, "batch_size": int, "cfg", "top_k", "top_p", "fast": as applied, "backend"} of one job."""
 
 Event = dict[str, Any] | None
 """{"scale", "num_scales", "pixels"} for a preview, {"final": True, "pixels", ...} at the end; None: nothing."""
@@ -76,13 +76,14 @@ class StarReplica:
         return os.getpid()
 
     def _result(self, job: Job, pixels: Any, batch_size: int) -> Result:
-        cfg, top_k, top_p = self.model.settings(job)
+        cfg, top_k, top_p, mode = self.model.settings(job)
         return {
             "pixels": pixels,
             "batch_size": batch_size,
             "cfg": cfg,
             "top_k": top_k,
             "top_p": top_p,
+            "fast": mode.label(),
             "backend": self.model.backend,
         }
 

@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.config import MAX_CFG
+from ..core.config import MAX_CFG, StarConfig
+from ..core.fast import resolve_fast
+from ..errors import ConfigError
+from .errors import BadRequest
 from .model import Job
 
 MAX_PROMPT_CHARS = 1000
@@ -38,12 +41,24 @@ class ImageRequest(BaseModel):
     top_p: float | None = Field(
         None, gt=0.0, le=1.0, description="Nucleus sampling mass (default: the model's, 0.8 officially)."
     )
+    fast: int = Field(
+        0, ge=0, le=2, description="Fast mode: 0 exact; 1 guidance stops early; 2 also prunes tokens (approximations)."
+    )
+    cfg_until: int | None = Field(None, ge=1, description="Fast modes: guidance on the first K scales only.")
     response_format: Literal["png", "json"] | None = Field(
         None, description="png (image/png) or json (base64 PNG); default: from the Accept header, else png."
     )
 
     def job(self) -> Job:
-        return Job(prompt=self.prompt, seed=self.seed, cfg=self.cfg, top_k=self.top_k, top_p=self.top_p)
+        return Job(
+            prompt=self.prompt,
+            seed=self.seed,
+            cfg=self.cfg,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            fast=self.fast,
+            cfg_until=self.cfg_until,
+        )
 
 
 def wants_json(request: ImageRequest, accept: str | None) -> bool:
@@ -52,3 +67,11 @@ def wants_json(request: ImageRequest, accept: str | None) -> bool:
         return request.response_format == "json"
     accept = (accept or "").lower()
     return "application/json" in accept and "image/png" not in accept
+
+
+def check_fast(fast: int, cfg_until: int | None, config: dict) -> None:
+    """Refuse (400) a fast mode the served model cannot run: ``cfg_until`` beyond its scales, no preset."""
+    try:
+        resolve_fast(StarConfig.from_dict(config), fast, cfg_until)
+    except ConfigError as exc:
+        raise BadRequest(str(exc).replace("--cfg-until", "cfg_until").replace("--fast", "fast")) from None

@@ -22,7 +22,7 @@ import numpy as np
 from ..artifacts.loadable import read_onnx
 from ..artifacts.manifest import Manifest, graph_files, load_manifest, sha256_file
 from ..core.config import MAX_CFG
-from ..core.graphs import GraphSpec, TensorSpec
+from ..core.graphs import OPTIONAL_GRAPHS, GraphSpec, TensorSpec
 from ..core.tables import build_scale_tables
 from ..core.tokenizer import load_tokenizer
 from ..errors import OutputError
@@ -87,6 +87,8 @@ def write_graphs(
     graphs.mkdir()
     entries = {}
     for name, spec in manifest.graphs.items():
+        if name in OPTIONAL_GRAPHS:
+            continue  # the page generates exactly: fast modes' graphs stay out of the site
         source, target = manifest.path(name), graphs / spec.file
         if weights == "fp32" and graph_files(manifest.root, spec) == [source] and source.stat().st_size <= part_bytes:
             shutil.copy2(source, target)
@@ -102,12 +104,15 @@ def write_graphs(
 
 
 def write_tables(manifest: Manifest, path: Path) -> list[dict]:
-    """Every scale's tables in one little-endian file; per scale, each table's offset, dtype and shape."""
+    """Every scale's tables the page's graphs read, in one little-endian file; per scale, offset, dtype and shape."""
+    read = {t.name for name, spec in manifest.graphs.items() if name not in OPTIONAL_GRAPHS for t in spec.inputs}
     layout, offset = [], 0
     with path.open("wb") as f:
         for tables in build_scale_tables(manifest.config):
             entry = {}
             for name, array in tables.arrays().items():
+                if name not in read:
+                    continue
                 data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
                 entry[name] = {"offset": offset, "dtype": str(array.dtype), "shape": list(array.shape)}
                 padding = -len(data) % TABLE_ALIGN
