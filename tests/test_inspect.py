@@ -49,7 +49,14 @@ def test_exported_artifacts(artifacts_fp32):
     info = inspect_json(artifacts_fp32)
     assert info["kind"] == "artefact directory" and info["precision"] == "fp32"
     assert info["schedule"] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
-    assert set(info["graphs"]) == {"text_encoder", "text_context", "transformer_step", "scale_update", "vq_decoder"}
+    assert set(info["graphs"]) == {
+        "text_encoder",
+        "text_context",
+        "transformer_step",
+        "transformer_step_pruned",
+        "scale_update",
+        "vq_decoder",
+    }
     step = info["graphs"]["transformer_step"]
     assert step["bytes"] > 0 and any(i.startswith("past_key.0 ") for i in step["inputs"])
     assert info["sources"]["star"]["name"] == "star.pth" and len(info["sources"]["star"]["sha256"]) == 64

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..artifacts.manifest import MANIFEST, TOKENIZER_DIR, dumps, manifest_dict, sealed
 from ..core.config import SamplingConfig, StarConfig
-from ..core.graphs import graph_specs
+from ..core.graphs import OPTIONAL_GRAPHS, graph_specs
 from ..core.tokenizer import TOKENIZER_JSON
 from ..errors import ArtifactError
 from ..files.atomic import atomic_dir, write_text
@@ -45,7 +45,8 @@ def artifacts_from_site(site: Path, out: Path, overwrite: bool = False) -> Path:
     data = read_site(site)
     model = data["model"]
     config = StarConfig.from_dict(model["config"])
-    specs = graph_specs(config, model["precision"])
+    every = graph_specs(config, model["precision"])
+    specs = {name: spec for name, spec in every.items() if name in data["graphs"] or name not in OPTIONAL_GRAPHS}
     with atomic_dir(out, overwrite) as tmp:
         for name, spec in specs.items():
             entry = data["graphs"][name]
