@@ -7,6 +7,7 @@ import logging
 import math
 import pickle
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -893,6 +894,19 @@ def test_every_extra_an_error_names_exists():
     assert {extra for _, extra in EXTRAS.values()} | set(NOTES) <= set(declared)
     message = str(missing_extra(ModuleNotFoundError(name="tensorrt"), "--backend tensorrt"))
     assert "star-deploy[tensorrt-cu12]" in message and "star-deploy[tensorrt-cu13]" in message
+
+
+def test_parity_records_without_polygraphy_name_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "polygraphy", None)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["parity", "--artifacts", str(DEMO_GRAPHS), "--save-outputs", "ref.json"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [
+        "error: star-deploy parity needs Polygraphy: pip install 'star-deploy[torch]' "
+        "(the base install runs exported graphs with --backend onnxruntime)"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resolution_is_read_from_the_weights_scale_count_where_the_name_does_not_state_it(tmp_path):

@@ -14,6 +14,7 @@ EXTRAS = {
     "onnx": ("the onnx package", "torch"),
     "onnxscript": ("onnxscript", "torch"),
     "tensorrt": ("TensorRT", "tensorrt-cu12"),
+    "polygraphy": ("Polygraphy", "torch"),
     "ray": ("Ray Serve", "serve"),
     "fastapi": ("FastAPI", "serve"),
 }
