@@ -1,7 +1,8 @@
 """`star-deploy serve` from a fresh virtual environment with the base install and the serve extra only (no torch).
 
 The environment lives in the user's cache (``$XDG_CACHE_HOME/star-deploy-tests``), keyed by the project's
-dependencies, so later runs only reinstall the project itself; pip's own cache serves the wheels.
+dependencies and by this checkout's path (two checkouts never share one), so later runs reuse it; pip's own
+cache serves the wheels.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ def cache_root() -> Path:
 
 
 def requirements_key() -> str:
-    """A digest of the base and serve dependencies and of this Python: the environment is rebuilt when they change."""
+    """A digest of the base and serve dependencies, this Python and this checkout: a new one of any is a new venv."""
     text = (ROOT / "pyproject.toml").read_text()
     try:
         import tomllib
     except ImportError:  # Python 3.10: the whole file counts
-        return hashlib.sha256(f"{text}\n{sys.version}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{text}\n{sys.version}\n{ROOT}".encode()).hexdigest()[:16]
     project = tomllib.loads(text)["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["serve"], sys.version]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["serve"], sys.version, str(ROOT)]
     return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
 
 
