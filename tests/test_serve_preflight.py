@@ -189,3 +189,16 @@ def test_bad_options_name_the_setting(args, words):
         build_app(args)
     assert words in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "max_replicas", "words"),
+    [(-1, 2, "--replicas: "), (2, 5000, "--max-replicas: "), (3, 2, "--max-replicas: min_replicas 3 exceeds")],
+)
+def test_autoscaling_errors_name_the_option_that_set_the_value(replicas, max_replicas, words):
+    from star_deploy.commands.serve import options
+    from star_deploy.runtime.plan import LoadOptions
+
+    with pytest.raises(ConfigError) as error:
+        options(LoadOptions(), replicas, 1.0, 0.0, 4, 0.05, max_replicas)
+    assert str(error.value).startswith(words), str(error.value)

@@ -117,8 +117,21 @@ class ServeOptions(BaseModel):
         return {**{k: v for k, v in data.pop("load").items() if k in SERVED_LOAD_FIELDS}, **data}
 
 
-FLAGS = {"batch_wait_s": "--batch-wait", "autoscaling_config": "--max-replicas"}
-"""Settings whose command-line option is not --name-with-dashes."""
+FLAGS = {
+    ("batch_wait_s",): "--batch-wait",
+    ("autoscaling_config", "min_replicas"): "--replicas",
+    ("autoscaling_config", "target_ongoing_requests"): "--max-batch-size",
+    ("autoscaling_config",): "--max-replicas",
+}
+"""Settings (by their place in ServeOptions) whose command-line option is not --name-with-dashes."""
+
+
+def flag_for(loc: list[str]) -> str:
+    """The command-line option that sets the setting at ``loc`` (the longest known place first)."""
+    for size in range(len(loc), 0, -1):
+        if tuple(loc[:size]) in FLAGS:
+            return FLAGS[tuple(loc[:size])]
+    return "--" + loc[0].replace("_", "-") if loc else "options"
 
 
 def options_error(exc: ValidationError, flags: bool = False) -> str:
@@ -128,8 +141,7 @@ def options_error(exc: ValidationError, flags: bool = False) -> str:
     loc = loc[1:] if loc[:1] == ["load"] else loc
     field = ".".join(loc) or "options"
     if flags:
-        name = loc[0] if loc else ""
-        field = FLAGS.get(name, "--" + name.replace("_", "-")) if name else "options"
+        field = flag_for(loc)
     text = first["msg"].removeprefix("Value error, ")
     message = f"{field}: {text}" if flags else f"serve option {field}: {text}"
     if first.get("type") == "extra_forbidden":
