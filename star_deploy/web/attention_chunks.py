@@ -3,11 +3,12 @@
 The exported self-attention is ``MatMul(q, k^T) -> [Cast] -> Softmax(-1) -> [Cast] -> MatMul(., v)`` with q
 (rows, heads, queries, head_dim): at 1024-d30 its last scale's float32 scores are (2, 30, 4096, 9451), 9.3 GB,
 more than any WebGPU adapter puts in one buffer. Each query's softmax row depends on that query alone, so the
-rewrite slices q along the query axis into ``chunks`` pieces of ``chunk`` queries (``Slice`` clamps: a scale
-with fewer queries leaves the later pieces empty), runs the chain on each and concatenates the outputs. The
-count is static, from the model's largest scale, so the graph keeps its dynamic query length and its inputs and
-outputs. The pieces are emitted one after another where the original chain was, so an executor that follows the
-graph's order frees each piece's scores before the next is made.
+rewrite slices q along the query axis into ``chunks`` pieces of ``chunk`` queries, runs the chain on each and
+concatenates the outputs. The count is static, from the model's largest scale, so the graph keeps its dynamic
+query length and its inputs and outputs; at a smaller scale the pieces past its last query hold that query once
+more (WebGPU kernels refuse empty tensors), and the Concat is cut back to the query count. The pieces are
+emitted one after another where the original chain was, so an executor that follows the graph's order frees
+each piece's scores before the next is made.
 
 onnxruntime-web has no fused attention that avoids the scores here: its WebGPU ``MultiHeadAttention`` runs
 flash attention only for one batch row with the adapter's subgroups feature (STAR's step has two CFG rows) and
@@ -91,36 +92,66 @@ def chunk_count(max_queries: int, chunk: int) -> int:
     return -(-max_queries // chunk)
 
 
-def _bounds(chunks: int, chunk: int) -> list[tuple[int, int]]:
-    """Each piece's [start, end) along the query axis; the last piece runs to the end, whatever the length."""
-    return [(i * chunk, (i + 1) * chunk if i < chunks - 1 else LAST) for i in range(chunks)]
-
-
-def _bound_initializers(bounds: list[tuple[int, int]]) -> list:
+def _bound_initializers(chunks: int, chunk: int) -> list:
+    """The axis, 0, 1, and each piece's first and end query (the last piece's end: the largest int64)."""
     from onnx import numpy_helper
 
-    values = {"axes": QUERY_AXIS} | {f"start.{i}": s for i, (s, _) in enumerate(bounds)}
-    values |= {f"end.{i}": e for i, (_, e) in enumerate(bounds)}
+    values = {"axes": QUERY_AXIS, "zero": 0, "one": 1}
+    values |= {f"start.{i}": i * chunk for i in range(chunks)}
+    values |= {f"end.{i}": (i + 1) * chunk if i < chunks - 1 else LAST for i in range(chunks)}
     return [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{PREFIX}.{n}") for n, v in values.items()]
 
 
+def _length_nodes(chain: AttentionChain) -> list:
+    """The query count of ``chain`` (``{output}.length``) and the index of its last query (``{output}.last``)."""
+    from onnx import helper
+
+    length, last = f"{chain.output}.length", f"{chain.output}.last"
+    return [
+        helper.make_node("Shape", [chain.query], [length], start=QUERY_AXIS, end=QUERY_AXIS + 1, name=length),
+        helper.make_node("Sub", [length, f"{PREFIX}.one"], [last], name=last),
+    ]
+
+
 def _piece(chain: AttentionChain, i: int) -> tuple[list, str]:
-    """Piece ``i`` of ``chain``: a Slice of the queries and a renamed copy of the chain; and its output."""
+    """Piece ``i`` of ``chain``: a Slice of the queries and a renamed copy of the chain; and its output.
+
+    A piece past the last query starts at the last query instead: it is never empty (WebGPU kernels refuse
+    empty tensors), and its one repeated row is cut off after the Concat.
+    """
     import onnx
     from onnx import helper
 
     prefix = f"{chain.output}.chunk{i}"
     renamed = {chain.query: f"{prefix}.query"}
-    bounds = [f"{PREFIX}.start.{i}", f"{PREFIX}.end.{i}", f"{PREFIX}.axes"]
-    nodes = [helper.make_node("Slice", [chain.query, *bounds], [renamed[chain.query]], name=f"{prefix}.slice")]
+    start, nodes = f"{PREFIX}.start.{i}", []
+    if i:
+        start = f"{prefix}.start"
+        nodes.append(helper.make_node("Min", [f"{PREFIX}.start.{i}", f"{chain.output}.last"], [start], name=start))
+    bounds = [start, f"{PREFIX}.end.{i}", f"{PREFIX}.axes"]
+    nodes.append(helper.make_node("Slice", [chain.query, *bounds], [renamed[chain.query]], name=f"{prefix}.slice"))
     for node in chain.nodes:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        copy.name = f"{prefix}.{node.name or node.op_type}"
+        copy.name = node.name and f"{prefix}.{node.name}"
         copy.input[:] = [renamed.get(x, x) for x in node.input]
         copy.output[:] = [renamed.setdefault(o, f"{prefix}.{o}") for o in node.output]
         nodes.append(copy)
     return nodes, renamed[chain.output]
+
+
+def _pieces(chain: AttentionChain, chunks: int) -> list:
+    """Every node that replaces ``chain``: its length, the pieces, their Concat cut to the query count."""
+    from onnx import helper
+
+    pieces = [_piece(chain, i) for i in range(chunks)]
+    joined, out = f"{chain.output}.pieces", chain.output
+    return [
+        *_length_nodes(chain),
+        *(n for piece, _ in pieces for n in piece),
+        helper.make_node("Concat", [o for _, o in pieces], [joined], axis=QUERY_AXIS, name=joined),
+        helper.make_node("Slice", [joined, f"{PREFIX}.zero", f"{out}.length", f"{PREFIX}.axes"], [out], name=out),
+    ]
 
 
 def chunk_attention(model, chunk: int, max_queries: int) -> int:
@@ -128,22 +159,15 @@ def chunk_attention(model, chunk: int, max_queries: int) -> int:
 
     Nothing changes where one piece of ``chunk`` queries covers ``max_queries``.
     """
-    from onnx import helper
-
     chunks = chunk_count(max_queries, chunk)
     graph = model.graph
     chains = self_attention_chains(graph) if chunks > 1 else []
     if not chains:
         return 0
-    graph.initializer.extend(_bound_initializers(_bounds(chunks, chunk)))
+    graph.initializer.extend(_bound_initializers(chunks, chunk))
     replaced: dict[str, list] = {}
     for chain in chains:
-        pieces = [_piece(chain, i) for i in range(chunks)]
-        nodes = [n for piece, _ in pieces for n in piece]
-        outputs = [out for _, out in pieces]
-        concat = helper.make_node("Concat", outputs, [chain.output], axis=QUERY_AXIS, name=f"{chain.output}.concat")
-        nodes.append(concat)
-        replaced[chain.output] = nodes
+        replaced[chain.output] = _pieces(chain, chunks)
         replaced.update({n.output[0]: [] for n in chain.nodes[:-1]})
     nodes = [new for n in graph.node for new in replaced.get(n.output[0], [n])]
     del graph.node[:]
