@@ -150,7 +150,7 @@ def test_gpu_memory_of_1024_d30_int4_in_literal_bytes():
     whole = gpu_memory(D30, "int4", "fp32", None, D30_COUNTS)
     assert whole.kv_cache == 8_710_041_600  # 9451 tokens x 2 rows x 1920 x 30 layers x K, V x 4 B
     assert whole.largest_buffer == 9_290_711_040  # (2, 30, 4096, 9451) float32 scores
-    assert not whole.fits(4 << 30)
+    assert not whole.buffer_fits(4 << 30)
     pieces = gpu_memory(D30, "int4", "fp16", ATTENTION_CHUNK, D30_COUNTS)
     # 1957625856 x 4 bit + one float16 scale per 32, 115215360 int8, 9194635 x 2 B
     assert pieces.weights == 978_812_928 + 122_351_616 + 115_215_360 + 18_389_270
@@ -159,7 +159,7 @@ def test_gpu_memory_of_1024_d30_int4_in_literal_bytes():
     assert pieces.attention == 2 * 580_669_440 + 2 * 72_583_680
     assert pieces.decoder == 10 * 160 * 1024 * 1024 * 2 and pieces.dequantized == 64_542_720 * 2
     assert pieces.activation == pieces.decoder + pieces.dequantized
-    assert pieces.total == 9_074_318_614 and pieces.fits(2 << 30)
+    assert pieces.total == 9_074_318_614 and pieces.buffer_fits(2 << 30)
 
 
 def test_web_gpu_memory_prints_the_1024_d30_table():

@@ -117,7 +117,8 @@ class GpuMemory:
     def total(self) -> int:
         return self.weights + self.kv_cache + self.activation
 
-    def fits(self, limit: int) -> bool:
+    def buffer_fits(self, limit: int) -> bool:
+        """Whether the largest single tensor fits an adapter's per-buffer ``limit``."""
         return self.largest_buffer <= limit
 
 
@@ -175,7 +176,7 @@ def gpu_memory_table(config: StarConfig, weights: str, query_chunk: int) -> list
         for chunk in (None, query_chunk):
             m = gpu_memory(config, weights, precision, chunk, counts)
             form = f"pieces of {chunk} queries" if chunk else "whole"
-            yes = ["yes" if m.fits(limit) else "no" for limit in BUFFER_LIMITS]
+            yes = ["yes" if m.buffer_fits(limit) else "no" for limit in BUFFER_LIMITS]
             lines.append(
                 f"{precision:<7}{form:<22}{m.weights / gb:>8.2f}G{m.kv_cache / gb:>9.2f}G{m.activation / gb:>11.2f}G"
                 f"{m.total / gb:>8.2f}G  {m.largest_buffer / gb:5.2f}G {m.largest_buffer_is:<20}{yes[0]:>5}"
