@@ -44,7 +44,7 @@ def write_site(
         serve_site(out, port)
 
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (or, with --serve, to serve).")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="The site folder to write (or, with --serve, to serve).")]
 Artifacts = Annotated[
     Path | None, typer.Argument(help="Artefact folder from `star-deploy export`. Default: the built-in demo.")
 ]
@@ -66,6 +66,16 @@ Weights = Annotated[
         "4-bit blocks (MatMulNBits; from an fp32 export), the rest as fp16.",
     ),
 ]
+GpuMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="Print the GPU memory a site of this model size (256-d16, 1024-d30, ...) needs in the browser with "
+        "--weights, computed from its shapes: weights, KV cache, the largest activation with the attention whole "
+        "and in query pieces, the largest buffer against 2 and 4 GiB. Writes nothing.",
+    ),
+]
 Serve = Annotated[
     bool, typer.Option("--serve", help="Serve the site on 127.0.0.1 with cross-origin isolation headers until Ctrl-C.")
 ]
@@ -81,7 +91,7 @@ Bench = Annotated[
 
 
 def web(
-    out: Out,
+    out: Out = None,
     artifacts: Artifacts = None,
     ort_web: OrtWeb = None,
     weights: Weights = "fp16",
@@ -90,6 +100,7 @@ def web(
     bench: Bench = False,
     artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
+    gpu_memory: GpuMemory = None,
 ) -> None:
     """Write a static site that runs STAR in the browser (WebGPU, else WebAssembly) with the tokens of Python.
 
@@ -99,8 +110,25 @@ def web(
     WebAssembly threads need the cross-origin isolation headers that --serve sends. With --serve
     or --bench and no ARTIFACTS, an existing site in --out is used as it is.
     """
+    if gpu_memory is not None:
+        print_gpu_memory(gpu_memory, weights)
+        return
+    if out is None:
+        raise ConfigError("--out DIR is required: the folder to write the site into (or to serve)")
     folder = artifacts_folder(artifacts, artifacts_option, required=False)
     write_site(folder, out, ort_web, weights, serve, port, bench, overwrite)
+
+
+def print_gpu_memory(size: str, weights: str) -> None:
+    """The browser GPU memory table of preset ``size`` with ``weights``."""
+    from ..core.config import preset
+    from ..web.gpu_memory import gpu_memory_table
+    from ..web.site import ATTENTION_CHUNK
+
+    config = preset(size)
+    typer.echo(f"{size} with --weights {weights}: GPU memory of one image in the browser (computed; 1 GB = 1e9 B)")
+    for line in gpu_memory_table(config, weights, ATTENTION_CHUNK):
+        typer.echo(line)
 
 
 def serve_site(folder: Path, port: int) -> None:

@@ -31,11 +31,12 @@ def size(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
-def attention_scores_bytes(config: StarConfig, batch: int) -> int:
-    """float32 self-attention scores of the last scale: (2B, heads, its tokens, all tokens so far)."""
+def attention_scores_bytes(config: StarConfig, batch: int, queries: int | None = None) -> int:
+    """float32 self-attention scores of the last scale: (2B, heads, its tokens, all tokens so far); of at most
+    ``queries`` of its tokens where the attention runs in pieces."""
     t = config.transformer
     last = config.patch_nums[-1] ** 2
-    return tensor_bytes((2 * batch, t.heads, last, config.total_tokens), "float32")
+    return tensor_bytes((2 * batch, t.heads, min(last, queries or last), config.total_tokens), "float32")
 
 
 def weights_bytes(manifest: Manifest) -> int:

@@ -90,9 +90,14 @@ def working_memory(
     step = rows * last * (4 * t.width + t.mlp_width) * size + 3 * rows * last * t.vocab_size * 4
     if not device.startswith("cuda"):
         step += rows * t.heads * last * tokens * 4
-    side = config.image_size
-    decode = int(profile.decode_buffers * batch * config.vae.ch * side * side * size)
+    decode = decode_bytes(config, batch, dtype, profile)
     return MemoryEstimate(0, kv_cache, max(step, decode) + profile.overhead, images * image_bytes(config))
+
+
+def decode_bytes(config: StarConfig, batch: int, dtype: str, profile: MemoryProfile) -> int:
+    """The decoder's peak activations: ``profile.decode_buffers`` full-resolution feature maps per image."""
+    side = config.image_size
+    return int(profile.decode_buffers * batch * config.vae.ch * side * side * itemsize(dtype))
 
 
 def image_bytes(config: StarConfig) -> int:

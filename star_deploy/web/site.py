@@ -27,6 +27,7 @@ from ..core.tables import build_scale_tables
 from ..core.tokenizer import load_tokenizer
 from ..errors import OutputError
 from ..files.atomic import atomic_dir, check_separate
+from .attention_chunks import chunk_attention, chunk_count
 from .parts import GZ, PART_BYTES, compress, write_graph
 from .runtime import BUILDS, ORT_WEB_VERSION, ort_web_version
 from .weights import Quantization, check_weights, import_onnx, quantization_of, site_precision, stored
@@ -52,6 +53,11 @@ LOOP = {
     "vq_decoder": {"f_hat": "f_hat", "image": "image"},
 }
 """Which tensor of each graph plays which part of the scale loop (graphs.py's contract)."""
+ATTENTION_CHUNK = 256
+"""Queries per piece of the step's self-attention (attention_chunks.py): at 1024-d30 a piece's float32 scores are
+(2, 30, 256, 9451), 0.58 GB, under the 1 GiB that the smallest WebGPU adapters (SwiftShader) put in one buffer.
+Schedules up to 256 px (at most 256 queries a scale) keep the exported attention."""
+CHUNKED_GRAPHS = ("transformer_step",)
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,23 @@ def graph_entry(spec: GraphSpec, folder: Path, file: Path, parts: list[tuple[str
     }
 
 
+def attention_entry(manifest: Manifest, chunk: int) -> dict | None:
+    """site.json's record of the step's chunked self-attention, or None where one piece covers every scale."""
+    queries = manifest.config.final_side**2
+    chunks = chunk_count(queries, chunk)
+    return {"query_chunk": chunk, "chunks": chunks, "graphs": list(CHUNKED_GRAPHS)} if chunks > 1 else None
+
+
 def write_graphs(
-    manifest: Manifest, folder: Path, weights: str, quantization: Quantization | None, part_bytes: int
+    manifest: Manifest,
+    folder: Path,
+    weights: str,
+    quantization: Quantization | None,
+    part_bytes: int,
+    attention: dict | None = None,
 ) -> dict[str, dict]:
-    """Each graph into ``folder/graphs`` with its weights stored as ``weights``, compressed; their entries."""
+    """Each graph into ``folder/graphs`` with its weights stored as ``weights`` and its self-attention in
+    ``attention``'s query chunks, compressed; their entries."""
     graphs = folder / "graphs"
     graphs.mkdir()
     entries = {}
@@ -90,13 +109,21 @@ def write_graphs(
         if name in OPTIONAL_GRAPHS:
             continue  # the page generates exactly: fast modes' graphs stay out of the site
         source, target = manifest.path(name), graphs / spec.file
-        if weights == "fp32" and graph_files(manifest.root, spec) == [source] and source.stat().st_size <= part_bytes:
+        chunked = attention is not None and name in attention["graphs"]
+        if (
+            weights == "fp32"
+            and not chunked
+            and graph_files(manifest.root, spec) == [source]
+            and source.stat().st_size <= part_bytes
+        ):
             shutil.copy2(source, target)
             parts = []
         else:
             import_onnx()  # a clear error naming the extra where onnx is missing
             log.info("writing %s with %s weights", spec.file, weights)
             model = stored(read_onnx(source), name, weights, quantization)
+            if chunked:
+                chunk_attention(model, attention["query_chunk"], manifest.config.final_side**2)
             parts = write_graph(model, graphs, spec.file, part_bytes)
         data = [(part, compress(graphs / part)) for part in parts]
         entries[name] = graph_entry(spec, folder, compress(target), data)
@@ -209,15 +236,18 @@ def build_site(
     weights: str = "fp16",
     overwrite: bool = False,
     part_bytes: int = PART_BYTES,
+    attention_chunk: int = ATTENTION_CHUNK,
 ) -> SiteReport:
     """Write the site for the artefact folder ``artifacts`` into ``out`` (atomically)."""
     check_weights(weights)
     check_site_folder(out, [artifacts, ort_web])
     manifest = load_manifest(artifacts)
     quantization = quantization_of(weights, manifest.precision)
+    attention = attention_entry(manifest, attention_chunk)
     with atomic_dir(out, overwrite) as tmp:
         sections = {
-            "graphs": write_graphs(manifest, tmp, weights, quantization, part_bytes),
+            "graphs": write_graphs(manifest, tmp, weights, quantization, part_bytes, attention),
+            "attention": attention,
             "tables": {"file": "tables.bin", "scales": write_tables(manifest, tmp / "tables.bin")},
         }
         (tmp / "tokenizer.json").write_text(load_tokenizer(manifest.tokenizer_dir).to_str(), encoding="utf-8")
