@@ -289,7 +289,8 @@ def test_bench_refuses_a_bad_level_before_loading(tmp_path):
 
 DECODER_BF16_PSNR_DB = 40.0
 """The bf16 decoder (torch) against the fp32 one on the golden model's random-weight decoder, same tokens: measured
-once at 45.8 dB (docs/fast.md has the demo and 256-d16 figures)."""
+once at 43.0 dB over both images (42.5 and 43.6 dB each, AMX-BF16 CPU); docs/fast.md has the demo and 256-d16 figures.
+The upper bound of the test (80 dB) fails a decoder that silently stayed in float32."""
 
 
 def test_bf16_decoder_keeps_tokens_stays_close_to_fp32_and_is_recorded(torch_pipeline):
@@ -305,7 +306,7 @@ def test_bf16_decoder_keeps_tokens_stays_close_to_fp32_and_is_recorded(torch_pip
     psnr = 10 * np.log10(1 / mse)
     assert DECODER_BF16_PSNR_DB <= psnr < 80, f"bf16 decoder PSNR {psnr:.1f} dB"
     assert out.fast.label() == "fast 2, cfg-until 7, keep 0.5,0.25, decoder bfloat16"
-    assert pipe(PROMPTS, **knobs).fast == FastMode(decoder="bfloat16") != EXACT
+    assert pipe(PROMPTS[0], **(knobs | {"seed": 0})).fast == FastMode(decoder="bfloat16") != EXACT
 
 
 def test_run_records_the_bf16_decoder_in_the_png(tmp_path):
