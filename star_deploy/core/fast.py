@@ -118,7 +118,8 @@ def resolve_fast(
     A knob given alone implies the lowest level it belongs to: ``cfg_until`` 1, ``keep`` 2.
     ``decoder`` is the lowered decoder dtype of the loaded model (None: its own), recorded in the mode.
     """
-    return replace(resolve_level(config, level, cfg_until, keep), decoder=decoder)
+    mode = resolve_level(config, level, cfg_until, keep)
+    return mode if decoder is None else replace(mode, decoder=decoder)
 
 
 def resolve_level(config: StarConfig, level: int, cfg_until: int | None, keep: tuple[float, ...] | None) -> FastMode:
