@@ -8,8 +8,13 @@ wall time (median of --repeat), its ratio to exact and to the official-style bas
 again with the int8 decoder (``star-deploy quantize --decoder``).
 Prints a table and writes JSON.
 
+With --decoder-bf16: the torch backend's VQ decoder in bfloat16 (``--decoder-dtype bfloat16``) against
+float32 on the same tokens, alternating per prompt: PSNR and SSIM of each image, decode time ratio.
+
 Usage: python benchmarks/fast_modes.py [--models demo,256-d16] [--backend onnxruntime|torch]
        [--device cpu|cuda] [--repeat 3] [--json benchmarks/results/fast_modes.json]
+       python benchmarks/fast_modes.py --decoder-bf16 [--models demo,256-d16]
+       [--json benchmarks/results/decoder_bf16.json]
 """
 
 from __future__ import annotations
@@ -208,6 +213,105 @@ def random_rows(name: str, backend: str, repeat: int, scratch: Path, device: str
     return rows
 
 
+DECODER_PROMPTS = (
+    "a red circle on a blue background",
+    "a photo of a red fox in the snow",
+    "a small green square on a white background",
+    "a yellow triangle on a black background",
+)
+"""Prompts of the bf16-decoder rows, one seed each (seeds 0-3)."""
+
+
+def torch_model(name: str):
+    """The torch model ``name`` runs: the demo's trained weights, or a random-weight preset."""
+    if name == "demo":
+        from star_deploy.demo import DEMO_RESOLUTION, DEMO_WEIGHTS
+        from star_deploy.release.finder import resolve_release
+        from star_deploy.release.weights import load_release
+
+        return load_release(resolve_release(weights=DEMO_WEIGHTS), DEMO_RESOLUTION)
+    from star_deploy.release.random_weights import random_model
+
+    return random_model(preset(name))
+
+
+def decoder_bf16_rows(name: str) -> list[dict]:
+    """The torch backend with its decoder in float32 and in bfloat16, alternating per prompt in one run: tokens
+    equal, PSNR and SSIM of each image, decode and generation wall times."""
+    import copy
+
+    import torch
+
+    from star_deploy.backends.torch_backend import TorchBackend
+    from star_deploy.core.cpu_isa import bf16_isa, cpu_flags
+
+    model = torch_model(name)
+    tokenizer = PromptTokenizer(model.tokenizer_dir)
+    loops = {
+        dtype: ScaleLoop(TorchBackend(copy.deepcopy(model), decoder_dtype=getattr(torch, dtype)), tokenizer)
+        for dtype in ("float32", "bfloat16")
+    }
+    sampling = SamplingConfig() if name == "demo" else SAMPLING
+    times: dict[str, list] = {dtype: [] for dtype in loops}
+    quality = []
+    for seed, prompt in enumerate(DECODER_PROMPTS):
+        gens = {}
+        for dtype, loop in loops.items():
+            start = time.perf_counter()
+            gens[dtype] = loop.generate([prompt], sampling, seeds=[seed])
+            times[dtype].append((time.perf_counter() - start, gens[dtype].times.decode))
+        exact, lowered = gens["float32"], gens["bfloat16"]
+        quality.append(
+            (
+                bool(np.array_equal(exact.tokens, lowered.tokens)),
+                psnr(lowered.images, exact.images),
+                ssim(lowered.images, exact.images),
+            )
+        )
+    rows = []
+    for dtype in loops:
+        seconds = statistics.median(t for t, _ in times[dtype][1:])
+        decode = statistics.median(d for _, d in times[dtype][1:])
+        row = {
+            "model": name if name == "demo" else f"{name} random",
+            "rung": EXACT.record() | {"decoder": None if dtype == "float32" else dtype},
+            "label": f"torch, {dtype} decoder",
+            "decoder": dtype,
+            "backend": "torch",
+            "bf16_isa": bf16_isa(cpu_flags()),
+            "images": len(DECODER_PROMPTS),
+            "timed": len(DECODER_PROMPTS) - 1,
+            "seconds": seconds,
+            "decode_seconds": decode,
+            "step_flop_saving": 0.0,
+        }
+        if dtype != "float32":
+            row |= {
+                "tokens_equal": all(q[0] for q in quality),
+                "psnr_db": min(q[1] for q in quality),
+                "psnr_db_each": [q[1] for q in quality],
+                "ssim": min(q[2] for q in quality),
+            }
+        rows.append(row)
+    for row in rows:
+        row["speedup"] = rows[0]["seconds"] / row["seconds"]
+        row["decode_speedup"] = rows[0]["decode_seconds"] / row["decode_seconds"]
+    return rows
+
+
+def print_decoder_table(rows: list[dict]) -> None:
+    print(
+        f"{'model':16} {'decoder':10} {'seconds':>8} {'decode s':>9} {'decode x':>9} {'quality (min over images)':>40}"
+    )
+    for r in rows:
+        quality = "reference"
+        if "psnr_db" in r:
+            tokens = "tokens equal" if r["tokens_equal"] else "TOKENS DIFFER"
+            quality = f"PSNR {r['psnr_db']:.1f} dB, SSIM {r['ssim']:.4f}, {tokens}"
+        line = f"{r['model']:16} {r['decoder']:10} {r['seconds']:8.2f} {r['decode_seconds']:9.3f}"
+        print(f"{line} {r['decode_speedup']:8.2f}x {quality:>40}")
+
+
 def print_table(rows: list[dict]) -> None:
     head = f"{'model':16} {'rung':50} {'seconds':>8} {'speedup':>8} {'vs official':>11} {'FLOP saved':>10}"
     print(f"{head} {'quality':>36}")
@@ -232,8 +336,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-decoder-int8", action="store_true", help="skip the int8-decoder rows (ONNX Runtime)")
     parser.add_argument("--demo-seeds", type=int, default=4, help="seeds per held-out combination (35 of them)")
+    parser.add_argument(
+        "--decoder-bf16",
+        action="store_true",
+        help="only the torch decoder in bfloat16 against float32 on --models (no rungs)",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/fast_modes.json"))
     args = parser.parse_args()
+    if args.decoder_bf16:
+        rows = [row for name in args.models.split(",") for row in decoder_bf16_rows(name)]
+        print_decoder_table(rows)
+        write_report(args.json, "torch", rows)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):
@@ -244,9 +358,13 @@ def main() -> None:
                     name, args.backend, args.repeat, Path(scratch), args.device, not args.no_decoder_int8
                 )
     print_table(rows)
-    report = {"backend": args.backend, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, args.backend, rows)
+
+
+def write_report(path: Path, backend: str, rows: list[dict]) -> None:
+    report = {"backend": backend, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

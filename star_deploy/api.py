@@ -122,6 +122,8 @@ class StarPipeline:
         self.defaults = loaded.defaults
         self.model = loaded.model
         self.manifest = loaded.manifest
+        self.decoder = loaded.decoder
+        """The decoder's dtype where ``decoder_dtype`` lowered it, else None; every output's ``fast`` records it."""
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._callback_since: float | None = None
@@ -193,7 +195,7 @@ class StarPipeline:
         prompts = normalize_prompts(prompt, num_images_per_prompt)
         seeds = call.seeds(len(prompts))
         sampling = call.sampling(self.defaults, self.config.transformer.vocab_size)
-        mode = call.fast_mode(self.config)
+        mode = call.fast_mode(self.config, self.decoder)
         step = call.batch_size or len(prompts)
         if callback_on_scale_end is not None and not callable(callback_on_scale_end):
             raise ConfigError(f"callback_on_scale_end must be callable or None, got {type(callback_on_scale_end)}")

@@ -221,6 +221,7 @@ FOREIGN_VALUES = {
     "cuda_graphs": True,
     "compile": True,
     "compile_cache": "compiled",
+    "decoder_dtype": "bfloat16",
     "provider": "cpu",
     "provider_options": {},
     "session_options": None,

@@ -238,6 +238,37 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, name, content
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cfg-until", "9"], "--cfg-until 9: guidance runs on the first K scales; choose K from 1 to 6"),
+        (["--keep", "0.5,0.5,0.5,0.5,0.5,0.5"], "--keep has 6 ratios; give at most 5"),
+    ],
+)
+def test_a_ray_job_checks_the_fast_knobs_on_the_head_before_ray_starts(tmp_path, flags, message):
+    import ray
+
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    out = tmp_path / "out"
+    result = invoke(str(tmp_path / "p.txt"), "-o", str(out), "--ray", "auto", *flags)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and not ray.is_initialized()
+
+
+def test_the_decoder_dtype_is_a_job_setting_only_where_given(tmp_path):
+    """A job run with --decoder-dtype is another job; jobs recorded without the option keep their settings."""
+    from star_deploy.batch.record import setting_difference
+
+    base = BatchOptions(tmp_path / "p.txt", tmp_path / "out", load=LoadOptions(backend="torch"))
+    lowered = replace(base, load=replace(base.load, decoder_dtype="bfloat16"))
+    plan = plan_load(base.load)
+    assert "decoder_dtype" not in base.settings(plan)
+    assert (
+        setting_difference(base.settings(plan), lowered.settings(plan)) == '--decoder-dtype: was null, now "bfloat16"'
+    )
+
+
 def test_an_unwritable_out_is_refused(tmp_path):
     (tmp_path / "p.txt").write_text("a red circle\n")
     (tmp_path / "file").write_text("")

@@ -43,3 +43,12 @@ def test_fixed_layouts_are_recorded_unmeasured():
     assert backend.decoder_layout.record() == {"layout": "channels-last", "measured": False, "seconds": {}}
     with pytest.raises(ValueError, match="channels_last"):
         TorchBackend(load_golden_model(), channels_last="nhwc")
+
+
+def test_a_bf16_decoder_defaults_to_channels_last_on_cpu_and_is_recorded():
+    """The decoder's own dtype picks the CPU layout; the transformer keeps float32, bench details name the dtype."""
+    backend = TorchBackend(load_golden_model(), decoder_dtype=torch.bfloat16)
+    assert backend.decoder_layout.layout == "channels-last" and backend.dtype == torch.float32
+    assert backend_details(backend, [1.0])["decoder_dtype"] == "bfloat16"
+    exact = TorchBackend(load_golden_model())
+    assert exact.decoder_layout.layout == "nchw" and backend_details(exact, [1.0])["decoder_dtype"] == "float32"

@@ -274,9 +274,8 @@ def test_bench_runs_the_rung_on_all_but_the_baseline_and_records_it(artifacts_fp
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["settings"]["fast"] == {"level": 1, "cfg_until": CUT, "keep": [], "label": "fast 1, cfg-until 7"} | {
-        "baseline": "exact"
-    }
+    label = {"label": "fast 1, cfg-until 7", "baseline": "exact"}
+    assert report["settings"]["fast"] == {"level": 1, "cfg_until": CUT, "keep": [], "decoder": None} | label
     backends = report["backends"]
     for name in ("torch", "onnxruntime"):
         fidelity = backends[name]["fidelity"]
@@ -286,3 +285,56 @@ def test_bench_runs_the_rung_on_all_but_the_baseline_and_records_it(artifacts_fp
 def test_bench_refuses_a_bad_level_before_loading(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--fast", "5", "--random-weights"])
     assert result.exit_code == 2 and "--fast 5: choose a level in 0, 1, 2" in result.stderr
+
+
+DECODER_BF16_PSNR_DB = 40.0
+"""The bf16 decoder (torch) against the fp32 one on the golden model's random-weight decoder, same tokens: measured
+once at 43.0 dB over both images (42.5 and 43.6 dB each, AMX-BF16 CPU); docs/fast.md has the demo and 256-d16 figures.
+The upper bound of the test (80 dB) fails a decoder that silently stayed in float32."""
+
+
+def test_bf16_decoder_keeps_tokens_stays_close_to_fp32_and_is_recorded(torch_pipeline):
+    from star_deploy.api import StarPipeline
+
+    pipe = StarPipeline.from_pretrained(GOLDEN, backend="torch", resolution=256, decoder_dtype="bfloat16")
+    assert pipe.loop.backend.decoder_dtype == torch.bfloat16 and pipe.loop.backend.dtype == torch.float32
+    knobs = {"guidance_scale": 4.0, "top_k": 64, "top_p": 0.9, "seed": SEEDS, "output_type": "np"}
+    out = pipe(PROMPTS, fast=2, cfg_until=CUT, keep="0.5,0.25", **knobs)
+    reference = generate(torch_pipeline, RUNGS["fast2"])
+    np.testing.assert_array_equal(out.tokens, reference.tokens)
+    mse = np.mean((np.asarray(out.images, np.float64) - np.asarray(reference.images).transpose(0, 2, 3, 1)) ** 2)
+    psnr = 10 * np.log10(1 / mse)
+    assert DECODER_BF16_PSNR_DB <= psnr < 80, f"bf16 decoder PSNR {psnr:.1f} dB"
+    assert out.fast.label() == "fast 2, cfg-until 7, keep 0.5,0.25, decoder bfloat16"
+    assert pipe(PROMPTS[0], **(knobs | {"seed": 0})).fast == FastMode(decoder="bfloat16") != EXACT
+
+
+def test_run_records_the_bf16_decoder_in_the_png(tmp_path):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["run", "a red car.", "-o", str(out), *TINY_RUN, "--decoder-dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert read_png(out)[1]["fast"] == "fast 0, decoder bfloat16"
+
+
+def test_decoder_dtype_is_refused_on_graph_backends_in_one_line(tmp_path):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["run", "a red circle", "-o", str(out), "--decoder-dtype", "bfloat16"])
+    assert result.exit_code == 2, result.output
+    assert "decoder_dtype applies to backend='torch', not to backend='onnxruntime'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_bf16_decoder_on_a_cpu_without_bf16_warns_that_it_is_emulated(tiny_model, monkeypatch, caplog):
+    import copy
+    import logging
+
+    from star_deploy.backends import torch_backend
+
+    monkeypatch.setattr(torch_backend, "cpu_flags", lambda: ["avx2", "fma", "avx512f"])
+    with caplog.at_level(logging.WARNING, logger="star_deploy"):
+        torch_backend.TorchBackend(copy.deepcopy(tiny_model), decoder_dtype=torch.bfloat16)
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert warned == [
+        "bfloat16 is emulated on this CPU (no AVX512-BF16, AVX512-FP16 or AMX), slower than float32; "
+        "use --decoder-dtype float32, or the onnxruntime backend"
+    ]

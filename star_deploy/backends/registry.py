@@ -96,7 +96,16 @@ def _create_torch(model: Any, device: str, options: Options) -> Any:
     if options.threads and not is_cuda(device):
         torch.set_num_threads(options.threads)
     dtype = torch_dtype(options.compute_dtype)
-    return TorchBackend(model, device, dtype, options.cuda_graphs, options.compile, compile_cache=options.compile_cache)
+    decoder = torch_dtype(options.decoder_dtype or options.compute_dtype)
+    return TorchBackend(
+        model,
+        device,
+        dtype,
+        options.cuda_graphs,
+        options.compile,
+        compile_cache=options.compile_cache,
+        decoder_dtype=decoder,
+    )
 
 
 def _check_onnxruntime(device: str, options: Options) -> None:
@@ -137,7 +146,7 @@ BACKENDS: dict[str, BackendSpec] = {
             runs=WEIGHTS,
             default_device="cpu",
             check=_check_torch,
-            options=("dtype", "cuda_graphs", "compile", "compile_cache"),
+            options=("dtype", "decoder_dtype", "cuda_graphs", "compile", "compile_cache"),
             module="torch",
             extra="torch",
             create=_create_torch,

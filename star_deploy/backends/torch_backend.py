@@ -40,19 +40,21 @@ def cudnn_autotuned() -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
-def warn_if_emulated(dtype: str, flags: list[str] | None = None) -> None:
+def warn_if_emulated(dtype: str, flags: list[str] | None = None, option: str = "--dtype") -> None:
     """Say so when this CPU (or one with ``flags``) has no instructions for ``dtype``: its matmuls are then emulated,
-    slower than float32."""
+    slower than float32; ``option`` is the load option that asked for it."""
     if backend_isa("fp32", dtype, cpu_flags() if flags is None else flags).endswith("emulated"):
         log.warning(
             "%s is emulated on this CPU (no AVX512-BF16, AVX512-FP16 or AMX), slower than float32; "
-            "use --dtype float32, or the onnxruntime backend",
+            "use %s float32, or the onnxruntime backend",
             dtype,
+            option,
         )
 
 
 class TorchBackend(TorchArrays):
-    """Runs the reference modules; ``dtype`` applies to the transformer and decoder.
+    """Runs the reference modules; ``dtype`` applies to the transformer and decoder, ``decoder_dtype`` (default
+    ``dtype``) to the decoder alone: the tokens never depend on it.
 
     With ``cuda_graphs``, the text context, every scale's step (with its cache write), its
     portable draw and its update, and the decoder are captured as CUDA graphs on the first
@@ -73,8 +75,8 @@ class TorchBackend(TorchArrays):
     False). ``"measure"`` times both at the first decode on this device and keeps the faster,
     recorded in ``decoder_layout``; it is the default on a GPU. On CPU the default is NCHW for
     float32 (channels-last gained ~6%, noisy, and made the decoder's result depend on the batch
-    size by ~2e-5) and channels-last for bfloat16/float16 (oneDNN's NCHW kernels for them
-    were 36x slower on an AVX2 CPU).
+    size by ~2e-5) and channels-last for a bfloat16/float16 decoder (oneDNN's NCHW kernels for
+    them were 36x slower on an AVX2 CPU, and 4.7x slower for bf16 on an AMX CPU).
     """
 
     name = "torch"
@@ -89,17 +91,22 @@ class TorchBackend(TorchArrays):
         channels_last: bool | str | None = None,
         compile_dynamic: bool = True,
         compile_cache: Path | None = None,
+        decoder_dtype: torch.dtype | None = None,
     ) -> None:
         self.config = model.config
         self.compiled = compile
         self.device = torch.device(device)
         self.dtype = dtype
+        self.decoder_dtype = dtype if decoder_dtype is None else decoder_dtype
         self.cuda_graphs = cuda_graphs
         self.graph_sets: dict[tuple[ScalePlan, ...], CudaGraphs] = {}
         self.graphs: CudaGraphs | None = None
         if self.device.type == "cpu" and dtype != torch.float32:
             warn_if_emulated(str(dtype).removeprefix("torch."))
+        if self.device.type == "cpu" and self.decoder_dtype not in (dtype, torch.float32):
+            warn_if_emulated(str(self.decoder_dtype).removeprefix("torch."), option="--decoder-dtype")
         model.to(self.device, dtype)
+        model.vqvae.decoder.to(self.decoder_dtype)
         self.compile_cache = CompileCache(compile_cache) if compile and compile_cache is not None else None
         backend = compile if isinstance(compile, str) else "inductor"
         block_call = compiled_block(self.config.num_scales, backend, compile_dynamic) if compile else None
@@ -122,7 +129,7 @@ class TorchBackend(TorchArrays):
         if channels_last is None:
             if self.device.type == "cuda":
                 return None
-            channels_last = self.dtype != torch.float32
+            channels_last = self.decoder_dtype != torch.float32
         if channels_last == "measure":
             return None
         if not isinstance(channels_last, bool):

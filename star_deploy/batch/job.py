@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import StarDeployError
 from ..files.atomic import check_separate
 from ..files.signals import Interrupted
+from ..runtime.loading import model_config
 from ..runtime.plan import LoadPlan
 from .folder import Skeleton, locked, open_job, refuse_other_job, remove_partials, skeleton_files
 from .index import IndexAppender, rewrite_index, verified_rows
@@ -29,6 +30,7 @@ def run_batch(options: BatchOptions) -> Summary:
     """Generate every image of ``options.prompts`` not already in ``options.out``; the run's summary."""
     started = time.perf_counter()
     plan = options.check()
+    options.call.fast_mode(model_config(plan))  # knobs this model's schedule refuses, before anything is opened
     prompts = read_prompts(options.prompts)
     data = options.prompts.read_bytes()
     settings = options.settings(plan)
@@ -42,8 +44,6 @@ def run_batch(options: BatchOptions) -> Summary:
     skeleton = Skeleton(skeleton_files(record, copy, data) | layout_files(options.layout, prompts), folders)
     refuse_other_job(options.out, record, options.prompts, options.overwrite)
     pipe = None if options.ray else load_pipeline(plan, min(options.batch_size, len(tasks)))
-    if pipe is not None:
-        options.call.fast_mode(pipe.config)  # knobs this model's schedule refuses, before the folder is opened
     with ExitStack() as held:
         if options.out.is_dir():
             held.enter_context(locked(options.out))

@@ -78,7 +78,9 @@ class BatchOptions:
         return plan
 
     def settings(self, plan: LoadPlan) -> dict[str, Any]:
-        """The settings that shape the images (the job record compares them on a rerun)."""
+        """The settings that shape the images (the job record compares them on a rerun); ``decoder_dtype`` only
+        where given, so jobs recorded before it existed continue."""
+        decoder = {"decoder_dtype": self.load.decoder_dtype} if self.load.decoder_dtype is not None else {}
         return {
             "seed": self.seed,
             "images_per_prompt": self.images_per_prompt,
@@ -90,6 +92,7 @@ class BatchOptions:
             "backend": plan.backend,
             "device": plan.device,
             "dtype": self.load.compute_dtype,
+            **decoder,
             "resolution": self.load.resolution,
             "precision": plan.precision,
             "model": identity(plan),

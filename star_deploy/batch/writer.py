@@ -98,11 +98,14 @@ class ChunkRunner:
         """The settings the pipeline applies: the task's, the model's defaults for the rest, top-k capped."""
         d, s = self.pipe.defaults, task.sampling
         top_k = d.top_k if s.top_k is None else s.top_k
+        mode = CallOptions(fast=s.fast, cfg_until=s.cfg_until, keep=s.keep).fast_mode(
+            self.pipe.config, self.pipe.decoder
+        )
         return {
             "cfg": d.cfg if s.cfg is None else s.cfg,
             "top_k": min(top_k, self.pipe.config.transformer.vocab_size),
             "top_p": d.top_p if s.top_p is None else s.top_p,
-            "fast": CallOptions(fast=s.fast, cfg_until=s.cfg_until, keep=s.keep).fast_mode(self.pipe.config).label(),
+            "fast": mode.label(),
         }
 
     def generate(self, tasks: tuple[ImageTask, ...]) -> list[np.ndarray]:

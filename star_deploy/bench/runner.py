@@ -274,11 +274,15 @@ class FastLoop:
 
 
 def backend_details(backend, warmup_s: list[float]) -> dict:
-    """The warm-up wall times (the first one pays torch.compile) and the decoder layout a torch backend chose."""
+    """The warm-up wall times (the first one pays torch.compile), and the decoder layout and dtype a torch backend
+    chose."""
     details: dict = {"warmup_s": warmup_s}
     layout = getattr(backend, "decoder_layout", None)
     if layout is not None:
         details["decoder_layout"] = layout.record()
+    decoder = getattr(backend, "decoder_dtype", None)
+    if decoder is not None:
+        details["decoder_dtype"] = str(decoder).removeprefix("torch.")
     return details
 
 
@@ -327,7 +331,8 @@ def run_bench(source: BackendSource, settings: BenchSettings) -> dict:
         gc.collect()
     roofs = roofs.best(measure_roofs(dtypes, device))
     report = build_report(config, settings, device, runs, source.export_seconds, roofs)
-    report["settings"]["fast"] = mode.record() | {"label": mode.label(), "baseline": "exact"}
+    lowered = replace(mode, decoder=settings.load.lowered_decoder)
+    report["settings"]["fast"] = lowered.record() | {"label": lowered.label(), "baseline": "exact"}
     return report
 
 

@@ -190,7 +190,7 @@ def generate_files(
     check_separate(paths + ([previews] if previews is not None else []), plan.inputs)
     pipe = StarPipeline.from_plan(plan)
     sampling = call.sampling(pipe.defaults, pipe.config.transformer.vocab_size)
-    mode = call.fast_mode(pipe.config)
+    mode = call.fast_mode(pipe.config, pipe.decoder)
     meta = {
         "cfg": str(sampling.cfg),
         "top_k": str(sampling.top_k),

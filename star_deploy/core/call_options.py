@@ -131,9 +131,12 @@ class CallOptions:
         """The seed of each of ``count`` images."""
         return arguments.seeds(self.seed, count)
 
-    def fast_mode(self, config: StarConfig) -> FastMode:
-        """The fast mode these knobs mean for ``config`` (the preset's, overridden by those given; checked)."""
-        return resolve_fast(config, self.fast, self.cfg_until, self.keep)
+    def fast_mode(self, config: StarConfig, decoder: str | None = None) -> FastMode:
+        """The fast mode these knobs mean for ``config`` (the preset's, overridden by those given; checked).
+
+        ``decoder``: the loaded model's lowered decoder dtype (``StarPipeline.decoder``), recorded in the mode.
+        """
+        return resolve_fast(config, self.fast, self.cfg_until, self.keep, decoder)
 
     def sampling(self, defaults: SamplingConfig, vocab_size: int | None = None) -> SamplingConfig:
         """The settings given, ``defaults`` for the rest; top-k capped at the codebook (with a warning if given)."""

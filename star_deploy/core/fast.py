@@ -15,7 +15,7 @@ them. ``scale_plans`` turns the knobs into what each scale runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
 from .config import StarConfig
@@ -53,23 +53,25 @@ class FastMode:
 
     ``cfg_until``: guidance on the first K scales, the conditional rows alone after them (None: every
     scale). ``keep``: the share of tokens the transformer runs at each of the last ``len(keep)``
-    scales (1.0: all of them).
+    scales (1.0: all of them). ``decoder``: the dtype the VQ decoder runs in where a load option
+    lowered it (``--decoder-dtype bfloat16``), None otherwise; the tokens do not depend on it.
     """
 
     level: int = 0
     cfg_until: int | None = None
     keep: tuple[float, ...] = ()
+    decoder: str | None = None
 
     @property
     def exact(self) -> bool:
-        return self.level == 0
+        return self.level == 0 and self.decoder is None
 
     def record(self) -> dict:
         """What PNG text chunks, responses and bench JSON record about it."""
-        return {"level": self.level, "cfg_until": self.cfg_until, "keep": list(self.keep)}
+        return {"level": self.level, "cfg_until": self.cfg_until, "keep": list(self.keep), "decoder": self.decoder}
 
     def label(self) -> str:
-        """One line: ``exact``, or the level and its knobs."""
+        """One line: ``exact``, or the level, its knobs and the decoder's dtype."""
         if self.exact:
             return "exact"
         parts = [f"fast {self.level}"]
@@ -77,6 +79,8 @@ class FastMode:
             parts.append(f"cfg-until {self.cfg_until}")
         if self.keep:
             parts.append("keep " + ",".join(f"{r:g}" for r in self.keep))
+        if self.decoder is not None:
+            parts.append(f"decoder {self.decoder}")
         return ", ".join(parts)
 
 
@@ -107,11 +111,19 @@ def resolve_fast(
     level: int = 0,
     cfg_until: int | None = None,
     keep: tuple[float, ...] | None = None,
+    decoder: str | None = None,
 ) -> FastMode:
     """The mode ``level`` means for ``config``, with the knobs given replacing the preset's.
 
     A knob given alone implies the lowest level it belongs to: ``cfg_until`` 1, ``keep`` 2.
+    ``decoder`` is the lowered decoder dtype of the loaded model (None: its own), recorded in the mode.
     """
+    mode = resolve_level(config, level, cfg_until, keep)
+    return mode if decoder is None else replace(mode, decoder=decoder)
+
+
+def resolve_level(config: StarConfig, level: int, cfg_until: int | None, keep: tuple[float, ...] | None) -> FastMode:
+    """The level and knobs of ``resolve_fast``."""
     check_level(level)
     if level == 1 and keep is not None:
         raise ConfigError("--keep belongs to --fast 2; use --fast 2, or drop it for --fast 1")

@@ -34,6 +34,8 @@ class Loaded:
     defaults: SamplingConfig
     model: StarTorchModel | None = None
     manifest: Manifest | None = None
+    decoder: str | None = None
+    """The decoder's dtype where a load option lowered it (``LoadOptions.lowered_decoder``)."""
 
 
 def memory_check(plan: LoadPlan, dtype: str, weight_bytes: int | None = None):
@@ -68,6 +70,18 @@ def graphs_backend(manifest: Manifest) -> Any:
     return spec.create(manifest, chosen_device(spec, options), options)
 
 
+def model_config(plan: LoadPlan) -> StarConfig:
+    """The config of what ``plan`` loads, read without loading it: the manifest's, or the release's tensor shapes."""
+    if plan.spec.needs_artifacts:
+        from ..artifacts.manifest import MANIFEST, read_manifest
+        from ..artifacts.schema import parse_config
+
+        return parse_config(read_manifest(plan.artifacts)["config"], plan.artifacts / MANIFEST)
+    from ..release.weights import read_release_config
+
+    return read_release_config(plan.release, plan.resolution)[0]
+
+
 def load(plan: LoadPlan) -> Loaded:
     """Load what ``plan`` names, on its backend and device."""
     if plan.spec.needs_artifacts:
@@ -87,7 +101,7 @@ def load_release(plan: LoadPlan) -> Loaded:
     model = load_weights(plan.release, plan.resolution, memory_check(plan, dtype))
     engine = plan.spec.create(model, plan.device, options)
     loop = ScaleLoop(engine, PromptTokenizer(model.tokenizer_dir), call_budget(plan, model.config, dtype))
-    return Loaded(loop, plan.backend, dtype, SamplingConfig(), model=model)
+    return Loaded(loop, plan.backend, dtype, SamplingConfig(), model=model, decoder=options.lowered_decoder)
 
 
 def load_graphs(plan: LoadPlan) -> Loaded:

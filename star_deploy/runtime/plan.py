@@ -111,6 +111,14 @@ class LoadOptions:
     dtype: Annotated[
         Dtype, CliOption("torch backend compute dtype: float32, float16 or bfloat16. Default: float32.")
     ] = None
+    decoder_dtype: Annotated[
+        Dtype,
+        CliOption(
+            "torch backend: the VQ decoder's dtype, e.g. bfloat16 (bf16 convolutions, native on AMX-BF16 and "
+            "AVX512-BF16 CPUs): the tokens are unchanged, the image approximate and recorded as such (docs/fast.md). "
+            "Default: --dtype."
+        ),
+    ] = None
     threads: Annotated[
         Threads, CliOption("Intra-op threads of onnxruntime, and of torch on CPU (0: one per physical core).")
     ] = 0
@@ -158,6 +166,13 @@ class LoadOptions:
     def compute_dtype(self) -> str:
         """The torch backend's compute dtype: ``dtype``, else float32."""
         return self.dtype or DEFAULT_DTYPE
+
+    @property
+    def lowered_decoder(self) -> str | None:
+        """The decoder's dtype where ``decoder_dtype`` departs from the compute dtype (images record it), else None."""
+        if self.decoder_dtype in (None, self.compute_dtype):
+            return None
+        return self.decoder_dtype
 
     @property
     def weight_options(self) -> bool:

@@ -59,6 +59,7 @@ class ImageModel:
         self.defaults = self.pipe.defaults
         self.backend = self.pipe.backend_name
         self.precision = self.pipe.precision
+        self.decoder = self.pipe.decoder
         self.lock = threading.Lock()
         self.failure: str | None = None
 
@@ -104,7 +105,7 @@ class ImageModel:
             d.cfg if job.cfg is None else job.cfg,
             min(top_k, self.config.transformer.vocab_size),
             d.top_p if job.top_p is None else job.top_p,
-            CallOptions(fast=job.fast, cfg_until=job.cfg_until).fast_mode(self.config),
+            CallOptions(fast=job.fast, cfg_until=job.cfg_until).fast_mode(self.config, self.decoder),
         )
 
     def generate(self, jobs: Sequence[Job], on_preview: PreviewCallback | None = None) -> list[np.ndarray]:
