@@ -15,7 +15,6 @@ import typer
 from ..artifacts.manifest import Manifest, load_manifest
 from ..backends.registry import BackendSpec, backend_spec, default_backend, engine_backends
 from ..core.config import SamplingConfig
-from ..core.graphs import OPTIONAL_GRAPHS
 from ..core.tokenizer import PromptTokenizer
 from ..engines.memory import device_memory, reported_batch_sizes
 from ..errors import ArtifactError, ConfigError, StarDeployError
@@ -30,12 +29,12 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 
 def report_readiness(manifest: Manifest) -> None:
-    """Print one line per graph TensorRT builds (not the fast modes' pruned step, which runs on torch and
-    onnxruntime); raise with the first problem if any graph is not ready."""
+    """Print one line per graph TensorRT builds (the fast modes' pruned step too, where exported); raise with the
+    first problem if any graph is not ready."""
     from ..artifacts.readiness import check_artifacts, release_tables
 
     tables = release_tables()
-    graphs = {g: s for g, s in manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
+    graphs = manifest.graphs
     reports = check_artifacts(graphs, {g: manifest.path(g) for g in graphs}, tables)
     typer.echo(
         f"TensorRT readiness (ONNX parsers of TensorRT {', '.join(t.tensorrt_version for t in tables)}, opset "
@@ -43,7 +42,7 @@ def report_readiness(manifest: Manifest) -> None:
     )
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-        typer.echo(f"  {r.graph:<17} {sum(r.op_counts.values()):>5} nodes, {len(r.op_counts):>3} op types  {status}")
+        typer.echo(f"  {r.graph:<23} {sum(r.op_counts.values()):>5} nodes, {len(r.op_counts):>3} op types  {status}")
         for problem in r.problems:
             typer.echo(f"    - {problem}", err=True)
     problems = [p for r in reports for p in r.problems]
