@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from star_deploy.backends.kv_cache import KVCache
 from star_deploy.cli import app
 from star_deploy.core.config import PRESETS, SamplingConfig, preset
+from star_deploy.core.fast import resolve_fast, scale_plans
 from star_deploy.core.graphs import Role, graph_specs
 from star_deploy.engines.buffers import (
     binding_plan,
@@ -24,7 +25,13 @@ from star_deploy.engines.buffers import (
 )
 from star_deploy.engines.builder import BuildOptions, engine_sidecar
 from star_deploy.engines.memory import attention_scores_bytes
-from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
+from star_deploy.engines.profiles import (
+    Profile,
+    dynamic_inputs,
+    profile_table,
+    select_profile,
+    select_pruned_profile,
+)
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.errors import ArtifactError, ConfigError
 from star_deploy.evaluation.parity import GRAPHS, THRESHOLDS, psnr, validate
@@ -98,6 +105,35 @@ def test_conditional_row_profiles_follow_the_exact_ones_for_the_step_only():
     assert select_profile(step, specs["transformer_step"], 2, 3, rows=2) is step[3 * n + 3]
     update = profile_table(config, specs["scale_update"], [1], conditional_rows=True)
     assert len(update) == n and all(p.rows is None for p in update)
+
+
+def test_pruned_step_profiles_are_the_scales_its_fast_mode_prunes():
+    """1024-d30's rung 2 (guidance on 11 scales; 48x48 and 64x64 keep 0.5 and 0.25): scales 11-13, B rows each,
+    the cache holding what every earlier scale ran."""
+    config = preset("1024-d30")
+    specs = graph_specs(config, "fp16")
+    spec, fast = specs["transformer_step_pruned"], resolve_fast(config, 2)
+    assert profile_table(config, spec, [1]) == []
+    profiles = profile_table(config, spec, [1, 2], fast=fast)
+    assert [(p.index, p.batch, p.scale, p.kept, p.rows) for p in profiles] == [
+        (0, 1, 11, 1296, 1),
+        (1, 1, 12, 1152, 1),
+        (2, 1, 13, 1024, 1),
+        (3, 2, 11, 1296, 2),
+        (4, 2, 12, 1152, 2),
+        (5, 2, 13, 1024, 2),
+    ]
+    last = profiles[5].shapes
+    assert last["x"] == (2, 64, 64, 1920) and last["kept_index"] == (2, 1024) and last["restore"] == (64, 48)
+    assert last["prior_residual"] == (2, 48, 48, 1920) and last["rope_cos"] == (64 * 64, 32)
+    assert last["past_key.0"] == (9451 - 64 * 64 - 48 * 48 + 1152, 2, 30, 64)
+    plans = scale_plans(config, fast)
+    assert select_pruned_profile(profiles, spec, config, 2, 12, plans) is profiles[4]
+    other = scale_plans(config, resolve_fast(config, 2, keep=(0.5, 0.5)))
+    with pytest.raises(ArtifactError, match="no profile for scale 13 keeping 2048 tokens of 2 rows at batch size 2"):
+        select_pruned_profile(profiles, spec, config, 2, 13, other)
+    assert Profile.from_dict(profiles[5].to_dict()) == profiles[5]
+    assert Profile.from_dict({"index": 0, "batch": 1, "scale": 0, "shapes": {}}).kept is None  # an older sidecar
 
 
 def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
