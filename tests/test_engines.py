@@ -459,6 +459,34 @@ def test_fp32_engines_meet_the_fp32_thresholds_with_tf32_off(artifacts_fp32, tmp
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_fast_two_engines_sample_the_tokens_of_onnxruntime(artifacts_fp32, tmp_path):
+    """fp32 engines built for rung 2 (guidance on 7 scales, half the 16x16 scale kept) run it with the pruned step's
+    engine; with TF32 off their tokens are ONNX Runtime's on the CPU (a token on a rounding edge may flip)."""
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.backends.trt_backend import TrtBackend
+    from star_deploy.core.fast import FastMode
+    from star_deploy.core.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
+
+    folder = tmp_path / "tiny_fp32"
+    shutil.copytree(artifacts_fp32, folder)
+    knobs = ["--fast", "2", "--cfg-until", "7", "--keep", "0.5", "--opt-level", "1"]
+    result = CliRunner().invoke(app, ["build-engine", str(folder), *knobs])
+    assert result.exit_code == 0, result.output
+    assert [p.scale for p in load_sidecar(folder / "engines" / "transformer_step_pruned.json").profiles] == [8, 9]
+    manifest = load_manifest(folder)
+    tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    mode, sampling = FastMode(2, cfg_until=7, keep=(0.5,)), SamplingConfig(cfg=4.0, top_k=64, top_p=0.9)
+    prompts, seeds = ["a cute dog"], [4]
+    expected = ScaleLoop(OrtBackend(manifest), tokenizer).generate(prompts, sampling, seeds=seeds, fast=mode)
+    tested = ScaleLoop(TrtBackend(manifest, "cuda"), tokenizer).generate(prompts, sampling, seeds=seeds, fast=mode)
+    assert np.mean(tested.tokens == expected.tokens) >= 0.95
+    assert psnr(expected.images, tested.images) > 20
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
 def test_engines_run_from_a_worker_thread_on_the_last_gpu(artifacts_fp16, tmp_path):
     """Built and run on cuda:N (the last GPU; cuda:0 on a one-GPU machine), the generation in another thread."""
     import threading
