@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -293,6 +294,28 @@ def test_sidecar_of_a_graph_with_external_data_matches_its_manifest(artifacts_ex
         path.parent.mkdir(exist_ok=True)
         write_sidecar(path, sidecar)
         check_sidecar(load_sidecar(path), BUILT, manifest.graph_hashes[graph], plan_path(tmp_path, graph))
+
+
+def test_check_reports_the_built_batch_sizes_of_a_build_without_the_pruned_step(artifacts_fp32, tmp_path):
+    """A build without --fast 2 has no pruned-step sidecar: `check` still reads the batch sizes the engines have."""
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.core.graphs import GRAPH_NAMES
+    from star_deploy.engines.memory import reported_batch_sizes
+    from star_deploy.engines.sidecar import sidecar_path
+
+    manifest = load_manifest(artifacts_fp32)
+    assert "transformer_step_pruned" in manifest.graphs and reported_batch_sizes(manifest, None) == [1]
+    folder = tmp_path / "built"
+    (folder / "engines").mkdir(parents=True)
+    shutil.copy(artifacts_fp32 / "manifest.json", folder)
+    for graph in GRAPH_NAMES:
+        profiles = profile_table(manifest.config, manifest.graphs[graph], [1, 2])
+        write_sidecar(
+            sidecar_path(folder, graph), engine_sidecar(manifest, graph, BuildOptions((1, 2)), BUILT, profiles)
+        )
+    manifest = dataclasses.replace(manifest, root=folder)
+    assert reported_batch_sizes(manifest, None) == [1, 2]
+    assert reported_batch_sizes(manifest, [4]) == [4]
 
 
 def test_missing_or_foreign_sidecar_is_refused(tmp_path):
