@@ -557,6 +557,11 @@ def test_fast_two_runs_the_pruned_step_engine_with_the_tokens_of_onnxruntime(
     assert not np.array_equal(tokens[:, before:], fast1[:, before:])
     with pytest.raises(ArtifactError, match="no profile for scale 9 keeping 64 tokens of 1 rows at batch size 1"):
         pipeline.generate(prompts, sampling, seeds=seeds, fast=FastMode(2, cfg_until=7, keep=(0.25,)))
+    report = tmp_path / "report.json"
+    checked = invoke(*checked_args(folder, report))  # per-graph parity covers the pruned step it was built for
+    assert checked.exit_code == 0, checked.output
+    assert "transformer_step_pruned" in checked.output.split("per-graph parity")[1]
+    assert json.loads(report.read_text())["parity"]["transformer_step_pruned"]["max_abs"] < 1e-4
     assert fake_trt.ERRORS == []
 
 

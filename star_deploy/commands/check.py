@@ -60,7 +60,7 @@ def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
 def print_validation(report: ValidationReport) -> None:
     typer.echo("per-graph parity vs reference (max abs / max rel error):")
     for graph, p in report.parity.items():
-        typer.echo(f"  {graph:<17} {p.max_abs:10.3e} {p.max_rel:10.3e}")
+        typer.echo(f"  {graph:<23} {p.max_abs:10.3e} {p.max_rel:10.3e}")
     per_scale = " ".join(f"{a:.3f}" for a in report.token_agreement)
     typer.echo(f"teacher-forced token agreement: mean {report.mean_token_agreement:.4f}  per scale: {per_scale}")
     typer.echo(
@@ -132,14 +132,14 @@ def validate_engines(
     artifacts: Path, manifest: Manifest, spec: BackendSpec, validation: Validation, json_out: Path | None
 ) -> None:
     """The engines against ONNX Runtime on the same prompts; exit 2 below the thresholds."""
-    from ..engines.sidecar import prompts_for
+    from ..engines.sidecar import built_fast_mode, prompts_for
 
     v = validation
     prompts = prompts_for(manifest.root, list(manifest.graphs), v.prompt, DEFAULT_PROMPTS)
     device = chosen_device(spec, LoadOptions(device=v.device))
     devices = (device, v.reference_device or device)
     ref, test = validation_pipelines(artifacts, manifest, v.reference, spec, devices)
-    report = validate(ref, test, prompts, SamplingConfig(seed=v.seed), v.runs)
+    report = validate(ref, test, prompts, SamplingConfig(seed=v.seed), v.runs, built_fast_mode(manifest.root))
     print_validation(report)
     if json_out is not None:
         write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n", overwrite=True)
