@@ -4,7 +4,8 @@
 # batch size. Every bench row carries its fidelity against a float32 generation of the same model
 # (teacher-forced token agreement and image PSNR); targets: >= 99 % and >= 35 dB in fp16.
 # Usage: benchmarks/gpu.sh [--dry-run] [tests|bench|fast|all|device]
-# `fast` measures every fast-mode rung at 1024-d30 batch 1 (benchmarks/fast_modes.py).
+# `fast` measures every fast-mode rung at 1024-d30 batch 1 (benchmarks/fast_modes.py), and on TensorRT where
+# it is installed (an fp16 export, engines built with `build-engine --fast 2`, `star-deploy bench` per rung).
 # `device` is the one-call check for a lent GPU, within 8 minutes from a tree trimmed by
 # benchmarks/device_tree.sh: the CUDA tests (the demo's when the demo is there), the CPU proxies,
 # then the 1024-d30 batch-1 bench of every torch variant (torch.compile cold on a fresh machine).
@@ -107,5 +108,33 @@ if [[ "$what" == fast || "$what" == all || "$what" == device ]]; then
     # Every fast-mode rung at 1024-d30 b1 (torch fp16, CUDA graphs), tokens and PSNR against exact, same run.
     step python3 benchmarks/fast_modes.py --models "$fast_models" --backend torch --device "$device" \
         --repeat "$repeat" --demo-seeds 1 --json "$OUT/fast_modes_${fast_models}.json"
+fi
+
+if [[ "$what" == fast || "$what" == all ]]; then
+    # Every rung on TensorRT: the model's fp16 export, engines built for its preset's rung 2 (the pruned step too),
+    # one bench per rung on the same engines. The dry run checks the export's readiness (the pruned step included)
+    # and runs the same benches on ONNX Runtime.
+    trt_dir="$(mktemp -d)/$fast_models"
+    if ((dry_run)); then
+        step cp -r star_deploy/demo/graphs "$trt_dir"
+        step python3 -m star_deploy check "$trt_dir"
+        trt_backend=onnxruntime
+    elif python3 -c "import tensorrt" 2>/dev/null; then
+        step python3 -c "import sys; from pathlib import Path; from star_deploy.core.config import preset
+from star_deploy.export.artifacts import export_artifacts; from star_deploy.release.random_weights import random_model
+export_artifacts(random_model(preset(sys.argv[1])), Path(sys.argv[2]), 'fp16')" "$fast_models" "$trt_dir"
+        step python3 -m star_deploy build-engine "$trt_dir" --fast 2 --device "$device"
+        trt_backend=tensorrt
+    else
+        echo "== TensorRT is not installed: the TensorRT rungs are not measured" | tee -a "$log"
+        trt_backend=
+    fi
+    for level in 0 1 2; do
+        [[ -n "$trt_backend" ]] || break
+        step python3 -m star_deploy bench --artifacts "$trt_dir" --backends "$trt_backend" --device "$device" \
+            --fast "$level" --warmup "$warmup" --repeat "$repeat" \
+            --json "$OUT/fast_${trt_backend}_${fast_models}_fast${level}.json"
+    done
+    rm -rf "$(dirname "$trt_dir")"
 fi
 exit $status

@@ -32,6 +32,7 @@ from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.registry import BACKENDS, BackendSpec, bench_variants
 from star_deploy.cli import app
 from star_deploy.core.config import SamplingConfig
+from star_deploy.core.fast import FastMode
 from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.errors import ConfigError
 from star_deploy.evaluation.parity import THRESHOLDS, failures, teacher_forced
@@ -44,6 +45,10 @@ HAS_CUDA = torch.cuda.is_available()
 GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 """The exports a backend that runs artefacts (without built engines) is tested on."""
 PROMPTS = ["a red car.", "a cute dog sitting on the grass"]
+FAST_RUNGS = {"fast1": FastMode(1, cfg_until=7), "fast2": FastMode(2, cfg_until=7, keep=(0.5,))}
+"""Rungs on the golden model (no preset): guidance on 7 of 10 scales; rung 2 also halves the 16x16 scale."""
+FAST_BUILD = ["--fast", "2", "--cfg-until", "7", "--keep", "0.5"]
+"""What engines are built for, so they run both rungs (rung 2's pruned step has profiles for these knobs only)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def engine_folder(request, artifacts_fp32, tmp_path_factory):
     request.getfixturevalue("engines_runtime")
     folder = tmp_path_factory.mktemp("contract") / "engines"
     shutil.copytree(artifacts_fp32, folder)
-    result = CliRunner().invoke(app, ["build-engine", str(folder), "-b", "1", "-b", "2"])
+    result = CliRunner().invoke(app, ["build-engine", str(folder), "-b", "1", "-b", "2", *FAST_BUILD])
     assert result.exit_code == 0, result.output
     return folder
 
@@ -155,6 +160,17 @@ class TestBackendContract:
         reference = request.getfixturevalue("torch_pipeline")
         result = teacher_forced(reference, built.loop, PROMPTS, SamplingConfig(), [0, 1])
         assert failures(result, THRESHOLDS[built.case.precision]) == [], result.summary()
+
+    @pytest.mark.parametrize("rung", list(FAST_RUNGS))
+    def test_every_fast_rung_gives_the_reference_tokens(self, built, rung, request):
+        """Float32 on the CPU: a rung samples the torch reference's tokens for the same seeds (portable sampler)."""
+        if not built.case.exact:
+            pytest.skip("a rung's tokens are compared in float32 on the CPU")
+        mode, sampling, seeds = FAST_RUNGS[rung], SamplingConfig(cfg=4.0, top_k=64, top_p=0.9), [4, 5]
+        reference = request.getfixturevalue("torch_pipeline")
+        expected = reference.generate(PROMPTS, sampling, seeds=seeds, fast=mode, timing=False).tokens
+        tokens = built.loop.generate(PROMPTS, sampling, seeds=seeds, fast=mode, timing=False).tokens
+        np.testing.assert_array_equal(tokens, expected)
 
     def test_a_batch_gives_each_prompt_its_own_tokens(self, built):
         sampling = SamplingConfig(seed=3)

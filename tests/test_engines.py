@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from star_deploy.backends.kv_cache import KVCache
 from star_deploy.cli import app
 from star_deploy.core.config import PRESETS, SamplingConfig, preset
+from star_deploy.core.fast import resolve_fast, scale_plans
 from star_deploy.core.graphs import Role, graph_specs
 from star_deploy.engines.buffers import (
     binding_plan,
@@ -24,7 +26,13 @@ from star_deploy.engines.buffers import (
 )
 from star_deploy.engines.builder import BuildOptions, engine_sidecar
 from star_deploy.engines.memory import attention_scores_bytes
-from star_deploy.engines.profiles import dynamic_inputs, profile_table, select_profile
+from star_deploy.engines.profiles import (
+    Profile,
+    dynamic_inputs,
+    profile_table,
+    select_profile,
+    select_pruned_profile,
+)
 from star_deploy.engines.sidecar import EngineSidecar, RuntimeInfo, check_sidecar, load_sidecar, write_sidecar
 from star_deploy.errors import ArtifactError, ConfigError
 from star_deploy.evaluation.parity import GRAPHS, THRESHOLDS, psnr, validate
@@ -98,6 +106,35 @@ def test_conditional_row_profiles_follow_the_exact_ones_for_the_step_only():
     assert select_profile(step, specs["transformer_step"], 2, 3, rows=2) is step[3 * n + 3]
     update = profile_table(config, specs["scale_update"], [1], conditional_rows=True)
     assert len(update) == n and all(p.rows is None for p in update)
+
+
+def test_pruned_step_profiles_are_the_scales_its_fast_mode_prunes():
+    """1024-d30's rung 2 (guidance on 11 scales; 48x48 and 64x64 keep 0.5 and 0.25): scales 11-13, B rows each,
+    the cache holding what every earlier scale ran."""
+    config = preset("1024-d30")
+    specs = graph_specs(config, "fp16")
+    spec, fast = specs["transformer_step_pruned"], resolve_fast(config, 2)
+    assert profile_table(config, spec, [1]) == []
+    profiles = profile_table(config, spec, [1, 2], fast=fast)
+    assert [(p.index, p.batch, p.scale, p.kept, p.rows) for p in profiles] == [
+        (0, 1, 11, 1296, 1),
+        (1, 1, 12, 1152, 1),
+        (2, 1, 13, 1024, 1),
+        (3, 2, 11, 1296, 2),
+        (4, 2, 12, 1152, 2),
+        (5, 2, 13, 1024, 2),
+    ]
+    last = profiles[5].shapes
+    assert last["x"] == (2, 64, 64, 1920) and last["kept_index"] == (2, 1024) and last["restore"] == (64, 48)
+    assert last["prior_residual"] == (2, 48, 48, 1920) and last["rope_cos"] == (64 * 64, 32)
+    assert last["past_key.0"] == (9451 - 64 * 64 - 48 * 48 + 1152, 2, 30, 64)
+    plans = scale_plans(config, fast)
+    assert select_pruned_profile(profiles, spec, config, 2, 12, plans) is profiles[4]
+    other = scale_plans(config, resolve_fast(config, 2, keep=(0.5, 0.5)))
+    with pytest.raises(ArtifactError, match="no profile for scale 13 keeping 2048 tokens of 2 rows at batch size 2"):
+        select_pruned_profile(profiles, spec, config, 2, 13, other)
+    assert Profile.from_dict(profiles[5].to_dict()) == profiles[5]
+    assert Profile.from_dict({"index": 0, "batch": 1, "scale": 0, "shapes": {}}).kept is None  # an older sidecar
 
 
 def test_kv_cache_size_of_1024_d30_at_batch_1_fp16():
@@ -259,6 +296,28 @@ def test_sidecar_of_a_graph_with_external_data_matches_its_manifest(artifacts_ex
         check_sidecar(load_sidecar(path), BUILT, manifest.graph_hashes[graph], plan_path(tmp_path, graph))
 
 
+def test_check_reports_the_built_batch_sizes_of_a_build_without_the_pruned_step(artifacts_fp32, tmp_path):
+    """A build without --fast 2 has no pruned-step sidecar: `check` still reads the batch sizes the engines have."""
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.core.graphs import GRAPH_NAMES
+    from star_deploy.engines.memory import reported_batch_sizes
+    from star_deploy.engines.sidecar import sidecar_path
+
+    manifest = load_manifest(artifacts_fp32)
+    assert "transformer_step_pruned" in manifest.graphs and reported_batch_sizes(manifest, None) == [1]
+    folder = tmp_path / "built"
+    (folder / "engines").mkdir(parents=True)
+    shutil.copy(artifacts_fp32 / "manifest.json", folder)
+    for graph in GRAPH_NAMES:
+        profiles = profile_table(manifest.config, manifest.graphs[graph], [1, 2])
+        write_sidecar(
+            sidecar_path(folder, graph), engine_sidecar(manifest, graph, BuildOptions((1, 2)), BUILT, profiles)
+        )
+    manifest = dataclasses.replace(manifest, root=folder)
+    assert reported_batch_sizes(manifest, None) == [1, 2]
+    assert reported_batch_sizes(manifest, [4]) == [4]
+
+
 def test_missing_or_foreign_sidecar_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="missing; build the engines with `star-deploy build-engine DIR`"):
         load_sidecar(tmp_path / "x.json")
@@ -284,9 +343,11 @@ def test_psnr():
 
 def test_validation_metrics_on_two_cpu_backends(torch_pipeline, ort_pipeline):
     """The GPU validation's comparisons, run on torch vs ONNX Runtime (fp32): near-exact agreement."""
-    report = validate(torch_pipeline, ort_pipeline, ["A cute dog"], SamplingConfig(seed=3), runs=0)
+    fast = resolve_fast(torch_pipeline.config, 2, cfg_until=7, keep=(0.5,))
+    report = validate(torch_pipeline, ort_pipeline, ["A cute dog"], SamplingConfig(seed=3), runs=0, fast=fast)
     fp32 = THRESHOLDS["fp32"]
-    assert set(report.parity) == set(GRAPHS)
+    assert set(report.parity) == {*GRAPHS, "transformer_step_pruned"}
+    assert report.parity["transformer_step_pruned"].count == 4  # logits and residual of scales 8 and 9
     assert all(p.count > 0 and p.max_abs <= 1e-4 for p in report.parity.values()), report.parity
     assert len(report.token_agreement) == torch_pipeline.config.num_scales
     assert report.mean_token_agreement >= fp32.teacher_forced_token_agreement
@@ -419,6 +480,34 @@ def test_fp32_engines_meet_the_fp32_thresholds_with_tf32_off(artifacts_fp32, tmp
     args = ["parity", "--artifacts", str(folder), "--backend", "tensorrt", "--weights", str(GOLDEN)]
     result = CliRunner().invoke(app, [*args, "--resolution", "256"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON or "ok")
+def test_fast_two_engines_sample_the_tokens_of_onnxruntime(artifacts_fp32, tmp_path):
+    """fp32 engines built for rung 2 (guidance on 7 scales, half the 16x16 scale kept) run it with the pruned step's
+    engine; with TF32 off their tokens are ONNX Runtime's on the CPU (a token on a rounding edge may flip)."""
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.backends.trt_backend import TrtBackend
+    from star_deploy.core.fast import FastMode
+    from star_deploy.core.tokenizer import PromptTokenizer
+    from star_deploy.runtime.pipeline import ScaleLoop
+
+    folder = tmp_path / "tiny_fp32"
+    shutil.copytree(artifacts_fp32, folder)
+    knobs = ["--fast", "2", "--cfg-until", "7", "--keep", "0.5", "--opt-level", "1"]
+    result = CliRunner().invoke(app, ["build-engine", str(folder), *knobs])
+    assert result.exit_code == 0, result.output
+    assert [p.scale for p in load_sidecar(folder / "engines" / "transformer_step_pruned.json").profiles] == [8, 9]
+    manifest = load_manifest(folder)
+    tokenizer = PromptTokenizer(manifest.tokenizer_dir)
+    mode, sampling = FastMode(2, cfg_until=7, keep=(0.5,)), SamplingConfig(cfg=4.0, top_k=64, top_p=0.9)
+    prompts, seeds = ["a cute dog"], [4]
+    expected = ScaleLoop(OrtBackend(manifest), tokenizer).generate(prompts, sampling, seeds=seeds, fast=mode)
+    tested = ScaleLoop(TrtBackend(manifest, "cuda"), tokenizer).generate(prompts, sampling, seeds=seeds, fast=mode)
+    assert np.mean(tested.tokens == expected.tokens) >= 0.95
+    assert psnr(expected.images, tested.images) > 20
 
 
 @pytest.mark.tensorrt

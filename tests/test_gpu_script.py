@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,24 @@ def test_dry_run_of_the_device_call_passes_on_the_cpu(tmp_path):
     results = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert (tmp_path / "out" / "fast_modes_demo.json").is_file()  # every fast-mode rung, the demo in a dry run
     assert results == ["bench_tiny_b1.json", "cpu_proxies_ops.json", "fast_modes_demo.json", "log.txt"]  # no cache
+
+
+def test_dry_run_of_the_fast_modes_passes_on_the_cpu(tmp_path):
+    """``gpu.sh --dry-run fast``: the torch rungs, then the TensorRT rungs' steps (readiness of an export with its
+    pruned step, one bench per rung on the same folder), ONNX Runtime standing in for TensorRT (about 30 s of CPU)."""
+    done = run_script(["--dry-run", "fast"], script_env(tmp_path), timeout=900)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert done.returncode == 0, log[-3000:]
+    assert "== exit" not in log and "== over" not in log
+    assert re.search(r"transformer_step_pruned +\d+ nodes, +\d+ op types  ok", log)
+    for level in (0, 1, 2):
+        report = json.loads((tmp_path / "out" / f"fast_onnxruntime_demo_fast{level}.json").read_text())
+        assert report["settings"]["fast"]["level"] == level and list(report["backends"]) == ["onnxruntime"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "fast_modes_demo.json",
+        *(f"fast_onnxruntime_demo_fast{level}.json" for level in (0, 1, 2)),
+        "log.txt",
+    ]
 
 
 def test_every_step_is_bounded_in_time(tmp_path):

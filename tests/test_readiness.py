@@ -12,13 +12,13 @@ from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.artifacts.readiness import OPS_TABLE, check_artifacts, check_graph, load_ops_table, release_tables
 from star_deploy.core.graphs import GRAPH_NAMES, OPTIONAL_GRAPHS, GraphSpec, TensorSpec
 
-TENSORRT_GRAPHS = GRAPH_NAMES
+TENSORRT_GRAPHS = GRAPH_NAMES + OPTIONAL_GRAPHS
 
 
 def readiness_problems(folder) -> dict[str, list[str]]:
-    """Problems of the graphs TensorRT builds (the fast modes' pruned step runs on torch and onnxruntime)."""
+    """Problems of every exported graph (TensorRT builds them all, the fast modes' pruned step included)."""
     manifest = load_manifest(folder)
-    graphs = {g: s for g, s in manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
+    graphs = manifest.graphs
     reports = check_artifacts(graphs, {g: manifest.path(g) for g in graphs})
     assert [r.graph for r in reports] == list(graphs)
     assert all(sum(r.op_counts.values()) > 0 for r in reports)
@@ -31,6 +31,20 @@ def test_fp32_export_is_ready_for_tensorrt(artifacts_fp32):
 
 def test_fp16_export_is_ready_for_tensorrt(artifacts_fp16):
     assert readiness_problems(artifacts_fp16) == {g: [] for g in TENSORRT_GRAPHS}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_no_exported_graph_holds_an_integer_pow(precision, artifacts_fp32, artifacts_fp16):
+    """TensorRT 10.1 to 10.11 refuse kPOW on integers: a shape product must not export as a power (p * p, p ** 2)."""
+    folder = {"fp32": artifacts_fp32, "fp16": artifacts_fp16}[precision]
+    manifest = load_manifest(folder)
+    assert set(manifest.graphs) == set(TENSORRT_GRAPHS)
+    for graph in manifest.graphs:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(manifest.path(graph)), load_external_data=False))
+        types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+        types |= {t.name: t.data_type for t in model.graph.initializer}
+        pows = [n for n in model.graph.node if n.op_type == "Pow"]
+        assert all(types.get(n.input[0]) in (TensorProto.FLOAT, TensorProto.FLOAT16) for n in pows), graph
 
 
 def test_ops_table_records_its_source_and_our_ops():

@@ -27,7 +27,7 @@ from star_deploy.core.graphs import OPTIONAL_GRAPHS
 from star_deploy.core.tokenizer import PromptTokenizer
 from star_deploy.engines.memory import device_memory, size
 from star_deploy.engines.sidecar import load_sidecar, plan_path, prompts_for, sidecar_path
-from star_deploy.errors import BackendUnavailableError, ConfigError, StarDeployError
+from star_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, StarDeployError
 from star_deploy.files.images import read_png
 from star_deploy.runtime.pipeline import ScaleLoop
 
@@ -161,7 +161,7 @@ def test_timing_cache_of_another_gpu_is_replaced_with_a_warning(fake_trt, folder
 def test_build_and_run_on_the_chosen_gpu_from_a_worker_thread(fake_trt, folder, golden, golden_sampling):
     result = invoke("build-engine", folder, "--overwrite", "--device", "cuda:1")
     assert result.exit_code == 0, result.output
-    for graph in set(load_manifest(folder).graphs) - set(OPTIONAL_GRAPHS):  # the pruned step has no engine
+    for graph in set(load_manifest(folder).graphs) - set(OPTIONAL_GRAPHS):  # no --fast 2: no pruned step
         assert plan_header(fake_trt, folder, graph)["device"] == 1
         assert load_sidecar(sidecar_path(folder, graph)).runtime.gpu_name == "NVIDIA H100 80GB HBM3"
     pipeline = golden_pipeline(folder, "cuda:1")
@@ -514,8 +514,55 @@ def test_fast_one_runs_on_engines_with_conditional_rows(fake_trt, engines, folde
         fast.tokens, torch_pipeline.generate(prompts, sampling, seeds=seeds, fast=fast1).tokens
     )
     np.testing.assert_array_equal(pipeline.generate(prompts, sampling, seeds=seeds).tokens, exact.tokens)
-    with pytest.raises(ConfigError, match="runs --fast 0 and 1; run --fast 2 on torch or onnxruntime"):
+    with pytest.raises(ConfigError, match="--fast 2 runs the transformer_step_pruned engine, which .* has not built"):
         pipeline.generate(prompts, sampling, seeds=seeds, fast=fast2)
+
+
+def test_fast_two_runs_the_pruned_step_engine_with_the_tokens_of_onnxruntime(
+    fake_trt, engines, folder, torch_pipeline, tmp_path
+):
+    """Guidance stopped after scale 7 and half the last scale's tokens kept: the pruned step's engine (scales 8
+    and 9, the conditional row alone) samples the tokens ONNX Runtime samples on the same graphs, and torch's."""
+    from star_deploy.backends.ort_backend import OrtBackend
+    from star_deploy.core.config import SamplingConfig
+    from star_deploy.core.fast import FastMode
+
+    sampling, prompts, seeds = SamplingConfig(cfg=4.0, top_k=64, top_p=0.9), ["a cute dog"], [4]
+    fast2 = FastMode(2, cfg_until=7, keep=(0.5,))
+    knobs = ["--cfg-until", "7", "--keep", "0.5"]
+    fake_trt.ERRORS.clear()  # earlier tests break rules on purpose
+    refused = invoke(
+        "run", "a cute dog", "-o", tmp_path / "dog.png", "--backend", "tensorrt", "--artifacts", folder, *knobs
+    )
+    assert refused.exit_code == 2 and "has not built; build it with `star-deploy build-engine" in refused.output
+    assert not (tmp_path / "dog.png").exists()
+    graphs = ["--graph", "transformer_step", "--graph", "transformer_step_pruned"]
+    result = invoke("build-engine", folder, *graphs, "--fast", "2", *knobs, "--overwrite")
+    assert result.exit_code == 0, result.output
+    sidecar = load_sidecar(sidecar_path(folder, "transformer_step_pruned"))
+    assert [(p.scale, p.kept, p.rows) for p in sidecar.profiles] == [(8, 169, 1), (9, 128, 1)]
+    assert sidecar.profiles[1].shapes["past_key.0"] == (sum(s * s for s in range(1, 7)) + 64 + 100 + 169, 1, 2, 64)
+    assert sidecar.builder["fast"] == {"level": 2, "cfg_until": 7, "keep": [0.5]}
+    assert [p.rows for p in load_sidecar(sidecar_path(folder, "transformer_step")).profiles] == [None] * 10 + [1] * 10
+    manifest = load_manifest(folder)
+    onnxruntime = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
+    expected = onnxruntime.generate(prompts, sampling, seeds=seeds, fast=fast2).tokens
+    pipeline = golden_pipeline(folder)
+    tokens = pipeline.generate(prompts, sampling, seeds=seeds, fast=fast2).tokens
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_array_equal(tokens, torch_pipeline.generate(prompts, sampling, seeds=seeds, fast=fast2).tokens)
+    fast1 = pipeline.generate(prompts, sampling, seeds=seeds, fast=FastMode(1, cfg_until=7)).tokens
+    before = pipeline.config.scale_offsets()[9]
+    np.testing.assert_array_equal(tokens[:, :before], fast1[:, :before])  # scale 8 keeps every token
+    assert not np.array_equal(tokens[:, before:], fast1[:, before:])
+    with pytest.raises(ArtifactError, match="no profile for scale 9 keeping 64 tokens of 1 rows at batch size 1"):
+        pipeline.generate(prompts, sampling, seeds=seeds, fast=FastMode(2, cfg_until=7, keep=(0.25,)))
+    report = tmp_path / "report.json"
+    checked = invoke(*checked_args(folder, report))  # per-graph parity covers the pruned step it was built for
+    assert checked.exit_code == 0, checked.output
+    assert "transformer_step_pruned" in checked.output.split("per-graph parity")[1]
+    assert json.loads(report.read_text())["parity"]["transformer_step_pruned"]["max_abs"] < 1e-4
+    assert fake_trt.ERRORS == []
 
 
 def decoder_network(fake_trt, engines, flags: int):

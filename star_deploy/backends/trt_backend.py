@@ -6,8 +6,9 @@ execution context, created with user-managed memory: all contexts share one devi
 sized by the largest profile, and no profile is switched after start-up (a switch "will
 trigger layer resource updates on the next call"). The transformer step uses profile k at
 scale k, reads the KV-cache prefix and writes its new keys/values straight into the next
-slot of the cache (preallocated once for the whole schedule). Every CUDA call goes through
-``engines.gpu``.
+slot of the cache (preallocated once for the whole schedule). The pruned step (fast mode 2),
+where built, does the same at the scales it prunes, writing its kept tokens' keys/values.
+Every CUDA call goes through ``engines.gpu``.
 
 API references (TensorRT 10.x / 11 Python API; NvInferRuntime.h):
   Runtime.deserialize_cuda_engine:
@@ -32,15 +33,16 @@ import torch
 
 from ..artifacts.manifest import Manifest
 from ..core.fast import ScalePlan
-from ..core.graphs import OPTIONAL_GRAPHS, GraphSpec, Role, scale_dims
+from ..core.graphs import PRUNED_STEP, GraphSpec, Role, scale_dims
 from ..engines.buffers import binding_plan, bound_tensor, check_engine_names
 from ..engines.gpu import ALIGNMENT, aligned, cuda
-from ..engines.profiles import Profile, select_profile
+from ..engines.profiles import Profile, select_profile, select_pruned_profile
 from ..engines.sidecar import RuntimeInfo, check_sidecar, load_sidecar, plan_path, sidecar_path
 from ..engines.trt_api import import_tensorrt, make_logger, runtime_info, torch_dtype
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from .kv_cache import KVCache
 from .torch_arrays import TorchArrays, device_tables
+from .torch_pruning import kept_index
 
 log = logging.getLogger(__name__)
 REBUILD = "rebuild with `star-deploy build-engine {root} --overwrite`"
@@ -181,7 +183,7 @@ class TrtBackend(TorchArrays):
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
         self.stream = self.gpu.stream(self.cuda_device)
-        graphs = {g: s for g, s in self.manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
+        graphs = {g: s for g, s in self.manifest.graphs.items() if g != PRUNED_STEP or self._built(g)}
         self.engines = {g: TrtEngine(trt, self.runtime, self.manifest, g, info, self) for g in graphs}
         size = max(ALIGNMENT, *(e.memory_bytes() for e in self.engines.values()))
         self.context_memory = self.gpu.empty((size,), torch.uint8, self.device)
@@ -193,8 +195,13 @@ class TrtBackend(TorchArrays):
         self.cache_dtype = step_dtypes["new_key.0"]
         self.tables = [{k: self._aligned(v) for k, v in t.items()} for t in device_tables(self.config, self.device)]
         self.cache: KVCache | None = None
+        self.scale_plans: tuple[ScalePlan, ...] | None = None
         self.batch = 0
         self.text: dict[str, torch.Tensor] = {}
+
+    def _built(self, graph: str) -> bool:
+        """Whether the optional ``graph``'s plan was built (``build-engine --fast 2`` builds the pruned step)."""
+        return plan_path(self.manifest.root, graph).is_file()
 
     def _aligned(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.gpu.empty(tuple(tensor.shape), tensor.dtype, self.device).copy_(tensor)
@@ -216,13 +223,11 @@ class TrtBackend(TorchArrays):
     def begin(
         self, hidden: torch.Tensor, attention_mask, pooled: torch.Tensor, plans: tuple[ScalePlan, ...] | None = None
     ) -> torch.Tensor:
-        """Start a generation of ``plans``: exact, or guidance stopped after a scale (fast 1; engines built
-        with conditional-row profiles). Pruned scales (fast 2) have no engine."""
-        if plans is not None and any(p.residual for p in plans):
-            raise ConfigError("the tensorrt backend runs --fast 0 and 1; run --fast 2 on torch or onnxruntime")
+        """Start a generation of ``plans``: exact, guidance stopped after a scale (fast 1: engines built with
+        conditional-row profiles) or pruned scales too (fast 2: the pruned step built for these ``plans``)."""
         b = hidden.shape[0] // 2
-        if plans is not None and not all(p.guided for p in plans):
-            self.engines["transformer_step"].profile(b, 0, rows=b)  # refuses engines built without those profiles
+        self._check_plans(b, plans)
+        self.scale_plans = plans
         engine = self.engines["text_context"]
         outs = self._outputs("text_context", {"batch": b, "rows": 2 * b})
         inputs = {"text_hidden": hidden[:b], "attention_mask": self.asarray(attention_mask)[:b], "text_pooled": pooled}
@@ -235,6 +240,26 @@ class TrtBackend(TorchArrays):
         self.cache.reset()
         self.batch = b
         return start
+
+    def _check_plans(self, batch: int, plans: tuple[ScalePlan, ...] | None) -> None:
+        """Refuse, before any work, ``plans`` the engines have no profile for (naming the build that adds them)."""
+        if plans is None:
+            return
+        pruned = [k for k, p in enumerate(plans) if p.residual]
+        if pruned and PRUNED_STEP not in self.engines:
+            raise ConfigError(
+                f"--fast 2 runs the {PRUNED_STEP} engine, which {self.manifest.root} has not built; build it with "
+                f"`star-deploy build-engine {self.manifest.root} --graph {PRUNED_STEP} --fast 2` and this run's "
+                "--cfg-until, --keep and --batch-size"
+            )
+        for scale in pruned:
+            self._pruned_profile(batch, scale, plans)
+        if not all(p.guided for p in plans if not p.residual):
+            self.engines["transformer_step"].profile(batch, 0, rows=batch)  # needs the conditional-row profiles
+
+    def _pruned_profile(self, batch: int, scale: int, plans: tuple[ScalePlan, ...]) -> Profile:
+        engine = self.engines[PRUNED_STEP]
+        return select_pruned_profile(engine.profiles, engine.spec, self.config, batch, scale, plans)
 
     @on_device
     def keep_conditional_rows(self) -> None:
@@ -264,6 +289,45 @@ class TrtBackend(TorchArrays):
         engine.run(engine.profile(self.batch, scale, conditional), inputs, outputs)
         self.cache.length += tokens
         return logits
+
+    @on_device
+    def pruned_step(
+        self, scale: int, x: torch.Tensor, kept: int, prior: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``scale`` on its ``kept`` pivotal tokens (the others restored from ``prior``); logits and residual.
+
+        The kept tokens' keys/values are written straight into the next slot of the cache.
+        """
+        if self.cache is None or self.scale_plans is None:
+            raise RuntimeError("begin() with fast-mode plans must run before pruned_step()")
+        rows, tokens, width = x.shape
+        side, tables = self.config.patch_nums[scale], self.tables[scale]
+        engine = self.engines[PRUNED_STEP]
+        x = x.to(engine.dtypes["x"])
+        if prior is None:
+            before = self.config.patch_nums[scale - 1] if scale else 1
+            prior = self.gpu.empty((rows, before, before, width), x.dtype, self.device).zero_()
+        inputs = {
+            "x": x.reshape(rows, side, side, width),
+            "kept_index": kept_index(x, kept, self.batch),
+            "rope_cos": tables["rope_cos"],
+            "rope_sin": tables["rope_sin"],
+            "prior_residual": prior,
+            "restore": tables["restore"],
+        }
+        dims = {"rows": rows, "tokens": tokens, "side": side}
+        outputs = {
+            t.name: self.gpu.empty(t.concrete(dims), engine.dtypes[t.name], self.device)
+            for t in engine.spec.with_role(Role.OUTPUT)
+        }
+        for b in self.plans[PRUNED_STEP]:
+            if b.role in (Role.TEXT_CONTEXT, Role.CACHE_PREFIX):
+                inputs[b.name] = bound_tensor(b, self.cache, self.text, kept)
+            elif b.role is Role.CACHE_SLOT:
+                outputs[b.name] = bound_tensor(b, self.cache, self.text, kept)
+        engine.run(self._pruned_profile(self.batch, scale, self.scale_plans), inputs, outputs)
+        self.cache.length += kept
+        return outputs["logits"], outputs["residual"]
 
     @on_device
     def update(self, scale: int, tokens, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

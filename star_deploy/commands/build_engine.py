@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 
 from ..artifacts.manifest import load_manifest
-from ..core.graphs import OPTIONAL_GRAPHS
+from ..core.call_options import CallOptions
 from .common import ArtifactsAlias, OverwriteOpt, artifacts_folder, progress_bar, reports_errors
+from .options import takes
 
 log = logging.getLogger("star_deploy")
 
 
+@takes(CallOptions, "fast_knobs", only=("fast", "cfg_until", "keep"))
 def build_engine(
     artifacts: Annotated[
         Path | None, typer.Argument(help="Artefact folder from `star-deploy export` (fp16 for FP16 engines).")
@@ -58,24 +60,36 @@ def build_engine(
         ),
     ] = False,
     graph: Annotated[
-        list[str] | None, typer.Option("--graph", help="Build only this graph; repeat for several. Default: all five.")
+        list[str] | None,
+        typer.Option(
+            "--graph",
+            help="Build only this graph; repeat for several. Default: all five, and transformer_step_pruned "
+            "for --fast 2.",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="CUDA device to build on (cuda or cuda:N).")] = "cuda",
     artifacts_option: ArtifactsAlias = None,
     overwrite: OverwriteOpt = False,
+    fast_knobs: CallOptions | None = None,
 ) -> None:
     """Build one TensorRT engine per graph into DIR/engines/<graph>.plan, each with a .json sidecar.
 
     The transformer step and scale update get one optimization profile per scale and batch
-    size (exact shapes). Needs TensorRT: pip install 'star-deploy\\[tensorrt-cu12]' (tensorrt-cu13 for a
-    CUDA 13 torch).
+    size (exact shapes). --fast 1 adds the step's profiles for the conditional rows (as
+    --conditional-rows); --fast 2 (--cfg-until, --keep) also builds the pruned step, one profile
+    per scale that mode prunes, for runs with the same knobs. Needs TensorRT: pip install
+    'star-deploy\\[tensorrt-cu12]' (tensorrt-cu13 for a CUDA 13 torch).
     """
     folder = artifacts_folder(artifacts, artifacts_option)
-    from ..engines.builder import BuildOptions, build_engines
+    from ..engines.builder import BuildOptions, build_engines, default_graphs
 
     manifest = load_manifest(folder)
-    options = BuildOptions(tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32, conditional_rows)
-    graphs = graph or [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS]
+    mode = (fast_knobs or CallOptions()).fast_mode(manifest.config)
+    fast = None if mode.exact else mode
+    options = BuildOptions(
+        tuple(batch_size), workspace, opt_level, typing_mode, timing_cache, tf32, conditional_rows, fast
+    )
+    graphs = graph or default_graphs(manifest, options)
     with progress_bar() as progress:
         task = progress.add_task("building engines", total=len(graphs))
         paths = build_engines(manifest, options, graphs, device, overwrite, on_graph=lambda g: progress.advance(task))

@@ -15,7 +15,6 @@ import typer
 from ..artifacts.manifest import Manifest, load_manifest
 from ..backends.registry import BackendSpec, backend_spec, default_backend, engine_backends
 from ..core.config import SamplingConfig
-from ..core.graphs import OPTIONAL_GRAPHS
 from ..core.tokenizer import PromptTokenizer
 from ..engines.memory import device_memory, reported_batch_sizes
 from ..errors import ArtifactError, ConfigError, StarDeployError
@@ -30,12 +29,12 @@ DEFAULT_PROMPTS = ["a red car on a street", "a cute dog sitting on the grass, hi
 
 
 def report_readiness(manifest: Manifest) -> None:
-    """Print one line per graph TensorRT builds (not the fast modes' pruned step, which runs on torch and
-    onnxruntime); raise with the first problem if any graph is not ready."""
+    """Print one line per graph TensorRT builds (the fast modes' pruned step too, where exported); raise with the
+    first problem if any graph is not ready."""
     from ..artifacts.readiness import check_artifacts, release_tables
 
     tables = release_tables()
-    graphs = {g: s for g, s in manifest.graphs.items() if g not in OPTIONAL_GRAPHS}
+    graphs = manifest.graphs
     reports = check_artifacts(graphs, {g: manifest.path(g) for g in graphs}, tables)
     typer.echo(
         f"TensorRT readiness (ONNX parsers of TensorRT {', '.join(t.tensorrt_version for t in tables)}, opset "
@@ -43,7 +42,7 @@ def report_readiness(manifest: Manifest) -> None:
     )
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-        typer.echo(f"  {r.graph:<17} {sum(r.op_counts.values()):>5} nodes, {len(r.op_counts):>3} op types  {status}")
+        typer.echo(f"  {r.graph:<23} {sum(r.op_counts.values()):>5} nodes, {len(r.op_counts):>3} op types  {status}")
         for problem in r.problems:
             typer.echo(f"    - {problem}", err=True)
     problems = [p for r in reports for p in r.problems]
@@ -61,7 +60,7 @@ def report_memory(manifest: Manifest, batch_sizes: list[int]) -> None:
 def print_validation(report: ValidationReport) -> None:
     typer.echo("per-graph parity vs reference (max abs / max rel error):")
     for graph, p in report.parity.items():
-        typer.echo(f"  {graph:<17} {p.max_abs:10.3e} {p.max_rel:10.3e}")
+        typer.echo(f"  {graph:<23} {p.max_abs:10.3e} {p.max_rel:10.3e}")
     per_scale = " ".join(f"{a:.3f}" for a in report.token_agreement)
     typer.echo(f"teacher-forced token agreement: mean {report.mean_token_agreement:.4f}  per scale: {per_scale}")
     typer.echo(
@@ -133,14 +132,14 @@ def validate_engines(
     artifacts: Path, manifest: Manifest, spec: BackendSpec, validation: Validation, json_out: Path | None
 ) -> None:
     """The engines against ONNX Runtime on the same prompts; exit 2 below the thresholds."""
-    from ..engines.sidecar import prompts_for
+    from ..engines.sidecar import built_fast_mode, prompts_for
 
     v = validation
     prompts = prompts_for(manifest.root, list(manifest.graphs), v.prompt, DEFAULT_PROMPTS)
     device = chosen_device(spec, LoadOptions(device=v.device))
     devices = (device, v.reference_device or device)
     ref, test = validation_pipelines(artifacts, manifest, v.reference, spec, devices)
-    report = validate(ref, test, prompts, SamplingConfig(seed=v.seed), v.runs)
+    report = validate(ref, test, prompts, SamplingConfig(seed=v.seed), v.runs, built_fast_mode(manifest.root))
     print_validation(report)
     if json_out is not None:
         write_text(json_out, json.dumps(report_dict(report), indent=2) + "\n", overwrite=True)

@@ -26,7 +26,9 @@ from types import ModuleType
 
 from ..artifacts.manifest import Manifest, graph_digest
 from ..artifacts.readiness import check_graph, load_ops_table
-from ..core.graphs import OPTIONAL_GRAPHS
+from ..core.config import StarConfig
+from ..core.fast import FastMode, scale_plans
+from ..core.graphs import OPTIONAL_GRAPHS, PRUNED_STEP
 from ..errors import ArtifactError, ConfigError, StarDeployError
 from ..files.atomic import atomic_file
 from ..version import __version__
@@ -54,6 +56,18 @@ class BuildOptions:
     tf32: bool = False
     conditional_rows: bool = False
     """Also build the step's profiles for B conditional rows, which fast modes run after guidance stops."""
+    fast: FastMode | None = None
+    """The fast mode the engines run besides exact generation: its cut adds the conditional rows' profiles,
+    its pruned scales the pruned step's engine (one profile per pruned scale)."""
+
+    @property
+    def step_conditional_rows(self) -> bool:
+        """Whether the step engine gets its B-row profiles (asked for, or a fast mode that stops guidance)."""
+        return self.conditional_rows or (self.fast is not None and self.fast.cfg_until is not None)
+
+    def prunes(self, config: StarConfig) -> bool:
+        """Whether the fast mode runs the pruned step on ``config``'s schedule."""
+        return self.fast is not None and any(p.residual for p in scale_plans(config, self.fast))
 
     def validate(self, tensorrt_version: str) -> None:
         check_batch_sizes(list(self.batch_sizes))
@@ -72,6 +86,7 @@ class BuildOptions:
         data = asdict(self)
         data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
         data["batch_sizes"] = list(self.batch_sizes)
+        data["fast"] = self.fast.record() if self.fast is not None else None
         return data
 
 
@@ -217,6 +232,18 @@ def check_outputs(root: Path, graphs: list[str], overwrite: bool) -> None:
         raise StarDeployError(f"{existing[0]}: already exists; pass --overwrite to rebuild")
 
 
+def default_graphs(manifest: Manifest, options: BuildOptions) -> list[str]:
+    """The five graphs, and the pruned step where the fast mode built for prunes a scale (refused if not exported)."""
+    graphs = [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS]
+    if not options.prunes(manifest.config):
+        return graphs
+    if PRUNED_STEP not in manifest.graphs:
+        raise ArtifactError(
+            f"{manifest.root}: exported before fast modes (no {PRUNED_STEP}.onnx); export it again to build --fast 2"
+        )
+    return [*graphs, PRUNED_STEP]
+
+
 def build_engines(
     manifest: Manifest,
     options: BuildOptions,
@@ -226,10 +253,15 @@ def build_engines(
     on_graph: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Build ``graphs`` (default: all) of ``manifest`` into DIR/engines/<graph>.plan + .json."""
-    graphs = list(graphs or (g for g in manifest.graphs if g not in OPTIONAL_GRAPHS))
+    graphs = list(graphs or default_graphs(manifest, options))
     unknown = sorted(set(graphs) - set(manifest.graphs))
     if unknown:
         raise ConfigError(f"unknown graph(s) {unknown}; choose from {', '.join(manifest.graphs)}")
+    if PRUNED_STEP in graphs and not options.prunes(manifest.config):
+        raise ConfigError(
+            f"--graph {PRUNED_STEP}: its profiles are the scales a fast mode prunes; "
+            "add --fast 2 (with --keep R1,R2 for a model without a preset)"
+        )
     trt = import_tensorrt()
     dev = cuda_device(device)
     info: RuntimeInfo = runtime_info(trt, dev)
@@ -245,7 +277,9 @@ def build_engines(
     with cuda().current(dev):  # the builder builds for the current device (trtexec: cudaSetDevice first)
         for graph in graphs:
             spec, onnx_path = manifest.graphs[graph], manifest.path(graph)
-            profiles = profile_table(manifest.config, spec, list(options.batch_sizes), options.conditional_rows)
+            profiles = profile_table(
+                manifest.config, spec, list(options.batch_sizes), options.step_conditional_rows, options.fast
+            )
             log.info("building %s (%d profile(s)) on %s (%s)", graph, len(profiles), info.gpu_name, dev)
             cuda().release_cached(dev)  # TensorRT's builder allocates outside torch's caching allocator
             plan, cache_blob = build_plan(trt, onnx_path, profiles, options, cache_blob, cache_path)

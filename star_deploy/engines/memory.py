@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..artifacts.manifest import Manifest
 from ..core.config import StarConfig
 from ..core.dtypes import tensor_bytes
+from ..core.graphs import OPTIONAL_GRAPHS
 from ..errors import StarDeployError
 from .buffers import BufferPlan, buffer_plan
 from .profiles import check_batch_sizes
@@ -79,8 +80,9 @@ def reported_batch_sizes(manifest: Manifest, given: list[int] | None) -> list[in
     """``given``, else the batch sizes the folder's engines are built for, else 1."""
     if given:
         return check_batch_sizes(list(given))
-    if all(sidecar_path(manifest.root, g).is_file() for g in manifest.graphs):
-        return built_batch_sizes(manifest.root, list(manifest.graphs))
+    required = [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS]  # the pruned step is built for --fast 2 only
+    if all(sidecar_path(manifest.root, g).is_file() for g in required):
+        return built_batch_sizes(manifest.root, required)
     return [1]
 
 

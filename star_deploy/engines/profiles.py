@@ -6,6 +6,9 @@ for every scale while the weights are shared. The other graphs have one profile 
 size. Profile index = batch_index * scales + scale (per-scale graphs) or batch_index.
 Built with conditional rows (fast modes: guidance stopped), the step engine also gets, after
 those, one profile per batch size and scale for its B conditional rows (``rows`` = B).
+The pruned step (fast mode 2) gets one profile per batch size and scale it runs under the fast
+mode it is built for: its kept tokens, rows and cache length are fixed per scale by the mode's
+plan, so each profile has exact shapes too (``kept`` records the scale's kept tokens).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.config import StarConfig
-from ..core.graphs import GraphSpec, scale_dims
+from ..core.fast import FastMode, ScalePlan, scale_plans
+from ..core.graphs import PRUNED_STEP, GraphSpec, scale_dims
 from ..errors import ArtifactError, ConfigError
 
 Shape = tuple[int, ...]
@@ -30,6 +34,8 @@ class Profile:
     shapes: dict[str, Shape]
     rows: int | None = None
     """The step's rows when not both CFG rows: the B conditional rows of a scale after guidance stops."""
+    kept: int | None = None
+    """The pruned step's kept tokens at this scale (None: a graph that is not pruned)."""
 
     def to_dict(self) -> dict:
         data = {
@@ -38,12 +44,13 @@ class Profile:
             "scale": self.scale,
             "shapes": {k: list(v) for k, v in self.shapes.items()},
         }
-        return data if self.rows is None else data | {"rows": self.rows}
+        optional = {"rows": self.rows, "kept": self.kept}
+        return data | {k: v for k, v in optional.items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
         shapes = {k: tuple(v) for k, v in data["shapes"].items()}
-        return cls(data["index"], data["batch"], data["scale"], shapes, data.get("rows"))
+        return cls(data["index"], data["batch"], data["scale"], shapes, data.get("rows"), data.get("kept"))
 
 
 def dynamic_inputs(spec: GraphSpec) -> list[str]:
@@ -65,9 +72,18 @@ def check_batch_sizes(batch_sizes: list[int]) -> list[int]:
 
 
 def profile_table(
-    config: StarConfig, spec: GraphSpec, batch_sizes: list[int], conditional_rows: bool = False
+    config: StarConfig,
+    spec: GraphSpec,
+    batch_sizes: list[int],
+    conditional_rows: bool = False,
+    fast: FastMode | None = None,
 ) -> list[Profile]:
-    """Every profile of ``spec``'s engine, in engine order (``conditional_rows``: the step's B-row ones too)."""
+    """Every profile of ``spec``'s engine, in engine order (``conditional_rows``: the step's B-row ones too).
+
+    The pruned step's profiles are those of the scales ``fast`` prunes (none without a fast mode).
+    """
+    if spec.name == PRUNED_STEP:
+        return pruned_profiles(config, spec, batch_sizes, fast)
     names = dynamic_inputs(spec)
     scales: list[int | None] = list(range(config.num_scales)) if spec.per_scale else [None]
     profiles = []
@@ -81,8 +97,29 @@ def profile_table(
     return profiles
 
 
+def pruned_profiles(
+    config: StarConfig, spec: GraphSpec, batch_sizes: list[int], fast: FastMode | None
+) -> list[Profile]:
+    """One profile per batch size and scale that runs the pruned step under ``fast``, with that scale's shapes."""
+    plans = scale_plans(config, fast) if fast is not None else ()
+    names = dynamic_inputs(spec)
+    profiles = []
+    for batch in check_batch_sizes(batch_sizes):
+        for scale, plan in enumerate(plans):
+            if plan.residual:
+                dims = scale_dims(config, batch, scale, plans)
+                shapes = {n: spec.tensor(n).concrete(dims) for n in names}
+                rows = None if plan.guided else batch
+                profiles.append(Profile(len(profiles), batch, scale, shapes, rows, plan.kept))
+    return profiles
+
+
 def select_profile(
-    profiles: list[Profile], spec: GraphSpec, batch: int, scale: int | None = None, rows: int | None = None
+    profiles: list[Profile],
+    spec: GraphSpec,
+    batch: int,
+    scale: int | None = None,
+    rows: int | None = None,
 ) -> Profile:
     """The profile of ``spec``'s engine built for ``batch`` prompts at ``scale`` (ignored unless per-scale).
 
@@ -101,4 +138,20 @@ def select_profile(
     raise ArtifactError(
         f"the {spec.name} engine has no profile for batch size {batch} (built for {built}); "
         f"rebuild with `star-deploy build-engine DIR --batch-size {batch}` or run with --batch-size in {built}"
+    )
+
+
+def select_pruned_profile(
+    profiles: list[Profile], spec: GraphSpec, config: StarConfig, batch: int, scale: int, plans: tuple[ScalePlan, ...]
+) -> Profile:
+    """The pruned step's profile with the exact shapes ``scale`` has under ``plans`` (kept tokens, rows, cache)."""
+    dims = scale_dims(config, batch, scale, plans)
+    shapes = {n: spec.tensor(n).concrete(dims) for n in dynamic_inputs(spec)}
+    for p in profiles:
+        if p.batch == batch and p.scale == scale and p.shapes == shapes:
+            return p
+    raise ArtifactError(
+        f"the {spec.name} engine has no profile for scale {scale} keeping {dims['kept']} tokens of {dims['rows']} "
+        f"rows at batch size {batch}; build it for this run's fast mode: `star-deploy build-engine DIR --graph "
+        f"{spec.name} --overwrite` with the run's --batch-size, --fast 2, --cfg-until and --keep"
     )

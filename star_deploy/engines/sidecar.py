@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.graphs import OPTIONAL_GRAPHS
+from ..core.fast import FastMode
+from ..core.graphs import OPTIONAL_GRAPHS, PRUNED_STEP
 from ..errors import ArtifactError, ConfigError
 from ..files.atomic import write_text
 from ..files.records import read_record
@@ -131,3 +132,12 @@ def prompts_for(root: Path, graphs: list[str], given: list[str] | None, defaults
             )
         return list(given)
     return [defaults[i % len(defaults)] for i in range(sizes[0])]
+
+
+def built_fast_mode(root: Path) -> FastMode | None:
+    """The fast mode the folder's pruned-step engine was built for (``build-engine --fast 2``), if built."""
+    path = sidecar_path(root, PRUNED_STEP)
+    if not path.is_file():
+        return None
+    fast = load_sidecar(path).builder.get("fast")
+    return FastMode(fast["level"], fast["cfg_until"], tuple(fast["keep"])) if isinstance(fast, dict) else None

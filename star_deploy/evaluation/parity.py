@@ -17,6 +17,8 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..core.config import SamplingConfig
+from ..core.fast import FastMode, ScalePlan, scale_plans
+from ..core.graphs import PRUNED_STEP
 from ..core.sampling import guidance_scale
 from ..core.tokenizer import PromptTokenizer
 from ..runtime.pipeline import Generation, ScaleLoop, median_stages
@@ -127,6 +129,51 @@ def graph_parity(
     for r, t in zip(ref.cached_kv(), test.cached_kv()):
         stats["kv_cache"].add(r, t)
     stats["vq_decoder"].add(host(ref.decode(ref.asarray(f_hat))), test.to_numpy(test.decode(test.asarray(f_hat))))
+    return stats
+
+
+def pruned_step_parity(
+    ref: Backend,
+    test: Backend,
+    tokenizer: PromptTokenizer,
+    prompts: Sequence[str],
+    plans: tuple[ScalePlan, ...],
+    seed: int = 0,
+) -> ErrorStats:
+    """The pruned step (fast mode 2) fed the reference's inputs at every scale ``plans`` runs it; logits and residual.
+
+    The scales before run the plain step on both (guidance stopping where ``plans`` say), so each backend's cache
+    holds its own keys and values of identical inputs; tokens between scales are random (seeded), as above.
+    """
+    stats, config, b, host = ErrorStats(), ref.config, len(prompts), ref.to_numpy
+    toks = tokenizer(list(prompts))
+    hidden, pooled = ref.encode_text(toks.input_ids, toks.attention_mask)
+    x = host(ref.begin(hidden, toks.attention_mask, pooled, plans=plans))
+    test.begin(test.asarray(host(hidden)), toks.attention_mask, test.asarray(host(pooled)), plans=plans)
+    rng = np.random.default_rng(seed)
+    f_hat = np.zeros((b, config.vae.cvae, config.final_side, config.final_side), dtype=np.float32)
+    prior = None
+    for k, (side, plan) in enumerate(zip(config.patch_nums, plans)):
+        if not plan.guided:
+            if k == 0 or plans[k - 1].guided:
+                ref.keep_conditional_rows()
+                test.keep_conditional_rows()
+            x = x[:b]
+        if plan.residual:
+            prior = None if prior is None else prior[: len(x)]
+            logits, residual = ref.pruned_step(
+                k, ref.asarray(x), plan.kept, None if prior is None else ref.asarray(prior)
+            )
+            tested = test.pruned_step(k, test.asarray(x), plan.kept, None if prior is None else test.asarray(prior))
+            prior = host(residual)
+            stats.add(host(logits), test.to_numpy(tested[0]))
+            stats.add(prior, test.to_numpy(tested[1]))
+        else:
+            ref.step(k, ref.asarray(x))
+            test.step(k, test.asarray(x))
+        tokens = rng.integers(0, config.transformer.vocab_size, (b, side, side), dtype=np.int64)
+        f_ref, x_ref = ref.update(k, tokens, ref.asarray(f_hat))
+        f_hat, x = host(f_ref), host(x_ref)
     return stats
 
 
@@ -289,12 +336,22 @@ def stage_timings(
 
 
 def validate(
-    ref: ScaleLoop, test: ScaleLoop, prompts: Sequence[str], sampling: SamplingConfig, runs: int = 3
+    ref: ScaleLoop,
+    test: ScaleLoop,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    runs: int = 3,
+    fast: FastMode | None = None,
 ) -> ValidationReport:
-    """Every comparison of the tested pipeline's backend against the reference's."""
+    """Every comparison of the tested pipeline's backend against the reference's (``fast``: its pruned step too)."""
     seeds = [sampling.seed + i for i in range(len(prompts))]
     report = ValidationReport()
     report.parity = graph_parity(ref.backend, test.backend, ref.tokenizer, prompts, sampling.seed)
+    plans = scale_plans(ref.config, fast) if fast is not None else ()
+    if any(p.residual for p in plans):
+        report.parity[PRUNED_STEP] = pruned_step_parity(
+            ref.backend, test.backend, ref.tokenizer, prompts, plans, sampling.seed
+        )
     compared = compare_runs(ref, test, prompts, sampling, seeds)
     result = fidelity_of(compared, prompts, seeds)
     report.token_agreement = guided_argmax_agreement(compared.reference, compared.forced, sampling)

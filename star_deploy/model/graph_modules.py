@@ -72,16 +72,17 @@ class PrunedStepGraph(nn.Module):
         groups = [list(layer_tensors[i * d : (i + 1) * d]) for i in range(4)]
         text = TextContext(groups[0], groups[1], cross_bias)
         rows, side, _, c = x.shape
-        tokens = x.flatten(1, 2)
+        # Token maps stay (rows, p, p, C) and are flattened with the length inferred (-1): a length p * p
+        # spelled out would export as an INT64 Pow, which TensorRT up to 10.11 refuses (as in StarVQVAE.update).
         slots = kept_index[..., None].expand(-1, -1, c)
-        kept = tokens.gather(1, slots)
+        kept = x.reshape(rows, -1, c).gather(1, slots)
         hidden, keys, values = self.transformer.run_blocks(
             kept, rope_cos[kept_index], rope_sin[kept_index], text, groups[2], groups[3], call=self.call
         )
-        restored = tokens + resample(prior_residual, restore.to(x.dtype)).flatten(1, 2)
-        out = restored.scatter(1, slots, hidden)
-        residual = (out - tokens).unflatten(1, (side, side))
-        return (self.transformer.logits(out), residual, *keys, *values)
+        restored = x + resample(prior_residual, restore.to(x.dtype))
+        out = restored.reshape(rows, -1, c).scatter(1, slots, hidden).reshape(rows, side, side, c)
+        logits = self.transformer.logits(out)
+        return (logits.reshape(rows, -1, logits.shape[-1]), out - x, *keys, *values)
 
 
 def resample(maps: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
