@@ -31,7 +31,7 @@ from star_deploy.web.artifacts import artifacts_from_site
 from star_deploy.web.browser import SiteBrowser
 from star_deploy.web.server import SiteHandler
 from star_deploy.web.site import SITE_MANIFEST, build_site
-from star_deploy.web.weights import BITS, INT8_STORED_GRAPHS
+from star_deploy.web.weights import BITS, BLOCK_SIZES, KERNELS, TABLE_GRAPHS, TABLES
 
 dist = test_web_site.dist
 check_against_python = test_web_site.check_against_python
@@ -85,14 +85,17 @@ def test_quantized_site_stores_matmulnbits_and_meets_the_thresholds_against_fp32
     assert data["quantization"]["bits"] == BITS[weights] and data["model"]["precision"] == weights
     manifest = load_manifest(site_graphs[weights])
     for name in ("text_encoder", "text_context", "transformer_step"):
-        ops = {n.op_type for n in onnx.load(str(manifest.path(name))).graph.node}
-        assert "MatMulNBits" in ops, f"{name} of the {weights} site is not quantized"
+        nodes = [n for n in onnx.load(str(manifest.path(name))).graph.node if n.op_type == "MatMulNBits"]
+        blocks = {a.i for n in nodes for a in n.attribute if a.name == "block_size"}
+        assert blocks == {BLOCK_SIZES[weights][name]}, f"{name} of the {weights} site: MatMulNBits blocks {blocks}"
     decoder = {n.op_type for n in onnx.load(str(manifest.path("vq_decoder"))).graph.node}
     assert "MatMulNBits" not in decoder
-    for name in INT8_STORED_GRAPHS:
+    stored_as = {"text_encoder": TABLES[weights].bits, "vq_decoder": KERNELS.bits}
+    for name in TABLE_GRAPHS:
         graph = onnx.load(str(manifest.path(name))).graph
-        int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
-        assert "DequantizeLinear" in {n.op_type for n in graph.node} and int8, f"{name}: tables/kernels not int8"
+        kind = onnx.TensorProto.INT4 if stored_as[name] == 4 else onnx.TensorProto.INT8
+        tables = [i for i in graph.initializer if i.data_type == kind]
+        assert "DequantizeLinear" in {n.op_type for n in graph.node} and tables, f"{name}: not int{stored_as[name]}"
     agreement, lowest = forced_fidelity(site_graphs[weights], golden, golden_cases, golden_sampling)
     limits = THRESHOLDS[weights]
     assert agreement >= limits.teacher_forced_token_agreement, f"{weights}: agreement {agreement:.4f}"
