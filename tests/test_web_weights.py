@@ -206,3 +206,24 @@ def test_weight_storage_without_onnx_names_the_web_extra(artifacts_fp32, dist, t
         assert not (tmp_path / weights).exists()
     fp32 = ["web", str(artifacts_fp32), "--out", str(tmp_path / "fp32"), "--ort-web", str(dist), "--weights", "fp32"]
     assert CliRunner().invoke(app, fp32).exit_code == 0
+
+
+@needs_chromium
+def test_int4_site_of_an_fp16_export_keeps_float16_io_and_draws_pythons_tokens(artifacts_fp16, dist, tmp_path):
+    """4-bit weights with float16 activations and K/V (what a 1024-px d30 site needs), on WebAssembly."""
+    site = build_site(artifacts_fp16, tmp_path / "site", dist, "int4").out
+    data = json.loads((site / SITE_MANIFEST).read_text())
+    assert data["model"]["precision"] == "fp16" and data["quantization"]["bits"] == 4
+    graphs = artifacts_from_site(site, tmp_path / "graphs")
+    step = onnx.load(str(load_manifest(graphs).path("transformer_step"))).graph
+    inputs = {i.name: i.type.tensor_type.elem_type for i in step.input}
+    nbits = [n for n in step.node if n.op_type == "MatMulNBits"]
+    assert nbits and inputs["x"] == onnx.TensorProto.FLOAT16, "the step should take float16 and hold MatMulNBits"
+    prompt, seed = "a red car.", 3
+    reference = python_image(graphs, prompt, seed)
+    with SiteBrowser(site) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        assert browser.driver.execute_script("return window.star.provider") == "wasm"
+        result = browser.generate(prompt, seed)
+    check_against_python(result, reference, "int4 weights, fp16 export")
