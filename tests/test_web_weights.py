@@ -24,6 +24,7 @@ from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.cli import app
 from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.errors import ConfigError
 from star_deploy.evaluation.parity import THRESHOLDS, psnr, token_agreement
 from star_deploy.files.images import to_uint8
 from star_deploy.runtime.pipeline import ScaleLoop
@@ -31,7 +32,7 @@ from star_deploy.web.artifacts import artifacts_from_site
 from star_deploy.web.browser import SiteBrowser
 from star_deploy.web.server import SiteHandler
 from star_deploy.web.site import SITE_MANIFEST, build_site
-from star_deploy.web.weights import BITS, BLOCK_SIZES, KERNELS, TABLE_GRAPHS, TABLES
+from star_deploy.web.weights import BITS, BLOCK_SIZES, KERNELS, TABLE_GRAPHS, TABLES, quantization_of, site_precision
 
 dist = test_web_site.dist
 check_against_python = test_web_site.check_against_python
@@ -227,3 +228,11 @@ def test_int4_site_of_an_fp16_export_keeps_float16_io_and_draws_pythons_tokens(a
         assert browser.driver.execute_script("return window.star.provider") == "wasm"
         result = browser.generate(prompt, seed)
     check_against_python(result, reference, "int4 weights, fp16 export")
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "int8-dynamic"])
+def test_quantized_weights_refuse_an_already_quantized_export(precision):
+    with pytest.raises(ConfigError, match=f"this one is {precision}: pass a folder from `star-deploy export`"):
+        quantization_of("int4", precision)
+    assert quantization_of("int4", "fp16").block_sizes == BLOCK_SIZES["int4"]
+    assert site_precision("fp16", "int4") == "fp16" and site_precision("fp32", "int4") == "int4"
