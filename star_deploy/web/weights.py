@@ -32,8 +32,8 @@ BLOCK_SIZES = {
     "int4": {"text_encoder": 256, "text_context": 256, "transformer_step": 32},
 }
 """Values per scale, per graph; a scale (float16-stored) costs 16 bits per block. The text graphs run once per image
-and tolerate large blocks; the step decides every token, and onnxruntime-web's WebGPU ``MatMulNBits`` ran the golden
-tiny model's step about 8x slower with blocks of 64 than of 32 (SwiftShader): it keeps 32. Teacher-forced on the
+and tolerate large blocks; the step decides every token, and with blocks of 64 there a golden tiny generation on
+onnxruntime-web's WebGPU (SwiftShader) took about 8x as long as with 32: it keeps 32. Teacher-forced on the
 golden tiny model (6 golden cases / 24 more prompts against the fp32 graphs' own tokens), int4 with int4 tables:
 32 everywhere 90.91 / 91.81 %, 128 in the text graphs 91.23 / 92.20 %, 256 there (used) 90.66 / 91.80 %; 256 takes
 about 18 MB off 256-d16 against 32 (computed; docs/web.md)."""
