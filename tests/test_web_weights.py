@@ -24,6 +24,7 @@ from star_deploy.artifacts.manifest import load_manifest
 from star_deploy.backends.ort_backend import OrtBackend
 from star_deploy.cli import app
 from star_deploy.core.tokenizer import PromptTokenizer
+from star_deploy.errors import ConfigError
 from star_deploy.evaluation.parity import THRESHOLDS, psnr, token_agreement
 from star_deploy.files.images import to_uint8
 from star_deploy.runtime.pipeline import ScaleLoop
@@ -31,7 +32,7 @@ from star_deploy.web.artifacts import artifacts_from_site
 from star_deploy.web.browser import SiteBrowser
 from star_deploy.web.server import SiteHandler
 from star_deploy.web.site import SITE_MANIFEST, build_site
-from star_deploy.web.weights import BITS, INT8_STORED_GRAPHS
+from star_deploy.web.weights import BITS, BLOCK_SIZES, KERNELS, TABLE_GRAPHS, TABLES, quantization_of, site_precision
 
 dist = test_web_site.dist
 check_against_python = test_web_site.check_against_python
@@ -85,14 +86,17 @@ def test_quantized_site_stores_matmulnbits_and_meets_the_thresholds_against_fp32
     assert data["quantization"]["bits"] == BITS[weights] and data["model"]["precision"] == weights
     manifest = load_manifest(site_graphs[weights])
     for name in ("text_encoder", "text_context", "transformer_step"):
-        ops = {n.op_type for n in onnx.load(str(manifest.path(name))).graph.node}
-        assert "MatMulNBits" in ops, f"{name} of the {weights} site is not quantized"
+        nodes = [n for n in onnx.load(str(manifest.path(name))).graph.node if n.op_type == "MatMulNBits"]
+        blocks = {a.i for n in nodes for a in n.attribute if a.name == "block_size"}
+        assert blocks == {BLOCK_SIZES[weights][name]}, f"{name} of the {weights} site: MatMulNBits blocks {blocks}"
     decoder = {n.op_type for n in onnx.load(str(manifest.path("vq_decoder"))).graph.node}
     assert "MatMulNBits" not in decoder
-    for name in INT8_STORED_GRAPHS:
+    stored_as = {"text_encoder": TABLES[weights].bits, "vq_decoder": KERNELS.bits}
+    for name in TABLE_GRAPHS:
         graph = onnx.load(str(manifest.path(name))).graph
-        int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
-        assert "DequantizeLinear" in {n.op_type for n in graph.node} and int8, f"{name}: tables/kernels not int8"
+        kind = onnx.TensorProto.INT4 if stored_as[name] == 4 else onnx.TensorProto.INT8
+        tables = [i for i in graph.initializer if i.data_type == kind]
+        assert "DequantizeLinear" in {n.op_type for n in graph.node} and tables, f"{name}: not int{stored_as[name]}"
     agreement, lowest = forced_fidelity(site_graphs[weights], golden, golden_cases, golden_sampling)
     limits = THRESHOLDS[weights]
     assert agreement >= limits.teacher_forced_token_agreement, f"{weights}: agreement {agreement:.4f}"
@@ -203,3 +207,32 @@ def test_weight_storage_without_onnx_names_the_web_extra(artifacts_fp32, dist, t
         assert not (tmp_path / weights).exists()
     fp32 = ["web", str(artifacts_fp32), "--out", str(tmp_path / "fp32"), "--ort-web", str(dist), "--weights", "fp32"]
     assert CliRunner().invoke(app, fp32).exit_code == 0
+
+
+@needs_chromium
+def test_int4_site_of_an_fp16_export_keeps_float16_io_and_draws_pythons_tokens(artifacts_fp16, dist, tmp_path):
+    """4-bit weights with float16 activations and K/V (what a 1024-px d30 site needs), on WebAssembly."""
+    site = build_site(artifacts_fp16, tmp_path / "site", dist, "int4").out
+    data = json.loads((site / SITE_MANIFEST).read_text())
+    assert data["model"]["precision"] == "fp16" and data["quantization"]["bits"] == 4
+    graphs = artifacts_from_site(site, tmp_path / "graphs")
+    step = onnx.load(str(load_manifest(graphs).path("transformer_step"))).graph
+    inputs = {i.name: i.type.tensor_type.elem_type for i in step.input}
+    nbits = [n for n in step.node if n.op_type == "MatMulNBits"]
+    assert nbits and inputs["x"] == onnx.TensorProto.FLOAT16, "the step should take float16 and hold MatMulNBits"
+    prompt, seed = "a photo of a cat", 0  # "a red car." seed 3 differs in 5 of 680 tokens: docs/web.md
+    reference = python_image(graphs, prompt, seed)
+    with SiteBrowser(site) as browser:
+        page = browser.open()
+        assert page.state == "ready", page.message
+        assert browser.driver.execute_script("return window.star.provider") == "wasm"
+        result = browser.generate(prompt, seed)
+    check_against_python(result, reference, "int4 weights, fp16 export")
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "int8-dynamic"])
+def test_quantized_weights_refuse_an_already_quantized_export(precision):
+    with pytest.raises(ConfigError, match=f"this one is {precision}: pass a folder from `star-deploy export`"):
+        quantization_of("int4", precision)
+    assert quantization_of("int4", "fp16").block_sizes == BLOCK_SIZES["int4"]
+    assert site_precision("fp16", "int4") == "fp16" and site_precision("fp32", "int4") == "int4"

@@ -63,7 +63,7 @@ Weights = Annotated[
         "--storage",
         help="fp16: float32 weights stored as float16 and cast back on load (half the download, float32 math); "
         "fp32: the graphs as exported; int8, int4: the transformer's and text encoder's MatMul weights in 8- or "
-        "4-bit blocks (MatMulNBits; from an fp32 export), the rest as fp16.",
+        "4-bit blocks (MatMulNBits; from an fp32 or fp16 export), the rest as fp16.",
     ),
 ]
 GpuMemory = Annotated[

@@ -1,13 +1,13 @@
 """The GPU memory a site needs in the browser (WebGPU), computed from a model size and a weights mode.
 
-What onnxruntime-web holds on the GPU while one image generates: every graph's weights as they are after
-loading (float16 storage is cast back to the export's float type; ``MatMulNBits`` keeps its packed blocks and
-scales; int8 tables and kernels stay int8 and are dequantized while their graph runs), the KV cache of the whole
-schedule (the page keeps it until the image is decoded), and the larger of two peaks: the step's self-attention
-at the last scale (float32 scores and their softmax, whole or one query piece, and the layer's keys and values
-the MatMuls read) and the VQVAE decoder's feature maps (ONNX Runtime's measured CPU profile). A WebGPU adapter
-also caps each buffer (``maxBufferSize``, ``maxStorageBufferBindingSize``): the largest single tensor is
-compared with that.
+What onnxruntime-web holds on the GPU while one image generates: every graph's weights as they are after loading
+(float16 storage is cast back to the export's float type; ``MatMulNBits`` keeps its packed blocks and scales; int8
+or int4 tables and kernels stay packed and are dequantized while their graph runs), the KV cache of the whole
+schedule (the page keeps it until the image is decoded), and the larger of two peaks: the step's self-attention at
+the last scale (float32 scores and their softmax, whole or one query piece, and the layer's keys and values the
+MatMuls read) and the VQVAE decoder's feature maps (ONNX Runtime's measured CPU profile). A WebGPU adapter also
+caps each buffer (``maxBufferSize``, ``maxStorageBufferBindingSize``): the largest single tensor is compared with
+that.
 
 The parameter counts come from the reference modules built on torch's meta device (shapes only, no memory).
 """
@@ -24,8 +24,8 @@ from ..engines.buffers import kv_cache_bytes
 from ..engines.memory import attention_scores_bytes
 from ..errors import BackendUnavailableError
 from ..runtime.memory import decode_bytes
-from .int8_storage import MIN_ELEMENTS
-from .weights import BITS, BLOCK_SIZE, check_weights
+from .table_storage import MIN_ELEMENTS, TableLayout
+from .weights import BITS, BLOCK_SIZES, KERNELS, TABLES, check_weights
 
 BUFFER_LIMITS = (2 << 30, 4 << 30)
 """Largest buffer laptop adapters commonly allow: 2 GiB and 4 GiB (Chromium's SwiftShader: 1 GiB)."""
@@ -34,20 +34,22 @@ UNUSED = ("class_emb",)
 """Transformer parameters of the class-conditional model that no exported graph reads."""
 FLOAT_ONLY = ("head_logits", "word_embed")
 """Linear layers that stay float: the logits head, and the scale-update graph's embedding (not quantized)."""
+TEXT_CONTEXT = ("encoder_proj", "mat_kv")
+"""Transformer layers the text_context graph runs (the pooled text's projection, each block's cross K/V)."""
 
 
 @dataclass(frozen=True)
 class WeightCounts:
-    """Values per storage class of ``--weights int8/int4``: ``MatMulNBits`` weights, int8 tables and kernels per
-    graph, and everything else (kept float)."""
+    """Values per storage class of ``--weights int8/int4``, per graph: ``MatMulNBits`` weights, tables and kernels,
+    and everything else (kept float)."""
 
-    matmul: int
+    matmul: dict[str, int] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
     other: int = 0
 
     @property
     def total(self) -> int:
-        return self.matmul + sum(self.tables.values()) + self.other
+        return sum(self.matmul.values()) + sum(self.tables.values()) + self.other
 
 
 def weight_counts(config: StarConfig) -> WeightCounts:
@@ -62,7 +64,8 @@ def weight_counts(config: StarConfig) -> WeightCounts:
     from ..model.transformer import StarTransformer
     from ..model.vqvae import StarVQVAE
 
-    matmul, tables, other = 0, {"text_encoder": 0, "vq_decoder": 0}, 0
+    matmul = {"text_encoder": 0, "text_context": 0, "transformer_step": 0}
+    tables, other = {"text_encoder": 0, "vq_decoder": 0}, 0
     with torch.device("meta"):
         parts = {
             "text_encoder": random_text_encoder(config.text),
@@ -77,12 +80,19 @@ def weight_counts(config: StarConfig) -> WeightCounts:
                 if top in UNUSED:
                     continue
                 if isinstance(module, torch.nn.Linear) and pname == "weight" and top not in FLOAT_ONLY:
-                    matmul += n
+                    matmul[_matmul_graph(part, name)] += n
                 elif part in tables and _int8_stored(part, top, module, pname, n):
                     tables[part] += n
                 else:
                     other += n
     return WeightCounts(matmul, tables, other)
+
+
+def _matmul_graph(part: str, name: str) -> str:
+    """The quantized graph that holds the Linear layer ``name`` of ``part``."""
+    if part != "transformer":
+        return part
+    return "text_context" if name.split(".")[0] in TEXT_CONTEXT or name.endswith(TEXT_CONTEXT) else "transformer_step"
 
 
 def _int8_stored(part: str, top: str, module, pname: str, n: int) -> bool:
@@ -123,13 +133,21 @@ class GpuMemory:
 
 
 def weight_bytes(counts: WeightCounts, weights: str, float_type: str) -> tuple[int, int]:
-    """Weights on the GPU after loading, and the largest graph's int8 tables dequantized to ``float_type``."""
+    """Weights on the GPU after loading, and the largest graph's tables dequantized to ``float_type``."""
     f = itemsize(float_type)
     if weights not in BITS:
         return counts.total * f, 0
-    packed = counts.matmul * BITS[weights] // 8 + counts.matmul // BLOCK_SIZE * f
-    tables = sum(counts.tables.values())
+    blocks = BLOCK_SIZES[weights]
+    packed = sum(n * BITS[weights] // 8 + n // blocks[graph] * f for graph, n in counts.matmul.items())
+    layouts = {"text_encoder": TABLES[weights], "vq_decoder": KERNELS}
+    tables = sum(_table_bytes(n, layouts[graph], f) for graph, n in counts.tables.items())
     return packed + tables + counts.other * f, max(counts.tables.values()) * f
+
+
+def _table_bytes(values: int, layout: TableLayout, scale_size: int) -> int:
+    """Bytes of ``values`` stored in ``layout``: packed values and, for blocks, one scale per block (per row: few)."""
+    scales = values // layout.block_size * scale_size if layout.block_size else 0
+    return values * layout.bits // 8 + scales
 
 
 def gpu_memory(
