@@ -3,16 +3,18 @@
 For the demo model: held-out accuracy of the demo evaluator (colour, shape and background
 right) over the 35 held-out combinations x 4 seeds (140 images), and wall time, per rung. For random-weight
 preset models: tokens equal up to the first changed scale, image PSNR and SSIM against exact,
-wall time (median of --repeat), its ratio to exact and to the official-style baseline
-(``torch-eager``, exact), the theoretical step-FLOP saving, and (ONNX Runtime) every rung
-again with the int8 decoder (``star-deploy quantize --decoder``).
-Prints a table and writes JSON.
+wall time and process CPU time (medians of --repeat), their ratio to exact and to the official-style
+baseline (``torch-eager``, exact), the theoretical step-FLOP saving, and (ONNX Runtime) every rung
+again with the int8 decoder (``star-deploy quantize --decoder``). The baseline, every rung and every
+decoder of a model take turns generation by generation, so a shared machine's changing load falls on
+all of them alike. Prints a table and writes JSON.
 
 With --decoder-bf16: the torch backend's VQ decoder in bfloat16 (``--decoder-dtype bfloat16``) against
 float32 on the same tokens, alternating per prompt: PSNR and SSIM of each image, decode time ratio.
 
-Usage: python benchmarks/fast_modes.py [--models demo,256-d16] [--backend onnxruntime|torch]
-       [--device cpu|cuda] [--repeat 3] [--json benchmarks/results/fast_modes.json]
+Usage: python benchmarks/fast_modes.py [--models demo,256-d16,512-d30:torch] [--backend onnxruntime|torch]
+       [--device cpu|cuda] [--repeat 3] [--once 512-d30] [--artifacts 256-d16=DIR --artifacts 256-d16:int8=DIR]
+       [--json benchmarks/results/fast_modes.json]
        python benchmarks/fast_modes.py --decoder-bf16 [--models demo,256-d16]
        [--json benchmarks/results/decoder_bf16.json]
 """
@@ -26,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ from star_deploy.bench.flops import planned_step_flops  # noqa: E402
 from star_deploy.core.config import SamplingConfig, preset  # noqa: E402
 from star_deploy.core.fast import EXACT, FastMode, resolve_fast, scale_plans  # noqa: E402
 from star_deploy.core.tokenizer import PromptTokenizer  # noqa: E402
-from star_deploy.runtime.pipeline import ScaleLoop  # noqa: E402
+from star_deploy.runtime.pipeline import Generation, ScaleLoop  # noqa: E402
 
 PROMPT = "a photo of a red fox in the snow"
 
@@ -63,22 +66,23 @@ def graphs_loop(folder: Path) -> ScaleLoop:
     return ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))
 
 
-def random_loop(name: str, backend: str, scratch: Path, device: str = "cpu") -> ScaleLoop:
-    """A random-weight model of preset ``name``: torch directly (CUDA: fp16 with CUDA graphs), or exported for ORT."""
+def torch_loop(model, device: str = "cpu") -> ScaleLoop:
+    """``model`` on the torch backend: fp32 on CPU, fp16 with CUDA graphs on a GPU."""
+    import torch
+
+    from star_deploy.backends.torch_backend import TorchBackend
+
+    cuda = device.startswith("cuda")
+    dtype = torch.float16 if cuda else torch.float32
+    return ScaleLoop(TorchBackend(model, device, dtype, cuda_graphs=cuda), PromptTokenizer(model.tokenizer_dir))
+
+
+def export_random(name: str, scratch: Path) -> Path:
+    """A random-weight model of preset ``name`` exported in fp32 into ``scratch``."""
+    from star_deploy.export.artifacts import export_artifacts
     from star_deploy.release.random_weights import random_model
 
-    model = random_model(preset(name))
-    if backend == "torch":
-        import torch
-
-        from star_deploy.backends.torch_backend import TorchBackend
-
-        cuda = device.startswith("cuda")
-        dtype = torch.float16 if cuda else torch.float32
-        return ScaleLoop(TorchBackend(model, device, dtype, cuda_graphs=cuda), PromptTokenizer(model.tokenizer_dir))
-    from star_deploy.export.artifacts import export_artifacts
-
-    return graphs_loop(export_artifacts(model, scratch / name, "fp32"))
+    return export_artifacts(random_model(preset(name)), scratch / name, "fp32")
 
 
 def rungs(config) -> list[FastMode]:
@@ -157,59 +161,112 @@ def demo_rows(backend: str, seeds: int) -> list[dict]:
 SAMPLING = SamplingConfig(cfg=4.0, top_k=600, top_p=0.8)
 
 
-def timed(loop: ScaleLoop, mode: FastMode, repeat: int):
-    """The median wall time of ``repeat`` generations after one warm-up, and the last generation."""
-    times, gen = [], None
-    for _ in range(repeat + 1):
-        start = time.perf_counter()
-        gen = loop.generate([PROMPT], SAMPLING, seeds=[0], fast=mode)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]), gen
+@dataclass
+class Variant:
+    """One timed configuration: a loop (a backend, a decoder) and the rung it generates with."""
+
+    label: str
+    loop: ScaleLoop
+    mode: FastMode
+    decoder: str
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    last: Generation | None = None
 
 
-def baseline_seconds(name: str, repeat: int, device: str) -> float:
+def time_round_robin(variants: list[Variant], repeat: int, warmup: int) -> None:
+    """``warmup`` untimed then ``repeat`` timed generations of every variant, taking turns.
+
+    Taking turns spreads a shared machine's changing load over every variant alike; each
+    generation records its wall time and its process CPU time (every thread of the process).
+    """
+    for turn in range(warmup + repeat):
+        for v in variants:
+            wall, cpu = time.perf_counter(), time.process_time()
+            v.last = v.loop.generate([PROMPT], SAMPLING, seeds=[0], fast=v.mode)
+            if turn >= warmup:
+                v.walls.append(time.perf_counter() - wall)
+                v.cpus.append(time.process_time() - cpu)
+
+
+def official_loop(name: str, device: str, model=None) -> ScaleLoop:
     """The official-style baseline (``torch-eager``: the official sampler's execution style), exact."""
     from star_deploy.backends.eager_backend import EagerBackend
     from star_deploy.release.random_weights import random_model
 
-    model = random_model(preset(name))
-    loop = ScaleLoop(EagerBackend(model, device), PromptTokenizer(model.tokenizer_dir))
-    return timed(loop, EXACT, repeat)[0]
+    model = model or random_model(preset(name))
+    return ScaleLoop(EagerBackend(model, device), PromptTokenizer(model.tokenizer_dir))
 
 
-def random_rows(name: str, backend: str, repeat: int, scratch: Path, device: str, decoder_int8: bool) -> list[dict]:
-    loop = random_loop(name, backend, scratch, device)
-    loops = {"fp32 decoder": loop}
-    if decoder_int8 and backend == "onnxruntime":
-        from star_deploy.evaluation.calibration import calibration_latents
-        from star_deploy.export.decoder_quant import quantize_decoder
+def decoder_variants(name: str, backend: str, scratch: Path, device: str, folders: dict[str, Path], int8: bool) -> dict:
+    """The loops to time per decoder, fp32 first: ``{"fp32": loop, "int8": loop, ...}``.
 
-        dec8 = quantize_decoder(scratch / name, scratch / f"{name}-dec8", calibration_latents(scratch / name))
-        loops["int8 decoder"] = graphs_loop(dec8)
-    official = baseline_seconds(name, repeat, device)
-    rows, exact = [], None
-    for decoder, current in loops.items():
-        for mode in rungs(current.config):
-            seconds, gen = timed(current, mode, repeat)
-            exact = exact or gen
-            rows.append(
-                {
-                    "model": f"{name} random",
-                    "rung": mode.record(),
-                    "label": mode.label() + ("" if decoder == "fp32 decoder" else ", int8 decoder"),
-                    "decoder": decoder,
-                    "seconds": seconds,
-                    "decode_seconds": gen.times.decode,
-                    "first_changed_scale": first_changed_scale(current.config, gen.tokens, exact.tokens),
-                    "psnr_db": psnr(gen.images, exact.images),
-                    "ssim": ssim(gen.images, exact.images),
-                    "step_flop_saving": step_saving(current.config, mode),
-                    "official_seconds": official,
-                }
-            )
-    for row in rows:
-        row["speedup"] = rows[0]["seconds"] / row["seconds"]
-        row["vs_official"] = official / row["seconds"]
+    ``folders`` maps ``name`` and ``name + ":int8"`` to existing exports (ONNX Runtime writes its
+    optimized-graph cache into them: give copies of shared folders); without them the model is exported
+    into ``scratch`` and its decoder quantized there. The torch backend has the fp32 decoder only.
+    Another decoder (e.g. bf16) is one more entry of the returned loops.
+    """
+    model = None
+    if backend == "torch":
+        from star_deploy.release.random_weights import random_model
+
+        model = random_model(preset(name))
+        loops = {"fp32": torch_loop(model, device)}
+    else:
+        fp32 = folders.get(name) or export_random(name, scratch)
+        loops = {"fp32": graphs_loop(fp32)}
+        if int8:
+            folder = folders.get(f"{name}:int8") or quantized_decoder(fp32, scratch / f"{name}-dec8")
+            loops["int8"] = graphs_loop(folder)
+    shared = model if device == "cpu" else None  # both keep it in float32 on the CPU; on a GPU each casts it
+    return {"loops": loops, "official": official_loop(name, device, shared)}
+
+
+def quantized_decoder(fp32: Path, out: Path) -> Path:
+    """A copy of the export ``fp32`` whose decoder runs in int8 (``star-deploy quantize --decoder``)."""
+    from star_deploy.evaluation.calibration import calibration_latents
+    from star_deploy.export.decoder_quant import quantize_decoder
+
+    return quantize_decoder(fp32, out, calibration_latents(fp32))
+
+
+def random_rows(name: str, backend: str, args: argparse.Namespace, scratch: Path, folders: dict) -> list[dict]:
+    """Every rung x decoder of a random-weight model and the official-style baseline, timed in turns."""
+    built = decoder_variants(name, backend, scratch, args.device, folders, not args.no_decoder_int8)
+    config = built["official"].config
+    variants = [Variant("official-style (torch-eager), exact", built["official"], EXACT, "fp32")]
+    for decoder, loop in built["loops"].items():
+        suffix = "" if decoder == "fp32" else f", {decoder} decoder"
+        variants += [Variant(mode.label() + suffix, loop, mode, decoder) for mode in rungs(config)]
+    once = name in args.once.split(",")
+    time_round_robin(variants, 1 if once else args.repeat, 0 if once else 1)
+    official, exact = variants[0], variants[1]
+    rows = []
+    for v in variants:
+        gen = v.last
+        rows.append(
+            {
+                "model": f"{name} random",
+                "backend": "torch-eager" if v is official else backend,
+                "rung": v.mode.record(),
+                "label": v.label,
+                "decoder": v.decoder,
+                "timed_runs": len(v.walls),
+                "seconds": statistics.median(v.walls),
+                "cpu_seconds": statistics.median(v.cpus),
+                "walls": v.walls,
+                "decode_seconds": gen.times.decode,
+                "step_seconds": gen.times.steps,
+                "first_changed_scale": first_changed_scale(config, gen.tokens, exact.last.tokens),
+                "psnr_db": psnr(gen.images, exact.last.images),
+                "ssim": ssim(gen.images, exact.last.images),
+                "step_flop_saving": step_saving(config, v.mode),
+                "official_seconds": statistics.median(official.walls),
+                "speedup": statistics.median(exact.walls) / statistics.median(v.walls),
+                "vs_official": statistics.median(official.walls) / statistics.median(v.walls),
+                "vs_official_cpu": statistics.median(official.cpus) / statistics.median(v.cpus),
+            }
+        )
     return rows
 
 
@@ -313,8 +370,8 @@ def print_decoder_table(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'model':16} {'rung':50} {'seconds':>8} {'speedup':>8} {'vs official':>11} {'FLOP saved':>10}"
-    print(f"{head} {'quality':>36}")
+    head = f"{'model':16} {'rung':50} {'seconds':>8} {'CPU s':>7} {'speedup':>8} {'vs official':>11}"
+    print(f"{head} {'FLOP saved':>10} {'quality':>36}")
     for r in rows:
         if "accuracy" in r:
             quality = f"held-out acc {100 * r['accuracy']:.1f} %"
@@ -323,17 +380,31 @@ def print_table(rows: list[dict]) -> None:
             scale = changed if changed is not None else "-"
             quality = f"PSNR {r['psnr_db']:.1f} dB, SSIM {r['ssim']:.3f}, scale {scale}"
         official = f"{r['vs_official']:.2f}x" if "vs_official" in r else "-"
+        cpu = f"{r['cpu_seconds']:7.2f}" if "cpu_seconds" in r else f"{'-':>7}"
         saved = f"{100 * r['step_flop_saving']:.0f} %"
-        line = f"{r['model']:16} {r['label']:50} {r['seconds']:8.2f} {r['speedup']:7.2f}x {official:>11} {saved:>10}"
-        print(f"{line} {quality:>36}")
+        line = f"{r['model']:16} {r['label']:50} {r['seconds']:8.2f} {cpu} {r['speedup']:7.2f}x {official:>11}"
+        print(f"{line} {saved:>10} {quality:>36}")
+
+
+def parse_folders(pairs: list[str]) -> dict[str, Path]:
+    """``["256-d16=DIR", "256-d16:int8=DIR"]`` -> {name: folder}; one clear line for anything else."""
+    folders = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not Path(folder, "manifest.json").is_file():
+            raise SystemExit(f"--artifacts {pair!r}: give MODEL=FOLDER or MODEL:int8=FOLDER, an export folder")
+        folders[name] = Path(folder)
+    return folders
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="demo,256-d16")
+    parser.add_argument("--models", default="demo,256-d16", help="a model:torch entry runs on the torch backend")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu", help="torch backend: cpu, or cuda (fp16 with CUDA graphs)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--once", default="", help="models timed with one run and no warm-up (the largest)")
+    parser.add_argument("--artifacts", action="append", default=[], help="MODEL=FOLDER or MODEL:int8=FOLDER")
     parser.add_argument("--no-decoder-int8", action="store_true", help="skip the int8-decoder rows (ONNX Runtime)")
     parser.add_argument("--demo-seeds", type=int, default=4, help="seeds per held-out combination (35 of them)")
     parser.add_argument(
@@ -346,25 +417,29 @@ def main() -> None:
     if args.decoder_bf16:
         rows = [row for name in args.models.split(",") for row in decoder_bf16_rows(name)]
         print_decoder_table(rows)
-        write_report(args.json, "torch", rows)
+        write_report(args.json, "torch", rows, [os.getloadavg()])
         return
-    rows = []
+    folders = parse_folders(args.artifacts)
+    rows, load = [], [os.getloadavg()]
     with tempfile.TemporaryDirectory() as scratch:
-        for name in args.models.split(","):
+        for entry in args.models.split(","):
+            name, _, backend = entry.partition(":")
             if name == "demo":
-                rows += demo_rows(args.backend, args.demo_seeds)
+                rows += demo_rows(backend or args.backend, args.demo_seeds)
             else:
-                rows += random_rows(
-                    name, args.backend, args.repeat, Path(scratch), args.device, not args.no_decoder_int8
-                )
+                rows += random_rows(name, backend or args.backend, args, Path(scratch), folders)
+            load.append(os.getloadavg())
+            write_report(args.json, args.backend, rows, load)  # a later model that fails keeps these rows
     print_table(rows)
-    write_report(args.json, args.backend, rows)
 
 
-def write_report(path: Path, backend: str, rows: list[dict]) -> None:
-    report = {"backend": backend, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
+def write_report(path: Path, backend: str, rows: list[dict], load: list) -> None:
+    """The JSON report, replaced whole (a run stopped while writing leaves the previous one)."""
+    report = {"backend": backend, "load_average": load, "cpus": os.cpu_count(), "rows": rows}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(path)
 
 
 if __name__ == "__main__":
