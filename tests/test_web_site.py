@@ -143,6 +143,32 @@ def test_demo_site_draws_the_tokens_of_python_on_webgpu(site, references):
             assert check_against_python(result, reference, ("webgpu", case)) >= MIN_PSNR_DB
 
 
+LOSE_GPU_ADAPTER = """
+const request = navigator.gpu.requestAdapter.bind(navigator.gpu);
+let asked = 0;
+navigator.gpu.requestAdapter = async (...args) => (asked++ === 0 ? request(...args) : null);
+"""
+"""A WebGPU adapter that is there when the page looks and gone when onnxruntime-web asks for it (a lost GPU): the
+page picks WebGPU, and no graph's session can be created there."""
+
+
+@needs_chromium
+def test_a_graph_webgpu_cannot_load_runs_on_webassembly_with_the_tokens_of_python(site, references):
+    with SiteBrowser(site, webgpu=True) as browser:
+        page = browser.open(timeout_s=90, before=LOSE_GPU_ADAPTER)
+        assert page.state == "ready", page.message
+        chosen = browser.driver.execute_script("return navigator.gpu !== undefined")
+        providers = browser.driver.execute_script("return window.star.providers")
+        notes = text_of(browser.driver, "notes")
+        shown = text_of(browser.driver, "provider")
+        result = browser.generate(*CASES[0])
+    assert chosen and set(providers.values()) == {"wasm"}, providers
+    for graph in providers:
+        assert f"{graph} runs on WebAssembly: WebGPU could not load it" in notes, notes
+    assert shown.startswith("execution provider: wasm"), shown
+    assert check_against_python(result, references[0], ("fallback", CASES[0])) >= MIN_PSNR_DB
+
+
 def test_fp32_storage_ships_the_exported_graphs_unchanged(artifacts_fp32, dist, tmp_path):
     site = build_site(artifacts_fp32, tmp_path / "site32", dist, weights="fp32").out
     files = json.loads((site / SITE_MANIFEST).read_text())["files"]

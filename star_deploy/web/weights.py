@@ -12,8 +12,9 @@
           float16 inputs, outputs and arithmetic (``MatMulNBits`` with float16 activations).
 
 ``MatMulNBits`` runs in onnxruntime-web on WebAssembly (the CPU kernels) and on WebGPU (4 and 8 bits).
-Its ``accuracy_level`` is 1 (float32 arithmetic): the WebAssembly build has no int8 kernel for it, and
-on WebGPU level 4 selects a kernel that also rounds the activations to int8.
+Its ``accuracy_level`` is 1 (float32 arithmetic): the WebAssembly build has no blocked-quantized kernel at
+any level (it dequantizes the whole weight to float32 on every call, then multiplies; level 4 measured no
+faster there, docs/web.md), and on WebGPU level 4 selects a kernel that also rounds the activations to int8.
 """
 
 from __future__ import annotations
