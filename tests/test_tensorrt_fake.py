@@ -542,7 +542,7 @@ def test_fast_two_runs_the_pruned_step_engine_with_the_tokens_of_onnxruntime(
     sidecar = load_sidecar(sidecar_path(folder, "transformer_step_pruned"))
     assert [(p.scale, p.kept, p.rows) for p in sidecar.profiles] == [(8, 169, 1), (9, 128, 1)]
     assert sidecar.profiles[1].shapes["past_key.0"] == (sum(s * s for s in range(1, 7)) + 64 + 100 + 169, 1, 2, 64)
-    assert sidecar.builder["fast"] == {"level": 2, "cfg_until": 7, "keep": [0.5]}
+    assert sidecar.builder["fast"] == {"level": 2, "cfg_until": 7, "keep": [0.5], "decoder": None}
     assert [p.rows for p in load_sidecar(sidecar_path(folder, "transformer_step")).profiles] == [None] * 10 + [1] * 10
     manifest = load_manifest(folder)
     onnxruntime = ScaleLoop(OrtBackend(manifest), PromptTokenizer(manifest.tokenizer_dir))

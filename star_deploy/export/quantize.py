@@ -30,10 +30,11 @@ BLOCK_SIZE = 32
 
 
 def head_matmuls(model, output: str = "logits") -> list[str]:
-    """The float MatMul that produces ``output`` through its bias Add; empty if there is none."""
+    """The float MatMul that produces ``output`` through its bias Add (and a Reshape of the token map, in the
+    pruned step); empty if there is none."""
     producers = {name: node for node in model.graph.node for name in node.output}
     node = producers.get(output)
-    while node is not None and node.op_type == "Add":
+    while node is not None and node.op_type in ("Add", "Reshape"):
         node = next((producers[i] for i in node.input if i in producers), None)
     return [node.name] if node is not None and node.op_type == "MatMul" else []
 
