@@ -566,3 +566,24 @@ def test_recorded_onnxruntime_outputs_match_the_engines(tiny_engines, tmp_path):
     args = ["parity", "--artifacts", str(tiny_engines), "--backend", "tensorrt", "--load-outputs", ref]
     compared = CliRunner().invoke(app, args)
     assert compared.exit_code == 0 and "PASS: " in compared.output, compared.output
+
+
+def test_device_memory_counts_the_pruned_step_only_where_its_engine_is_built(tmp_path):
+    from star_deploy.artifacts.manifest import load_manifest
+    from star_deploy.core.graphs import PRUNED_STEP
+    from star_deploy.demo import DEMO_GRAPHS
+    from star_deploy.engines.memory import device_memory, engine_graphs
+    from star_deploy.engines.sidecar import sidecar_path
+
+    folder = tmp_path / "graphs"
+    shutil.copytree(DEMO_GRAPHS, folder)
+    manifest = load_manifest(folder)
+    assert PRUNED_STEP in manifest.graphs
+    pruned = manifest.path(PRUNED_STEP).stat().st_size
+    plain = device_memory(manifest, [1])[0].weights
+    assert engine_graphs(manifest) == [g for g in manifest.graphs if g != PRUNED_STEP]
+    assert device_memory(manifest, [1], manifest.graphs)[0].weights == plain + pruned
+    sidecar_path(folder, PRUNED_STEP).parent.mkdir()
+    sidecar_path(folder, PRUNED_STEP).write_text("{}")
+    assert engine_graphs(manifest) == list(manifest.graphs)
+    assert device_memory(manifest, [1])[0].weights == plain + pruned

@@ -269,7 +269,8 @@ def build_engines(
     check_ready(manifest, graphs, info.tensorrt_version)
     root = manifest.root
     check_outputs(root, graphs, overwrite)
-    check_fits(device_memory(manifest, list(options.batch_sizes)), cuda().total_memory(dev), info.gpu_name)
+    memory = device_memory(manifest, list(options.batch_sizes), default_graphs(manifest, options))
+    check_fits(memory, cuda().total_memory(dev), info.gpu_name)
     (root / ENGINES_DIR).mkdir(exist_ok=True)
     cache_path = options.timing_cache or default_timing_cache(root, info)
     cache_blob = cache_path.read_bytes() if cache_path.is_file() else b""

@@ -11,6 +11,7 @@ the GPU and the precision, so that figure is reported and warned about, not refu
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..artifacts.manifest import Manifest
@@ -40,9 +41,9 @@ def attention_scores_bytes(config: StarConfig, batch: int, queries: int | None =
     return tensor_bytes((2 * batch, t.heads, min(last, queries or last), config.total_tokens), "float32")
 
 
-def weights_bytes(manifest: Manifest) -> int:
-    """Bytes of every graph's ONNX file and external data: the weights its engine keeps on the GPU."""
-    files = [manifest.path(g) for g in manifest.graphs]
+def weights_bytes(manifest: Manifest, graphs: Iterable[str]) -> int:
+    """Bytes of ``graphs``' ONNX files and external data: the weights their engines keep on the GPU."""
+    files = [manifest.path(g) for g in graphs]
     files += [f.with_name(f.name + ".data") for f in files]
     return sum(f.stat().st_size for f in files if f.is_file())
 
@@ -86,9 +87,17 @@ def reported_batch_sizes(manifest: Manifest, given: list[int] | None) -> list[in
     return [1]
 
 
-def device_memory(manifest: Manifest, batch_sizes: list[int]) -> list[DeviceMemory]:
-    """The engines' device memory at each batch size, smallest first."""
-    weights = weights_bytes(manifest)
+def engine_graphs(manifest: Manifest) -> list[str]:
+    """The graphs whose engines a run holds: every required one, and an optional one where its engine is built."""
+    root = manifest.root
+    return [g for g in manifest.graphs if g not in OPTIONAL_GRAPHS or sidecar_path(root, g).is_file()]
+
+
+def device_memory(
+    manifest: Manifest, batch_sizes: list[int], graphs: Iterable[str] | None = None
+) -> list[DeviceMemory]:
+    """The device memory of ``graphs``' engines (default: ``engine_graphs``) at each batch size, smallest first."""
+    weights = weights_bytes(manifest, engine_graphs(manifest) if graphs is None else graphs)
     return [
         DeviceMemory(
             b,
